@@ -1,0 +1,26 @@
+//! # ember-core: the subspace-optimizer engine
+//!
+//! One pipeline — projector, refresh policy, inner Adam, residual rule, apply — shared by every
+//! Ember method (see [`engine`]). Method crates (`ember-galore`, …) choose the parts in a
+//! `#[derive(Config)]` and call [`EmberOptimizer::new`].
+
+#![warn(missing_docs)]
+
+pub mod adam;
+pub mod engine;
+pub mod error;
+pub mod optimizer;
+pub mod projector;
+pub mod refresh;
+pub mod residual;
+pub mod svd;
+pub mod targets;
+
+pub use adam::{AdamFlavor, SubspaceAdam};
+pub use engine::{DecayTiming, EngineConfig, ParamState};
+pub use error::EmberError;
+pub use optimizer::{EmberOptimizer, EmberRecord, NonFinitePolicy};
+pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
+pub use refresh::{RefreshPolicy, RefreshState};
+pub use residual::ResidualRule;
+pub use targets::Targets;

@@ -1,0 +1,396 @@
+//! [`EmberOptimizer`]: a burn [`Optimizer`] that runs the engine on targeted parameters and the
+//! method's AdamW on the others.
+
+use hashbrown::HashMap;
+use std::marker::PhantomData;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{PrecisionSettings, Record};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineConfig, ParamState};
+use crate::error::EmberError;
+use crate::targets::Targets;
+
+/// What a step does when a gradient holds NaN or ±Inf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NonFinitePolicy {
+    /// [`EmberOptimizer::try_step`] returns [`EmberError::NonFiniteGradient`] naming the first
+    /// such parameter, and changes nothing (`Optimizer::step` panics with that message). Default.
+    Error,
+    /// The whole step is skipped (no parameter or state changes) and a warning is logged.
+    SkipStep,
+}
+
+/// An Ember optimizer for module `M` on autodiff backend `B`.
+///
+/// Built by the methods' configs (`GaloreConfig::init()`, …). Use it where burn accepts
+/// `AdamConfig::init()`: a hand-written loop calls [`Optimizer::step`], burn-train's `Learner`
+/// takes it as its optimizer. [`try_step`](Self::try_step) is the same step returning errors
+/// instead of panicking.
+#[derive(Clone)]
+pub struct EmberOptimizer<M, B: AutodiffBackend> {
+    target: EngineConfig,
+    dense: EngineConfig,
+    targets: Targets,
+    non_finite: NonFinitePolicy,
+    states: HashMap<ParamId, ParamState<B::InnerBackend>>,
+    skipped_steps: usize,
+    _module: PhantomData<M>,
+}
+
+/// The optimizer's state: one [`ParamState`] per parameter that has stepped.
+pub struct EmberRecord<B: AutodiffBackend> {
+    /// Per-parameter state.
+    pub states: HashMap<ParamId, ParamState<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Clone for EmberRecord<B> {
+    fn clone(&self) -> Self {
+        Self {
+            states: self.states.clone(),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Record<B> for EmberRecord<B> {
+    type Item<S: PrecisionSettings> =
+        <HashMap<ParamId, ParamState<B::InnerBackend>> as Record<B::InnerBackend>>::Item<S>;
+
+    fn into_item<S: PrecisionSettings>(self) -> Self::Item<S> {
+        Record::<B::InnerBackend>::into_item(self.states)
+    }
+
+    fn from_item<S: PrecisionSettings>(item: Self::Item<S>, device: &B::Device) -> Self {
+        Self {
+            states: Record::<B::InnerBackend>::from_item(item, device),
+        }
+    }
+}
+
+impl<M, B> EmberOptimizer<M, B>
+where
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+{
+    /// An optimizer running `target` on the parameters chosen by `targets` and `dense` (an
+    /// identity-projector pipeline: the method's AdamW) on the others.
+    pub fn new(
+        target: EngineConfig,
+        dense: EngineConfig,
+        targets: Targets,
+        non_finite: NonFinitePolicy,
+    ) -> Result<Self, EmberError> {
+        target.validate()?;
+        dense.validate()?;
+        Ok(Self {
+            target,
+            dense,
+            targets,
+            non_finite,
+            states: HashMap::new(),
+            skipped_steps: 0,
+            _module: PhantomData,
+        })
+    }
+
+    /// The pipeline of targeted parameters.
+    pub fn target_engine(&self) -> &EngineConfig {
+        &self.target
+    }
+
+    /// Bytes of optimizer state held now, over all parameters.
+    pub fn state_bytes(&self) -> usize {
+        self.states.values().map(ParamState::bytes).sum()
+    }
+
+    /// The state of one parameter, if it has stepped.
+    pub fn param_state(&self, id: ParamId) -> Option<&ParamState<B::InnerBackend>> {
+        self.states.get(&id)
+    }
+
+    /// Steps skipped because of non-finite gradients ([`NonFinitePolicy::SkipStep`]).
+    pub fn skipped_steps(&self) -> usize {
+        self.skipped_steps
+    }
+
+    /// Which parameters of `module` are targets: `(path, id, shape, is_target)` in module order.
+    pub fn plan(&self, module: &M) -> Vec<(String, ParamId, Vec<usize>, bool)> {
+        let mut v = PathVisitor::default();
+        module.visit(&mut v);
+        v.params
+            .into_iter()
+            .map(|(path, id, shape)| {
+                let t = self.targets.is_target(id, &path, &shape);
+                (path, id, shape, t)
+            })
+            .collect()
+    }
+
+    /// One optimizer step; on error nothing (module or state) has changed.
+    pub fn try_step(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M, EmberError> {
+        self.step_common(lr, module, Grads::Single(grads))
+    }
+
+    /// [`try_step`](Self::try_step) with gradients from several devices (burn's multi-device
+    /// training): they are summed on one device per parameter, as burn's own optimizers do.
+    pub fn try_step_multi(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: MultiGradientsParams,
+    ) -> Result<M, EmberError> {
+        self.step_common(lr, module, Grads::Multi(grads))
+    }
+
+    fn step_common(&mut self, lr: f64, module: M, grads: Grads) -> Result<M, EmberError> {
+        // Pass 1: take every gradient, check shapes, ranks, loaded state and finiteness before
+        // anything changes.
+        let mut collector = Collector::<B> {
+            grads,
+            path: Vec::new(),
+            taken: HashMap::new(),
+            order: Vec::new(),
+        };
+        module.visit(&mut collector);
+        let Collector { taken, order, .. } = collector;
+
+        for id in &order {
+            let c = &taken[id];
+            let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
+                &self.target
+            } else {
+                &self.dense
+            };
+            engine.check_param(&c.path, &c.shape, self.states.get(id))?;
+        }
+
+        if let Some(bad) = first_non_finite(&order, &taken) {
+            let err = EmberError::NonFiniteGradient {
+                param: taken[&bad].path.clone(),
+            };
+            match self.non_finite {
+                NonFinitePolicy::Error => return Err(err),
+                NonFinitePolicy::SkipStep => {
+                    log::warn!("ember: {err}; skipping this optimizer step");
+                    self.skipped_steps += 1;
+                    return Ok(module);
+                }
+            }
+        }
+
+        // Pass 2: the updates. Errors here (e.g. an SVD failing) are returned before any
+        // parameter is replaced, since new states are staged first.
+        let mut updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>> = HashMap::new();
+        let mut new_states = HashMap::new();
+        let mut taken = taken;
+        for id in &order {
+            let c = taken.remove(id).expect("collected");
+            let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
+                &self.target
+            } else {
+                &self.dense
+            };
+            if c.shape.iter().product::<usize>() == 0 {
+                continue; // an empty parameter has nothing to update and holds no state
+            }
+            let state = self.states.get(id).cloned().map(|s| s.to_device(&c.device));
+            let w = c.value.to_device(&c.device);
+            let (w, state) = engine.step(lr, w, c.grad, state, &c.shape)?;
+            updates.insert(*id, w);
+            new_states.insert(*id, state);
+        }
+        self.states.extend(new_states);
+
+        let mut mapper = Applier::<B> { updates };
+        Ok(module.map(&mut mapper))
+    }
+}
+
+impl<M, B> Optimizer<M, B> for EmberOptimizer<M, B>
+where
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+{
+    type Record = EmberRecord<B>;
+
+    /// Panics with a clear message on bad input; use [`EmberOptimizer::try_step`] for a `Result`.
+    fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        self.try_step(lr, module, grads)
+            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+    }
+
+    fn step_multi(&mut self, lr: f64, module: M, grads: MultiGradientsParams) -> M {
+        self.try_step_multi(lr, module, grads)
+            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+    }
+
+    fn to_record(&self) -> Self::Record {
+        EmberRecord {
+            states: self.states.clone(),
+        }
+    }
+
+    fn load_record(mut self, record: Self::Record) -> Self {
+        self.states = record.states;
+        self
+    }
+}
+
+enum Grads {
+    Single(GradientsParams),
+    Multi(MultiGradientsParams),
+}
+
+impl Grads {
+    fn remove<B: Backend, const D: usize>(
+        &mut self,
+        id: ParamId,
+    ) -> Option<(Tensor<B, D>, B::Device)> {
+        match self {
+            Grads::Single(g) => g.remove::<B, D>(id).map(|t| {
+                let d = t.device();
+                (t, d)
+            }),
+            Grads::Multi(g) => g.remove::<B, D>(id),
+        }
+    }
+}
+
+/// A parameter's gradient and value, as 2-D views (`[numel / last, last]` for other ranks).
+struct Collected<B: Backend> {
+    path: String,
+    shape: Vec<usize>,
+    grad: Tensor<B, 2>,
+    value: Tensor<B, 2>,
+    device: B::Device,
+}
+
+fn as_2d<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
+    let dims = t.dims();
+    let cols = if D >= 2 { dims[D - 1] } else { dims[0] };
+    let rows = if D >= 2 {
+        dims[..D - 1].iter().product()
+    } else {
+        1
+    };
+    t.reshape([rows, cols])
+}
+
+struct Collector<B: AutodiffBackend> {
+    grads: Grads,
+    path: Vec<String>,
+    taken: HashMap<ParamId, Collected<B::InnerBackend>>,
+    order: Vec<ParamId>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let id = param.id;
+        if let Some((grad, device)) = self.grads.remove::<B::InnerBackend, D>(id) {
+            let value = param.val().inner();
+            let shape = value.dims().to_vec();
+            let path = if self.path.is_empty() {
+                id.to_string()
+            } else {
+                self.path.join(".")
+            };
+            self.order.push(id);
+            self.taken.insert(
+                id,
+                Collected {
+                    path,
+                    shape,
+                    grad: as_2d(grad),
+                    value: as_2d(value),
+                    device,
+                },
+            );
+        }
+    }
+}
+
+/// Index of the first parameter whose gradient is not finite, with a single device sync.
+fn first_non_finite<B: Backend>(
+    order: &[ParamId],
+    taken: &HashMap<ParamId, Collected<B>>,
+) -> Option<ParamId> {
+    let first = order.first()?;
+    let device = taken[first].device.clone();
+    let flags: Vec<Tensor<B, 1, Int>> = order
+        .iter()
+        .map(|id| {
+            let g = taken[id].grad.clone();
+            g.clone()
+                .is_nan()
+                .bool_or(g.is_inf())
+                .any()
+                .int()
+                .to_device(&device)
+        })
+        .collect();
+    let data = Tensor::cat(flags, 0).into_data().convert::<i64>();
+    let flags = data.as_slice::<i64>().expect("i64 flags");
+    flags.iter().position(|&f| f != 0).map(|i| order[i])
+}
+
+struct Applier<B: AutodiffBackend> {
+    updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Applier<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = match self.updates.remove(&id) {
+            Some(w) => {
+                let require_grad = tensor.is_require_grad();
+                let dims: [usize; D] = tensor.dims();
+                let mut t = Tensor::<B, D>::from_inner(w.reshape(dims));
+                if require_grad {
+                    t = t.require_grad();
+                }
+                t
+            }
+            None => tensor,
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Collects `(path, id, shape)` of every float parameter.
+#[derive(Default)]
+struct PathVisitor {
+    path: Vec<String>,
+    params: Vec<(String, ParamId, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for PathVisitor {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.params
+            .push((self.path.join("."), param.id, param.val().dims().to_vec()));
+    }
+}

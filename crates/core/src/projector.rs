@@ -1,0 +1,216 @@
+//! Projectors: the part of the engine that picks the subspace `P` and maps between `G` (m×n) and
+//! the low-rank gradient `R`.
+//!
+//! | side    | `P`          | `R = down(G)`      | `up(N)`        |
+//! |---------|--------------|--------------------|----------------|
+//! | left    | `Uᵣ` (m×r)   | `Pᵀ·G` (r×n)       | `P·N`          |
+//! | right   | `Vhᵣ` (r×n)  | `G·Pᵀ` (m×r)       | `N·P`          |
+//! | both    | `Uᵣ`, `Vhᵣ`  | `Uᵣᵀ·G·Vhᵣᵀ` (r×r) | `Uᵣ·N·Vhᵣ`     |
+//! | identity| —            | `G`                | `N`            |
+
+use burn::prelude::*;
+use burn::record::Record;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EmberError;
+use crate::svd::truncated_svd;
+
+/// GaLore's `proj_type`: which side of `W` the projector acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjType {
+    /// Project the larger dimension away: right projector if `m ≥ n`, else left (default).
+    Std,
+    /// The opposite of `Std`: left projector if `m ≥ n`, else right.
+    ReverseStd,
+    /// Always the left projector `Uᵣ`.
+    Left,
+    /// Always the right projector `Vhᵣ`.
+    Right,
+    /// Both sides: `R = Uᵣᵀ G Vhᵣᵀ` (r×r).
+    Full,
+}
+
+/// The side a projector acts on for one parameter, once `ProjType` met its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Side {
+    /// `P` is m×r.
+    Left,
+    /// `P` is r×n.
+    Right,
+    /// Both `Uᵣ` and `Vhᵣ`.
+    Both,
+}
+
+impl ProjType {
+    /// The side used for an `m × n` parameter (galore-torch's rule).
+    pub fn side(self, m: usize, n: usize) -> Side {
+        match self {
+            ProjType::Std if m >= n => Side::Right,
+            ProjType::Std => Side::Left,
+            ProjType::ReverseStd if m >= n => Side::Left,
+            ProjType::ReverseStd => Side::Right,
+            ProjType::Left => Side::Left,
+            ProjType::Right => Side::Right,
+            ProjType::Full => Side::Both,
+        }
+    }
+}
+
+/// Which projector an engine uses: a named, swappable part of the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProjectorKind {
+    /// Exact top-r SVD of the gradient on the host (`faer`, f32), sign-normalized.
+    ExactSvd(ProjType),
+    /// No projection: the subspace is the whole space (plain Adam; also the fallback for
+    /// non-targeted parameters).
+    Identity,
+}
+
+/// Both factors of a two-sided projector.
+#[derive(Record, Clone, Debug)]
+pub struct TwoSided<B: Backend> {
+    /// `Uᵣ`, m×r.
+    pub left: Tensor<B, 2>,
+    /// `Vhᵣ`, r×n.
+    pub right: Tensor<B, 2>,
+}
+
+/// The projector of one parameter, as saved in the optimizer record.
+#[derive(Record, Clone, Debug)]
+pub enum ProjectorState<B: Backend> {
+    /// `P = Uᵣ` (m×r).
+    Left(Tensor<B, 2>),
+    /// `P = Vhᵣ` (r×n).
+    Right(Tensor<B, 2>),
+    /// `Uᵣ` and `Vhᵣ`.
+    Both(TwoSided<B>),
+    /// No projection.
+    Identity(()),
+}
+
+impl<B: Backend> ProjectorState<B> {
+    /// `R = down(G)`.
+    pub fn down(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            ProjectorState::Left(p) => p.clone().transpose().matmul(g),
+            ProjectorState::Right(p) => g.matmul(p.clone().transpose()),
+            ProjectorState::Both(t) => t
+                .left
+                .clone()
+                .transpose()
+                .matmul(g)
+                .matmul(t.right.clone().transpose()),
+            ProjectorState::Identity(()) => g,
+        }
+    }
+
+    /// `up(N)`, without any scale.
+    pub fn up(&self, low: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            ProjectorState::Left(p) => p.clone().matmul(low),
+            ProjectorState::Right(p) => low.matmul(p.clone()),
+            ProjectorState::Both(t) => t.left.clone().matmul(low).matmul(t.right.clone()),
+            ProjectorState::Identity(()) => low,
+        }
+    }
+
+    /// Bytes held by the projector's tensors.
+    pub fn bytes(&self) -> usize {
+        match self {
+            ProjectorState::Left(p) | ProjectorState::Right(p) => tensor_bytes(p),
+            ProjectorState::Both(t) => tensor_bytes(&t.left) + tensor_bytes(&t.right),
+            ProjectorState::Identity(()) => 0,
+        }
+    }
+
+    /// The rank `r` of the subspace (None for the identity).
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            ProjectorState::Left(p) => Some(p.dims()[1]),
+            ProjectorState::Right(p) => Some(p.dims()[0]),
+            ProjectorState::Both(t) => Some(t.left.dims()[1]),
+            ProjectorState::Identity(()) => None,
+        }
+    }
+
+    /// The first basis vector (first column of a left projector, first row of a right one),
+    /// used by Q-GaLore's lazy refresh rule.
+    pub fn first_vector(&self) -> Option<Tensor<B, 1>> {
+        match self {
+            ProjectorState::Left(p) => Some(p.clone().slice([0..p.dims()[0], 0..1]).flatten(0, 1)),
+            ProjectorState::Right(p) => Some(p.clone().slice([0..1, 0..p.dims()[1]]).flatten(0, 1)),
+            ProjectorState::Both(t) => {
+                let p = &t.left;
+                Some(p.clone().slice([0..p.dims()[0], 0..1]).flatten(0, 1))
+            }
+            ProjectorState::Identity(()) => None,
+        }
+    }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes<B: Backend, const D: usize, K: burn::tensor::BasicOps<B>>(
+    t: &Tensor<B, D, K>,
+) -> usize {
+    t.shape().num_elements() * t.dtype().size()
+}
+
+impl ProjectorKind {
+    /// Computes a fresh projector of rank `rank` from the gradient `g` (m×n).
+    pub fn fit<B: Backend>(
+        &self,
+        g: &Tensor<B, 2>,
+        rank: usize,
+    ) -> Result<ProjectorState<B>, EmberError> {
+        match self {
+            ProjectorKind::Identity => Ok(ProjectorState::Identity(())),
+            ProjectorKind::ExactSvd(proj_type) => {
+                let [m, n] = g.dims();
+                let device = g.device();
+                let data = g.clone().into_data().convert::<f32>();
+                let values = data
+                    .as_slice::<f32>()
+                    .map_err(|e| EmberError::Internal(format!("gradient to host: {e:?}")))?;
+                let svd = truncated_svd(values, m, n, rank)?;
+                let left = || {
+                    Tensor::<B, 2>::from_data(TensorData::new(svd.u.clone(), [m, rank]), &device)
+                };
+                let right = || {
+                    Tensor::<B, 2>::from_data(TensorData::new(svd.vt.clone(), [rank, n]), &device)
+                };
+                Ok(match proj_type.side(m, n) {
+                    Side::Left => ProjectorState::Left(left()),
+                    Side::Right => ProjectorState::Right(right()),
+                    Side::Both => ProjectorState::Both(TwoSided {
+                        left: left(),
+                        right: right(),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// The shape of `R = down(G)` for an `m × n` parameter at rank `r`.
+    pub fn low_rank_shape(&self, m: usize, n: usize, r: usize) -> [usize; 2] {
+        match self {
+            ProjectorKind::Identity => [m, n],
+            ProjectorKind::ExactSvd(t) => match t.side(m, n) {
+                Side::Left => [r, n],
+                Side::Right => [m, r],
+                Side::Both => [r, r],
+            },
+        }
+    }
+
+    /// Elements of the projector for an `m × n` parameter at rank `r`.
+    pub fn projector_elements(&self, m: usize, n: usize, r: usize) -> usize {
+        match self {
+            ProjectorKind::Identity => 0,
+            ProjectorKind::ExactSvd(t) => match t.side(m, n) {
+                Side::Left => m * r,
+                Side::Right => r * n,
+                Side::Both => m * r + r * n,
+            },
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Which parameters get the low-rank pipeline and which fall back to AdamW.
+//!
+//! A parameter is a **target** when it is 2-D and either its [`ParamId`] was given with
+//! [`Targets::with_ids`], or its module path (the field names from the root module, joined by
+//! dots, e.g. `layers.3.attn.query.weight`) matches one of the patterns:
+//!
+//! * a pattern without `*` matches when it is a **substring** of the path — the official GaLore
+//!   scripts select modules this way (`["attn", "mlp"]`);
+//! * a pattern with `*` is a glob over the whole path (`*` matches any run of characters, dots
+//!   included): `layers.*.attn.*.weight`.
+//!
+//! With no ids and no patterns, every 2-D parameter is a target. Everything else (embeddings or the
+//! LM head when excluded, norms, biases, tensors that are not 2-D) is optimized by the method's
+//! AdamW inside the same optimizer, with the same hyperparameters.
+
+use burn::module::ParamId;
+use std::collections::HashSet;
+
+/// The set of targeted parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    patterns: Vec<String>,
+    ids: HashSet<ParamId>,
+}
+
+impl Targets {
+    /// Every 2-D parameter.
+    pub fn all_2d() -> Self {
+        Self::default()
+    }
+
+    /// Parameters whose path matches one of `patterns` (see the module docs).
+    pub fn patterns<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            patterns: patterns.into_iter().map(Into::into).collect(),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Adds parameters by id.
+    pub fn with_ids(mut self, ids: impl IntoIterator<Item = ParamId>) -> Self {
+        self.ids.extend(ids);
+        self
+    }
+
+    /// Whether the 2-D-ness aside, the parameter is selected.
+    pub fn selects(&self, id: ParamId, path: &str) -> bool {
+        if self.patterns.is_empty() && self.ids.is_empty() {
+            return true;
+        }
+        self.ids.contains(&id) || self.patterns.iter().any(|p| pattern_matches(p, path))
+    }
+
+    /// Whether a parameter of this shape, id and path gets the low-rank pipeline.
+    pub fn is_target(&self, id: ParamId, path: &str, shape: &[usize]) -> bool {
+        shape.len() == 2 && self.selects(id, path)
+    }
+}
+
+/// Substring match, or a `*` glob over the whole path.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('*') {
+        return path.contains(pattern);
+    }
+    glob(pattern.as_bytes(), path.as_bytes())
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    // iterative wildcard matching with backtracking on the last '*'
+    let (mut i, mut j) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while j < s.len() {
+        if i < p.len() && p[i] != b'*' && p[i] == s[j] {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == b'*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(st) = star {
+            i = st + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    while i < p.len() && p[i] == b'*' {
+        i += 1;
+    }
+    i == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substring_and_glob_patterns() {
+        assert!(pattern_matches("attn", "layers.0.attn.query.weight"));
+        assert!(!pattern_matches("mlp", "layers.0.attn.query.weight"));
+        assert!(pattern_matches(
+            "layers.*.attn.*.weight",
+            "layers.10.attn.query.weight"
+        ));
+        assert!(!pattern_matches(
+            "layers.*.attn.*.weight",
+            "layers.10.attn.query.bias"
+        ));
+        assert!(pattern_matches("*", "anything"));
+    }
+
+    #[test]
+    fn only_2d_parameters_are_targets() {
+        let t = Targets::patterns(["attn"]);
+        let id = ParamId::new();
+        assert!(t.is_target(id, "attn.weight", &[4, 4]));
+        assert!(!t.is_target(id, "attn.bias", &[4]));
+        assert!(!t.is_target(id, "embed.weight", &[4, 4]));
+        assert!(Targets::all_2d().is_target(id, "embed.weight", &[4, 4]));
+        assert!(Targets::default()
+            .with_ids([id])
+            .is_target(id, "x", &[2, 3]));
+    }
+}

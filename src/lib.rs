@@ -1,0 +1,17 @@
+//! # Ember: memory-efficient optimizers for burn
+//!
+//! GaLore-class optimizers as drop-in burn optimizers. Each method lives in its own crate and is
+//! re-exported here:
+//!
+//! * [`galore`] — GaLore-AdamW (gradient low-rank projection).
+//!
+//! The shared engine is [`core`].
+
+pub use ember_core as core;
+pub use ember_galore as galore;
+
+/// The configs and the optimizer type, for `use ember::prelude::*`.
+pub mod prelude {
+    pub use crate::core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
+    pub use crate::galore::GaloreConfig;
+}
