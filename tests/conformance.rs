@@ -125,7 +125,7 @@ fn run_case(path: &Path) -> (String, String, Outcome) {
             .fold(0f32, |a, (&x, &y)| a.max((x - y).abs()))
             / scale;
         worst = worst.max(err);
-        if !(err <= TOLERANCE) {
+        if err.is_nan() || err > TOLERANCE {
             return (method, case, Outcome::Fail(err, k + 1));
         }
     }

@@ -89,7 +89,7 @@ impl SubspaceAdam {
                 return Err(format!("{name} = {b} must be in [0, 1)"));
             }
         }
-        if !(self.epsilon >= 0.0) {
+        if self.epsilon.is_nan() || self.epsilon < 0.0 {
             return Err(format!("epsilon = {} must be ≥ 0", self.epsilon));
         }
         Ok(())

@@ -121,7 +121,7 @@ impl EngineConfig {
         if !self.scale.is_finite() {
             return Err(bad(format!("scale = {} must be finite", self.scale)));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(bad(format!(
                 "weight_decay = {} must be ≥ 0",
                 self.weight_decay
@@ -279,5 +279,180 @@ impl EngineConfig {
     pub fn state_bytes_f32(&self, m: usize, n: usize) -> usize {
         let [a, b] = self.projector.low_rank_shape(m, n, self.rank);
         4 * (2 * a * b + self.projector.projector_elements(m, n, self.rank))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adam::AdamFlavor;
+    use burn::backend::Flex;
+    use burn::optim::{AdamWConfig, SimpleOptimizer};
+
+    type B = Flex;
+
+    fn random(shape: [usize; 2], seed: u64) -> Tensor<B, 2> {
+        // a small deterministic generator, independent of burn's RNG
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let values: Vec<f32> = (0..shape[0] * shape[1])
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), &Default::default())
+    }
+
+    fn identity(flavor: AdamFlavor, decay: DecayTiming, wd: f64) -> EngineConfig {
+        EngineConfig {
+            rank: 0,
+            projector: ProjectorKind::Identity,
+            refresh: RefreshPolicy::Every { gap: 1 },
+            adam: SubspaceAdam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-8,
+                bias_correction: true,
+                flavor,
+                reset_on_refresh: false,
+            },
+            residual: ResidualRule::Discard,
+            scale: 1.0,
+            weight_decay: wd,
+            decay,
+        }
+    }
+
+    fn max_diff(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> f32 {
+        a.clone().sub(b.clone()).abs().max().into_scalar()
+    }
+
+    /// With the identity projector the pipeline is AdamW: compared with burn's own AdamW
+    /// (torch arithmetic, decoupled decay applied to the pre-update weights).
+    #[test]
+    fn identity_projector_equals_burn_adamw() {
+        let engine = identity(AdamFlavor::Torch, DecayTiming::BeforeUpdate, 0.1);
+        let adamw = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.1)
+            .build();
+        let (mut w_ours, mut w_burn) = (random([7, 5], 1), random([7, 5], 1));
+        let (mut s_ours, mut s_burn) = (None, None);
+        for step in 0..6 {
+            let g = random([7, 5], 100 + step);
+            let (w, s) = engine
+                .step(1e-2, w_ours, g.clone(), s_ours, &[7, 5])
+                .unwrap();
+            (w_ours, s_ours) = (w, Some(s));
+            (w_burn, s_burn) = SimpleOptimizer::<B>::step(&adamw, 1e-2, w_burn, g, s_burn);
+            assert!(max_diff(&w_ours, &w_burn) < 1e-6, "step {step}");
+        }
+    }
+
+    /// galore-torch's AdamW (ε before bias correction, decay after the update), written out.
+    #[test]
+    fn identity_projector_equals_galore_adamw_formula() {
+        let (lr, wd, b1, b2, eps) = (1e-2f64, 0.05f64, 0.9f64, 0.999f64, 1e-8f64);
+        let engine = identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, wd);
+        let mut w = random([4, 6], 3);
+        let mut w_ref: Vec<f32> = w.clone().into_data().to_vec().unwrap();
+        let (mut m, mut v) = (vec![0f64; 24], vec![0f64; 24]);
+        let mut state = None;
+        for t in 1..=5 {
+            let g = random([4, 6], 10 + t as u64);
+            let gv: Vec<f32> = g.clone().into_data().to_vec().unwrap();
+            let (nw, s) = engine.step(lr, w, g, state, &[4, 6]).unwrap();
+            (w, state) = (nw, Some(s));
+            let step = lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
+            for i in 0..24 {
+                let gi = gv[i] as f64;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                let mut x = w_ref[i] as f64 - step * m[i] / (v[i].sqrt() + eps);
+                x -= lr * wd * x;
+                w_ref[i] = x as f32;
+            }
+            let ours: Vec<f32> = w.clone().into_data().to_vec().unwrap();
+            for i in 0..24 {
+                assert!((ours[i] - w_ref[i]).abs() < 1e-6, "t={t} i={i}");
+            }
+        }
+    }
+
+    /// `proj_type = full`: the two-sided projector, checked on its own terms. For a gradient of
+    /// exact rank r, `up(down(G)) = G`; the first step moves W by `lr·α·U·(R/(|R|+ε'))·Vh`.
+    #[test]
+    fn full_projection_two_sided() {
+        let (m, n, r) = (9usize, 6usize, 2usize);
+        let a = random([m, r], 5);
+        let b = random([r, n], 6);
+        let g = a.matmul(b);
+        let kind = ProjectorKind::ExactSvd(crate::projector::ProjType::Full);
+        let p = kind.fit(&g, r).unwrap();
+        let low = p.down(g.clone());
+        assert_eq!(low.dims(), [r, r]);
+        assert!(max_diff(&p.up(low.clone()), &g) < 1e-5);
+
+        let engine = EngineConfig {
+            rank: r,
+            projector: kind,
+            scale: 0.25,
+            ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
+        };
+        let w = random([m, n], 7);
+        let (w1, state) = engine
+            .step(1e-2, w.clone(), g.clone(), None, &[m, n])
+            .unwrap();
+        assert_eq!(state.moment_1.dims(), [r, r]);
+        assert_eq!(state.bytes(), engine.state_bytes_f32(m, n));
+        // t = 1: N = (1-β1)R / (√(1-β2)|R| + ε), step lr·√(1-β2)/(1-β1)
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let n1 = low
+            .clone()
+            .mul_scalar(1.0 - b1)
+            .div(low.abs().mul_scalar((1.0 - b2).sqrt()).add_scalar(eps));
+        let expected = w.sub(
+            p.up(n1)
+                .mul_scalar(0.25 * 1e-2 * (1.0 - b2).sqrt() / (1.0 - b1)),
+        );
+        assert!(max_diff(&w1, &expected) < 1e-6);
+    }
+
+    #[test]
+    fn moments_survive_a_refresh_unless_reset() {
+        let mut engine = EngineConfig {
+            rank: 2,
+            projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
+            refresh: RefreshPolicy::Every { gap: 2 },
+            ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
+        };
+        let run = |engine: &EngineConfig| {
+            let mut w = random([8, 5], 1);
+            let mut state = None;
+            for t in 0..3 {
+                let (nw, s) = engine
+                    .step(1e-2, w, random([8, 5], 20 + t), state, &[8, 5])
+                    .unwrap();
+                (w, state) = (nw, Some(s));
+            }
+            state.unwrap()
+        };
+        let kept = run(&engine);
+        assert_eq!(
+            (kept.step, kept.adam_step, kept.refresh.refreshes),
+            (3, 3, 2)
+        );
+        engine.adam.reset_on_refresh = true;
+        let reset = run(&engine);
+        assert_eq!(
+            (reset.step, reset.adam_step, reset.refresh.refreshes),
+            (3, 1, 2)
+        );
     }
 }

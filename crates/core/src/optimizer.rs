@@ -165,6 +165,9 @@ where
 
         for id in &order {
             let c = &taken[id];
+            if c.shape.iter().product::<usize>() == 0 {
+                continue; // empty: nothing to update, no state (skipped below as well)
+            }
             let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
                 &self.target
             } else {

@@ -57,8 +57,8 @@ impl RefreshPolicy {
             return true;
         }
         match self {
-            RefreshPolicy::Every { .. } => k % state.gap == 0,
-            RefreshPolicy::AtOneThenEvery { .. } => (k + 1) % state.gap == 0,
+            RefreshPolicy::Every { .. } => k.is_multiple_of(state.gap),
+            RefreshPolicy::AtOneThenEvery { .. } => (k + 1).is_multiple_of(state.gap),
         }
     }
 

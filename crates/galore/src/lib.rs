@@ -67,10 +67,10 @@ pub struct GaloreConfig {
     /// Adam bias correction (`correct_bias`).
     #[config(default = true)]
     pub correct_bias: bool,
-    /// Module-path patterns of the targeted parameters (see [`Targets`]); `None`: every 2-D
+    /// Module-path patterns of the targeted parameters (see [`Targets`]); empty: every 2-D
     /// parameter.
-    #[config(default = "None")]
-    pub targets: Option<Vec<String>>,
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
@@ -114,10 +114,7 @@ impl GaloreConfig {
     }
 
     fn target_set(&self) -> Targets {
-        match &self.targets {
-            Some(p) => Targets::patterns(p.clone()),
-            None => Targets::all_2d(),
-        }
+        Targets::patterns(self.targets.clone())
     }
 
     /// Builds the optimizer, or explains which option is out of range.
