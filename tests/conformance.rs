@@ -10,6 +10,8 @@ use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use ember::core::{EmberOptimizer, ProjType};
+use ember::dct::DctConfig;
+use ember::fira::FiraConfig;
 use ember::galore::GaloreConfig;
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -62,6 +64,39 @@ fn build(method: &str, c: &Value) -> Result<EmberOptimizer<Single<B>, B>, String
             .with_correct_bias(c["correct_bias"].as_bool().unwrap_or(true))
             .try_init()
             .map_err(|e| e.to_string())?),
+        "fira_adamw" => Ok(FiraConfig::new()
+            .with_rank(u(c, "rank"))
+            .with_update_proj_gap(u(c, "update_proj_gap"))
+            .with_alpha(f(c, "alpha"))
+            .with_proj_type(proj_type(c["proj_type"].as_str().unwrap())?)
+            .with_beta_1(betas[0].as_f64().unwrap())
+            .with_beta_2(betas[1].as_f64().unwrap())
+            .with_epsilon(f(c, "eps"))
+            .with_weight_decay(f(c, "weight_decay"))
+            .with_correct_bias(c["correct_bias"].as_bool().unwrap_or(true))
+            .try_init()
+            .map_err(|e| e.to_string())?),
+        "dct_adamw" => {
+            if c["proj"].as_str() != Some("dct") || c["sim_type"].as_str() != Some("matmul") {
+                return Err(format!(
+                    "DCT case with proj={} sim_type={}",
+                    c["proj"], c["sim_type"]
+                ));
+            }
+            if c["ell_norm"].as_i64() != Some(1) {
+                return Err(format!("DCT case with ell_norm={}", c["ell_norm"]));
+            }
+            Ok(DctConfig::new()
+                .with_rank(u(c, "rank"))
+                .with_update_proj_gap(u(c, "update_proj_gap"))
+                .with_beta_1(betas[0].as_f64().unwrap())
+                .with_beta_2(betas[1].as_f64().unwrap())
+                .with_epsilon(f(c, "eps"))
+                .with_weight_decay(f(c, "weight_decay"))
+                .with_rotate_subspace(c["rotate_subspace"].as_bool().unwrap_or(false))
+                .try_init()
+                .map_err(|e| e.to_string())?)
+        }
         other => Err(format!("method `{other}` is not implemented yet")),
     }
 }

@@ -21,8 +21,9 @@ use burn::record::Record;
 use serde::{Deserialize, Serialize};
 
 use crate::adam::SubspaceAdam;
+use crate::dct::SharedBases;
 use crate::error::EmberError;
-use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState};
+use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState, Side};
 use crate::refresh::{RefreshPolicy, RefreshState};
 use crate::residual::ResidualRule;
 
@@ -35,11 +36,20 @@ pub enum DecayTiming {
     BeforeUpdate,
 }
 
+/// How the subspace rank of a parameter is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum RankRule {
+    /// The same rank `r` for every targeted parameter (GaLore, Fira, DCT, Q-GaLore).
+    Fixed(usize),
+    /// `round(ρ × projected dimension)` (FRUGAL's `density`; round half to even, as Python).
+    Density(f64),
+}
+
 /// The parts of one pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
-    /// Subspace rank `r`.
-    pub rank: usize,
+    /// Subspace rank.
+    pub rank: RankRule,
     /// Which projector.
     pub projector: ProjectorKind,
     /// When it is refreshed.
@@ -73,6 +83,8 @@ pub struct ParamState<B: Backend> {
     pub projector: ProjectorState<B>,
     /// Refresh bookkeeping.
     pub refresh: RefreshState<B>,
+    /// The residual rule's memory (Fira's `ζ`, the norm of the last residual term).
+    pub residual_norm: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> ParamState<B> {
@@ -81,6 +93,7 @@ impl<B: Backend> ParamState<B> {
         tensor_bytes(&self.moment_1)
             + tensor_bytes(&self.moment_2)
             + self.projector.bytes()
+            + self.residual_norm.as_ref().map(tensor_bytes).unwrap_or(0)
             + self
                 .refresh
                 .last_first_vector
@@ -93,16 +106,8 @@ impl<B: Backend> ParamState<B> {
     pub fn to_device(mut self, device: &B::Device) -> Self {
         self.moment_1 = self.moment_1.to_device(device);
         self.moment_2 = self.moment_2.to_device(device);
-        self.projector = match self.projector {
-            ProjectorState::Left(p) => ProjectorState::Left(p.to_device(device)),
-            ProjectorState::Right(p) => ProjectorState::Right(p.to_device(device)),
-            ProjectorState::Both(mut t) => {
-                t.left = t.left.to_device(device);
-                t.right = t.right.to_device(device);
-                ProjectorState::Both(t)
-            }
-            ProjectorState::Identity(()) => ProjectorState::Identity(()),
-        };
+        self.projector = self.projector.to_device(device);
+        self.residual_norm = self.residual_norm.map(|v| v.to_device(device));
         self.refresh.last_first_vector =
             self.refresh.last_first_vector.map(|v| v.to_device(device));
         self
@@ -113,9 +118,21 @@ impl EngineConfig {
     /// Checks the configuration values (not the parameter shapes).
     pub fn validate(&self) -> Result<(), EmberError> {
         let bad = EmberError::InvalidConfig;
-        if self.projector != ProjectorKind::Identity && self.rank == 0 {
-            return Err(bad("rank must be at least 1".into()));
+        if self.projector != ProjectorKind::Identity {
+            match self.rank {
+                RankRule::Fixed(0) => return Err(bad("rank must be at least 1".into())),
+                RankRule::Density(rho) if !(rho > 0.0 && rho <= 1.0) => {
+                    return Err(bad(format!("density ρ = {rho} must be in (0, 1]")))
+                }
+                _ => {}
+            }
         }
+        if let ProjectorKind::Dct(crate::projector::ProjType::Full) = self.projector {
+            return Err(bad(
+                "the DCT projector has no two-sided (`full`) mode".into()
+            ));
+        }
+        self.residual.validate().map_err(bad)?;
         self.refresh.validate().map_err(bad)?;
         self.adam.validate().map_err(bad)?;
         if !self.scale.is_finite() {
@@ -128,6 +145,30 @@ impl EngineConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The rank used for an `m × n` parameter.
+    pub fn rank_for(&self, m: usize, n: usize) -> usize {
+        match self.rank {
+            RankRule::Fixed(r) => r,
+            RankRule::Density(rho) => {
+                let dim = match self.projector.side(m, n) {
+                    Some(Side::Left) => m,
+                    Some(Side::Right) => n,
+                    _ => m.min(n),
+                };
+                (rho * dim as f64).round_ties_even() as usize
+            }
+        }
+    }
+
+    /// The largest rank an `m × n` parameter admits.
+    pub fn max_rank(&self, m: usize, n: usize) -> usize {
+        match (&self.projector, self.projector.side(m, n)) {
+            (ProjectorKind::Dct(_), Some(Side::Left)) => m,
+            (ProjectorKind::Dct(_), Some(Side::Right)) => n,
+            _ => m.min(n),
+        }
     }
 
     /// Checks that this pipeline can run on a parameter of `shape` (and, if given, that a loaded
@@ -145,11 +186,12 @@ impl EngineConfig {
                     reason: format!("a projected parameter must be 2-D, got shape {shape:?}"),
                 });
             }
-            if self.rank == 0 || self.rank > shape[0].min(shape[1]) {
+            let rank = self.rank_for(shape[0], shape[1]);
+            if rank == 0 || rank > self.max_rank(shape[0], shape[1]) {
                 return Err(EmberError::InvalidRank {
                     param: name.into(),
                     shape: shape.to_vec(),
-                    rank: self.rank,
+                    rank,
                 });
             }
         }
@@ -163,9 +205,10 @@ impl EngineConfig {
                     ),
                 });
             }
+            let [m, n] = [shape[0], shape.get(1).copied().unwrap_or(1)];
             let expected = match self.projector {
                 ProjectorKind::Identity => None,
-                _ => Some(self.rank),
+                _ => Some(self.rank_for(m, n)),
             };
             if state.projector.rank() != expected {
                 return Err(EmberError::CheckpointMismatch {
@@ -177,10 +220,9 @@ impl EngineConfig {
                     ),
                 });
             }
-            let [m, n] = [shape[0], shape.get(1).copied().unwrap_or(1)];
             let low = match self.projector {
                 ProjectorKind::Identity => state.moment_1.dims(),
-                ref p => p.low_rank_shape(m, n, self.rank),
+                ref p => p.low_rank_shape(m, n, self.rank_for(m, n)),
             };
             if state.moment_1.dims() != low || state.moment_2.dims() != low {
                 return Err(EmberError::CheckpointMismatch {
@@ -206,28 +248,34 @@ impl EngineConfig {
         g: Tensor<B, 2>,
         state: Option<ParamState<B>>,
         shape: &[usize],
+        bases: &SharedBases<B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
+        let [m, n] = g.dims();
+        let rank = self.rank_for(m, n);
         let decay = lr * self.weight_decay;
         let mut w = w;
         if self.decay == DecayTiming::BeforeUpdate && decay != 0.0 {
             w = w.mul_scalar(1.0 - decay);
         }
 
-        let (mut step, mut adam_step, mut moments, mut projector, mut refresh) = match state {
-            Some(s) => (
-                s.step,
-                s.adam_step,
-                Some((s.moment_1, s.moment_2)),
-                Some(s.projector),
-                s.refresh,
-            ),
-            None => (0, 0, None, None, self.refresh.init_state()),
-        };
+        let (mut step, mut adam_step, mut moments, mut projector, mut refresh, prev_norm) =
+            match state {
+                Some(s) => (
+                    s.step,
+                    s.adam_step,
+                    Some((s.moment_1, s.moment_2)),
+                    Some(s.projector),
+                    s.refresh,
+                    s.residual_norm,
+                ),
+                None => (0, 0, None, None, self.refresh.init_state(), None),
+            };
 
         // refresh
         let k = step;
-        if projector.is_none() || self.refresh.is_due(k, &refresh) {
-            let fresh = self.projector.fit(&g, self.rank)?;
+        let identity = self.projector == ProjectorKind::Identity;
+        if projector.is_none() || (!identity && self.refresh.is_due(k, &refresh)) {
+            let fresh = self.projector.fit(&g, rank, bases)?;
             refresh.refreshes += 1;
             if self.adam.reset_on_refresh && moments.is_some() {
                 moments = None;
@@ -238,24 +286,33 @@ impl EngineConfig {
         let projector = projector.expect("projector set above");
 
         // project + inner Adam
-        let r = projector.down(g);
-        let (m, v) = match moments {
+        let r = projector.down(g.clone(), bases);
+        let (m1, m2) = match moments {
             Some(mv) => mv,
             None => (r.zeros_like(), r.zeros_like()),
         };
         step += 1;
         adam_step += 1;
-        let (n, m, v, c) = self.adam.update(r, m, v, adam_step, lr);
+        let (n_low, m1, m2, c) = self.adam.update(r.clone(), m1, m2, adam_step, lr);
 
-        // back-project and apply
-        let mut delta = projector.up(n);
+        // residual (before N is consumed), back-project and apply
+        let residual = if self.residual.is_discard() {
+            None
+        } else {
+            let up_r = projector.up(r.clone(), bases);
+            self.residual
+                .term(g, up_r, self.scale, &r, &n_low, c, lr, prev_norm)
+        };
+        let mut delta = projector.up(n_low, bases);
         if self.scale != 1.0 {
             delta = delta.mul_scalar(self.scale);
         }
-        match self.residual {
-            ResidualRule::Discard => {}
-        }
         w = w.sub(delta.mul_scalar(c));
+        let mut residual_norm = None;
+        if let Some(res) = residual {
+            w = w.sub(res.term);
+            residual_norm = res.norm;
+        }
         if self.decay == DecayTiming::AfterUpdate && decay != 0.0 {
             w = w.clone().sub(w.mul_scalar(decay));
         }
@@ -266,19 +323,27 @@ impl EngineConfig {
                 shape: shape.to_vec(),
                 step,
                 adam_step,
-                moment_1: m,
-                moment_2: v,
+                moment_1: m1,
+                moment_2: m2,
                 projector,
                 refresh,
+                residual_norm,
             },
         ))
     }
 
-    /// Bytes of optimizer state this pipeline holds for an `m × n` parameter with f32 state
-    /// (moments + projector), i.e. what [`ParamState::bytes`] reports once the parameter stepped.
+    /// Bytes of optimizer state this pipeline holds for an `m × n` parameter with f32 state and
+    /// 32-bit indices (moments + projector + residual memory), i.e. what [`ParamState::bytes`]
+    /// reports once the parameter stepped. Shared DCT bases are not included (counted once per
+    /// optimizer).
     pub fn state_bytes_f32(&self, m: usize, n: usize) -> usize {
-        let [a, b] = self.projector.low_rank_shape(m, n, self.rank);
-        4 * (2 * a * b + self.projector.projector_elements(m, n, self.rank))
+        let r = self.rank_for(m, n);
+        let [a, b] = self.projector.low_rank_shape(m, n, r);
+        let residual = match self.residual {
+            ResidualRule::Fira { .. } => 4,
+            _ => 0,
+        };
+        4 * 2 * a * b + self.projector.projector_bytes(m, n, r, 4) + residual
     }
 }
 
@@ -309,7 +374,7 @@ mod tests {
 
     fn identity(flavor: AdamFlavor, decay: DecayTiming, wd: f64) -> EngineConfig {
         EngineConfig {
-            rank: 0,
+            rank: RankRule::Fixed(0),
             projector: ProjectorKind::Identity,
             refresh: RefreshPolicy::Every { gap: 1 },
             adam: SubspaceAdam {
@@ -347,7 +412,14 @@ mod tests {
         for step in 0..6 {
             let g = random([7, 5], 100 + step);
             let (w, s) = engine
-                .step(1e-2, w_ours, g.clone(), s_ours, &[7, 5])
+                .step(
+                    1e-2,
+                    w_ours,
+                    g.clone(),
+                    s_ours,
+                    &[7, 5],
+                    &SharedBases::new(),
+                )
                 .unwrap();
             (w_ours, s_ours) = (w, Some(s));
             (w_burn, s_burn) = SimpleOptimizer::<B>::step(&adamw, 1e-2, w_burn, g, s_burn);
@@ -367,7 +439,9 @@ mod tests {
         for t in 1..=5 {
             let g = random([4, 6], 10 + t as u64);
             let gv: Vec<f32> = g.clone().into_data().to_vec().unwrap();
-            let (nw, s) = engine.step(lr, w, g, state, &[4, 6]).unwrap();
+            let (nw, s) = engine
+                .step(lr, w, g, state, &[4, 6], &SharedBases::new())
+                .unwrap();
             (w, state) = (nw, Some(s));
             let step = lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
             for i in 0..24 {
@@ -394,13 +468,14 @@ mod tests {
         let b = random([r, n], 6);
         let g = a.matmul(b);
         let kind = ProjectorKind::ExactSvd(crate::projector::ProjType::Full);
-        let p = kind.fit(&g, r).unwrap();
-        let low = p.down(g.clone());
+        let bases = SharedBases::new();
+        let p = kind.fit(&g, r, &bases).unwrap();
+        let low = p.down(g.clone(), &bases);
         assert_eq!(low.dims(), [r, r]);
-        assert!(max_diff(&p.up(low.clone()), &g) < 1e-5);
+        assert!(max_diff(&p.up(low.clone(), &bases), &g) < 1e-5);
 
         let engine = EngineConfig {
-            rank: r,
+            rank: RankRule::Fixed(r),
             projector: kind,
             scale: 0.25,
             ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
@@ -427,7 +502,7 @@ mod tests {
     #[test]
     fn moments_survive_a_refresh_unless_reset() {
         let mut engine = EngineConfig {
-            rank: 2,
+            rank: RankRule::Fixed(2),
             projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
             refresh: RefreshPolicy::Every { gap: 2 },
             ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
@@ -437,7 +512,14 @@ mod tests {
             let mut state = None;
             for t in 0..3 {
                 let (nw, s) = engine
-                    .step(1e-2, w, random([8, 5], 20 + t), state, &[8, 5])
+                    .step(
+                        1e-2,
+                        w,
+                        random([8, 5], 20 + t),
+                        state,
+                        &[8, 5],
+                        &SharedBases::new(),
+                    )
                     .unwrap();
                 (w, state) = (nw, Some(s));
             }

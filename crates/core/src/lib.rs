@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod adam;
+pub mod dct;
 pub mod engine;
 pub mod error;
 pub mod optimizer;
@@ -17,7 +18,8 @@ pub mod svd;
 pub mod targets;
 
 pub use adam::{AdamFlavor, SubspaceAdam};
-pub use engine::{DecayTiming, EngineConfig, ParamState};
+pub use dct::SharedBases;
+pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule};
 pub use error::EmberError;
 pub use optimizer::{EmberOptimizer, EmberRecord, NonFinitePolicy};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};

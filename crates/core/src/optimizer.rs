@@ -11,6 +11,7 @@ use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::dct::SharedBases;
 use crate::engine::{EngineConfig, ParamState};
 use crate::error::EmberError;
 use crate::targets::Targets;
@@ -38,6 +39,7 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     targets: Targets,
     non_finite: NonFinitePolicy,
     states: HashMap<ParamId, ParamState<B::InnerBackend>>,
+    bases: SharedBases<B::InnerBackend>,
     skipped_steps: usize,
     _module: PhantomData<M>,
 }
@@ -92,6 +94,7 @@ where
             targets,
             non_finite,
             states: HashMap::new(),
+            bases: SharedBases::new(),
             skipped_steps: 0,
             _module: PhantomData,
         })
@@ -102,9 +105,15 @@ where
         &self.target
     }
 
-    /// Bytes of optimizer state held now, over all parameters.
+    /// Bytes of optimizer state held now: every parameter's state plus the shared DCT bases
+    /// (each counted once).
     pub fn state_bytes(&self) -> usize {
-        self.states.values().map(ParamState::bytes).sum()
+        self.states.values().map(ParamState::bytes).sum::<usize>() + self.bases.bytes()
+    }
+
+    /// The shared DCT bases (sizes and bytes).
+    pub fn shared_bases(&self) -> &SharedBases<B::InnerBackend> {
+        &self.bases
     }
 
     /// The state of one parameter, if it has stepped.
@@ -207,7 +216,7 @@ where
             }
             let state = self.states.get(id).cloned().map(|s| s.to_device(&c.device));
             let w = c.value.to_device(&c.device);
-            let (w, state) = engine.step(lr, w, c.grad, state, &c.shape)?;
+            let (w, state) = engine.step(lr, w, c.grad, state, &c.shape, &self.bases)?;
             updates.insert(*id, w);
             new_states.insert(*id, state);
         }

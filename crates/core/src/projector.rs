@@ -7,11 +7,15 @@
 //! | right   | `Vhᵣ` (r×n)  | `G·Pᵀ` (m×r)       | `N·P`          |
 //! | both    | `Uᵣ`, `Vhᵣ`  | `Uᵣᵀ·G·Vhᵣᵀ` (r×r) | `Uᵣ·N·Vhᵣ`     |
 //! | identity| —            | `G`                | `N`            |
+//!
+//! The DCT projector is a left or right projector whose `P` is `r` columns of the shared DCT basis
+//! `Q` ([`crate::dct`]); its state holds only their indices.
 
 use burn::prelude::*;
 use burn::record::Record;
 use serde::{Deserialize, Serialize};
 
+use crate::dct::SharedBases;
 use crate::error::EmberError;
 use crate::svd::truncated_svd;
 
@@ -64,6 +68,22 @@ pub enum ProjectorKind {
     /// No projection: the subspace is the whole space (plain Adam; also the fallback for
     /// non-targeted parameters).
     Identity,
+    /// DCT-AdamW's SVD-free projector: the `r` columns of the orthonormal DCT-II basis of the
+    /// projected dimension with the largest ℓ₁ alignment scores with the gradient
+    /// (`‖(G·Q)[:, j]‖₁` for the right side, `‖(Qᵀ·G)[j, :]‖₁` for the left side), in descending
+    /// score order. The side follows the `ProjType` (`Full` is not supported).
+    Dct(ProjType),
+}
+
+/// `r` columns of a shared basis, by index.
+#[derive(Record, Clone, Debug)]
+pub struct Selection<B: Backend> {
+    /// Column indices into the basis, in descending score order.
+    pub indices: Tensor<B, 1, Int>,
+    /// Left side (`R = Q[:, idx]ᵀ·G`) or right side (`R = G·Q[:, idx]`).
+    pub left: bool,
+    /// Size of the basis.
+    pub size: usize,
 }
 
 /// Both factors of a two-sided projector.
@@ -86,12 +106,22 @@ pub enum ProjectorState<B: Backend> {
     Both(TwoSided<B>),
     /// No projection.
     Identity(()),
+    /// Columns of a shared DCT basis.
+    Selected(Selection<B>),
 }
 
 impl<B: Backend> ProjectorState<B> {
     /// `R = down(G)`.
-    pub fn down(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Selected(sel) => {
+                let p = sel.columns(bases, &g.device());
+                if sel.left {
+                    p.transpose().matmul(g)
+                } else {
+                    g.matmul(p)
+                }
+            }
             ProjectorState::Left(p) => p.clone().transpose().matmul(g),
             ProjectorState::Right(p) => g.matmul(p.clone().transpose()),
             ProjectorState::Both(t) => t
@@ -105,8 +135,16 @@ impl<B: Backend> ProjectorState<B> {
     }
 
     /// `up(N)`, without any scale.
-    pub fn up(&self, low: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn up(&self, low: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Selected(sel) => {
+                let p = sel.columns(bases, &low.device());
+                if sel.left {
+                    p.matmul(low)
+                } else {
+                    low.matmul(p.transpose())
+                }
+            }
             ProjectorState::Left(p) => p.clone().matmul(low),
             ProjectorState::Right(p) => low.matmul(p.clone()),
             ProjectorState::Both(t) => t.left.clone().matmul(low).matmul(t.right.clone()),
@@ -120,6 +158,7 @@ impl<B: Backend> ProjectorState<B> {
             ProjectorState::Left(p) | ProjectorState::Right(p) => tensor_bytes(p),
             ProjectorState::Both(t) => tensor_bytes(&t.left) + tensor_bytes(&t.right),
             ProjectorState::Identity(()) => 0,
+            ProjectorState::Selected(sel) => tensor_bytes(&sel.indices),
         }
     }
 
@@ -130,6 +169,7 @@ impl<B: Backend> ProjectorState<B> {
             ProjectorState::Right(p) => Some(p.dims()[0]),
             ProjectorState::Both(t) => Some(t.left.dims()[1]),
             ProjectorState::Identity(()) => None,
+            ProjectorState::Selected(sel) => Some(sel.indices.dims()[0]),
         }
     }
 
@@ -143,7 +183,36 @@ impl<B: Backend> ProjectorState<B> {
                 let p = &t.left;
                 Some(p.clone().slice([0..p.dims()[0], 0..1]).flatten(0, 1))
             }
-            ProjectorState::Identity(()) => None,
+            ProjectorState::Identity(()) | ProjectorState::Selected(_) => None,
+        }
+    }
+}
+
+impl<B: Backend> Selection<B> {
+    /// `Q[:, idx]`: the selected basis columns (s×r).
+    pub fn columns(&self, bases: &SharedBases<B>, device: &B::Device) -> Tensor<B, 2> {
+        bases.get(self.size, device).select(1, self.indices.clone())
+    }
+
+    /// Moves the indices to `device`.
+    pub fn to_device(mut self, device: &B::Device) -> Self {
+        self.indices = self.indices.to_device(device);
+        self
+    }
+}
+
+impl<B: Backend> ProjectorState<B> {
+    /// Moves every tensor to `device`.
+    pub fn to_device(self, device: &B::Device) -> Self {
+        match self {
+            ProjectorState::Left(p) => ProjectorState::Left(p.to_device(device)),
+            ProjectorState::Right(p) => ProjectorState::Right(p.to_device(device)),
+            ProjectorState::Both(t) => ProjectorState::Both(TwoSided {
+                left: t.left.to_device(device),
+                right: t.right.to_device(device),
+            }),
+            ProjectorState::Identity(()) => ProjectorState::Identity(()),
+            ProjectorState::Selected(sel) => ProjectorState::Selected(sel.to_device(device)),
         }
     }
 }
@@ -161,9 +230,40 @@ impl ProjectorKind {
         &self,
         g: &Tensor<B, 2>,
         rank: usize,
+        bases: &SharedBases<B>,
     ) -> Result<ProjectorState<B>, EmberError> {
         match self {
             ProjectorKind::Identity => Ok(ProjectorState::Identity(())),
+            ProjectorKind::Dct(proj_type) => {
+                let [m, n] = g.dims();
+                let left = match proj_type.side(m, n) {
+                    Side::Left => true,
+                    Side::Right => false,
+                    Side::Both => {
+                        return Err(EmberError::InvalidConfig(
+                            "the DCT projector has no two-sided (`full`) mode".into(),
+                        ))
+                    }
+                };
+                let size = if left { m } else { n };
+                let q = bases.get(size, &g.device());
+                // scores: ℓ1 norm of each column of G·Q (right) or row of Qᵀ·G (left)
+                let scores = if left {
+                    q.transpose()
+                        .matmul(g.clone())
+                        .abs()
+                        .sum_dim(1)
+                        .flatten::<1>(0, 1)
+                } else {
+                    g.clone().matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
+                };
+                let (_, indices) = scores.topk_with_indices(rank, 0);
+                Ok(ProjectorState::Selected(Selection {
+                    indices,
+                    left,
+                    size,
+                }))
+            }
             ProjectorKind::ExactSvd(proj_type) => {
                 let [m, n] = g.dims();
                 let device = g.device();
@@ -194,7 +294,7 @@ impl ProjectorKind {
     pub fn low_rank_shape(&self, m: usize, n: usize, r: usize) -> [usize; 2] {
         match self {
             ProjectorKind::Identity => [m, n],
-            ProjectorKind::ExactSvd(t) => match t.side(m, n) {
+            ProjectorKind::ExactSvd(t) | ProjectorKind::Dct(t) => match t.side(m, n) {
                 Side::Left => [r, n],
                 Side::Right => [m, r],
                 Side::Both => [r, r],
@@ -202,10 +302,28 @@ impl ProjectorKind {
         }
     }
 
+    /// The side of an `m × n` parameter this projector acts on (None: identity).
+    pub fn side(&self, m: usize, n: usize) -> Option<Side> {
+        match self {
+            ProjectorKind::Identity => None,
+            ProjectorKind::ExactSvd(t) | ProjectorKind::Dct(t) => Some(t.side(m, n)),
+        }
+    }
+
+    /// Bytes of the projector state for an `m × n` parameter at rank `r` (f32 matrices; DCT:
+    /// `r` indices of `index_bytes` each, the shared basis not included).
+    pub fn projector_bytes(&self, m: usize, n: usize, r: usize, index_bytes: usize) -> usize {
+        match self {
+            ProjectorKind::Dct(_) => r * index_bytes,
+            _ => 4 * self.projector_elements(m, n, r),
+        }
+    }
+
     /// Elements of the projector for an `m × n` parameter at rank `r`.
     pub fn projector_elements(&self, m: usize, n: usize, r: usize) -> usize {
         match self {
             ProjectorKind::Identity => 0,
+            ProjectorKind::Dct(_) => r,
             ProjectorKind::ExactSvd(t) => match t.side(m, n) {
                 Side::Left => m * r,
                 Side::Right => r * n,

@@ -3,24 +3,105 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// What the engine does with `G − up(R)`.
+/// What the engine does with the residual `G − up(R)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResidualRule {
     /// Thrown away (GaLore, Q-GaLore, DCT-AdamW).
     Discard,
+    /// Fira: the residual `G − α·up(R)` is scaled per row/column by `φ = ‖N‖/(‖R‖ + 1e-8)`
+    /// (norms along the low-rank shape's longer side), then the norm-growth limiter caps
+    /// `‖Ψ‖` at `γ` times its previous value; applied with the Adam step size `η`.
+    Fira {
+        /// Norm-growth limit γ (1.01 in the official code).
+        gamma: f64,
+    },
+    /// FRUGAL's state-free signSGD: `W ← W − lr·s·sign(G − up(R))`.
+    SignSgd {
+        /// `inactive_lr_scale` s.
+        lr_scale: f64,
+    },
+    /// FRUGAL's state-free SGD: `W ← W − lr·s·(G − up(R))`.
+    Sgd {
+        /// `inactive_lr_scale` s.
+        lr_scale: f64,
+    },
 }
 
-/// Inputs a residual rule may use.
-pub struct ResidualInputs<B: Backend> {
-    /// The full gradient `G`.
-    pub grad: Tensor<B, 2>,
-    /// `up(R)`, unscaled.
-    pub up_low_rank: Tensor<B, 2>,
+/// What a residual rule adds to the update: `W ← W − term`.
+pub struct ResidualTerm<B: Backend> {
+    /// The term, already multiplied by its step size.
+    pub term: Tensor<B, 2>,
+    /// Fira's new `ζ = ‖Ψ‖` after limiting.
+    pub norm: Option<Tensor<B, 1>>,
 }
 
 impl ResidualRule {
-    /// Whether the rule needs `up(R)` (so the engine can skip a matmul).
-    pub fn needs_inputs(&self) -> bool {
-        !matches!(self, ResidualRule::Discard)
+    /// Whether the rule uses the residual at all.
+    pub fn is_discard(&self) -> bool {
+        matches!(self, ResidualRule::Discard)
+    }
+
+    /// The residual term.
+    ///
+    /// * `g` — the full gradient; `up_r` — `up(R)` without scale; `scale` — α;
+    /// * `r`, `n` — the low-rank gradient and its Adam-normalized version;
+    /// * `eta` — the Adam step size, `lr` — the learning rate;
+    /// * `prev_norm` — Fira's `ζ` of the previous step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn term<B: Backend>(
+        &self,
+        g: Tensor<B, 2>,
+        up_r: Tensor<B, 2>,
+        scale: f64,
+        r: &Tensor<B, 2>,
+        n: &Tensor<B, 2>,
+        eta: f64,
+        lr: f64,
+        prev_norm: Option<Tensor<B, 1>>,
+    ) -> Option<ResidualTerm<B>> {
+        match self {
+            ResidualRule::Discard => None,
+            ResidualRule::SignSgd { lr_scale } => Some(ResidualTerm {
+                term: g.sub(up_r).sign().mul_scalar(lr * lr_scale),
+                norm: None,
+            }),
+            ResidualRule::Sgd { lr_scale } => Some(ResidualTerm {
+                term: g.sub(up_r).mul_scalar(lr * lr_scale),
+                norm: None,
+            }),
+            ResidualRule::Fira { gamma } => {
+                let residual = g.sub(up_r.mul_scalar(scale));
+                let [rows, cols] = n.dims();
+                let dim = if rows < cols { 0 } else { 1 };
+                let norm_n = n.clone().powi_scalar(2).sum_dim(dim).sqrt();
+                let norm_r = r.clone().powi_scalar(2).sum_dim(dim).sqrt();
+                let phi = norm_n.div(norm_r.add_scalar(1e-8));
+                let mut psi = residual.mul(phi);
+                let mut norm = psi.clone().powi_scalar(2).sum().sqrt();
+                if let Some(prev) = prev_norm {
+                    let limiter = norm
+                        .clone()
+                        .div(prev.add_scalar(1e-8))
+                        .clamp_min(*gamma)
+                        .div_scalar(*gamma);
+                    psi = psi.div(limiter.clone().unsqueeze());
+                    norm = norm.div(limiter);
+                }
+                Some(ResidualTerm {
+                    term: psi.mul_scalar(eta),
+                    norm: Some(norm),
+                })
+            }
+        }
+    }
+
+    /// Validates the configuration.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ResidualRule::Fira { gamma } if !(gamma.is_finite() && *gamma > 0.0) => Err(format!(
+                "the norm-growth limit γ = {gamma} must be positive"
+            )),
+            _ => Ok(()),
+        }
     }
 }

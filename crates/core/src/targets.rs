@@ -21,6 +21,7 @@ use std::collections::HashSet;
 pub struct Targets {
     patterns: Vec<String>,
     ids: HashSet<ParamId>,
+    max_dim: Option<usize>,
 }
 
 impl Targets {
@@ -34,7 +35,15 @@ impl Targets {
         Self {
             patterns: patterns.into_iter().map(Into::into).collect(),
             ids: HashSet::new(),
+            max_dim: None,
         }
+    }
+
+    /// Excludes matrices with a dimension `≥ max_dim` (DCT-AdamW's `max_shape`: embeddings and
+    /// LM heads of a 32000-token vocabulary stay on AdamW).
+    pub fn with_max_dim(mut self, max_dim: usize) -> Self {
+        self.max_dim = Some(max_dim);
+        self
     }
 
     /// Adds parameters by id.
@@ -53,7 +62,9 @@ impl Targets {
 
     /// Whether a parameter of this shape, id and path gets the low-rank pipeline.
     pub fn is_target(&self, id: ParamId, path: &str, shape: &[usize]) -> bool {
-        shape.len() == 2 && self.selects(id, path)
+        shape.len() == 2
+            && self.max_dim.is_none_or(|d| shape[0] < d && shape[1] < d)
+            && self.selects(id, path)
     }
 }
 

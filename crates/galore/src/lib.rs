@@ -33,7 +33,8 @@ use burn::config::Config;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RefreshPolicy, ResidualRule, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
+    SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
 
@@ -91,7 +92,7 @@ impl GaloreConfig {
     /// The pipeline for targeted parameters.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
-            rank: self.rank,
+            rank: RankRule::Fixed(self.rank),
             projector: ProjectorKind::ExactSvd(self.proj_type),
             refresh: RefreshPolicy::Every {
                 gap: self.update_proj_gap,

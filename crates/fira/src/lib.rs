@@ -1,0 +1,121 @@
+//! # Fira (Chen et al., 2024) for burn
+//!
+//! GaLore's low-rank Adam step plus the full-rank residual that GaLore throws away, scaled by the
+//! ratio Adam applied in the subspace, and a norm-growth limiter:
+//!
+//! ```text
+//! R = down(G), N = M/(√V+ε)                          (GaLore's subspace Adam, η its step size)
+//! φ = ‖N‖ / (‖R‖ + 1e-8)   per row (m ≥ r) or per column (r×n) of the low-rank shape
+//! Ψ = (G − α·up(R)) · φ
+//! l = max(‖Ψ‖ / (ζ + 1e-8), γ) / γ,  Ψ ← Ψ / l,  ζ ← ‖Ψ‖      (from the second step on)
+//! W ← W − η·(α·up(N) + Ψ),  W ← W − lr·λ·W
+//! ```
+//!
+//! as fira 1.0.2's `AdamW` computes it (the residual subtracts the **α-scaled** back-projection).
+//! `ζ` lives on the device in the optimizer state and is saved with it.
+
+use burn::config::Config;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ember_core::{
+    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
+    SubspaceAdam,
+};
+pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
+
+/// Configuration of [Fira](crate), with fira's option names and defaults.
+#[derive(Config, Debug)]
+pub struct FiraConfig {
+    /// Rank `r` of the projection.
+    #[config(default = 128)]
+    pub rank: usize,
+    /// Steps between projector refreshes.
+    #[config(default = 200)]
+    pub update_proj_gap: usize,
+    /// α, multiplied into the back-projection (also inside the residual).
+    #[config(default = 0.25)]
+    pub alpha: f64,
+    /// Side(s) of the projection.
+    #[config(default = "ProjType::Std")]
+    pub proj_type: ProjType,
+    /// β₁.
+    #[config(default = 0.9)]
+    pub beta_1: f64,
+    /// β₂.
+    #[config(default = 0.999)]
+    pub beta_2: f64,
+    /// ε (added to √V before bias correction).
+    #[config(default = 1e-6)]
+    pub epsilon: f64,
+    /// λ, decoupled weight decay applied after the update.
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Adam bias correction.
+    #[config(default = true)]
+    pub correct_bias: bool,
+    /// Norm-growth limit γ (hard-coded 1.01 upstream).
+    #[config(default = 1.01)]
+    pub gamma: f64,
+    /// Module-path patterns of the targeted parameters; empty: every 2-D parameter.
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
+    /// What a step does on NaN/Inf gradients.
+    #[config(default = "NonFinitePolicy::Error")]
+    pub non_finite: NonFinitePolicy,
+}
+
+impl FiraConfig {
+    /// The pipeline for targeted parameters.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            rank: RankRule::Fixed(self.rank),
+            projector: ProjectorKind::ExactSvd(self.proj_type),
+            refresh: RefreshPolicy::Every {
+                gap: self.update_proj_gap,
+            },
+            adam: SubspaceAdam {
+                beta_1: self.beta_1,
+                beta_2: self.beta_2,
+                epsilon: self.epsilon,
+                bias_correction: self.correct_bias,
+                flavor: AdamFlavor::Galore,
+                reset_on_refresh: false,
+            },
+            residual: ResidualRule::Fira { gamma: self.gamma },
+            scale: self.alpha,
+            weight_decay: self.weight_decay,
+            decay: DecayTiming::AfterUpdate,
+        }
+    }
+
+    /// The AdamW of the other parameters (no projection, no residual).
+    pub fn dense_engine(&self) -> EngineConfig {
+        EngineConfig {
+            projector: ProjectorKind::Identity,
+            residual: ResidualRule::Discard,
+            scale: 1.0,
+            ..self.engine()
+        }
+    }
+
+    /// Builds the optimizer, or explains which option is out of range.
+    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+        self.init_with_targets(Targets::patterns(self.targets.clone()))
+    }
+
+    /// Builds the optimizer (panics with the reason on an invalid configuration).
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
+        self.try_init()
+            .unwrap_or_else(|e| panic!("FiraConfig::init: {e}"))
+    }
+
+    /// Builds the optimizer with explicit targets (e.g. by parameter id).
+    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        targets: Targets,
+    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+        EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)
+    }
+}
