@@ -482,7 +482,7 @@ mod tests {
         };
         let w = random([m, n], 7);
         let (w1, state) = engine
-            .step(1e-2, w.clone(), g.clone(), None, &[m, n])
+            .step(1e-2, w.clone(), g.clone(), None, &[m, n], &bases)
             .unwrap();
         assert_eq!(state.moment_1.dims(), [r, r]);
         assert_eq!(state.bytes(), engine.state_bytes_f32(m, n));
@@ -493,7 +493,7 @@ mod tests {
             .mul_scalar(1.0 - b1)
             .div(low.abs().mul_scalar((1.0 - b2).sqrt()).add_scalar(eps));
         let expected = w.sub(
-            p.up(n1)
+            p.up(n1, &bases)
                 .mul_scalar(0.25 * 1e-2 * (1.0 - b2).sqrt() / (1.0 - b1)),
         );
         assert!(max_diff(&w1, &expected) < 1e-6);
