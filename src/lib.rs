@@ -6,12 +6,14 @@
 //! * [`galore`] — GaLore-AdamW (gradient low-rank projection).
 //! * [`fira`] — Fira (GaLore + norm-scaled full-rank residual, norm-growth limiter).
 //! * [`dct`] — DCT-AdamW (SVD-free projection on a shared DCT basis).
+//! * [`frugal`] — FRUGAL (state-full subspace + state-free residual).
 //!
 //! The shared engine is [`core`].
 
 pub use ember_core as core;
 pub use ember_dct as dct;
 pub use ember_fira as fira;
+pub use ember_frugal as frugal;
 pub use ember_galore as galore;
 
 /// The configs and the optimizer type, for `use ember::prelude::*`.
@@ -19,5 +21,6 @@ pub mod prelude {
     pub use crate::core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
     pub use crate::dct::DctConfig;
     pub use crate::fira::FiraConfig;
+    pub use crate::frugal::FrugalConfig;
     pub use crate::galore::GaloreConfig;
 }

@@ -12,6 +12,7 @@ use burn::prelude::*;
 use ember::core::{EmberOptimizer, ProjType};
 use ember::dct::DctConfig;
 use ember::fira::FiraConfig;
+use ember::frugal::{FrugalConfig, FrugalProjection, InactiveRule};
 use ember::galore::GaloreConfig;
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -94,6 +95,32 @@ fn build(method: &str, c: &Value) -> Result<EmberOptimizer<Single<B>, B>, String
                 .with_epsilon(f(c, "eps"))
                 .with_weight_decay(f(c, "weight_decay"))
                 .with_rotate_subspace(c["rotate_subspace"].as_bool().unwrap_or(false))
+                .try_init()
+                .map_err(|e| e.to_string())?)
+        }
+        "frugal" => {
+            if c["proj_type"].as_str() != Some("svd") {
+                return Err(format!("FRUGAL case with proj_type={}", c["proj_type"]));
+            }
+            let rule = match c["inactive_update_rule"].as_str() {
+                Some("sign_sgd") => InactiveRule::SignSgd,
+                Some("sgd") => InactiveRule::Sgd,
+                Some("no") => InactiveRule::No,
+                other => return Err(format!("inactive_update_rule {other:?}")),
+            };
+            Ok(FrugalConfig::new()
+                .with_density(f(c, "density"))
+                .with_update_gap(u(c, "update_gap"))
+                .with_reset_statistics(c["reset_statistics"].as_bool().unwrap())
+                .with_inactive_update_rule(rule)
+                .with_inactive_lr_scale(f(c, "inactive_lr_scale"))
+                .with_proj_params_lr_scale(f(c, "proj_params_lr_scale"))
+                .with_proj_side(proj_type(c["proj_side"].as_str().unwrap())?)
+                .with_proj_type(FrugalProjection::Svd)
+                .with_beta_1(betas[0].as_f64().unwrap())
+                .with_beta_2(betas[1].as_f64().unwrap())
+                .with_epsilon(f(c, "eps"))
+                .with_weight_decay(f(c, "weight_decay"))
                 .try_init()
                 .map_err(|e| e.to_string())?)
         }

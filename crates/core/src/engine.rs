@@ -43,6 +43,30 @@ pub enum RankRule {
     Fixed(usize),
     /// `round(ρ × projected dimension)` (FRUGAL's `density`; round half to even, as Python).
     Density(f64),
+    /// `floor(ρ × projected dimension)` (FRUGAL's coordinate optimizer: `int(ρ·dim)`).
+    DensityFloor(f64),
+}
+
+/// What a step needs to know about its parameter besides its values.
+#[derive(Clone, Copy)]
+pub struct StepContext<'a, B: Backend> {
+    /// The parameter's original shape (recorded in the state).
+    pub shape: &'a [usize],
+    /// The shared DCT bases.
+    pub bases: &'a SharedBases<B>,
+    /// Identifies the parameter for seeded projectors (hash of its module path).
+    pub salt: u64,
+}
+
+impl<'a, B: Backend> StepContext<'a, B> {
+    /// A context with no seeded salt.
+    pub fn new(shape: &'a [usize], bases: &'a SharedBases<B>) -> Self {
+        Self {
+            shape,
+            bases,
+            salt: 0,
+        }
+    }
 }
 
 /// The parts of one pipeline.
@@ -121,7 +145,9 @@ impl EngineConfig {
         if self.projector != ProjectorKind::Identity {
             match self.rank {
                 RankRule::Fixed(0) => return Err(bad("rank must be at least 1".into())),
-                RankRule::Density(rho) if !(rho > 0.0 && rho <= 1.0) => {
+                RankRule::Density(rho) | RankRule::DensityFloor(rho)
+                    if !(rho > 0.0 && rho <= 1.0) =>
+                {
                     return Err(bad(format!("density ρ = {rho} must be in (0, 1]")))
                 }
                 _ => {}
@@ -151,13 +177,18 @@ impl EngineConfig {
     pub fn rank_for(&self, m: usize, n: usize) -> usize {
         match self.rank {
             RankRule::Fixed(r) => r,
-            RankRule::Density(rho) => {
+            RankRule::Density(rho) | RankRule::DensityFloor(rho) => {
                 let dim = match self.projector.side(m, n) {
                     Some(Side::Left) => m,
                     Some(Side::Right) => n,
                     _ => m.min(n),
                 };
-                (rho * dim as f64).round_ties_even() as usize
+                let x = rho * dim as f64;
+                if matches!(self.rank, RankRule::Density(_)) {
+                    x.round_ties_even() as usize
+                } else {
+                    x.floor() as usize
+                }
             }
         }
     }
@@ -165,8 +196,9 @@ impl EngineConfig {
     /// The largest rank an `m × n` parameter admits.
     pub fn max_rank(&self, m: usize, n: usize) -> usize {
         match (&self.projector, self.projector.side(m, n)) {
-            (ProjectorKind::Dct(_), Some(Side::Left)) => m,
-            (ProjectorKind::Dct(_), Some(Side::Right)) => n,
+            (ProjectorKind::ExactSvd(_), _) => m.min(n),
+            (_, Some(Side::Left)) => m,
+            (_, Some(Side::Right)) => n,
             _ => m.min(n),
         }
     }
@@ -239,7 +271,7 @@ impl EngineConfig {
 
     /// One step of the pipeline for a 2-D view `w` of a parameter with gradient `g`.
     ///
-    /// `name` is used in errors only. The caller checks shapes with [`check_param`](Self::check_param)
+    /// `salt` identifies the parameter for seeded projectors. The caller checks shapes with [`check_param`](Self::check_param)
     /// and finiteness of `g` beforehand.
     pub fn step<B: Backend>(
         &self,
@@ -247,9 +279,9 @@ impl EngineConfig {
         w: Tensor<B, 2>,
         g: Tensor<B, 2>,
         state: Option<ParamState<B>>,
-        shape: &[usize],
-        bases: &SharedBases<B>,
+        ctx: &StepContext<'_, B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
+        let StepContext { shape, bases, salt } = *ctx;
         let [m, n] = g.dims();
         let rank = self.rank_for(m, n);
         let decay = lr * self.weight_decay;
@@ -275,7 +307,9 @@ impl EngineConfig {
         let k = step;
         let identity = self.projector == ProjectorKind::Identity;
         if projector.is_none() || (!identity && self.refresh.is_due(k, &refresh)) {
-            let fresh = self.projector.fit(&g, rank, bases)?;
+            let fresh = self
+                .projector
+                .fit(&g, rank, bases, salt, refresh.refreshes)?;
             refresh.refreshes += 1;
             if self.adam.reset_on_refresh && moments.is_some() {
                 moments = None;
@@ -330,6 +364,32 @@ impl EngineConfig {
                 residual_norm,
             },
         ))
+    }
+
+    /// A state-free update with `rule` on the whole gradient (FRUGAL's inactive blocks): decay
+    /// as configured, then `W ← W − lr·s·sign(G)` (signSGD), `W ← W − lr·s·G` (SGD) or nothing
+    /// (`Discard`).
+    pub fn state_free_step<B: Backend>(
+        &self,
+        lr: f64,
+        w: Tensor<B, 2>,
+        g: Tensor<B, 2>,
+        rule: &ResidualRule,
+    ) -> Tensor<B, 2> {
+        let decay = lr * self.weight_decay;
+        let mut w = w;
+        if self.decay == DecayTiming::BeforeUpdate && decay != 0.0 {
+            w = w.mul_scalar(1.0 - decay);
+        }
+        match rule {
+            ResidualRule::SignSgd { lr_scale } => w = w.sub(g.sign().mul_scalar(lr * lr_scale)),
+            ResidualRule::Sgd { lr_scale } => w = w.sub(g.mul_scalar(lr * lr_scale)),
+            ResidualRule::Discard | ResidualRule::Fira { .. } => {}
+        }
+        if self.decay == DecayTiming::AfterUpdate && decay != 0.0 {
+            w = w.clone().sub(w.mul_scalar(decay));
+        }
+        w
     }
 
     /// Bytes of optimizer state this pipeline holds for an `m × n` parameter with f32 state and
@@ -417,8 +477,7 @@ mod tests {
                     w_ours,
                     g.clone(),
                     s_ours,
-                    &[7, 5],
-                    &SharedBases::new(),
+                    &StepContext::new(&[7, 5], &SharedBases::new()),
                 )
                 .unwrap();
             (w_ours, s_ours) = (w, Some(s));
@@ -440,7 +499,13 @@ mod tests {
             let g = random([4, 6], 10 + t as u64);
             let gv: Vec<f32> = g.clone().into_data().to_vec().unwrap();
             let (nw, s) = engine
-                .step(lr, w, g, state, &[4, 6], &SharedBases::new())
+                .step(
+                    lr,
+                    w,
+                    g,
+                    state,
+                    &StepContext::new(&[4, 6], &SharedBases::new()),
+                )
                 .unwrap();
             (w, state) = (nw, Some(s));
             let step = lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
@@ -469,7 +534,7 @@ mod tests {
         let g = a.matmul(b);
         let kind = ProjectorKind::ExactSvd(crate::projector::ProjType::Full);
         let bases = SharedBases::new();
-        let p = kind.fit(&g, r, &bases).unwrap();
+        let p = kind.fit(&g, r, &bases, 0, 0).unwrap();
         let low = p.down(g.clone(), &bases);
         assert_eq!(low.dims(), [r, r]);
         assert!(max_diff(&p.up(low.clone(), &bases), &g) < 1e-5);
@@ -482,7 +547,13 @@ mod tests {
         };
         let w = random([m, n], 7);
         let (w1, state) = engine
-            .step(1e-2, w.clone(), g.clone(), None, &[m, n], &bases)
+            .step(
+                1e-2,
+                w.clone(),
+                g.clone(),
+                None,
+                &StepContext::new(&[m, n], &bases),
+            )
             .unwrap();
         assert_eq!(state.moment_1.dims(), [r, r]);
         assert_eq!(state.bytes(), engine.state_bytes_f32(m, n));
@@ -517,8 +588,7 @@ mod tests {
                         w,
                         random([8, 5], 20 + t),
                         state,
-                        &[8, 5],
-                        &SharedBases::new(),
+                        &StepContext::new(&[8, 5], &SharedBases::new()),
                     )
                     .unwrap();
                 (w, state) = (nw, Some(s));

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod adam;
+pub mod blocks;
 pub mod dct;
 pub mod engine;
 pub mod error;
@@ -14,14 +15,16 @@ pub mod optimizer;
 pub mod projector;
 pub mod refresh;
 pub mod residual;
+pub mod rng;
 pub mod svd;
 pub mod targets;
 
 pub use adam::{AdamFlavor, SubspaceAdam};
+pub use blocks::{BlockOrder, BlockSchedule};
 pub use dct::SharedBases;
-pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule};
+pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
 pub use error::EmberError;
-pub use optimizer::{EmberOptimizer, EmberRecord, NonFinitePolicy};
+pub use optimizer::{EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use refresh::{RefreshPolicy, RefreshState};
 pub use residual::ResidualRule;

@@ -11,8 +11,9 @@ use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::blocks::BlockSchedule;
 use crate::dct::SharedBases;
-use crate::engine::{EngineConfig, ParamState};
+use crate::engine::{EngineConfig, ParamState, StepContext};
 use crate::error::EmberError;
 use crate::targets::Targets;
 
@@ -38,37 +39,48 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     dense: EngineConfig,
     targets: Targets,
     non_finite: NonFinitePolicy,
+    blocks: Option<BlockSchedule>,
     states: HashMap<ParamId, ParamState<B::InnerBackend>>,
+    step: usize,
     bases: SharedBases<B::InnerBackend>,
     skipped_steps: usize,
     _module: PhantomData<M>,
 }
 
-/// The optimizer's state: one [`ParamState`] per parameter that has stepped.
+/// The optimizer's state on the inner backend.
+#[derive(Record, Clone)]
+pub struct EmberState<B: Backend> {
+    /// One [`ParamState`] per parameter that holds state.
+    pub states: HashMap<ParamId, ParamState<B>>,
+    /// Optimizer steps taken (drives blockwise selection).
+    pub step: usize,
+}
+
+/// The optimizer's state as a burn [`Record`] of the autodiff backend.
 pub struct EmberRecord<B: AutodiffBackend> {
-    /// Per-parameter state.
-    pub states: HashMap<ParamId, ParamState<B::InnerBackend>>,
+    /// The state.
+    pub state: EmberState<B::InnerBackend>,
 }
 
 impl<B: AutodiffBackend> Clone for EmberRecord<B> {
     fn clone(&self) -> Self {
         Self {
-            states: self.states.clone(),
+            state: self.state.clone(),
         }
     }
 }
 
 impl<B: AutodiffBackend> Record<B> for EmberRecord<B> {
     type Item<S: PrecisionSettings> =
-        <HashMap<ParamId, ParamState<B::InnerBackend>> as Record<B::InnerBackend>>::Item<S>;
+        <EmberState<B::InnerBackend> as Record<B::InnerBackend>>::Item<S>;
 
     fn into_item<S: PrecisionSettings>(self) -> Self::Item<S> {
-        Record::<B::InnerBackend>::into_item(self.states)
+        Record::<B::InnerBackend>::into_item(self.state)
     }
 
     fn from_item<S: PrecisionSettings>(item: Self::Item<S>, device: &B::Device) -> Self {
         Self {
-            states: Record::<B::InnerBackend>::from_item(item, device),
+            state: Record::<B::InnerBackend>::from_item(item, device),
         }
     }
 }
@@ -93,11 +105,26 @@ where
             dense,
             targets,
             non_finite,
+            blocks: None,
             states: HashMap::new(),
+            step: 0,
             bases: SharedBases::new(),
             skipped_steps: 0,
             _module: PhantomData,
         })
+    }
+
+    /// Blockwise mode: targeted parameters take turns being state-full (see
+    /// [`crate::blocks`]); the `dense` pipeline is their state-full optimizer.
+    pub fn with_blocks(mut self, blocks: BlockSchedule) -> Result<Self, EmberError> {
+        blocks.validate().map_err(EmberError::InvalidConfig)?;
+        self.blocks = Some(blocks);
+        Ok(self)
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> usize {
+        self.step
     }
 
     /// The pipeline of targeted parameters.
@@ -177,7 +204,8 @@ where
             if c.shape.iter().product::<usize>() == 0 {
                 continue; // empty: nothing to update, no state (skipped below as well)
             }
-            let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
+            let engine = if self.targets.is_target(*id, &c.path, &c.shape) && self.blocks.is_none()
+            {
                 &self.target
             } else {
                 &self.dense
@@ -203,24 +231,89 @@ where
         // parameter is replaced, since new states are staged first.
         let mut updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>> = HashMap::new();
         let mut new_states = HashMap::new();
+        let mut dropped = Vec::new();
         let mut taken = taken;
+
+        // blockwise: which targets are state-full this step; states reset at each re-selection
+        let block_targets: Vec<ParamId> = match &self.blocks {
+            Some(_) => order
+                .iter()
+                .filter(|id| {
+                    let c = &taken[*id];
+                    self.targets.is_target(**id, &c.path, &c.shape)
+                })
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
+        let active: HashMap<ParamId, bool> = match &self.blocks {
+            Some(b) => block_targets
+                .iter()
+                .copied()
+                .zip(b.active(block_targets.len(), self.step))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let reselect = self
+            .blocks
+            .as_ref()
+            .is_some_and(|b| self.step.is_multiple_of(b.gap));
+
         for id in &order {
             let c = taken.remove(id).expect("collected");
+            if c.shape.iter().product::<usize>() == 0 {
+                continue; // an empty parameter has nothing to update and holds no state
+            }
+            if let (Some(blocks), Some(&is_active)) = (&self.blocks, active.get(id)) {
+                if !is_active {
+                    let w = c.value.to_device(&c.device);
+                    updates.insert(
+                        *id,
+                        self.dense.state_free_step(lr, w, c.grad, &blocks.inactive),
+                    );
+                    dropped.push(*id);
+                    continue;
+                }
+                let state = if reselect {
+                    None
+                } else {
+                    self.states.get(id).cloned()
+                };
+                let state = state.map(|s| s.to_device(&c.device));
+                let w = c.value.to_device(&c.device);
+                let (w, state) = self.dense.step(
+                    lr,
+                    w,
+                    c.grad,
+                    state,
+                    &StepContext::new(&c.shape, &self.bases),
+                )?;
+                updates.insert(*id, w);
+                new_states.insert(*id, state);
+                continue;
+            }
             let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
                 &self.target
             } else {
                 &self.dense
             };
-            if c.shape.iter().product::<usize>() == 0 {
-                continue; // an empty parameter has nothing to update and holds no state
-            }
             let state = self.states.get(id).cloned().map(|s| s.to_device(&c.device));
             let w = c.value.to_device(&c.device);
-            let (w, state) = engine.step(lr, w, c.grad, state, &c.shape, &self.bases)?;
+            let salt = crate::rng::hash_str(&c.path);
+            let ctx = StepContext {
+                shape: &c.shape,
+                bases: &self.bases,
+                salt,
+            };
+            let (w, state) = engine.step(lr, w, c.grad, state, &ctx)?;
             updates.insert(*id, w);
             new_states.insert(*id, state);
         }
+        for id in dropped {
+            self.states.remove(&id);
+        }
         self.states.extend(new_states);
+        self.step += 1;
 
         let mut mapper = Applier::<B> { updates };
         Ok(module.map(&mut mapper))
@@ -247,12 +340,16 @@ where
 
     fn to_record(&self) -> Self::Record {
         EmberRecord {
-            states: self.states.clone(),
+            state: EmberState {
+                states: self.states.clone(),
+                step: self.step,
+            },
         }
     }
 
     fn load_record(mut self, record: Self::Record) -> Self {
-        self.states = record.states;
+        self.states = record.state.states;
+        self.step = record.state.step;
         self
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dct::SharedBases;
 use crate::error::EmberError;
+use crate::rng::SplitMix64;
 use crate::svd::truncated_svd;
 
 /// GaLore's `proj_type`: which side of `W` the projector acts on.
@@ -73,6 +74,23 @@ pub enum ProjectorKind {
     /// (`‖(G·Q)[:, j]‖₁` for the right side, `‖(Qᵀ·G)[j, :]‖₁` for the left side), in descending
     /// score order. The side follows the `ProjType` (`Full` is not supported).
     Dct(ProjType),
+    /// FRUGAL's `random`: a random matrix with orthonormal columns (Gaussian, then QR), drawn
+    /// from `(seed, parameter, refresh count)` at each refresh.
+    RandomOrthogonal {
+        /// Side.
+        proj_type: ProjType,
+        /// Seed.
+        seed: u64,
+    },
+    /// FRUGAL's `randperm` / coordinates: `r` random coordinates (columns for the right side,
+    /// rows for the left side) of `G`, drawn from `(seed, parameter, refresh count)`; `down`
+    /// gathers them, `up` scatters into zeros.
+    RandomCoordinates {
+        /// Side.
+        proj_type: ProjType,
+        /// Seed.
+        seed: u64,
+    },
 }
 
 /// `r` columns of a shared basis, by index.
@@ -84,6 +102,8 @@ pub struct Selection<B: Backend> {
     pub left: bool,
     /// Size of the basis.
     pub size: usize,
+    /// The basis is the DCT (`true`) or the identity (coordinates, `false`).
+    pub dct: bool,
 }
 
 /// Both factors of a two-sided projector.
@@ -114,6 +134,9 @@ impl<B: Backend> ProjectorState<B> {
     /// `R = down(G)`.
     pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Selected(sel) if !sel.dct => {
+                g.select(if sel.left { 0 } else { 1 }, sel.indices.clone())
+            }
             ProjectorState::Selected(sel) => {
                 let p = sel.columns(bases, &g.device());
                 if sel.left {
@@ -137,6 +160,20 @@ impl<B: Backend> ProjectorState<B> {
     /// `up(N)`, without any scale.
     pub fn up(&self, low: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Selected(sel) if !sel.dct => {
+                let [a, b] = low.dims();
+                let (dim, shape) = if sel.left {
+                    (0, [sel.size, b])
+                } else {
+                    (1, [a, sel.size])
+                };
+                Tensor::zeros(shape, &low.device()).select_assign(
+                    dim,
+                    sel.indices.clone(),
+                    low,
+                    burn::tensor::IndexingUpdateOp::Add,
+                )
+            }
             ProjectorState::Selected(sel) => {
                 let p = sel.columns(bases, &low.device());
                 if sel.left {
@@ -225,12 +262,16 @@ pub fn tensor_bytes<B: Backend, const D: usize, K: burn::tensor::BasicOps<B>>(
 }
 
 impl ProjectorKind {
-    /// Computes a fresh projector of rank `rank` from the gradient `g` (m×n).
+    /// Computes a fresh projector of rank `rank` from the gradient `g` (m×n). Random kinds draw
+    /// from `(seed, salt, refreshes)`: `salt` identifies the parameter, `refreshes` counts its
+    /// earlier refreshes, so a resumed run draws the same subspaces.
     pub fn fit<B: Backend>(
         &self,
         g: &Tensor<B, 2>,
         rank: usize,
         bases: &SharedBases<B>,
+        salt: u64,
+        refreshes: usize,
     ) -> Result<ProjectorState<B>, EmberError> {
         match self {
             ProjectorKind::Identity => Ok(ProjectorState::Identity(())),
@@ -262,7 +303,52 @@ impl ProjectorKind {
                     indices,
                     left,
                     size,
+                    dct: true,
                 }))
+            }
+            ProjectorKind::RandomCoordinates { proj_type, seed } => {
+                let [m, n] = g.dims();
+                let left = matches!(proj_type.side(m, n), Side::Left);
+                let size = if left { m } else { n };
+                let mut rng = SplitMix64::new(*seed, &[salt, refreshes as u64]);
+                let idx: Vec<i32> = rng
+                    .sample(size, rank)
+                    .into_iter()
+                    .map(|i| i as i32)
+                    .collect();
+                let indices = Tensor::from_data(TensorData::new(idx, [rank]), &g.device());
+                Ok(ProjectorState::Selected(Selection {
+                    indices,
+                    left,
+                    size,
+                    dct: false,
+                }))
+            }
+            ProjectorKind::RandomOrthogonal { proj_type, seed } => {
+                let [m, n] = g.dims();
+                let left = matches!(proj_type.side(m, n), Side::Left);
+                let size = if left { m } else { n };
+                let mut rng = SplitMix64::new(*seed, &[salt, refreshes as u64]);
+                let gauss = faer::Mat::<f64>::from_fn(size, rank, |_, _| rng.normal());
+                let q = gauss.qr().compute_thin_Q();
+                let device = g.device();
+                Ok(if left {
+                    let v: Vec<f32> = (0..size * rank)
+                        .map(|k| q[(k / rank, k % rank)] as f32)
+                        .collect();
+                    ProjectorState::Left(Tensor::from_data(
+                        TensorData::new(v, [size, rank]),
+                        &device,
+                    ))
+                } else {
+                    let v: Vec<f32> = (0..rank * size)
+                        .map(|k| q[(k % size, k / size)] as f32)
+                        .collect();
+                    ProjectorState::Right(Tensor::from_data(
+                        TensorData::new(v, [rank, size]),
+                        &device,
+                    ))
+                })
             }
             ProjectorKind::ExactSvd(proj_type) => {
                 let [m, n] = g.dims();
@@ -294,7 +380,10 @@ impl ProjectorKind {
     pub fn low_rank_shape(&self, m: usize, n: usize, r: usize) -> [usize; 2] {
         match self {
             ProjectorKind::Identity => [m, n],
-            ProjectorKind::ExactSvd(t) | ProjectorKind::Dct(t) => match t.side(m, n) {
+            ProjectorKind::ExactSvd(t)
+            | ProjectorKind::Dct(t)
+            | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
+            | ProjectorKind::RandomCoordinates { proj_type: t, .. } => match t.side(m, n) {
                 Side::Left => [r, n],
                 Side::Right => [m, r],
                 Side::Both => [r, r],
@@ -306,7 +395,10 @@ impl ProjectorKind {
     pub fn side(&self, m: usize, n: usize) -> Option<Side> {
         match self {
             ProjectorKind::Identity => None,
-            ProjectorKind::ExactSvd(t) | ProjectorKind::Dct(t) => Some(t.side(m, n)),
+            ProjectorKind::ExactSvd(t)
+            | ProjectorKind::Dct(t)
+            | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
+            | ProjectorKind::RandomCoordinates { proj_type: t, .. } => Some(t.side(m, n)),
         }
     }
 
@@ -314,7 +406,7 @@ impl ProjectorKind {
     /// `r` indices of `index_bytes` each, the shared basis not included).
     pub fn projector_bytes(&self, m: usize, n: usize, r: usize, index_bytes: usize) -> usize {
         match self {
-            ProjectorKind::Dct(_) => r * index_bytes,
+            ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r * index_bytes,
             _ => 4 * self.projector_elements(m, n, r),
         }
     }
@@ -323,12 +415,14 @@ impl ProjectorKind {
     pub fn projector_elements(&self, m: usize, n: usize, r: usize) -> usize {
         match self {
             ProjectorKind::Identity => 0,
-            ProjectorKind::Dct(_) => r,
-            ProjectorKind::ExactSvd(t) => match t.side(m, n) {
-                Side::Left => m * r,
-                Side::Right => r * n,
-                Side::Both => m * r + r * n,
-            },
+            ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r,
+            ProjectorKind::ExactSvd(t) | ProjectorKind::RandomOrthogonal { proj_type: t, .. } => {
+                match t.side(m, n) {
+                    Side::Left => m * r,
+                    Side::Right => r * n,
+                    Side::Both => m * r + r * n,
+                }
+            }
         }
     }
 }
