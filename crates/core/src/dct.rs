@@ -104,3 +104,123 @@ mod tests {
         assert_eq!(dct_basis_values(1), vec![1.0]);
     }
 }
+
+/// Whether `B` computes on the host CPU (flex, ndarray, burn's MLIR `cpu`), so that the host FFT
+/// scoring path is the fast one. Decided by `Backend::name`.
+pub fn is_host_backend<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device).to_lowercase();
+    ["flex", "ndarray", "cpu"].iter().any(|k| name.contains(k))
+}
+
+/// DCT alignment scores computed on the host with FFTs instead of a dense matmul.
+///
+/// For the right side, `scores[j] = Σᵢ |(G·Q)[i, j]|`; each row `g` of `G` needs
+/// `(g·Q)[j] = Σₖ cₖ·g[k]·cos(πk(2j+1)/(2s))` — a DCT-III of `g` — which is
+/// `Re(IDFT₂ₛ(z))[j]` with `z[k] = cₖ·g[k]·e^{iπk/(2s)}` zero-padded to `2s`: `O(m·s·log s)`
+/// instead of `O(m·s²)`. The left side transforms the columns of `G` the same way.
+pub fn fft_scores(g: &[f32], m: usize, n: usize, left: bool) -> Vec<f32> {
+    use rustfft::{num_complex::Complex, FftPlanner};
+    let (s, count) = if left { (m, n) } else { (n, m) };
+    let len = 2 * s;
+    let fft = FftPlanner::<f32>::new().plan_fft_inverse(len);
+    let twiddle: Vec<Complex<f32>> = (0..s)
+        .map(|k| {
+            let c = if k == 0 {
+                (1.0 / s as f64).sqrt()
+            } else {
+                (2.0 / s as f64).sqrt()
+            };
+            let a = std::f64::consts::PI * k as f64 / (2.0 * s as f64);
+            Complex::new((c * a.cos()) as f32, (c * a.sin()) as f32)
+        })
+        .collect();
+    let mut scores = vec![0f64; s];
+    // transform a block of vectors at a time to bound memory
+    let block = count.clamp(1, 64);
+    let mut buf = vec![Complex::new(0f32, 0f32); block * len];
+    let mut scratch = vec![Complex::new(0f32, 0f32); fft.get_inplace_scratch_len()];
+    let mut start = 0;
+    while start < count {
+        let b = block.min(count - start);
+        for v in 0..b {
+            let dst = &mut buf[v * len..(v + 1) * len];
+            let idx = start + v;
+            for k in 0..s {
+                let x = if left { g[k * n + idx] } else { g[idx * n + k] };
+                dst[k] = twiddle[k] * x;
+            }
+            for z in &mut dst[s..] {
+                *z = Complex::new(0.0, 0.0);
+            }
+        }
+        fft.process_with_scratch(&mut buf[..b * len], &mut scratch);
+        for v in 0..b {
+            for (j, sc) in scores.iter_mut().enumerate() {
+                *sc += buf[v * len + j].re.abs() as f64;
+            }
+        }
+        start += b;
+    }
+    scores.into_iter().map(|x| x as f32).collect()
+}
+
+/// Indices of the `r` largest scores, in descending score order (ties: lower index first).
+pub fn top_r(scores: &[f32], r: usize) -> Vec<i32> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| {
+        scores[b]
+            .partial_cmp(&scores[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    idx.into_iter().take(r).map(|i| i as i32).collect()
+}
+
+#[cfg(test)]
+mod fft_tests {
+    use super::*;
+
+    fn matmul_scores(g: &[f32], m: usize, n: usize, left: bool) -> Vec<f32> {
+        let s = if left { m } else { n };
+        let q = dct_basis_values(s);
+        let mut scores = vec![0f64; s];
+        if left {
+            for j in 0..s {
+                for c in 0..n {
+                    let v: f64 = (0..m)
+                        .map(|k| q[k * s + j] as f64 * g[k * n + c] as f64)
+                        .sum();
+                    scores[j] += v.abs();
+                }
+            }
+        } else {
+            for i in 0..m {
+                for j in 0..s {
+                    let v: f64 = (0..n)
+                        .map(|k| g[i * n + k] as f64 * q[k * s + j] as f64)
+                        .sum();
+                    scores[j] += v.abs();
+                }
+            }
+        }
+        scores.into_iter().map(|x| x as f32).collect()
+    }
+
+    #[test]
+    fn fft_scores_equal_the_dense_product_for_any_size() {
+        for (m, n) in [(1, 1), (5, 1), (1, 5), (7, 3), (12, 40), (40, 24), (33, 64)] {
+            let g: Vec<f32> = (0..m * n)
+                .map(|i| ((i * 7919 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            for left in [false, true] {
+                let a = fft_scores(&g, m, n, left);
+                let b = matmul_scores(&g, m, n, left);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                        "{m}x{n} left={left}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}

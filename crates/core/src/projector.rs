@@ -287,18 +287,29 @@ impl ProjectorKind {
                     }
                 };
                 let size = if left { m } else { n };
-                let q = bases.get(size, &g.device());
-                // scores: ℓ1 norm of each column of G·Q (right) or row of Qᵀ·G (left)
-                let scores = if left {
-                    q.transpose()
-                        .matmul(g.clone())
-                        .abs()
-                        .sum_dim(1)
-                        .flatten::<1>(0, 1)
+                let indices = if crate::dct::is_host_backend::<B>(&g.device()) {
+                    // CPU backends: FFT scoring on the host beats the dense product at every
+                    // size measured (docs/perf-notes.md)
+                    let data = g.clone().into_data().convert::<f32>();
+                    let values = data
+                        .as_slice::<f32>()
+                        .map_err(|e| EmberError::Internal(format!("gradient to host: {e:?}")))?;
+                    let idx = crate::dct::top_r(&crate::dct::fft_scores(values, m, n, left), rank);
+                    Tensor::from_data(TensorData::new(idx, [rank]), &g.device())
                 } else {
-                    g.clone().matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
+                    let q = bases.get(size, &g.device());
+                    // scores: ℓ1 norm of each column of G·Q (right) or row of Qᵀ·G (left)
+                    let scores = if left {
+                        q.transpose()
+                            .matmul(g.clone())
+                            .abs()
+                            .sum_dim(1)
+                            .flatten::<1>(0, 1)
+                    } else {
+                        g.clone().matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
+                    };
+                    scores.topk_with_indices(rank, 0).1
                 };
-                let (_, indices) = scores.topk_with_indices(rank, 0);
                 Ok(ProjectorState::Selected(Selection {
                     indices,
                     left,

@@ -22,6 +22,7 @@ pub struct Targets {
     patterns: Vec<String>,
     ids: HashSet<ParamId>,
     max_dim: Option<usize>,
+    none: bool,
 }
 
 impl Targets {
@@ -30,12 +31,21 @@ impl Targets {
         Self::default()
     }
 
+    /// No parameter (the optimizer is then the method's AdamW on everything).
+    pub fn none() -> Self {
+        Self {
+            none: true,
+            ..Self::default()
+        }
+    }
+
     /// Parameters whose path matches one of `patterns` (see the module docs).
     pub fn patterns<S: Into<String>>(patterns: impl IntoIterator<Item = S>) -> Self {
         Self {
             patterns: patterns.into_iter().map(Into::into).collect(),
             ids: HashSet::new(),
             max_dim: None,
+            none: false,
         }
     }
 
@@ -54,6 +64,9 @@ impl Targets {
 
     /// Whether the 2-D-ness aside, the parameter is selected.
     pub fn selects(&self, id: ParamId, path: &str) -> bool {
+        if self.none {
+            return false;
+        }
         if self.patterns.is_empty() && self.ids.is_empty() {
             return true;
         }

@@ -1,0 +1,9 @@
+//! # ember-bench: will this run fit on my GPU, and what does a step cost?
+//!
+//! `estimate` (analytic, `docs/memory.md`), `measure` (real burn model, real steps) and `plan`
+//! (settings that fit a budget). See `ember-bench --help`.
+
+pub mod estimate;
+pub mod llama;
+pub mod measure;
+pub mod report;

@@ -1,0 +1,281 @@
+//! A LLaMA-style decoder in burn (RMSNorm, rotary embeddings, SwiGLU, causal attention), the
+//! architecture of the GaLore paper's experiments. Attention and MLP linears live under fields
+//! named `attn` and `mlp`, so the official scripts' target rule (`["attn", "mlp"]`) selects them.
+
+use burn::module::Module;
+use burn::nn::{
+    Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding,
+    RotaryEncodingConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use serde::{Deserialize, Serialize};
+
+/// Model shape, as in the GaLore paper's `configs/llama_*.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaShape {
+    /// Preset name (or the config file's name).
+    #[serde(default)]
+    pub name: String,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP intermediate size.
+    pub intermediate_size: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Vocabulary.
+    pub vocab_size: usize,
+    /// Maximum sequence length (for the rotary table).
+    #[serde(default = "default_seq")]
+    pub max_sequence_length: usize,
+}
+
+fn default_seq() -> usize {
+    1024
+}
+
+impl LlamaShape {
+    fn preset(name: &str, h: usize, i: usize, heads: usize, layers: usize, vocab: usize) -> Self {
+        Self {
+            name: name.into(),
+            hidden_size: h,
+            intermediate_size: i,
+            num_attention_heads: heads,
+            num_hidden_layers: layers,
+            vocab_size: vocab,
+            max_sequence_length: 1024,
+        }
+    }
+
+    /// The presets: the GaLore paper's LLaMA family (vocabulary 32000) plus `tiny`, a small model
+    /// for the CPU.
+    pub fn presets() -> Vec<Self> {
+        vec![
+            Self::preset("tiny", 256, 688, 4, 4, 8000),
+            Self::preset("60m", 512, 1376, 8, 8, 32000),
+            Self::preset("130m", 768, 2048, 12, 12, 32000),
+            Self::preset("350m", 1024, 2736, 16, 24, 32000),
+            Self::preset("1b", 2048, 5461, 32, 24, 32000),
+            Self::preset("7b", 4096, 11008, 32, 32, 32000),
+        ]
+    }
+
+    /// A preset by name, or a JSON config file (HF LLaMA keys) by path.
+    pub fn resolve(model: &str) -> Result<Self, String> {
+        if let Some(p) = Self::presets()
+            .into_iter()
+            .find(|p| p.name == model.to_lowercase())
+        {
+            return Ok(p);
+        }
+        let path = std::path::Path::new(model);
+        if !path.exists() {
+            let names: Vec<String> = Self::presets().into_iter().map(|p| p.name).collect();
+            return Err(format!(
+                "unknown model `{model}`: not a preset ({}) and no such config file",
+                names.join(", ")
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {model}: {e}"))?;
+        let mut shape: LlamaShape = serde_json::from_str(&text)
+            .map_err(|e| format!("malformed model config {model}: {e}"))?;
+        if shape.name.is_empty() {
+            shape.name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+        }
+        shape.validate()?;
+        Ok(shape)
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        let h = self.hidden_size;
+        if h == 0
+            || self.intermediate_size == 0
+            || self.vocab_size == 0
+            || self.num_hidden_layers == 0
+        {
+            return Err(format!(
+                "model config {}: sizes must be positive",
+                self.name
+            ));
+        }
+        if self.num_attention_heads == 0
+            || !h.is_multiple_of(self.num_attention_heads)
+            || !(h / self.num_attention_heads).is_multiple_of(2)
+        {
+            return Err(format!(
+                "model config {}: hidden_size {h} must split into {} heads of even size",
+                self.name, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every parameter: `(path, shape, targeted by the official rule)`, in module order.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>, bool)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let mut p = vec![("embed.weight".to_string(), vec![v, h], false)];
+        for l in 0..self.num_hidden_layers {
+            for name in ["query", "key", "value", "output"] {
+                p.push((format!("layers.{l}.attn.{name}.weight"), vec![h, h], true));
+            }
+            p.push((format!("layers.{l}.mlp.gate.weight"), vec![h, i], true));
+            p.push((format!("layers.{l}.mlp.up.weight"), vec![h, i], true));
+            p.push((format!("layers.{l}.mlp.down.weight"), vec![i, h], true));
+            p.push((format!("layers.{l}.attn_norm.gamma"), vec![h], false));
+            p.push((format!("layers.{l}.mlp_norm.gamma"), vec![h], false));
+        }
+        p.push(("norm.gamma".to_string(), vec![h], false));
+        p.push(("lm_head.weight".to_string(), vec![h, v], false));
+        p
+    }
+
+    /// Number of parameters.
+    pub fn param_count(&self) -> usize {
+        self.parameters()
+            .iter()
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Builds the burn model.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let head_dim = h / self.num_attention_heads;
+        let lin = |a, b| LinearConfig::new(a, b).with_bias(false).init(device);
+        Llama {
+            embed: EmbeddingConfig::new(self.vocab_size, h).init(device),
+            layers: (0..self.num_hidden_layers)
+                .map(|_| Block {
+                    attn_norm: RmsNormConfig::new(h).init(device),
+                    attn: Attention {
+                        query: lin(h, h),
+                        key: lin(h, h),
+                        value: lin(h, h),
+                        output: lin(h, h),
+                        heads: self.num_attention_heads,
+                    },
+                    mlp_norm: RmsNormConfig::new(h).init(device),
+                    mlp: SwiGlu {
+                        gate: lin(h, i),
+                        up: lin(h, i),
+                        down: lin(i, h),
+                    },
+                })
+                .collect(),
+            norm: RmsNormConfig::new(h).init(device),
+            lm_head: lin(h, self.vocab_size),
+            rope: RotaryEncodingConfig::new(self.max_sequence_length, head_dim).init(device),
+        }
+    }
+}
+
+/// Causal self-attention with rotary embeddings.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Wq.
+    pub query: Linear<B>,
+    /// Wk.
+    pub key: Linear<B>,
+    /// Wv.
+    pub value: Linear<B>,
+    /// Wo.
+    pub output: Linear<B>,
+    heads: usize,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct SwiGlu<B: Backend> {
+    /// Gate projection.
+    pub gate: Linear<B>,
+    /// Up projection.
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    attn_norm: RmsNorm<B>,
+    /// Attention.
+    pub attn: Attention<B>,
+    mlp_norm: RmsNorm<B>,
+    /// MLP.
+    pub mlp: SwiGlu<B>,
+}
+
+/// The decoder.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    embed: Embedding<B>,
+    /// Decoder blocks.
+    pub layers: Vec<Block<B>>,
+    norm: RmsNorm<B>,
+    lm_head: Linear<B>,
+    rope: RotaryEncoding<B>,
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RotaryEncoding<B>,
+        mask: Tensor<B, 3, Bool>,
+    ) -> Tensor<B, 3> {
+        let [b, t, h] = x.dims();
+        let d = h / self.heads;
+        let split = |y: Tensor<B, 3>| y.reshape([b, t, self.heads, d]).swap_dims(1, 2);
+        let q = rope.forward(split(self.query.forward(x.clone())));
+        let k = rope.forward(split(self.key.forward(x.clone())));
+        let v = split(self.value.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+        let scores = scores.mask_fill(mask.unsqueeze_dim::<4>(1), -1e9);
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, h]);
+        self.output.forward(out)
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let mask = burn::nn::attention::generate_autoregressive_mask::<B>(b, t, &device);
+        let mut x = self.embed.forward(tokens);
+        for block in &self.layers {
+            let h =
+                block
+                    .attn
+                    .forward(block.attn_norm.forward(x.clone()), &self.rope, mask.clone());
+            x = x + h;
+            let y = block.mlp_norm.forward(x.clone());
+            let m = block
+                .mlp
+                .down
+                .forward(silu(block.mlp.gate.forward(y.clone())) * block.mlp.up.forward(y));
+            x = x + m;
+        }
+        self.lm_head.forward(self.norm.forward(x))
+    }
+
+    /// Mean next-token cross-entropy of `tokens` `[batch, seq]`.
+    pub fn loss(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t] = tokens.dims();
+        let logits = self.forward(tokens.clone().slice([0..b, 0..t - 1]));
+        let v = logits.dims()[2];
+        let targets = tokens.slice([0..b, 1..t]).reshape([b * (t - 1)]);
+        burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.reshape([b * (t - 1), v]), targets)
+    }
+}

@@ -1,0 +1,305 @@
+//! Measurement: the real burn model, real forward/backward/optimizer steps on synthetic tokens.
+//!
+//! * weight and gradient bytes: `numel × dtype size` of the model's parameter tensors and of the
+//!   gradients burn computed for them;
+//! * optimizer-state bytes: `EmberOptimizer::state_bytes()`, the tensors the optimizer holds;
+//! * step times: wall clock with the device synchronized (`Backend::sync`) before and after, the
+//!   median over the timed steps (warm-up steps excluded), for the optimizer step alone and for
+//!   the whole train step (forward + backward + optimizer);
+//! * peak device memory (CUDA only): the largest "used" figure NVML reports for the device while
+//!   the steps run — the CUDA context plus everything burn's allocator has reserved, like
+//!   `torch.cuda.max_memory_reserved` plus the context.
+
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use ember_core::{EmberOptimizer, NonFinitePolicy, Targets};
+use serde::Serialize;
+
+use crate::estimate::{Method, Settings};
+use crate::llama::{Llama, LlamaShape};
+
+/// Options of a measurement.
+#[derive(Debug, Clone)]
+pub struct MeasureOptions {
+    /// Timed steps.
+    pub steps: usize,
+    /// Warm-up steps (not timed; the first includes projector refreshes and kernel compilation).
+    pub warmup: usize,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// Weight bytes of the model's tensors.
+    pub weight_bytes: usize,
+    /// Gradient bytes.
+    pub grad_bytes: usize,
+    /// Optimizer-state bytes.
+    pub state_bytes: usize,
+    /// Median optimizer step, milliseconds.
+    pub optimizer_step_ms: f64,
+    /// Median train step (forward + backward + optimizer), milliseconds.
+    pub train_step_ms: f64,
+    /// Peak device memory in use (CUDA, NVML), bytes.
+    pub peak_device_bytes: Option<usize>,
+    /// Loss at the first and the last step.
+    pub loss_first: f32,
+    /// Loss after the last step.
+    pub loss_last: f32,
+}
+
+/// The optimizer of `settings` for the LLaMA model (targets: attention and MLP linears).
+pub fn optimizer<B: AutodiffBackend>(s: &Settings) -> EmberOptimizer<Llama<B>, B> {
+    let targets = vec!["attn".to_string(), "mlp".to_string()];
+    let r = match s.method {
+        Method::Adamw => {
+            let c = ember_galore::GaloreConfig::new();
+            EmberOptimizer::new(
+                c.dense_engine(),
+                c.dense_engine(),
+                Targets::none(),
+                NonFinitePolicy::Error,
+            )
+        }
+        Method::Galore => ember_galore::GaloreConfig::new()
+            .with_rank(s.rank)
+            .with_update_proj_gap(200)
+            .with_targets(targets)
+            .try_init(),
+        Method::Fira => ember_fira::FiraConfig::new()
+            .with_rank(s.rank)
+            .with_targets(targets)
+            .try_init(),
+        Method::Frugal => ember_frugal::FrugalConfig::new()
+            .with_density(s.density)
+            .with_targets(targets)
+            .try_init(),
+        Method::Dct => ember_dct::DctConfig::new()
+            .with_rank(s.rank)
+            .with_update_proj_gap(200)
+            .with_targets(targets)
+            .try_init(),
+    }
+    .map_err(|e| e.to_string());
+    r.unwrap_or_else(|e| panic!("optimizer: {e}"))
+}
+
+struct Bytes<'a, B: AutodiffBackend> {
+    grads: Option<&'a GradientsParams>,
+    total: usize,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Bytes<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        match self.grads {
+            None => {
+                let t = param.val();
+                self.total += t.shape().num_elements() * t.dtype().size();
+            }
+            Some(g) => {
+                if let Some(t) = g.get::<B::InnerBackend, D>(param.id) {
+                    self.total += t.shape().num_elements() * t.dtype().size();
+                }
+            }
+        }
+    }
+}
+
+/// Synthetic but learnable token batches: each sequence is an arithmetic progression
+/// `start + i·stride (mod vocab)` with a random start and one of 4 strides, so the loss falls as
+/// the model learns to continue it.
+fn tokens<B: Backend>(
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+    step: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut v = Vec::with_capacity(batch * seq);
+    for _ in 0..batch {
+        let start = next() % vocab as u64;
+        let stride = 1 + next() % 4;
+        v.extend((0..seq as u64).map(|i| ((start + i * stride) % vocab as u64) as i32));
+    }
+    Tensor::from_data(TensorData::new(v, [batch, seq]), device)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Runs the measurement on `device`.
+pub fn measure<B: AutodiffBackend>(
+    shape: &LlamaShape,
+    s: &Settings,
+    o: &MeasureOptions,
+    device: &B::Device,
+    peak: &mut dyn FnMut() -> Option<usize>,
+) -> Measured
+where
+    Llama<B>: AutodiffModule<B>,
+{
+    B::seed(device, 0);
+    let mut model = shape.init::<B>(device);
+    let mut optim = optimizer::<B>(s);
+    let mut weights = Bytes::<B> {
+        grads: None,
+        total: 0,
+        _backend: Default::default(),
+    };
+    model.visit(&mut weights);
+
+    let bar = o.progress.then(|| {
+        let bar = indicatif::ProgressBar::new((o.warmup + o.steps) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(s.method.name());
+        bar
+    });
+    let (mut opt_ms, mut train_ms) = (vec![], vec![]);
+    let (mut grad_bytes, mut loss_first, mut loss_last) = (0, f32::NAN, f32::NAN);
+    let mut peak_bytes = peak();
+    for step in 0..o.warmup + o.steps {
+        let batch = tokens::<B>(o.batch, o.seq, shape.vocab_size, step, device);
+        B::sync(device).ok();
+        let t0 = Instant::now();
+        let loss = model.loss(batch);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        B::sync(device).ok();
+        let t1 = Instant::now();
+        if step == 0 {
+            let mut g = Bytes::<B> {
+                grads: Some(&grads),
+                total: 0,
+                _backend: Default::default(),
+            };
+            model.visit(&mut g);
+            grad_bytes = g.total;
+        }
+        model = optim.step(o.lr, model, grads);
+        B::sync(device).ok();
+        let t2 = Instant::now();
+        if step >= o.warmup {
+            opt_ms.push((t2 - t1).as_secs_f64() * 1e3);
+            train_ms.push((t2 - t0).as_secs_f64() * 1e3);
+        }
+        let l = loss.into_scalar().elem::<f32>();
+        if step == 0 {
+            loss_first = l;
+        }
+        loss_last = l;
+        peak_bytes = match (peak_bytes, peak()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bar) = &bar {
+            bar.set_message(format!("loss {l:.3}"));
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Measured {
+        weight_bytes: weights.total,
+        grad_bytes,
+        state_bytes: optim.state_bytes(),
+        optimizer_step_ms: median(opt_ms),
+        train_step_ms: median(train_ms),
+        peak_device_bytes: peak_bytes,
+        loss_first,
+        loss_last,
+    }
+}
+
+/// Device memory in use, from NVML (loaded at run time; `None` where there is no NVIDIA driver).
+pub struct Nvml {
+    lib: Option<libloading::Library>,
+    device: usize,
+}
+
+#[repr(C)]
+struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+impl Nvml {
+    /// Opens NVML for GPU `index`.
+    pub fn open(index: u32) -> Self {
+        // SAFETY: loading the NVIDIA management library and calling its documented C entry points.
+        unsafe {
+            let Ok(lib) = libloading::Library::new("libnvidia-ml.so.1") else {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            };
+            let init: Result<libloading::Symbol<unsafe extern "C" fn() -> i32>, _> =
+                lib.get(b"nvmlInit_v2");
+            let get: Result<libloading::Symbol<unsafe extern "C" fn(u32, *mut usize) -> i32>, _> =
+                lib.get(b"nvmlDeviceGetHandleByIndex_v2");
+            let (Ok(init), Ok(get)) = (init, get) else {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            };
+            let mut handle = 0usize;
+            if init() != 0 || get(index, &mut handle) != 0 {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            }
+            Self {
+                lib: Some(lib),
+                device: handle,
+            }
+        }
+    }
+
+    /// Bytes in use on the device now.
+    pub fn used(&self) -> Option<usize> {
+        let lib = self.lib.as_ref()?;
+        // SAFETY: see `open`; `nvmlDeviceGetMemoryInfo` fills a `{total, free, used}` struct.
+        unsafe {
+            let f: libloading::Symbol<unsafe extern "C" fn(usize, *mut NvmlMemory) -> i32> =
+                lib.get(b"nvmlDeviceGetMemoryInfo").ok()?;
+            let mut m = NvmlMemory {
+                total: 0,
+                free: 0,
+                used: 0,
+            };
+            (f(self.device, &mut m) == 0).then_some(m.used as usize)
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! ember-bench: outputs parse, estimate equals measurement on flex, bad input gets one clear line.
+
+use std::process::Command;
+
+use burn::backend::{Autodiff, Flex};
+use ember_bench::estimate::{estimate, Dtype, Method, Settings};
+use ember_bench::llama::LlamaShape;
+use ember_bench::measure::{measure, MeasureOptions};
+use serde_json::Value;
+
+fn small() -> LlamaShape {
+    LlamaShape {
+        name: "small".into(),
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_attention_heads: 2,
+        num_hidden_layers: 2,
+        vocab_size: 96,
+        max_sequence_length: 64,
+    }
+}
+
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember-bench"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn config_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("ember-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into()
+}
+
+/// The acceptance test of `measure`: for every method, the optimizer state, weights and gradients
+/// measured from the real tensors equal the analytic estimate (within 1%; in fact exactly).
+#[test]
+fn estimate_equals_measured_on_flex() {
+    let shape = small();
+    let opts = MeasureOptions {
+        steps: 2,
+        warmup: 1,
+        batch: 2,
+        seq: 8,
+        lr: 1e-3,
+        progress: false,
+    };
+    for method in Method::ALL {
+        let s = Settings {
+            method,
+            rank: 8,
+            density: 0.25,
+            weights: Dtype::F32,
+            state: Dtype::F32,
+        };
+        let est = estimate(&shape, s).unwrap();
+        let m = measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
+        for (what, got, want) in [
+            ("state", m.state_bytes, est.state_bytes),
+            ("weights", m.weight_bytes, est.weight_bytes),
+            ("grads", m.grad_bytes, est.grad_bytes),
+        ] {
+            let rel = (got as f64 - want as f64).abs() / want as f64;
+            assert!(
+                rel <= 0.01,
+                "{method:?} {what}: measured {got}, estimated {want}"
+            );
+        }
+        assert!(m.loss_last.is_finite() && m.train_step_ms > 0.0);
+    }
+}
+
+#[test]
+fn estimate_outputs_parse() {
+    let (code, out, _) = bench(&["estimate", "--model", "60m", "--optimizer", "all", "--json"]);
+    assert_eq!(code, 0);
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in &rows {
+        for key in [
+            "optimizer",
+            "rank",
+            "param_count",
+            "weight_bytes",
+            "grad_bytes",
+            "state_bytes",
+            "total_bytes",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key} in {r}");
+        }
+        let total = r["weight_bytes"].as_u64().unwrap()
+            + r["grad_bytes"].as_u64().unwrap()
+            + r["state_bytes"].as_u64().unwrap();
+        assert_eq!(total, r["total_bytes"].as_u64().unwrap());
+    }
+    // the paper's 60M model: 58.1M parameters with untied embeddings
+    assert_eq!(rows[0]["param_count"], 58_073_600);
+
+    let (code, out, _) = bench(&[
+        "estimate",
+        "--model",
+        "1b",
+        "--optimizer",
+        "galore",
+        "--csv",
+    ]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0].split(',').count(), lines[1].split(',').count());
+
+    let (code, out, _) = bench(&[
+        "estimate",
+        "--model",
+        "7b",
+        "--optimizer",
+        "dct",
+        "--weights-dtype",
+        "bf16",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("| optimizer | rank |") && out.contains("| dct | 1024 |"),
+        "{out}"
+    );
+
+    let svg = config_file("plot.svg", "");
+    let (code, _, err) = bench(&["estimate", "--model", "130m", "--plot", &svg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
+#[test]
+fn measure_and_plan_outputs_parse() {
+    let cfg = config_file(
+        "m.json",
+        r#"{"hidden_size": 16, "intermediate_size": 24, "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 40, "max_sequence_length": 16}"#,
+    );
+    let (code, out, err) = bench(&[
+        "measure",
+        "--model",
+        &cfg,
+        "--optimizer",
+        "fira",
+        "--rank",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--seq",
+        "8",
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["optimizer"], "fira");
+    assert_eq!(rows[0]["state_bytes"], rows[0]["estimate"]["state_bytes"]);
+    assert!(rows[0]["optimizer_step_ms"].as_f64().unwrap() > 0.0);
+
+    let (code, out, err) = bench(&["plan", "--model", "7b", "--budget", "80GiB", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(rows.iter().any(|r| r["optimizer"] == "galore"));
+    assert!(rows
+        .iter()
+        .all(|r| r["total_bytes"].as_u64().unwrap() <= 80 << 30));
+    // largest rank first within a method
+    let galore: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["optimizer"] == "galore")
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    assert!(galore.windows(2).all(|w| w[0] >= w[1]), "{galore:?}");
+}
+
+fn assert_one_clear_line(args: &[&str], needle: &str) {
+    let (code, out, err) = bench(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    assert_one_clear_line(&["estimate", "--model", "13b"], "unknown model `13b`");
+    let bad = config_file("bad.json", "{ \"hidden_size\": 512, ");
+    assert_one_clear_line(&["estimate", "--model", &bad], "malformed model config");
+    assert_one_clear_line(
+        &[
+            "estimate",
+            "--model",
+            "60m",
+            "--optimizer",
+            "galore",
+            "--rank",
+            "4096",
+        ],
+        "does not fit layer",
+    );
+    assert_one_clear_line(
+        &["plan", "--model", "7b", "--budget", "1GiB"],
+        "fits no method",
+    );
+    assert_one_clear_line(
+        &["plan", "--model", "7b", "--budget", "lots"],
+        "cannot read the size",
+    );
+    assert_one_clear_line(&["estimate", "--optimizer", "sgd"], "unknown optimizer");
+}
