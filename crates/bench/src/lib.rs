@@ -7,3 +7,4 @@ pub mod estimate;
 pub mod llama;
 pub mod measure;
 pub mod report;
+pub mod steptime;

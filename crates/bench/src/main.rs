@@ -46,6 +46,30 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         seq: usize,
     },
+    /// Optimizer-step and refresh time on single matrices (LLaMA layer shapes), JSON lines.
+    Step {
+        /// Optimizer, or `all`.
+        #[arg(long, default_value = "galore")]
+        optimizer: String,
+        /// Shapes, e.g. 2048x2048,4096x11008.
+        #[arg(long, default_value = "2048x2048,2048x5461,4096x4096,4096x11008")]
+        shapes: String,
+        /// Ranks, e.g. 128,512,1024.
+        #[arg(long, default_value = "128,512,1024")]
+        ranks: String,
+        /// Device.
+        #[arg(long, value_enum, default_value = "flex")]
+        device: Device,
+        /// Timed steps.
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Warm-up steps.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Timed refreshes (0: none).
+        #[arg(long, default_value_t = 3)]
+        refreshes: usize,
+    },
     /// For each method, the settings (rank, dtypes) that fit a memory budget, largest rank first.
     Plan {
         /// Preset (tiny, 60m, 130m, 350m, 1b, 7b) or a JSON config file.
@@ -525,6 +549,60 @@ fn run_plan(model: &str, budget: &str, json: bool, as_csv: bool) -> Result<(), S
     Ok(())
 }
 
+fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(|x| x.trim().parse::<T>().map_err(|_| format!("cannot read {what} `{x}`")))
+        .collect()
+}
+
+fn run_step(
+    optimizer: &str,
+    shapes: &str,
+    ranks: &str,
+    device: Device,
+    (iters, warmup, refreshes): (usize, usize, usize),
+) -> Result<(), String> {
+    use ember_bench::steptime::time_step;
+    let shapes: Vec<(usize, usize)> = shapes
+        .split(',')
+        .map(|s| {
+            let (a, b) = s.trim().split_once('x').ok_or(format!("shape `{s}` is not MxN"))?;
+            Ok((
+                a.parse().map_err(|_| format!("shape `{s}`"))?,
+                b.parse().map_err(|_| format!("shape `{s}`"))?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let ranks: Vec<usize> = parse_list(ranks, "rank")?;
+    if iters == 0 {
+        return Err("--iters must be positive".into());
+    }
+    for method in methods(optimizer)? {
+        for &(m, n) in &shapes {
+            for &r in &ranks {
+                if r == 0 || r > m.min(n) {
+                    return Err(format!("rank {r} does not fit a {m}x{n} matrix"));
+                }
+                let cfg = (warmup, iters, refreshes);
+                let t = match device {
+                    Device::Flex => time_step::<burn::backend::Autodiff<burn::backend::Flex>>(method, (m, n), r, cfg, &Default::default()),
+                    #[cfg(feature = "wgpu")]
+                    Device::Wgpu => time_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(method, (m, n), r, cfg, &Default::default()),
+                    #[cfg(feature = "cuda")]
+                    Device::Cuda => time_step::<burn::backend::Autodiff<burn::backend::Cuda>>(method, (m, n), r, cfg, &Default::default()),
+                    #[allow(unreachable_patterns)]
+                    _ => return Err("this ember-bench was built without that device".into()),
+                };
+                println!("{}", serde_json::to_string(&t).unwrap());
+                if method == Method::Adamw {
+                    break; // rank does not matter
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // a panic is a bug: one line, no backtrace
     std::panic::set_hook(Box::new(|info| {
@@ -555,6 +633,15 @@ fn main() -> ExitCode {
             batch,
             seq,
         }) => run_measure(&common, device, steps, warmup, batch, seq),
+        Some(Command::Step {
+            optimizer,
+            shapes,
+            ranks,
+            device,
+            iters,
+            warmup,
+            refreshes,
+        }) => run_step(&optimizer, &shapes, &ranks, device, (iters, warmup, refreshes)),
         Some(Command::Plan {
             model,
             budget,

@@ -62,7 +62,15 @@ pub struct Measured {
 
 /// The optimizer of `settings` for the LLaMA model (targets: attention and MLP linears).
 pub fn optimizer<B: AutodiffBackend>(s: &Settings) -> EmberOptimizer<Llama<B>, B> {
-    let targets = vec!["attn".to_string(), "mlp".to_string()];
+    optimizer_with_gap(s, vec!["attn".to_string(), "mlp".to_string()], 200)
+}
+
+/// The optimizer of `settings` for any module, with target patterns and refresh gap.
+pub fn optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
+    s: &Settings,
+    targets: Vec<String>,
+    gap: usize,
+) -> EmberOptimizer<M, B> {
     let r = match s.method {
         Method::Adamw => {
             let c = ember_galore::GaloreConfig::new();
@@ -75,20 +83,22 @@ pub fn optimizer<B: AutodiffBackend>(s: &Settings) -> EmberOptimizer<Llama<B>, B
         }
         Method::Galore => ember_galore::GaloreConfig::new()
             .with_rank(s.rank)
-            .with_update_proj_gap(200)
+            .with_update_proj_gap(gap)
             .with_targets(targets)
             .try_init(),
         Method::Fira => ember_fira::FiraConfig::new()
             .with_rank(s.rank)
+            .with_update_proj_gap(gap)
             .with_targets(targets)
             .try_init(),
         Method::Frugal => ember_frugal::FrugalConfig::new()
             .with_density(s.density)
+            .with_update_gap(gap)
             .with_targets(targets)
             .try_init(),
         Method::Dct => ember_dct::DctConfig::new()
             .with_rank(s.rank)
-            .with_update_proj_gap(200)
+            .with_update_proj_gap(gap)
             .with_targets(targets)
             .try_init(),
     }

@@ -1,0 +1,114 @@
+//! Optimizer-step and projector-refresh time on single matrices (the layer shapes of LLaMA-1B/7B),
+//! for side-by-side comparison with the PyTorch originals.
+//!
+//! Method: one `m × n` f32 parameter and a fixed gradient; the optimizer is stepped once (projector
+//! computed), then `warmup` untimed and `iters` timed steps with `update_proj_gap` larger than the
+//! run, so the timed steps are steady-state steps without refresh; each step is timed with the
+//! device synchronized before and after (`Backend::sync`); the median is reported. The refresh is
+//! timed separately: the projector's `fit` on the same gradient, synchronized, median of `refreshes`.
+
+use std::time::Instant;
+
+use burn::module::{Module, Param};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Distribution;
+use ember_core::{ProjType, ProjectorKind, SharedBases};
+use serde::Serialize;
+
+use crate::estimate::{Dtype, Method, Settings};
+
+/// A module with one matrix.
+#[derive(Module, Debug)]
+pub struct Single<B: Backend> {
+    /// The parameter.
+    pub w: Param<Tensor<B, 2>>,
+}
+
+/// One timing.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    /// Method.
+    pub optimizer: &'static str,
+    /// Rows.
+    pub m: usize,
+    /// Columns.
+    pub n: usize,
+    /// Rank.
+    pub rank: usize,
+    /// Median optimizer step (ms), no refresh.
+    pub step_ms: f64,
+    /// Median refresh (ms), if timed.
+    pub refresh_ms: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Times `method` on an `m × n` parameter at `rank`.
+pub fn time_step<B: AutodiffBackend>(
+    method: Method,
+    (m, n): (usize, usize),
+    rank: usize,
+    (warmup, iters, refreshes): (usize, usize, usize),
+    device: &B::Device,
+) -> StepTiming {
+    B::seed(device, 0);
+    let w = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.02), device);
+    let g = Tensor::<B::InnerBackend, 2>::random([m, n], Distribution::Normal(0.0, 1e-3), device);
+    let mut model = Single { w: Param::from_tensor(w) };
+    let s = Settings {
+        method,
+        rank,
+        density: 0.25,
+        weights: Dtype::F32,
+        state: Dtype::F32,
+    };
+    let mut optim = crate::measure::optimizer_with_gap::<B, Single<B>>(&s, vec![], 1_000_000);
+    let mut times = vec![];
+    for i in 0..1 + warmup + iters {
+        let mut grads = GradientsParams::new();
+        grads.register(model.w.id, g.clone());
+        B::sync(device).ok();
+        let t = Instant::now();
+        model = optim.step(1e-3, model, grads);
+        B::sync(device).ok();
+        if i > warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let refresh_ms = (refreshes > 0 && method != Method::Adamw).then(|| {
+        let kind = match method {
+            Method::Dct => ProjectorKind::Dct(ProjType::Std),
+            _ => ProjectorKind::ExactSvd(ProjType::Std),
+        };
+        let bases = SharedBases::new();
+        let r = match method {
+            Method::Frugal => ((0.25 * m.min(n) as f64).round_ties_even() as usize).max(1),
+            _ => rank,
+        };
+        let mut v = vec![];
+        for i in 0..refreshes + 1 {
+            B::sync(device).ok();
+            let t = Instant::now();
+            let p = kind.fit(&g, r, &bases, 0, 0).expect("refresh");
+            let _ = p.bytes();
+            B::sync(device).ok();
+            if i > 0 || refreshes == 1 {
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        median(v)
+    });
+    StepTiming {
+        optimizer: method.name(),
+        m,
+        n,
+        rank,
+        step_ms: median(times),
+        refresh_ms,
+    }
+}
