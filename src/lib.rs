@@ -7,6 +7,7 @@
 //! * [`fira`] — Fira (GaLore + norm-scaled full-rank residual, norm-growth limiter).
 //! * [`dct`] — DCT-AdamW (SVD-free projection on a shared DCT basis).
 //! * [`frugal`] — FRUGAL (state-full subspace + state-free residual).
+//! * [`qgalore`] — Q-GaLore (quantized projector, lazy subspace updates).
 //!
 //! The shared engine is [`core`].
 
@@ -15,6 +16,7 @@ pub use ember_dct as dct;
 pub use ember_fira as fira;
 pub use ember_frugal as frugal;
 pub use ember_galore as galore;
+pub use ember_qgalore as qgalore;
 
 /// The configs and the optimizer type, for `use ember::prelude::*`.
 pub mod prelude {
@@ -23,4 +25,5 @@ pub mod prelude {
     pub use crate::fira::FiraConfig;
     pub use crate::frugal::FrugalConfig;
     pub use crate::galore::GaloreConfig;
+    pub use crate::qgalore::QGaloreConfig;
 }

@@ -14,6 +14,7 @@ use ember::dct::DctConfig;
 use ember::fira::FiraConfig;
 use ember::frugal::{FrugalConfig, FrugalProjection, InactiveRule};
 use ember::galore::GaloreConfig;
+use ember::qgalore::QGaloreConfig;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -121,6 +122,28 @@ fn build(method: &str, c: &Value) -> Result<EmberOptimizer<Single<B>, B>, String
                 .with_beta_2(betas[1].as_f64().unwrap())
                 .with_epsilon(f(c, "eps"))
                 .with_weight_decay(f(c, "weight_decay"))
+                .try_init()
+                .map_err(|e| e.to_string())?)
+        }
+        "qgalore_adamw" => {
+            if c["proj_type"].as_str() != Some("std") {
+                return Err(format!("Q-GaLore case with proj_type={}", c["proj_type"]));
+            }
+            Ok(QGaloreConfig::new()
+                .with_rank(u(c, "rank"))
+                .with_update_proj_gap(u(c, "update_proj_gap"))
+                .with_scale(f(c, "scale"))
+                .with_proj_quant(c["proj_quant"].as_bool().unwrap_or(true))
+                .with_proj_bits(u(c, "proj_bits") as u32)
+                .with_proj_group_size(c["proj_group_size"].as_i64().unwrap())
+                .with_cos_threshold(f(c, "cos_threshold"))
+                .with_gamma_proj(f(c, "gamma_proj"))
+                .with_queue_size(u(c, "queue_size"))
+                .with_beta_1(betas[0].as_f64().unwrap())
+                .with_beta_2(betas[1].as_f64().unwrap())
+                .with_epsilon(f(c, "eps"))
+                .with_weight_decay(f(c, "weight_decay"))
+                .with_correct_bias(c["correct_bias"].as_bool().unwrap_or(true))
                 .try_init()
                 .map_err(|e| e.to_string())?)
         }

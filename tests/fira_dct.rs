@@ -26,7 +26,11 @@ fn three(device: &burn::backend::flex::FlexDevice) -> Three<B> {
     }
 }
 
-fn step3(model: Three<B>, optim: &mut EmberOptimizer<Three<B>, B>, k: usize) -> Result<Three<B>, EmberError> {
+fn step3(
+    model: Three<B>,
+    optim: &mut EmberOptimizer<Three<B>, B>,
+    k: usize,
+) -> Result<Three<B>, EmberError> {
     let x = tensor::<B, 2>([6, 10], 50 + k as u64, &model.a.val().device());
     let l = x.clone().matmul(model.a.val()).sum()
         + model.b.val().powi_scalar(2).sum()
@@ -101,16 +105,36 @@ fn dct_bad_input() {
             rank: 7
         }
     );
-    let err = DctConfig::new().with_rotate_subspace(true).try_init::<B, Three<B>>().err().unwrap();
+    let err = DctConfig::new()
+        .with_rotate_subspace(true)
+        .try_init::<B, Three<B>>()
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("rotate_subspace"));
-    let err = DctConfig::new().with_rank(0).try_init::<B, Three<B>>().err().unwrap();
+    let err = DctConfig::new()
+        .with_rank(0)
+        .try_init::<B, Three<B>>()
+        .err()
+        .unwrap();
     assert!(matches!(err, EmberError::InvalidConfig(_)));
     // matrices with a dimension ≥ max_shape stay on AdamW (full-size moments, no indices)
-    let mut optim = DctConfig::new().with_rank(2).with_max_shape(10).init::<B, Three<B>>();
+    let mut optim = DctConfig::new()
+        .with_rank(2)
+        .with_max_shape(10)
+        .init::<B, Three<B>>();
     let model = step3(three(&device), &mut optim, 0).unwrap();
-    assert_eq!(optim.param_state(model.a.id).unwrap().moment_1.dims(), [10, 6]);
-    assert_eq!(optim.param_state(model.b.id).unwrap().moment_1.dims(), [6, 14]);
-    assert_eq!(optim.param_state(model.c.id).unwrap().moment_1.dims(), [9, 2]);
+    assert_eq!(
+        optim.param_state(model.a.id).unwrap().moment_1.dims(),
+        [10, 6]
+    );
+    assert_eq!(
+        optim.param_state(model.b.id).unwrap().moment_1.dims(),
+        [6, 14]
+    );
+    assert_eq!(
+        optim.param_state(model.c.id).unwrap().moment_1.dims(),
+        [9, 2]
+    );
 }
 
 fn fira() -> FiraConfig {
@@ -141,18 +165,31 @@ fn fira_limiter_state_survives_save_and_resume() {
     for k in 0..3 {
         first = train_step(first, &mut optim, k, 1e-2).0;
     }
-    let zeta = optim.param_state(first.mlp.up.weight.id).unwrap().residual_norm.clone();
+    let zeta = optim
+        .param_state(first.mlp.up.weight.id)
+        .unwrap()
+        .residual_norm
+        .clone();
     assert!(zeta.is_some(), "Fira keeps ζ for targets");
-    assert!(optim.param_state(first.embed.id).unwrap().residual_norm.is_none());
+    assert!(optim
+        .param_state(first.embed.id)
+        .unwrap()
+        .residual_norm
+        .is_none());
     // bytes: GaLore's plus one f32 for ζ
     let engine = fira().engine();
     assert_eq!(
         optim.param_state(first.mlp.up.weight.id).unwrap().bytes(),
         engine.state_bytes_f32(D_IN, D_HIDDEN)
     );
-    recorder.record(first.into_record(), dir.join("model")).unwrap();
-    recorder.record(optim.to_record(), dir.join("optim")).unwrap();
-    let mut resumed = Tiny::<B>::new(&device).load_record(recorder.load(dir.join("model"), &device).unwrap());
+    recorder
+        .record(first.into_record(), dir.join("model"))
+        .unwrap();
+    recorder
+        .record(optim.to_record(), dir.join("optim"))
+        .unwrap();
+    let mut resumed =
+        Tiny::<B>::new(&device).load_record(recorder.load(dir.join("model"), &device).unwrap());
     let mut optim = fira()
         .init::<B, Tiny<B>>()
         .load_record(recorder.load(dir.join("optim"), &device).unwrap());
@@ -167,20 +204,34 @@ fn fira_limiter_state_survives_save_and_resume() {
 #[test]
 fn fira_bad_input() {
     let device = Default::default();
-    let err = fira().with_gamma(0.0).try_init::<B, Tiny<B>>().err().unwrap();
+    let err = fira()
+        .with_gamma(0.0)
+        .try_init::<B, Tiny<B>>()
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("γ"), "{err}");
     let model = Tiny::<B>::new(&device);
     let mut optim = fira().with_rank(13).init::<B, Tiny<B>>(); // up.weight is 12×16
     let l = loss(&model, 0);
     let grads = GradientsParams::from_grads(l.backward(), &model);
     let err = optim.try_step(1e-2, model.clone(), grads).err().unwrap();
-    assert!(matches!(err, EmberError::InvalidRank { ref param, .. } if param == "mlp.up.weight"), "{err}");
+    assert!(
+        matches!(err, EmberError::InvalidRank { ref param, .. } if param == "mlp.up.weight"),
+        "{err}"
+    );
     // NaN gradient: error naming the parameter, nothing changed
     let mut optim = fira().init::<B, Tiny<B>>();
     let mut grads = GradientsParams::from_grads(loss(&model, 0).backward(), &model);
-    let g = grads.remove::<burn::backend::Flex, 2>(model.mlp.up.weight.id).unwrap();
+    let g = grads
+        .remove::<burn::backend::Flex, 2>(model.mlp.up.weight.id)
+        .unwrap();
     grads.register(model.mlp.up.weight.id, g.mul_scalar(f32::NAN));
     let err = optim.try_step(1e-2, model, grads).err().unwrap();
-    assert_eq!(err, EmberError::NonFiniteGradient { param: "mlp.up.weight".into() });
+    assert_eq!(
+        err,
+        EmberError::NonFiniteGradient {
+            param: "mlp.up.weight".into()
+        }
+    );
     assert_eq!(optim.state_bytes(), 0);
 }

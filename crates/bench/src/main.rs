@@ -551,7 +551,11 @@ fn run_plan(model: &str, budget: &str, json: bool, as_csv: bool) -> Result<(), S
 
 fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
     s.split(',')
-        .map(|x| x.trim().parse::<T>().map_err(|_| format!("cannot read {what} `{x}`")))
+        .map(|x| {
+            x.trim()
+                .parse::<T>()
+                .map_err(|_| format!("cannot read {what} `{x}`"))
+        })
         .collect()
 }
 
@@ -566,7 +570,10 @@ fn run_step(
     let shapes: Vec<(usize, usize)> = shapes
         .split(',')
         .map(|s| {
-            let (a, b) = s.trim().split_once('x').ok_or(format!("shape `{s}` is not MxN"))?;
+            let (a, b) = s
+                .trim()
+                .split_once('x')
+                .ok_or(format!("shape `{s}` is not MxN"))?;
             Ok((
                 a.parse().map_err(|_| format!("shape `{s}`"))?,
                 b.parse().map_err(|_| format!("shape `{s}`"))?,
@@ -585,11 +592,29 @@ fn run_step(
                 }
                 let cfg = (warmup, iters, refreshes);
                 let t = match device {
-                    Device::Flex => time_step::<burn::backend::Autodiff<burn::backend::Flex>>(method, (m, n), r, cfg, &Default::default()),
+                    Device::Flex => time_step::<burn::backend::Autodiff<burn::backend::Flex>>(
+                        method,
+                        (m, n),
+                        r,
+                        cfg,
+                        &Default::default(),
+                    ),
                     #[cfg(feature = "wgpu")]
-                    Device::Wgpu => time_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(method, (m, n), r, cfg, &Default::default()),
+                    Device::Wgpu => time_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(
+                        method,
+                        (m, n),
+                        r,
+                        cfg,
+                        &Default::default(),
+                    ),
                     #[cfg(feature = "cuda")]
-                    Device::Cuda => time_step::<burn::backend::Autodiff<burn::backend::Cuda>>(method, (m, n), r, cfg, &Default::default()),
+                    Device::Cuda => time_step::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                        method,
+                        (m, n),
+                        r,
+                        cfg,
+                        &Default::default(),
+                    ),
                     #[allow(unreachable_patterns)]
                     _ => return Err("this ember-bench was built without that device".into()),
                 };
@@ -641,7 +666,13 @@ fn main() -> ExitCode {
             iters,
             warmup,
             refreshes,
-        }) => run_step(&optimizer, &shapes, &ranks, device, (iters, warmup, refreshes)),
+        }) => run_step(
+            &optimizer,
+            &shapes,
+            &ranks,
+            device,
+            (iters, warmup, refreshes),
+        ),
         Some(Command::Plan {
             model,
             budget,

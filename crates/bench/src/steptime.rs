@@ -59,7 +59,9 @@ pub fn time_step<B: AutodiffBackend>(
     B::seed(device, 0);
     let w = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.02), device);
     let g = Tensor::<B::InnerBackend, 2>::random([m, n], Distribution::Normal(0.0, 1e-3), device);
-    let mut model = Single { w: Param::from_tensor(w) };
+    let mut model = Single {
+        w: Param::from_tensor(w),
+    };
     let s = Settings {
         method,
         rank,

@@ -106,7 +106,7 @@ pub struct ParamState<B: Backend> {
     /// The projector.
     pub projector: ProjectorState<B>,
     /// Refresh bookkeeping.
-    pub refresh: RefreshState<B>,
+    pub refresh: RefreshState,
     /// The residual rule's memory (Fira's `ζ`, the norm of the last residual term).
     pub residual_norm: Option<Tensor<B, 1>>,
 }
@@ -118,12 +118,7 @@ impl<B: Backend> ParamState<B> {
             + tensor_bytes(&self.moment_2)
             + self.projector.bytes()
             + self.residual_norm.as_ref().map(tensor_bytes).unwrap_or(0)
-            + self
-                .refresh
-                .last_first_vector
-                .as_ref()
-                .map(tensor_bytes)
-                .unwrap_or(0)
+            + 4 * self.refresh.last_first_vector.len()
     }
 
     /// Moves every tensor to `device`.
@@ -132,8 +127,6 @@ impl<B: Backend> ParamState<B> {
         self.moment_2 = self.moment_2.to_device(device);
         self.projector = self.projector.to_device(device);
         self.residual_norm = self.residual_norm.map(|v| v.to_device(device));
-        self.refresh.last_first_vector =
-            self.refresh.last_first_vector.map(|v| v.to_device(device));
         self
     }
 }
@@ -307,9 +300,10 @@ impl EngineConfig {
         let k = step;
         let identity = self.projector == ProjectorKind::Identity;
         if projector.is_none() || (!identity && self.refresh.is_due(k, &refresh)) {
-            let fresh = self
-                .projector
-                .fit(&g, rank, bases, salt, refresh.refreshes)?;
+            let (fresh, first) =
+                self.projector
+                    .fit_with_first(&g, rank, bases, salt, refresh.refreshes)?;
+            self.refresh.observe(&mut refresh, first);
             refresh.refreshes += 1;
             if self.adam.reset_on_refresh && moments.is_some() {
                 moments = None;

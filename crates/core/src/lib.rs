@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod optimizer;
 pub mod projector;
+pub mod quant;
 pub mod refresh;
 pub mod residual;
 pub mod rng;

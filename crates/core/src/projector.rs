@@ -82,6 +82,15 @@ pub enum ProjectorKind {
         /// Seed.
         seed: u64,
     },
+    /// Q-GaLore's projector: exact SVD (orientation `std`), then stored quantized
+    /// asymmetrically to `bits` bits per group of `group_size` elements of the flattened `P`
+    /// (−1: per row of `P`), packed `32/bits` codes per `i32`; dequantized at every use.
+    QuantizedSvd {
+        /// 4 or 8.
+        bits: u32,
+        /// Elements per quantization group, or −1 for one group per row of `P`.
+        group_size: i64,
+    },
     /// FRUGAL's `randperm` / coordinates: `r` random coordinates (columns for the right side,
     /// rows for the left side) of `G`, drawn from `(seed, parameter, refresh count)`; `down`
     /// gathers them, `up` scatters into zeros.
@@ -91,6 +100,42 @@ pub enum ProjectorKind {
         /// Seed.
         seed: u64,
     },
+}
+
+/// A projector stored quantized (Q-GaLore).
+#[derive(Record, Clone, Debug)]
+pub struct QuantizedProjector<B: Backend> {
+    /// Packed codes.
+    pub packed: Tensor<B, 1, Int>,
+    /// One scale per group.
+    pub scales: Tensor<B, 1>,
+    /// One zero point per group.
+    pub zeros: Tensor<B, 1>,
+    /// Rows of `P`.
+    pub rows: usize,
+    /// Columns of `P`.
+    pub cols: usize,
+    /// Bits per code.
+    pub bits: u32,
+    /// Elements per group.
+    pub group: usize,
+    /// Left projector (`P` is m×r) or right (`P` is r×n).
+    pub left: bool,
+}
+
+impl<B: Backend> QuantizedProjector<B> {
+    /// `P̂ = scale·(q − zero)`.
+    pub fn dequantize(&self) -> Tensor<B, 2> {
+        crate::quant::dequantize_device(
+            &self.packed,
+            &self.scales,
+            &self.zeros,
+            self.bits,
+            self.group,
+            self.rows,
+            self.cols,
+        )
+    }
 }
 
 /// `r` columns of a shared basis, by index.
@@ -128,12 +173,16 @@ pub enum ProjectorState<B: Backend> {
     Identity(()),
     /// Columns of a shared DCT basis.
     Selected(Selection<B>),
+    /// A quantized left or right projector.
+    Quantized(QuantizedProjector<B>),
 }
 
 impl<B: Backend> ProjectorState<B> {
     /// `R = down(G)`.
     pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Quantized(q) if q.left => q.dequantize().transpose().matmul(g),
+            ProjectorState::Quantized(q) => g.matmul(q.dequantize().transpose()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 g.select(if sel.left { 0 } else { 1 }, sel.indices.clone())
             }
@@ -160,6 +209,8 @@ impl<B: Backend> ProjectorState<B> {
     /// `up(N)`, without any scale.
     pub fn up(&self, low: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
+            ProjectorState::Quantized(q) if q.left => q.dequantize().matmul(low),
+            ProjectorState::Quantized(q) => low.matmul(q.dequantize()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 let [a, b] = low.dims();
                 let (dim, shape) = if sel.left {
@@ -196,6 +247,9 @@ impl<B: Backend> ProjectorState<B> {
             ProjectorState::Both(t) => tensor_bytes(&t.left) + tensor_bytes(&t.right),
             ProjectorState::Identity(()) => 0,
             ProjectorState::Selected(sel) => tensor_bytes(&sel.indices),
+            ProjectorState::Quantized(q) => {
+                tensor_bytes(&q.packed) + tensor_bytes(&q.scales) + tensor_bytes(&q.zeros)
+            }
         }
     }
 
@@ -207,6 +261,7 @@ impl<B: Backend> ProjectorState<B> {
             ProjectorState::Both(t) => Some(t.left.dims()[1]),
             ProjectorState::Identity(()) => None,
             ProjectorState::Selected(sel) => Some(sel.indices.dims()[0]),
+            ProjectorState::Quantized(q) => Some(if q.left { q.cols } else { q.rows }),
         }
     }
 
@@ -220,7 +275,9 @@ impl<B: Backend> ProjectorState<B> {
                 let p = &t.left;
                 Some(p.clone().slice([0..p.dims()[0], 0..1]).flatten(0, 1))
             }
-            ProjectorState::Identity(()) | ProjectorState::Selected(_) => None,
+            ProjectorState::Identity(())
+            | ProjectorState::Selected(_)
+            | ProjectorState::Quantized(_) => None,
         }
     }
 }
@@ -250,6 +307,12 @@ impl<B: Backend> ProjectorState<B> {
             }),
             ProjectorState::Identity(()) => ProjectorState::Identity(()),
             ProjectorState::Selected(sel) => ProjectorState::Selected(sel.to_device(device)),
+            ProjectorState::Quantized(mut q) => {
+                q.packed = q.packed.to_device(device);
+                q.scales = q.scales.to_device(device);
+                q.zeros = q.zeros.to_device(device);
+                ProjectorState::Quantized(q)
+            }
         }
     }
 }
@@ -273,7 +336,25 @@ impl ProjectorKind {
         salt: u64,
         refreshes: usize,
     ) -> Result<ProjectorState<B>, EmberError> {
-        match self {
+        self.fit_with_first(g, rank, bases, salt, refreshes)
+            .map(|f| f.0)
+    }
+
+    /// [`fit`](Self::fit), also returning the float projector's first basis vector (first row
+    /// of a right projector, first column of a left one) for SVD projectors: Q-GaLore's lazy
+    /// refresh rule compares it across refreshes.
+    pub fn fit_with_first<B: Backend>(
+        &self,
+        g: &Tensor<B, 2>,
+        rank: usize,
+        bases: &SharedBases<B>,
+        salt: u64,
+        refreshes: usize,
+    ) -> Result<(ProjectorState<B>, Option<Vec<f32>>), EmberError> {
+        if let ProjectorKind::ExactSvd(_) | ProjectorKind::QuantizedSvd { .. } = self {
+            return self.fit_svd(g, rank);
+        }
+        let state = match self {
             ProjectorKind::Identity => Ok(ProjectorState::Identity(())),
             ProjectorKind::Dct(proj_type) => {
                 let [m, n] = g.dims();
@@ -361,30 +442,76 @@ impl ProjectorKind {
                     ))
                 })
             }
-            ProjectorKind::ExactSvd(proj_type) => {
-                let [m, n] = g.dims();
-                let device = g.device();
-                let data = g.clone().into_data().convert::<f32>();
-                let values = data
-                    .as_slice::<f32>()
-                    .map_err(|e| EmberError::Internal(format!("gradient to host: {e:?}")))?;
-                let svd = truncated_svd(values, m, n, rank)?;
-                let left = || {
-                    Tensor::<B, 2>::from_data(TensorData::new(svd.u.clone(), [m, rank]), &device)
+            ProjectorKind::ExactSvd(_) | ProjectorKind::QuantizedSvd { .. } => {
+                unreachable!("SVD projectors are fitted by fit_svd")
+            }
+        }?;
+        Ok((state, None))
+    }
+
+    fn fit_svd<B: Backend>(
+        &self,
+        g: &Tensor<B, 2>,
+        rank: usize,
+    ) -> Result<(ProjectorState<B>, Option<Vec<f32>>), EmberError> {
+        let [m, n] = g.dims();
+        let device = g.device();
+        let data = g.clone().into_data().convert::<f32>();
+        let values = data
+            .as_slice::<f32>()
+            .map_err(|e| EmberError::Internal(format!("gradient to host: {e:?}")))?;
+        let svd = truncated_svd(values, m, n, rank)?;
+        let side = match self {
+            ProjectorKind::ExactSvd(t) => t.side(m, n),
+            _ => ProjType::Std.side(m, n),
+        };
+        let first: Vec<f32> = match side {
+            Side::Left | Side::Both => (0..m).map(|i| svd.u[i * rank]).collect(),
+            Side::Right => svd.vt[..n].to_vec(),
+        };
+        let left = || Tensor::<B, 2>::from_data(TensorData::new(svd.u.clone(), [m, rank]), &device);
+        let right =
+            || Tensor::<B, 2>::from_data(TensorData::new(svd.vt.clone(), [rank, n]), &device);
+        let state = match (self, side) {
+            (ProjectorKind::QuantizedSvd { bits, group_size }, side) => {
+                let (values, rows, cols) = match side {
+                    Side::Left => (&svd.u, m, rank),
+                    _ => (&svd.vt, rank, n),
                 };
-                let right = || {
-                    Tensor::<B, 2>::from_data(TensorData::new(svd.vt.clone(), [rank, n]), &device)
+                let group = if *group_size < 0 {
+                    cols
+                } else {
+                    *group_size as usize
                 };
-                Ok(match proj_type.side(m, n) {
-                    Side::Left => ProjectorState::Left(left()),
-                    Side::Right => ProjectorState::Right(right()),
-                    Side::Both => ProjectorState::Both(TwoSided {
-                        left: left(),
-                        right: right(),
-                    }),
+                if group == 0 || (rows * cols) % group != 0 {
+                    return Err(EmberError::InvalidConfig(format!(
+                        "quantization group size {group_size} does not divide the {rows}x{cols} projector"
+                    )));
+                }
+                let q = crate::quant::quantize(values, group, *bits);
+                let g = q.scales.len();
+                ProjectorState::Quantized(QuantizedProjector {
+                    packed: Tensor::from_data(
+                        TensorData::new(q.packed.clone(), [q.packed.len()]),
+                        &device,
+                    ),
+                    scales: Tensor::from_data(TensorData::new(q.scales, [g]), &device),
+                    zeros: Tensor::from_data(TensorData::new(q.zeros, [g]), &device),
+                    rows,
+                    cols,
+                    bits: *bits,
+                    group,
+                    left: side == Side::Left,
                 })
             }
-        }
+            (_, Side::Left) => ProjectorState::Left(left()),
+            (_, Side::Right) => ProjectorState::Right(right()),
+            (_, Side::Both) => ProjectorState::Both(TwoSided {
+                left: left(),
+                right: right(),
+            }),
+        };
+        Ok((state, Some(first)))
     }
 
     /// The shape of `R = down(G)` for an `m × n` parameter at rank `r`.
@@ -399,6 +526,10 @@ impl ProjectorKind {
                 Side::Right => [m, r],
                 Side::Both => [r, r],
             },
+            ProjectorKind::QuantizedSvd { .. } => match ProjType::Std.side(m, n) {
+                Side::Left => [r, n],
+                _ => [m, r],
+            },
         }
     }
 
@@ -410,6 +541,7 @@ impl ProjectorKind {
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::RandomCoordinates { proj_type: t, .. } => Some(t.side(m, n)),
+            ProjectorKind::QuantizedSvd { .. } => Some(ProjType::Std.side(m, n)),
         }
     }
 
@@ -418,6 +550,21 @@ impl ProjectorKind {
     pub fn projector_bytes(&self, m: usize, n: usize, r: usize, index_bytes: usize) -> usize {
         match self {
             ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r * index_bytes,
+            ProjectorKind::QuantizedSvd { bits, group_size } => {
+                // packed codes (whole i32 words) + an f32 scale and zero per group
+                let (rows, cols) = match ProjType::Std.side(m, n) {
+                    Side::Left => (m, r),
+                    _ => (r, n),
+                };
+                let numel = rows * cols;
+                let group = if *group_size < 0 {
+                    cols
+                } else {
+                    *group_size as usize
+                };
+                let per = 32 / *bits as usize;
+                4 * numel.div_ceil(per) + 8 * (numel / group.max(1))
+            }
             _ => 4 * self.projector_elements(m, n, r),
         }
     }
@@ -434,6 +581,10 @@ impl ProjectorKind {
                     Side::Both => m * r + r * n,
                 }
             }
+            ProjectorKind::QuantizedSvd { .. } => match ProjType::Std.side(m, n) {
+                Side::Left => m * r,
+                _ => r * n,
+            },
         }
     }
 }

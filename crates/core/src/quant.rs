@@ -1,0 +1,232 @@
+//! Asymmetric min/max quantization (Q-GaLore's scheme), bit packing, and stochastic rounding.
+//!
+//! Per group of `g` consecutive elements:
+//! `scale = max(max − min, 1e-5) / (2ᵇ − 1)`, `zero = clamp(−round(min/scale), 0, 2ᵇ − 1)`,
+//! `q = clamp(round(x/scale) + zero, 0, 2ᵇ − 1)`, and back `x̂ = scale·(q − zero)`; `round` is
+//! round-half-to-even, as torch's. Codes are packed `32/b` to an `i32` word (8 INT4 or 4 INT8
+//! codes a word), so a quantized tensor really takes `b/32` of its f32 size plus the scales.
+
+use burn::prelude::*;
+
+use crate::rng::SplitMix64;
+
+/// Host-side quantization of `values` in groups of `group` elements to `bits` bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized {
+    /// Packed codes, `32 / bits` per word, little end first.
+    pub packed: Vec<i32>,
+    /// One scale per group.
+    pub scales: Vec<f32>,
+    /// One zero point per group.
+    pub zeros: Vec<f32>,
+    /// Number of codes.
+    pub len: usize,
+}
+
+/// Per-group `(scale, zero)` of the official scheme.
+pub fn scale_zero(group: &[f32], bits: u32) -> (f32, f32) {
+    let max_int = ((1u32 << bits) - 1) as f32;
+    let (lo, hi) = group
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let scale = (hi - lo).max(1e-5) / max_int;
+    let zero = (-(lo / scale).round_ties_even()).clamp(0.0, max_int);
+    (scale, zero)
+}
+
+/// Packs codes (each `< 2^bits`) into `i32` words.
+pub fn pack(codes: &[u32], bits: u32) -> Vec<i32> {
+    let per = (32 / bits) as usize;
+    codes
+        .chunks(per)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u32, |w, (k, &q)| w | (q << (bits as usize * k))) as i32
+        })
+        .collect()
+}
+
+/// Quantizes with round-to-nearest-even (the projector).
+pub fn quantize(values: &[f32], group: usize, bits: u32) -> Quantized {
+    let max_int = ((1u32 << bits) - 1) as f32;
+    let mut codes = Vec::with_capacity(values.len());
+    let (mut scales, mut zeros) = (vec![], vec![]);
+    for g in values.chunks(group) {
+        let (scale, zero) = scale_zero(g, bits);
+        codes.extend(
+            g.iter()
+                .map(|&x| ((x / scale).round_ties_even() + zero).clamp(0.0, max_int) as u32),
+        );
+        scales.push(scale);
+        zeros.push(zero);
+    }
+    Quantized {
+        packed: pack(&codes, bits),
+        scales,
+        zeros,
+        len: values.len(),
+    }
+}
+
+/// Quantizes with **stochastic rounding** (Q-GaLore's INT8 weights): `x/scale` is rounded up with
+/// probability equal to its fractional part, else down, so `E[x̂] = x` inside the range. The
+/// random stream is `SplitMix64(seed, salts)`: reproducible.
+pub fn quantize_stochastic(
+    values: &[f32],
+    group: usize,
+    bits: u32,
+    seed: u64,
+    salts: &[u64],
+) -> Quantized {
+    let max_int = ((1u32 << bits) - 1) as f32;
+    let mut rng = SplitMix64::new(seed, salts);
+    let mut codes = Vec::with_capacity(values.len());
+    let (mut scales, mut zeros) = (vec![], vec![]);
+    for g in values.chunks(group) {
+        let (scale, zero) = scale_zero(g, bits);
+        codes.extend(g.iter().map(|&x| {
+            let y = x / scale;
+            let f = y.floor();
+            let up = (rng.uniform() as f32) < y - f;
+            ((if up { f + 1.0 } else { f }) + zero).clamp(0.0, max_int) as u32
+        }));
+        scales.push(scale);
+        zeros.push(zero);
+    }
+    Quantized {
+        packed: pack(&codes, bits),
+        scales,
+        zeros,
+        len: values.len(),
+    }
+}
+
+impl Quantized {
+    /// Dequantizes on the host.
+    pub fn dequantize(&self, group: usize, bits: u32) -> Vec<f32> {
+        let per = (32 / bits) as usize;
+        let mask = (1u32 << bits) - 1;
+        (0..self.len)
+            .map(|i| {
+                let q = ((self.packed[i / per] as u32) >> (bits as usize * (i % per))) & mask;
+                self.scales[i / group] * (q as f32 - self.zeros[i / group])
+            })
+            .collect()
+    }
+}
+
+/// Dequantizes packed codes on the device into a `[rows, cols]` tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_device<B: Backend>(
+    packed: &Tensor<B, 1, Int>,
+    scales: &Tensor<B, 1>,
+    zeros: &Tensor<B, 1>,
+    bits: u32,
+    group: usize,
+    rows: usize,
+    cols: usize,
+) -> Tensor<B, 2> {
+    let per = (32 / bits) as usize;
+    let words = packed.dims()[0];
+    let device = packed.device();
+    let shifts: Vec<i32> = (0..per).map(|k| (bits as usize * k) as i32).collect();
+    let shifts = Tensor::<B, 1, Int>::from_data(TensorData::new(shifts, [per]), &device)
+        .unsqueeze_dim::<2>(0)
+        .repeat_dim(0, words);
+    let codes = packed
+        .clone()
+        .unsqueeze_dim::<2>(1)
+        .repeat_dim(1, per)
+        .bitwise_right_shift(shifts)
+        .bitwise_and_scalar(((1u32 << bits) - 1).elem())
+        .reshape([words * per])
+        .slice([0..rows * cols])
+        .float()
+        .reshape([rows * cols / group, group]);
+    let g = scales.dims()[0];
+    codes
+        .sub(zeros.clone().reshape([g, 1]))
+        .mul(scales.clone().reshape([g, 1]))
+        .reshape([rows, cols])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_round_trips_and_matches_the_formula() {
+        let v: Vec<f32> = (0..48)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        for bits in [4u32, 8] {
+            let q = quantize(&v, 16, bits);
+            assert_eq!(q.packed.len(), 48 * bits as usize / 32);
+            let back = q.dequantize(16, bits);
+            for (g, chunk) in v.chunks(16).enumerate() {
+                let step = q.scales[g];
+                for (k, &x) in chunk.iter().enumerate() {
+                    assert!(
+                        (back[g * 16 + k] - x).abs() <= 0.5 * step + 1e-6,
+                        "bits {bits}"
+                    );
+                }
+            }
+            // device dequantization equals the host one
+            type B = burn::backend::Flex;
+            let dev = Default::default();
+            let packed = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(q.packed.clone(), [q.packed.len()]),
+                &dev,
+            );
+            let s = Tensor::<B, 1>::from_data(TensorData::new(q.scales.clone(), [3]), &dev);
+            let z = Tensor::<B, 1>::from_data(TensorData::new(q.zeros.clone(), [3]), &dev);
+            let d: Vec<f32> = dequantize_device(&packed, &s, &z, bits, 16, 6, 8)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_eq!(d, back);
+        }
+    }
+
+    /// Stochastic rounding is unbiased: the mean of many roundings of the same values is within
+    /// 3 standard errors of the input; and one seed gives one result. (The group's extremes set
+    /// the range; a value whose upward rounding would leave `[0, 255]` is clamped, as upstream,
+    /// so the check covers the values inside the range.)
+    #[test]
+    fn stochastic_rounding_is_unbiased_and_reproducible() {
+        let mut v: Vec<f32> = vec![-1.0, 1.0];
+        v.extend((0..62).map(|i| -0.98 + 1.96 * (i as f32 + 0.37) / 62.0));
+        let trials = 2000;
+        let mut sum = vec![0f64; v.len()];
+        let mut sq = vec![0f64; v.len()];
+        for t in 0..trials {
+            let q = quantize_stochastic(&v, 64, 8, 1234, &[t]);
+            for (i, x) in q.dequantize(64, 8).into_iter().enumerate() {
+                sum[i] += x as f64;
+                sq[i] += (x as f64).powi(2);
+            }
+        }
+        for i in 2..v.len() {
+            let mean = sum[i] / trials as f64;
+            let var = (sq[i] / trials as f64 - mean * mean).max(0.0);
+            let se = (var / trials as f64).sqrt().max(1e-9);
+            assert!(
+                (mean - v[i] as f64).abs() <= 3.0 * se + 1e-6,
+                "value {i}: mean {mean} vs {} (se {se})",
+                v[i]
+            );
+        }
+        assert_eq!(
+            quantize_stochastic(&v, 64, 8, 7, &[1]),
+            quantize_stochastic(&v, 64, 8, 7, &[1])
+        );
+        assert_ne!(
+            quantize_stochastic(&v, 64, 8, 7, &[1]),
+            quantize_stochastic(&v, 64, 8, 8, &[1])
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! # Q-GaLore (Zhang et al., 2024) for burn
+//!
+//! GaLore with (1) the projector stored **quantized** — asymmetric min/max per group, `proj_bits`
+//! bits (INT4 by default, as in the paper), packed `32/bits` codes per word and dequantized at
+//! every use — and (2) **lazy, layer-adaptive subspace updates**: after each refresh the cosine
+//! similarity between the new and the previous projector's first singular vector joins a queue of
+//! `queue_size`; when the queue is full and its mean is ≥ `cos_threshold`, that layer's
+//! `update_proj_gap` is multiplied by `gamma_proj`. Each parameter's refresh count and current gap
+//! are in its state (`ParamState::refresh`).
+//!
+//! The Adam arithmetic is galore-torch's (the official optimizer wraps bitsandbytes' 8-bit Adam;
+//! Ember's moments are f32). **Not yet implemented:** keeping the targeted *weights* in INT8 in
+//! the model with stochastic rounding after each update; the rounding primitive exists
+//! (`ember_core::quant::quantize_stochastic`, unbiased and seeded), the model-side INT8 storage
+//! does not.
+
+use burn::config::Config;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use ember_core::{
+    AdamFlavor, DecayTiming, EngineConfig, ProjType, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, SubspaceAdam,
+};
+pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, Targets};
+
+/// Configuration of [Q-GaLore](crate), with the official option names.
+#[derive(Config, Debug)]
+pub struct QGaloreConfig {
+    /// Rank `r`.
+    #[config(default = 128)]
+    pub rank: usize,
+    /// Initial steps between projector refreshes.
+    #[config(default = 200)]
+    pub update_proj_gap: usize,
+    /// α.
+    #[config(default = 0.25)]
+    pub scale: f64,
+    /// Store the projector quantized.
+    #[config(default = true)]
+    pub proj_quant: bool,
+    /// Bits of the quantized projector (4 or 8).
+    #[config(default = 4)]
+    pub proj_bits: u32,
+    /// Elements per quantization group of the flattened projector; −1: one group per row.
+    #[config(default = -1)]
+    pub proj_group_size: i64,
+    /// Lengthen a layer's gap when the mean cosine similarity of its queue reaches this.
+    #[config(default = 0.4)]
+    pub cos_threshold: f64,
+    /// Gap multiplier.
+    #[config(default = 2.0)]
+    pub gamma_proj: f64,
+    /// Cosine-similarity queue length.
+    #[config(default = 5)]
+    pub queue_size: usize,
+    /// β₁.
+    #[config(default = 0.9)]
+    pub beta_1: f64,
+    /// β₂.
+    #[config(default = 0.999)]
+    pub beta_2: f64,
+    /// ε.
+    #[config(default = 1e-6)]
+    pub epsilon: f64,
+    /// λ (after the update).
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Adam bias correction.
+    #[config(default = true)]
+    pub correct_bias: bool,
+    /// Module-path patterns of the targeted parameters; empty: every 2-D parameter.
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
+    /// What a step does on NaN/Inf gradients.
+    #[config(default = "NonFinitePolicy::Error")]
+    pub non_finite: NonFinitePolicy,
+}
+
+impl QGaloreConfig {
+    /// The pipeline for targeted parameters.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            rank: RankRule::Fixed(self.rank),
+            projector: if self.proj_quant {
+                ProjectorKind::QuantizedSvd {
+                    bits: self.proj_bits,
+                    group_size: self.proj_group_size,
+                }
+            } else {
+                ProjectorKind::ExactSvd(ProjType::Std)
+            },
+            refresh: RefreshPolicy::Adaptive {
+                gap: self.update_proj_gap,
+                cos_threshold: self.cos_threshold,
+                gamma: self.gamma_proj,
+                queue_size: self.queue_size,
+            },
+            adam: SubspaceAdam {
+                beta_1: self.beta_1,
+                beta_2: self.beta_2,
+                epsilon: self.epsilon,
+                bias_correction: self.correct_bias,
+                flavor: AdamFlavor::Galore,
+                reset_on_refresh: false,
+            },
+            residual: ResidualRule::Discard,
+            scale: self.scale,
+            weight_decay: self.weight_decay,
+            decay: DecayTiming::AfterUpdate,
+        }
+    }
+
+    /// The AdamW of the other parameters.
+    pub fn dense_engine(&self) -> EngineConfig {
+        EngineConfig {
+            projector: ProjectorKind::Identity,
+            scale: 1.0,
+            ..self.engine()
+        }
+    }
+
+    /// Builds the optimizer, or explains which option is out of range.
+    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+        self.init_with_targets(Targets::patterns(self.targets.clone()))
+    }
+
+    /// Builds the optimizer (panics with the reason on an invalid configuration).
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
+        self.try_init()
+            .unwrap_or_else(|e| panic!("QGaloreConfig::init: {e}"))
+    }
+
+    /// Builds the optimizer with explicit targets.
+    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+        targets: Targets,
+    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+        if self.proj_quant && !matches!(self.proj_bits, 4 | 8) {
+            return Err(EmberError::InvalidConfig(format!(
+                "proj_bits = {} (4 or 8 are supported)",
+                self.proj_bits
+            )));
+        }
+        if self.proj_group_size == 0 || self.proj_group_size < -1 {
+            return Err(EmberError::InvalidConfig(format!(
+                "proj_group_size = {} (a positive size, or −1 for one group per row)",
+                self.proj_group_size
+            )));
+        }
+        EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)
+    }
+}
