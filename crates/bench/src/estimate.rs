@@ -19,16 +19,19 @@ pub enum Method {
     Frugal,
     /// DCT-AdamW.
     Dct,
+    /// Q-GaLore (INT4 projector, one group per row; f32 weights).
+    Qgalore,
 }
 
 impl Method {
     /// Every implemented method, in report order.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Adamw,
         Method::Galore,
         Method::Fira,
         Method::Frugal,
         Method::Dct,
+        Method::Qgalore,
     ];
 
     /// Lower-case name.
@@ -39,6 +42,7 @@ impl Method {
             Method::Fira => "fira",
             Method::Frugal => "frugal",
             Method::Dct => "dct",
+            Method::Qgalore => "qgalore",
         }
     }
 }
@@ -119,7 +123,7 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
     let mut b = Breakdown {
         optimizer: s.method.name(),
         rank: match s.method {
-            Method::Galore | Method::Fira | Method::Dct => Some(s.rank),
+            Method::Galore | Method::Fira | Method::Dct | Method::Qgalore => Some(s.rank),
             _ => None,
         },
         density: (s.method == Method::Frugal).then_some(s.density),
@@ -167,6 +171,14 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
             Method::Dct => {
                 b.index_bytes += 4 * r;
                 basis_sizes.insert(lo);
+            }
+            Method::Qgalore => {
+                // INT4 codes packed 8 per 32-bit word; an f32 scale and zero per row of P
+                // (P is r×n for m ≥ n, m×r otherwise); the last refresh's first singular
+                // vector (lo floats, host)
+                let rows = if m >= n { r } else { m };
+                b.projector_bytes += 4 * (r * lo).div_ceil(8) + 8 * rows;
+                b.scalar_bytes += 4 * lo;
             }
             Method::Adamw => unreachable!(),
         }

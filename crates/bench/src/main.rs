@@ -145,11 +145,7 @@ fn methods(name: &str) -> Result<Vec<Method>, String> {
         .find(|m| m.name() == name)
         .map(|m| vec![m])
         .ok_or_else(|| {
-            if name == "qgalore" {
-                "optimizer `qgalore` is not implemented yet".to_string()
-            } else {
-                format!("unknown optimizer `{name}` (adamw, galore, fira, frugal, dct, all)")
-            }
+            format!("unknown optimizer `{name}` (adamw, galore, fira, frugal, dct, qgalore, all)")
         })
 }
 

@@ -96,6 +96,11 @@ pub fn optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
             .with_update_gap(gap)
             .with_targets(targets)
             .try_init(),
+        Method::Qgalore => ember_qgalore::QGaloreConfig::new()
+            .with_rank(s.rank)
+            .with_update_proj_gap(gap)
+            .with_targets(targets)
+            .try_init(),
         Method::Dct => ember_dct::DctConfig::new()
             .with_rank(s.rank)
             .with_update_proj_gap(gap)

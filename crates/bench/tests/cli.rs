@@ -83,7 +83,7 @@ fn estimate_outputs_parse() {
     let (code, out, _) = bench(&["estimate", "--model", "60m", "--optimizer", "all", "--json"]);
     assert_eq!(code, 0);
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     for r in &rows {
         for key in [
             "optimizer",
