@@ -143,7 +143,7 @@ pub fn dequantize_device<B: Backend>(
         .bitwise_right_shift(shifts)
         .bitwise_and_scalar(((1u32 << bits) - 1).elem())
         .reshape([words * per])
-        .slice([0..rows * cols])
+        .slice(0..rows * cols)
         .float()
         .reshape([rows * cols / group, group]);
     let g = scales.dims()[0];
