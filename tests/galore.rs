@@ -61,6 +61,31 @@ fn training_lowers_the_loss() {
     assert!(losses[29] < 0.5 * losses[0], "{losses:?}");
 }
 
+/// The device projector (subspace iteration, no host SVD) trains as well; its refreshes are
+/// warm-started and its state has the exact projector's shapes.
+#[test]
+fn device_projector_trains() {
+    let device = Default::default();
+    let mut model = Tiny::<B>::new(&device);
+    let mut optim = config().with_device_projector(true).init::<B, Tiny<B>>();
+    let mut losses = vec![];
+    for k in 0..30 {
+        let (m, l) = train_step(model, &mut optim, k % 2, 2e-2);
+        model = m;
+        losses.push(l);
+    }
+    assert!(losses[29] < 0.5 * losses[0], "{losses:?}");
+    let up = optim.param_state(model.mlp.up.weight.id).unwrap();
+    assert_eq!((up.projector.rank(), up.refresh.refreshes), (Some(4), 15));
+    let err = config()
+        .with_device_projector(true)
+        .with_proj_type(ember::core::ProjType::Full)
+        .try_init::<B, Tiny<B>>()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("full"), "{err}");
+}
+
 /// Saving the optimizer record (and the model) after k steps and resuming in fresh objects gives
 /// bit-identical weights to never stopping, across a projector refresh.
 #[test]

@@ -39,8 +39,12 @@ pub struct StepTiming {
     pub rank: usize,
     /// Median optimizer step (ms), no refresh.
     pub step_ms: f64,
-    /// Median refresh (ms), if timed.
+    /// Median refresh (ms), if timed: exact SVD on the host (DCT: its selection).
     pub refresh_ms: Option<f64>,
+    /// Median refresh (ms) of the device projector (warm start, 1 power iteration), if timed.
+    pub refresh_device_ms: Option<f64>,
+    /// Energy captured by the device projector relative to the exact one, `‖down(G)‖²` ratio.
+    pub device_energy_ratio: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -105,7 +109,46 @@ pub fn time_step<B: AutodiffBackend>(
         }
         median(v)
     });
+    let device_refresh =
+        (refreshes > 0 && !matches!(method, Method::Adamw | Method::Dct)).then(|| {
+            let r = match method {
+                Method::Frugal => ((0.25 * m.min(n) as f64).round_ties_even() as usize).max(1),
+                _ => rank,
+            };
+            let bases = SharedBases::new();
+            let exact = ProjectorKind::ExactSvd(ProjType::Std)
+                .fit(&g, r, &bases, 0, 0)
+                .expect("svd");
+            let kind = ProjectorKind::DeviceRange {
+                proj_type: ProjType::Std,
+                power_iters: 1,
+            };
+            let mut v = vec![];
+            let mut last = None;
+            for i in 0..refreshes + 1 {
+                B::sync(device).ok();
+                let t = Instant::now();
+                let (p, _) = kind
+                    .fit_warm(&g, r, &bases, 0, 0, Some(&exact))
+                    .expect("device projector");
+                B::sync(device).ok();
+                if i > 0 || refreshes == 1 {
+                    v.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                last = Some(p);
+            }
+            let energy = |p: &ember_core::ProjectorState<B::InnerBackend>| -> f64 {
+                p.down(g.clone(), &bases)
+                    .powi_scalar(2)
+                    .sum()
+                    .into_scalar()
+                    .elem::<f64>()
+            };
+            (median(v), energy(last.as_ref().unwrap()) / energy(&exact))
+        });
     StepTiming {
+        refresh_device_ms: device_refresh.map(|d| d.0),
+        device_energy_ratio: device_refresh.map(|d| d.1),
         optimizer: method.name(),
         m,
         n,

@@ -146,10 +146,13 @@ impl EngineConfig {
                 _ => {}
             }
         }
-        if let ProjectorKind::Dct(crate::projector::ProjType::Full) = self.projector {
-            return Err(bad(
-                "the DCT projector has no two-sided (`full`) mode".into()
-            ));
+        if let ProjectorKind::Dct(crate::projector::ProjType::Full)
+        | ProjectorKind::DeviceRange {
+            proj_type: crate::projector::ProjType::Full,
+            ..
+        } = self.projector
+        {
+            return Err(bad("this projector has no two-sided (`full`) mode".into()));
         }
         self.residual.validate().map_err(bad)?;
         self.refresh.validate().map_err(bad)?;
@@ -300,9 +303,14 @@ impl EngineConfig {
         let k = step;
         let identity = self.projector == ProjectorKind::Identity;
         if projector.is_none() || (!identity && self.refresh.is_due(k, &refresh)) {
-            let (fresh, first) =
-                self.projector
-                    .fit_with_first(&g, rank, bases, salt, refresh.refreshes)?;
+            let (fresh, first) = self.projector.fit_warm(
+                &g,
+                rank,
+                bases,
+                salt,
+                refresh.refreshes,
+                projector.as_ref(),
+            )?;
             self.refresh.observe(&mut refresh, first);
             refresh.refreshes += 1;
             if self.adam.reset_on_refresh && moments.is_some() {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod optimizer;
 pub mod projector;
 pub mod quant;
+pub mod range;
 pub mod refresh;
 pub mod residual;
 pub mod rng;

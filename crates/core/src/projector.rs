@@ -91,6 +91,16 @@ pub enum ProjectorKind {
         /// Elements per quantization group, or −1 for one group per row of `P`.
         group_size: i64,
     },
+    /// The device-side projector ([`crate::range`]): subspace iteration warm-started from the
+    /// previous projector (a seeded Gaussian start the first time, with 2 extra iterations),
+    /// Newton–Schulz orthonormalization; no host copy of the gradient. Usable by every SVD-based
+    /// method in place of `ExactSvd` (`Full` is not supported).
+    DeviceRange {
+        /// Side.
+        proj_type: ProjType,
+        /// Power iterations per refresh (warm start).
+        power_iters: usize,
+    },
     /// FRUGAL's `randperm` / coordinates: `r` random coordinates (columns for the right side,
     /// rows for the left side) of `G`, drawn from `(seed, parameter, refresh count)`; `down`
     /// gathers them, `up` scatters into zeros.
@@ -351,6 +361,64 @@ impl ProjectorKind {
         salt: u64,
         refreshes: usize,
     ) -> Result<(ProjectorState<B>, Option<Vec<f32>>), EmberError> {
+        self.fit_warm(g, rank, bases, salt, refreshes, None)
+    }
+
+    /// [`fit_with_first`](Self::fit_with_first), with the previous projector for projectors that
+    /// warm-start from it (`DeviceRange`).
+    pub fn fit_warm<B: Backend>(
+        &self,
+        g: &Tensor<B, 2>,
+        rank: usize,
+        bases: &SharedBases<B>,
+        salt: u64,
+        refreshes: usize,
+        prev: Option<&ProjectorState<B>>,
+    ) -> Result<(ProjectorState<B>, Option<Vec<f32>>), EmberError> {
+        if let ProjectorKind::DeviceRange {
+            proj_type,
+            power_iters,
+        } = self
+        {
+            let [m, n] = g.dims();
+            let left = match proj_type.side(m, n) {
+                Side::Left => true,
+                Side::Right => false,
+                Side::Both => {
+                    return Err(EmberError::InvalidConfig(
+                        "the device projector has no two-sided (`full`) mode".into(),
+                    ))
+                }
+            };
+            let dim = if left { m } else { n };
+            let warm = match prev {
+                Some(ProjectorState::Left(p)) if left && p.dims() == [m, rank] => Some(p.clone()),
+                Some(ProjectorState::Right(p)) if !left && p.dims() == [rank, n] => {
+                    Some(p.clone().transpose())
+                }
+                _ => None,
+            };
+            let (start, iters) = match warm {
+                Some(w) => (w, *power_iters),
+                None => {
+                    let mut rng = SplitMix64::new(0x5eed, &[salt, refreshes as u64]);
+                    let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
+                    (
+                        Tensor::from_data(TensorData::new(v, [dim, rank]), &g.device()),
+                        *power_iters + 2,
+                    )
+                }
+            };
+            let p = crate::range::subspace_iteration(g, start, left, iters, 30);
+            return Ok((
+                if left {
+                    ProjectorState::Left(p)
+                } else {
+                    ProjectorState::Right(p)
+                },
+                None,
+            ));
+        }
         if let ProjectorKind::ExactSvd(_) | ProjectorKind::QuantizedSvd { .. } = self {
             return self.fit_svd(g, rank);
         }
@@ -442,8 +510,10 @@ impl ProjectorKind {
                     ))
                 })
             }
-            ProjectorKind::ExactSvd(_) | ProjectorKind::QuantizedSvd { .. } => {
-                unreachable!("SVD projectors are fitted by fit_svd")
+            ProjectorKind::ExactSvd(_)
+            | ProjectorKind::QuantizedSvd { .. }
+            | ProjectorKind::DeviceRange { .. } => {
+                unreachable!("fitted above")
             }
         }?;
         Ok((state, None))
@@ -521,7 +591,8 @@ impl ProjectorKind {
             ProjectorKind::ExactSvd(t)
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
-            | ProjectorKind::RandomCoordinates { proj_type: t, .. } => match t.side(m, n) {
+            | ProjectorKind::RandomCoordinates { proj_type: t, .. }
+            | ProjectorKind::DeviceRange { proj_type: t, .. } => match t.side(m, n) {
                 Side::Left => [r, n],
                 Side::Right => [m, r],
                 Side::Both => [r, r],
@@ -540,7 +611,8 @@ impl ProjectorKind {
             ProjectorKind::ExactSvd(t)
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
-            | ProjectorKind::RandomCoordinates { proj_type: t, .. } => Some(t.side(m, n)),
+            | ProjectorKind::RandomCoordinates { proj_type: t, .. }
+            | ProjectorKind::DeviceRange { proj_type: t, .. } => Some(t.side(m, n)),
             ProjectorKind::QuantizedSvd { .. } => Some(ProjType::Std.side(m, n)),
         }
     }
@@ -574,13 +646,13 @@ impl ProjectorKind {
         match self {
             ProjectorKind::Identity => 0,
             ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r,
-            ProjectorKind::ExactSvd(t) | ProjectorKind::RandomOrthogonal { proj_type: t, .. } => {
-                match t.side(m, n) {
-                    Side::Left => m * r,
-                    Side::Right => r * n,
-                    Side::Both => m * r + r * n,
-                }
-            }
+            ProjectorKind::ExactSvd(t)
+            | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
+            | ProjectorKind::DeviceRange { proj_type: t, .. } => match t.side(m, n) {
+                Side::Left => m * r,
+                Side::Right => r * n,
+                Side::Both => m * r + r * n,
+            },
             ProjectorKind::QuantizedSvd { .. } => match ProjType::Std.side(m, n) {
                 Side::Left => m * r,
                 _ => r * n,

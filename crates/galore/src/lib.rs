@@ -75,6 +75,14 @@ pub struct GaloreConfig {
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
+    /// Refresh the projector on the device (randomized subspace iteration warm-started from the
+    /// previous projector) instead of the exact SVD on the host. Not bit-compatible with
+    /// galore-torch (another basis of nearly the same subspace); no host copy of the gradient.
+    #[config(default = false)]
+    pub device_projector: bool,
+    /// Power iterations of the device projector per refresh.
+    #[config(default = 1)]
+    pub power_iters: usize,
 }
 
 impl GaloreConfig {
@@ -93,7 +101,14 @@ impl GaloreConfig {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             rank: RankRule::Fixed(self.rank),
-            projector: ProjectorKind::ExactSvd(self.proj_type),
+            projector: if self.device_projector {
+                ProjectorKind::DeviceRange {
+                    proj_type: self.proj_type,
+                    power_iters: self.power_iters,
+                }
+            } else {
+                ProjectorKind::ExactSvd(self.proj_type)
+            },
             refresh: RefreshPolicy::Every {
                 gap: self.update_proj_gap,
             },
