@@ -178,6 +178,9 @@ pub fn measure<B: AutodiffBackend>(
 where
     Llama<B>: AutodiffModule<B>,
 {
+    // release what earlier runs in this process left in the allocator's pool, so that the
+    // device-memory peak below is this method's (burn keeps freed blocks pooled otherwise)
+    B::memory_cleanup(device);
     B::seed(device, 0);
     let mut model = shape.init::<B>(device);
     let mut optim = optimizer::<B>(s);

@@ -72,10 +72,29 @@ pub fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Stacked bars (weights, gradients, optimizer state) per method, as SVG.
+///
+/// PNG is not offered: plotters' bitmap text needs the system's fontconfig/freetype, which would
+/// make the binary depend on system libraries (and fail on the GPU machine); convert the SVG
+/// (`rsvg-convert`, a browser) where a PNG is needed.
 pub fn plot(path: &str, title: &str, rows: &[Breakdown]) -> Result<(), String> {
-    if !path.to_ascii_lowercase().ends_with(".svg") {
-        return Err(format!("--plot {path}: only .svg output is supported"));
+    let size = (220 + 110 * rows.len() as u32, 480);
+    if path.to_ascii_lowercase().ends_with(".svg") {
+        draw(SVGBackend::new(path, size).into_drawing_area(), title, rows)
+    } else {
+        Err(format!(
+            "--plot {path}: the file must end in .svg (PNG would need system font libraries; convert the SVG)"
+        ))
     }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    rows: &[Breakdown],
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     type Part = (&'static str, RGBColor, fn(&Breakdown) -> usize);
     let parts: [Part; 3] = [
@@ -84,7 +103,6 @@ pub fn plot(path: &str, title: &str, rows: &[Breakdown]) -> Result<(), String> {
         ("optimizer state", RGBColor(220, 120, 60), |r| r.state_bytes),
     ];
     let top = rows.iter().map(|r| gib(r.total_bytes)).fold(0.0, f64::max) * 1.15 + 1e-9;
-    let root = SVGBackend::new(path, (220 + 110 * rows.len() as u32, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -135,6 +153,7 @@ pub fn plot(path: &str, title: &str, rows: &[Breakdown]) -> Result<(), String> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()

@@ -136,6 +136,8 @@ fn estimate_outputs_parse() {
     let (code, _, err) = bench(&["estimate", "--model", "130m", "--plot", &svg]);
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    let (code, _, err) = bench(&["estimate", "--model", "60m", "--plot", "x.png"]);
+    assert!(code != 0 && err.contains("must end in .svg"), "{err}");
 }
 
 #[test]
