@@ -445,11 +445,13 @@ fn first_non_finite<B: Backend>(
     let flags: Vec<Tensor<B, 1, Int>> = order
         .iter()
         .map(|id| {
-            let g = taken[id].grad.clone();
-            g.clone()
-                .is_nan()
-                .bool_or(g.is_inf())
-                .any()
+            // one pass over the gradient: "not all finite"
+            taken[id]
+                .grad
+                .clone()
+                .is_finite()
+                .all()
+                .bool_not()
                 .int()
                 .to_device(&device)
         })
