@@ -235,3 +235,40 @@ fn fira_bad_input() {
     );
     assert_eq!(optim.state_bytes(), 0);
 }
+
+/// The device projector is an option of every SVD-based method: Fira and FRUGAL train with it.
+#[test]
+fn device_projector_in_fira_and_frugal() {
+    let device = Default::default();
+    let frugal = ember::frugal::FrugalConfig::new()
+        .with_density(0.5)
+        .with_update_gap(2)
+        .with_device_projector(true)
+        .with_targets(vec!["mlp".into()]);
+    for mut optim in [
+        fira().with_device_projector(true).init::<B, Tiny<B>>(),
+        frugal.init::<B, Tiny<B>>(),
+    ] {
+        let mut model = Tiny::<B>::new(&device);
+        let first = loss(&model, 0).into_scalar();
+        for k in 0..30 {
+            model = train_step(model, &mut optim, k % 2, 2e-2).0;
+        }
+        let last = loss(&model, 0).into_scalar();
+        assert!(last < 0.5 * first, "{first} -> {last}");
+    }
+}
+
+#[test]
+fn frugal_device_projector_is_used() {
+    let c = ember::frugal::FrugalConfig::new().with_device_projector(true);
+    assert!(matches!(
+        c.engine().projector,
+        ember::core::ProjectorKind::DeviceRange { .. }
+    ));
+    let c = fira().with_device_projector(true);
+    assert!(matches!(
+        c.engine().projector,
+        ember::core::ProjectorKind::DeviceRange { .. }
+    ));
+}

@@ -62,6 +62,13 @@ pub struct FiraConfig {
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
+    /// Refresh the projector on the device (warm-started subspace iteration) instead of the exact
+    /// SVD on the host; not bit-compatible with fira.
+    #[config(default = false)]
+    pub device_projector: bool,
+    /// Power iterations of the device projector per refresh.
+    #[config(default = 1)]
+    pub power_iters: usize,
 }
 
 impl FiraConfig {
@@ -69,7 +76,14 @@ impl FiraConfig {
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             rank: RankRule::Fixed(self.rank),
-            projector: ProjectorKind::ExactSvd(self.proj_type),
+            projector: if self.device_projector {
+                ProjectorKind::DeviceRange {
+                    proj_type: self.proj_type,
+                    power_iters: self.power_iters,
+                }
+            } else {
+                ProjectorKind::ExactSvd(self.proj_type)
+            },
             refresh: RefreshPolicy::Every {
                 gap: self.update_proj_gap,
             },

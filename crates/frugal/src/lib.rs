@@ -113,6 +113,13 @@ pub struct FrugalConfig {
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
+    /// `Svd` kind: refresh on the device (warm-started subspace iteration) instead of the exact
+    /// SVD on the host.
+    #[config(default = false)]
+    pub device_projector: bool,
+    /// Power iterations of the device projector per refresh.
+    #[config(default = 1)]
+    pub power_iters: usize,
 }
 
 impl FrugalConfig {
@@ -131,6 +138,13 @@ impl FrugalConfig {
     /// The pipeline of targeted parameters (for `Blocks`: the state-full AdamW of active ones).
     pub fn engine(&self) -> EngineConfig {
         let (projector, rank) = match self.proj_type {
+            FrugalProjection::Svd if self.device_projector => (
+                ProjectorKind::DeviceRange {
+                    proj_type: self.proj_side,
+                    power_iters: self.power_iters,
+                },
+                RankRule::Density(self.density),
+            ),
             FrugalProjection::Svd => (
                 ProjectorKind::ExactSvd(self.proj_side),
                 RankRule::Density(self.density),
