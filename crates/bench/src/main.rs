@@ -125,6 +125,47 @@ enum Device {
     Cuda,
 }
 
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Flex => "flex",
+            Device::Wgpu => "wgpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Runs `$body` with `$B` bound to the autodiff backend of `$device`; a device this binary was
+/// built without returns an error from the enclosing function.
+macro_rules! on_device {
+    ($device:expr, $B:ident => $body:expr) => {
+        match $device {
+            Device::Flex => {
+                type $B = burn::backend::Autodiff<burn::backend::Flex>;
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu => {
+                type $B = burn::backend::Autodiff<burn::backend::Wgpu>;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda => {
+                type $B = burn::backend::Autodiff<burn::backend::Cuda>;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(format!(
+                    "this ember-bench was built without the {} device: rebuild with `--features {}`",
+                    $device.name(),
+                    $device.name()
+                ))
+            }
+        }
+    };
+}
+
 fn default_rank(shape: &LlamaShape) -> usize {
     match shape.name.as_str() {
         "tiny" => 64,
@@ -299,37 +340,13 @@ fn run_measure(
     };
     let mut rows = vec![];
     for (s, est) in list.iter().zip(estimates) {
-        let (name, m): (&'static str, Measured) = match device {
-            Device::Flex => {
-                type B = burn::backend::Autodiff<burn::backend::Flex>;
-                (
-                    "flex",
-                    measure::<B>(&shape, s, &opts, &Default::default(), &mut || None),
-                )
-            }
-            #[cfg(feature = "wgpu")]
-            Device::Wgpu => {
-                type B = burn::backend::Autodiff<burn::backend::Wgpu>;
-                (
-                    "wgpu",
-                    measure::<B>(&shape, s, &opts, &Default::default(), &mut || None),
-                )
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda => {
-                type B = burn::backend::Autodiff<burn::backend::Cuda>;
-                let nvml = Nvml::open(0);
-                (
-                    "cuda",
-                    measure::<B>(&shape, s, &opts, &Default::default(), &mut || nvml.used()),
-                )
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                let _ = Nvml::open;
-                return Err("this ember-bench was built without that device: rebuild with `--features cuda` or `--features wgpu`".into());
-            }
-        };
+        let name = device.name();
+        let m: Measured = on_device!(device, B => {
+            // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
+            let nvml = matches!(device, Device::Cuda).then(|| Nvml::open(0));
+            let mut peak = || nvml.as_ref().and_then(Nvml::used);
+            measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
+        });
         rows.push(MeasureRow {
             optimizer: est.optimizer,
             rank: est.rank,
@@ -587,33 +604,9 @@ fn run_step(
                     return Err(format!("rank {r} does not fit a {m}x{n} matrix"));
                 }
                 let cfg = (warmup, iters, refreshes);
-                let t = match device {
-                    Device::Flex => time_step::<burn::backend::Autodiff<burn::backend::Flex>>(
-                        method,
-                        (m, n),
-                        r,
-                        cfg,
-                        &Default::default(),
-                    ),
-                    #[cfg(feature = "wgpu")]
-                    Device::Wgpu => time_step::<burn::backend::Autodiff<burn::backend::Wgpu>>(
-                        method,
-                        (m, n),
-                        r,
-                        cfg,
-                        &Default::default(),
-                    ),
-                    #[cfg(feature = "cuda")]
-                    Device::Cuda => time_step::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                        method,
-                        (m, n),
-                        r,
-                        cfg,
-                        &Default::default(),
-                    ),
-                    #[allow(unreachable_patterns)]
-                    _ => return Err("this ember-bench was built without that device".into()),
-                };
+                let t = on_device!(device, B => {
+                    time_step::<B>(method, (m, n), r, cfg, &Default::default())
+                });
                 println!("{}", serde_json::to_string(&t).unwrap());
                 if method == Method::Adamw {
                     break; // rank does not matter

@@ -320,9 +320,11 @@ impl EngineConfig {
             projector = Some(fresh);
         }
         let projector = projector.expect("projector set above");
+        // dequantize / gather the basis once for this step's down and up projections
+        let active = projector.materialize(bases);
 
         // project + inner Adam
-        let r = projector.down(g.clone(), bases);
+        let r = active.down(g.clone(), bases);
         let (m1, m2) = match moments {
             Some(mv) => mv,
             None => (r.zeros_like(), r.zeros_like()),
@@ -335,11 +337,11 @@ impl EngineConfig {
         let residual = if self.residual.is_discard() {
             None
         } else {
-            let up_r = projector.up(r.clone(), bases);
+            let up_r = active.up(r.clone(), bases);
             self.residual
                 .term(g, up_r, self.scale, &r, &n_low, c, lr, prev_norm)
         };
-        let mut delta = projector.up(n_low, bases);
+        let mut delta = active.up(n_low, bases);
         if self.scale != 1.0 {
             delta = delta.mul_scalar(self.scale);
         }

@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod dct;
 pub mod engine;
 pub mod error;
+pub mod method;
 pub mod optimizer;
 pub mod projector;
 pub mod quant;
@@ -26,6 +27,10 @@ pub use blocks::{BlockOrder, BlockSchedule};
 pub use dct::SharedBases;
 pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
 pub use error::EmberError;
+pub use method::MethodConfig;
+
+#[doc(hidden)]
+pub use burn as __burn;
 pub use optimizer::{EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use refresh::{RefreshPolicy, RefreshState};

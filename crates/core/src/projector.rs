@@ -250,6 +250,25 @@ impl<B: Backend> ProjectorState<B> {
         }
     }
 
+    /// The same projector as plain float factors, for one step's several uses: a quantized
+    /// projector dequantized once, DCT columns gathered once. Others are returned as they are
+    /// (cheap handle clones).
+    pub fn materialize(&self, bases: &SharedBases<B>) -> ProjectorState<B> {
+        match self {
+            ProjectorState::Quantized(q) if q.left => ProjectorState::Left(q.dequantize()),
+            ProjectorState::Quantized(q) => ProjectorState::Right(q.dequantize()),
+            ProjectorState::Selected(sel) if sel.dct => {
+                let p = sel.columns(bases, &sel.indices.device());
+                if sel.left {
+                    ProjectorState::Left(p)
+                } else {
+                    ProjectorState::Right(p.transpose())
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
     /// Bytes held by the projector's tensors.
     pub fn bytes(&self) -> usize {
         match self {
@@ -325,6 +344,13 @@ impl<B: Backend> ProjectorState<B> {
             }
         }
     }
+}
+
+/// `(left side?, size of the projected dimension)` of a one-sided projector (`Full` is treated as
+/// left; callers that cannot do two-sided reject it in `EngineConfig::validate`).
+fn one_side(proj_type: ProjType, [m, n]: [usize; 2]) -> (bool, usize) {
+    let left = matches!(proj_type.side(m, n), Side::Left | Side::Both);
+    (left, if left { m } else { n })
 }
 
 /// Bytes of a tensor's elements.
@@ -467,9 +493,7 @@ impl ProjectorKind {
                 }))
             }
             ProjectorKind::RandomCoordinates { proj_type, seed } => {
-                let [m, n] = g.dims();
-                let left = matches!(proj_type.side(m, n), Side::Left);
-                let size = if left { m } else { n };
+                let (left, size) = one_side(*proj_type, g.dims());
                 let mut rng = SplitMix64::new(*seed, &[salt, refreshes as u64]);
                 let idx: Vec<i32> = rng
                     .sample(size, rank)
@@ -485,9 +509,7 @@ impl ProjectorKind {
                 }))
             }
             ProjectorKind::RandomOrthogonal { proj_type, seed } => {
-                let [m, n] = g.dims();
-                let left = matches!(proj_type.side(m, n), Side::Left);
-                let size = if left { m } else { n };
+                let (left, size) = one_side(*proj_type, g.dims());
                 let mut rng = SplitMix64::new(*seed, &[salt, refreshes as u64]);
                 let gauss = faer::Mat::<f64>::from_fn(size, rank, |_, _| rng.normal());
                 let q = gauss.qr().compute_thin_Q();

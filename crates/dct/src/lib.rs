@@ -19,11 +19,9 @@
 //! not implemented (`rotate_subspace = true` is refused by `try_init`).
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
-    SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
 
@@ -96,35 +94,39 @@ impl DctConfig {
             ..self.engine()
         }
     }
+}
 
-    /// Builds the optimizer, or explains which option is out of range.
-    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        self.init_with_targets(Targets::patterns(self.targets.clone()))
+impl MethodConfig for DctConfig {
+    const NAME: &'static str = "DctConfig";
+
+    fn engine(&self) -> EngineConfig {
+        Self::engine(self)
     }
 
-    /// Builds the optimizer (panics with the reason on an invalid configuration).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
-        self.try_init()
-            .unwrap_or_else(|e| panic!("DctConfig::init: {e}"))
+    fn dense_engine(&self) -> EngineConfig {
+        Self::dense_engine(self)
     }
 
-    /// Builds the optimizer with explicit targets (`max_shape` is applied on top).
-    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-        targets: Targets,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+    fn target_patterns(&self) -> Vec<String> {
+        self.targets.clone()
+    }
+
+    fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
+    }
+
+    fn check(&self) -> Result<(), EmberError> {
         if self.rotate_subspace {
             return Err(EmberError::InvalidConfig(
                 "rotate_subspace is not implemented in Ember's DCT-AdamW".into(),
             ));
         }
-        EmberOptimizer::new(
-            self.engine(),
-            self.dense_engine(),
-            targets.with_max_dim(self.max_shape),
-            self.non_finite,
-        )
+        Ok(())
+    }
+
+    fn restrict(&self, targets: Targets) -> Targets {
+        targets.with_max_dim(self.max_shape)
     }
 }
+
+ember_core::impl_method_init!(DctConfig);

@@ -15,11 +15,9 @@
 //! `ζ` lives on the device in the optimizer state and is saved with it.
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
-    SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
 
@@ -111,25 +109,26 @@ impl FiraConfig {
             ..self.engine()
         }
     }
+}
 
-    /// Builds the optimizer, or explains which option is out of range.
-    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        self.init_with_targets(Targets::patterns(self.targets.clone()))
+impl MethodConfig for FiraConfig {
+    const NAME: &'static str = "FiraConfig";
+
+    fn engine(&self) -> EngineConfig {
+        Self::engine(self)
     }
 
-    /// Builds the optimizer (panics with the reason on an invalid configuration).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
-        self.try_init()
-            .unwrap_or_else(|e| panic!("FiraConfig::init: {e}"))
+    fn dense_engine(&self) -> EngineConfig {
+        Self::dense_engine(self)
     }
 
-    /// Builds the optimizer with explicit targets (e.g. by parameter id).
-    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-        targets: Targets,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)
+    fn target_patterns(&self) -> Vec<String> {
+        self.targets.clone()
+    }
+
+    fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
     }
 }
+
+ember_core::impl_method_init!(FiraConfig);

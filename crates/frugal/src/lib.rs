@@ -27,11 +27,9 @@
 //! identical on every replica and after a resume.
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, SubspaceAdam,
+    AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule,
+    RefreshPolicy, ResidualRule, SubspaceAdam,
 };
 pub use ember_core::{BlockOrder, EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
 use serde::{Deserialize, Serialize};
@@ -203,25 +201,28 @@ impl FrugalConfig {
             ..self.engine()
         }
     }
+}
 
-    /// Builds the optimizer, or explains which option is out of range.
-    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        self.init_with_targets(Targets::patterns(self.targets.clone()))
+impl MethodConfig for FrugalConfig {
+    const NAME: &'static str = "FrugalConfig";
+
+    fn engine(&self) -> EngineConfig {
+        Self::engine(self)
     }
 
-    /// Builds the optimizer (panics with the reason on an invalid configuration).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
-        self.try_init()
-            .unwrap_or_else(|e| panic!("FrugalConfig::init: {e}"))
+    fn dense_engine(&self) -> EngineConfig {
+        Self::dense_engine(self)
     }
 
-    /// Builds the optimizer with explicit targets.
-    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-        targets: Targets,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+    fn target_patterns(&self) -> Vec<String> {
+        self.targets.clone()
+    }
+
+    fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
+    }
+
+    fn check(&self) -> Result<(), EmberError> {
         if !(self.density > 0.0 && self.density <= 1.0) {
             return Err(EmberError::InvalidConfig(format!(
                 "density ρ = {} must be in (0, 1]",
@@ -238,18 +239,18 @@ impl FrugalConfig {
                 "FRUGAL's proj_side is std, reverse_std, left or right".into(),
             ));
         }
-        let optim =
-            EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)?;
-        if self.proj_type == FrugalProjection::Blocks {
-            optim.with_blocks(BlockSchedule {
-                density: self.density,
-                gap: self.update_gap,
-                order: self.block_order,
-                seed: self.seed,
-                inactive: self.inactive(),
-            })
-        } else {
-            Ok(optim)
-        }
+        Ok(())
+    }
+
+    fn blocks(&self) -> Option<BlockSchedule> {
+        (self.proj_type == FrugalProjection::Blocks).then(|| BlockSchedule {
+            density: self.density,
+            gap: self.update_gap,
+            order: self.block_order,
+            seed: self.seed,
+            inactive: self.inactive(),
+        })
     }
 }
+
+ember_core::impl_method_init!(FrugalConfig);

@@ -30,11 +30,9 @@
 //! the one asked for). Exclude small matrices with `targets` instead.
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
-    SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
 
@@ -128,35 +126,26 @@ impl GaloreConfig {
             ..self.engine()
         }
     }
+}
 
-    fn target_set(&self) -> Targets {
-        Targets::patterns(self.targets.clone())
+impl MethodConfig for GaloreConfig {
+    const NAME: &'static str = "GaloreConfig";
+
+    fn engine(&self) -> EngineConfig {
+        Self::engine(self)
     }
 
-    /// Builds the optimizer, or explains which option is out of range.
-    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        EmberOptimizer::new(
-            self.engine(),
-            self.dense_engine(),
-            self.target_set(),
-            self.non_finite,
-        )
+    fn dense_engine(&self) -> EngineConfig {
+        Self::dense_engine(self)
     }
 
-    /// Builds the optimizer (panics with the reason on an invalid configuration; see
-    /// [`try_init`](Self::try_init)).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
-        self.try_init()
-            .unwrap_or_else(|e| panic!("GaloreConfig::init: {e}"))
+    fn target_patterns(&self) -> Vec<String> {
+        self.targets.clone()
     }
 
-    /// Builds the optimizer with extra targets chosen by parameter id.
-    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-        targets: Targets,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)
+    fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
     }
 }
+
+ember_core::impl_method_init!(GaloreConfig);

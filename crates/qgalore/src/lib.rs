@@ -15,11 +15,9 @@
 //! does not.
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, ProjType, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjType, ProjectorKind, RankRule,
+    RefreshPolicy, ResidualRule, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, Targets};
 
@@ -118,25 +116,28 @@ impl QGaloreConfig {
             ..self.engine()
         }
     }
+}
 
-    /// Builds the optimizer, or explains which option is out of range.
-    pub fn try_init<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
-        self.init_with_targets(Targets::patterns(self.targets.clone()))
+impl MethodConfig for QGaloreConfig {
+    const NAME: &'static str = "QGaloreConfig";
+
+    fn engine(&self) -> EngineConfig {
+        Self::engine(self)
     }
 
-    /// Builds the optimizer (panics with the reason on an invalid configuration).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> EmberOptimizer<M, B> {
-        self.try_init()
-            .unwrap_or_else(|e| panic!("QGaloreConfig::init: {e}"))
+    fn dense_engine(&self) -> EngineConfig {
+        Self::dense_engine(self)
     }
 
-    /// Builds the optimizer with explicit targets.
-    pub fn init_with_targets<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-        targets: Targets,
-    ) -> Result<EmberOptimizer<M, B>, EmberError> {
+    fn target_patterns(&self) -> Vec<String> {
+        self.targets.clone()
+    }
+
+    fn non_finite_policy(&self) -> NonFinitePolicy {
+        self.non_finite
+    }
+
+    fn check(&self) -> Result<(), EmberError> {
         if self.proj_quant && !matches!(self.proj_bits, 4 | 8) {
             return Err(EmberError::InvalidConfig(format!(
                 "proj_bits = {} (4 or 8 are supported)",
@@ -149,6 +150,8 @@ impl QGaloreConfig {
                 self.proj_group_size
             )));
         }
-        EmberOptimizer::new(self.engine(), self.dense_engine(), targets, self.non_finite)
+        Ok(())
     }
 }
+
+ember_core::impl_method_init!(QGaloreConfig);
