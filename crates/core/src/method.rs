@@ -42,6 +42,11 @@ pub trait MethodConfig {
         targets
     }
 
+    /// Seed of the stochastic rounding of INT8 weights (Q-GaLore's `QLinear` layers).
+    fn rounding_seed(&self) -> u64 {
+        0
+    }
+
     /// Blockwise mode (FRUGAL's `Blocks`).
     fn blocks(&self) -> Option<BlockSchedule> {
         None
@@ -58,7 +63,8 @@ pub trait MethodConfig {
             self.dense_engine(),
             self.restrict(targets),
             self.non_finite_policy(),
-        )?;
+        )?
+        .with_rounding_seed(self.rounding_seed());
         match self.blocks() {
             Some(b) => optim.with_blocks(b),
             None => Ok(optim),

@@ -44,6 +44,7 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     step: usize,
     bases: SharedBases<B::InnerBackend>,
     skipped_steps: usize,
+    rounding_seed: u64,
     _module: PhantomData<M>,
 }
 
@@ -110,6 +111,7 @@ where
             step: 0,
             bases: SharedBases::new(),
             skipped_steps: 0,
+            rounding_seed: 0,
             _module: PhantomData,
         })
     }
@@ -120,6 +122,12 @@ where
         blocks.validate().map_err(EmberError::InvalidConfig)?;
         self.blocks = Some(blocks);
         Ok(self)
+    }
+
+    /// Seed of the stochastic rounding of INT8 weights ([`QLinear`](crate::qlinear::QLinear)).
+    pub fn with_rounding_seed(mut self, seed: u64) -> Self {
+        self.rounding_seed = seed;
+        self
     }
 
     /// Optimizer steps taken.
@@ -195,8 +203,11 @@ where
             path: Vec::new(),
             taken: HashMap::new(),
             order: Vec::new(),
+            codes: Vec::new(),
+            qparams: HashMap::new(),
         };
         module.visit(&mut collector);
+        collector.pair_quantized()?;
         let Collector { taken, order, .. } = collector;
 
         for id in &order {
@@ -230,6 +241,7 @@ where
         // Pass 2: the updates. Errors here (e.g. an SVD failing) are returned before any
         // parameter is replaced, since new states are staged first.
         let mut updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>> = HashMap::new();
+        let mut int_updates: HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>> = HashMap::new();
         let mut new_states = HashMap::new();
         let mut dropped = Vec::new();
         let mut taken = taken;
@@ -267,10 +279,8 @@ where
             if let (Some(blocks), Some(&is_active)) = (&self.blocks, active.get(id)) {
                 if !is_active {
                     let w = c.value.to_device(&c.device);
-                    updates.insert(
-                        *id,
-                        self.dense.state_free_step(lr, w, c.grad, &blocks.inactive),
-                    );
+                    let w = self.dense.state_free_step(lr, w, c.grad, &blocks.inactive);
+                    self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
                     dropped.push(*id);
                     continue;
                 }
@@ -288,7 +298,7 @@ where
                     state,
                     &StepContext::new(&c.shape, &self.bases),
                 )?;
-                updates.insert(*id, w);
+                self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
                 new_states.insert(*id, state);
                 continue;
             }
@@ -306,7 +316,7 @@ where
                 salt,
             };
             let (w, state) = engine.step(lr, w, c.grad, state, &ctx)?;
-            updates.insert(*id, w);
+            self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
             new_states.insert(*id, state);
         }
         for id in dropped {
@@ -315,8 +325,43 @@ where
         self.states.extend(new_states);
         self.step += 1;
 
-        let mut mapper = Applier::<B> { updates };
+        let mut mapper = Applier::<B> {
+            updates,
+            int_updates,
+        };
         Ok(module.map(&mut mapper))
+    }
+
+    /// Stages a parameter's new value; an INT8 weight is re-quantized with stochastic rounding
+    /// (uniforms from `SplitMix64(seed, path, step)`).
+    fn stage(
+        &self,
+        updates: &mut HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
+        int_updates: &mut HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>>,
+        id: ParamId,
+        path: &str,
+        quant: Option<QuantInfo>,
+        w: Tensor<B::InnerBackend, 2>,
+    ) {
+        match quant {
+            None => {
+                updates.insert(id, w);
+            }
+            Some(q) => {
+                let [rows, cols] = w.dims();
+                let u = crate::qlinear::rounding_uniforms::<B::InnerBackend>(
+                    rows,
+                    cols,
+                    self.rounding_seed,
+                    &[crate::rng::hash_str(path), self.step as u64],
+                    &w.device(),
+                );
+                let (codes, qparams) = crate::qlinear::quantize_int8(w, q.group, Some(u));
+                int_updates.insert(id, codes);
+                let [r, g, two] = qparams.dims();
+                updates.insert(q.qparams_id, qparams.reshape([r * g, two]));
+            }
+        }
     }
 }
 
@@ -381,7 +426,23 @@ struct Collected<B: Backend> {
     grad: Tensor<B, 2>,
     value: Tensor<B, 2>,
     device: B::Device,
+    quant: Option<QuantInfo>,
 }
+
+/// An INT8 weight ([`QLinear`](crate::qlinear::QLinear)): where its `(scale, zero)` live.
+#[derive(Clone, Copy)]
+struct QuantInfo {
+    qparams_id: ParamId,
+    group: usize,
+}
+
+type PendingCodes<B> = (
+    String,
+    ParamId,
+    Tensor<B, 2, Int>,
+    Tensor<B, 2>,
+    burn::tensor::Device<B>,
+);
 
 fn as_2d<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     let dims = t.dims();
@@ -399,6 +460,60 @@ struct Collector<B: AutodiffBackend> {
     path: Vec<String>,
     taken: HashMap<ParamId, Collected<B::InnerBackend>>,
     order: Vec<ParamId>,
+    /// Int parameters that received a float gradient (INT8 weights), by parent path.
+    codes: Vec<PendingCodes<B::InnerBackend>>,
+    /// Float parameters named `qparams` without a gradient, by parent path.
+    qparams: HashMap<String, (ParamId, Tensor<B::InnerBackend, 3>)>,
+}
+
+impl<B: AutodiffBackend> Collector<B> {
+    /// Joins each INT8 weight with its `qparams` and files it as `<parent>.weight`.
+    fn pair_quantized(&mut self) -> Result<(), EmberError> {
+        for (parent, id, codes, grad, device) in std::mem::take(&mut self.codes) {
+            let path = if parent.is_empty() {
+                "weight".to_string()
+            } else {
+                format!("{parent}.weight")
+            };
+            let Some((qid, qparams)) = self.qparams.remove(&parent) else {
+                return Err(EmberError::UnsupportedParameter {
+                    param: format!("{parent}.codes"),
+                    reason: "an int parameter received a gradient but has no `qparams` \
+                             sibling; only ember's QLinear weights can be trained in INT8"
+                        .into(),
+                });
+            };
+            let [rows, words] = codes.dims();
+            let [_, groups, _] = qparams.dims();
+            let shape = vec![rows, words * 4];
+            if grad.dims() != [rows, words * 4] {
+                return Err(EmberError::UnsupportedParameter {
+                    param: path,
+                    reason: format!(
+                        "gradient of shape {:?} for an INT8 weight of shape {shape:?}",
+                        grad.dims()
+                    ),
+                });
+            }
+            let value = crate::qlinear::dequantize_int8(codes, qparams);
+            self.order.push(id);
+            self.taken.insert(
+                id,
+                Collected {
+                    path,
+                    shape,
+                    grad,
+                    value,
+                    device,
+                    quant: Some(QuantInfo {
+                        qparams_id: qid,
+                        group: words * 4 / groups,
+                    }),
+                },
+            );
+        }
+        Ok(())
+    }
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
@@ -429,8 +544,33 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
                     grad: as_2d(grad),
                     value: as_2d(value),
                     device,
+                    quant: None,
                 },
             );
+        } else if D == 3 && self.path.last().is_some_and(|n| n == "qparams") {
+            let parent = self.path[..self.path.len() - 1].join(".");
+            let t = param.val().inner();
+            let dims = t.dims();
+            self.qparams
+                .insert(parent, (param.id, t.reshape([dims[0], dims[1], dims[2]])));
+        }
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        if D != 2 {
+            return;
+        }
+        if let Some((grad, device)) = self.grads.remove::<B::InnerBackend, 2>(param.id) {
+            let t = param.val().inner();
+            let dims = t.dims();
+            let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
+            self.codes.push((
+                parent,
+                param.id,
+                t.reshape([dims[0], dims[1]]),
+                grad,
+                device,
+            ));
         }
     }
 }
@@ -463,6 +603,7 @@ fn first_non_finite<B: Backend>(
 
 struct Applier<B: AutodiffBackend> {
     updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
+    int_updates: HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for Applier<B> {
@@ -478,6 +619,18 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Applier<B> {
                 }
                 t
             }
+            None => tensor,
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+
+    fn map_int<const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D, Int>>,
+    ) -> Param<Tensor<B, D, Int>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = match self.int_updates.remove(&id) {
+            Some(codes) => Tensor::<B, D, Int>::from_inner(codes.reshape(tensor.dims())),
             None => tensor,
         };
         Param::from_mapped_value(id, tensor, mapper)

@@ -8,18 +8,44 @@
 //! `update_proj_gap` is multiplied by `gamma_proj`. Each parameter's refresh count and current gap
 //! are in its state (`ParamState::refresh`).
 //!
+//! (3) **INT8 weights with stochastic rounding**: replace the targeted `Linear` layers by
+//! [`QLinear`] (weights stored as packed 8-bit codes plus a scale and zero point per group) and
+//! build the gradients with [`quantized_grads`] instead of `GradientsParams::from_grads`. The
+//! optimizer dequantizes, updates in f32 and rounds back stochastically, seeded by `seed`
+//! (see [`ember_core::qlinear`]). Layers left as `Linear` keep f32 weights (the mode the
+//! reference vectors use).
+//!
+//! ```
+//! use burn::backend::{Autodiff, Flex};
+//! use burn::module::Module;
+//! use burn::optim::Optimizer;
+//! use burn::prelude::*;
+//! use ember_qgalore::{quantized_grads, QGaloreConfig, QLinear, QLinearConfig};
+//!
+//! type B = Autodiff<Flex>;
+//! let device = Default::default();
+//! let mut layer: QLinear<B> = QLinearConfig::new(64, 32).with_group_size(16).init(&device);
+//! let mut optim = QGaloreConfig::new().with_rank(8).with_seed(7).init();
+//! let x = Tensor::<B, 2>::ones([4, 64], &device);
+//! for _ in 0..3 {
+//!     let loss = layer.forward(x.clone()).powi_scalar(2).mean();
+//!     let grads = quantized_grads(loss.backward(), &layer);
+//!     layer = optim.step(1e-3, layer, grads);
+//! }
+//! assert_eq!(layer.weight_bytes(), 64 * 32 + 8 * 64 * 2); // ¼ of f32 + (scale, zero) per group
+//! ```
+//!
 //! The Adam arithmetic is galore-torch's (the official optimizer wraps bitsandbytes' 8-bit Adam;
-//! Ember's moments are f32). **Not yet implemented:** keeping the targeted *weights* in INT8 in
-//! the model with stochastic rounding after each update; the rounding primitive exists
-//! (`ember_core::quant::quantize_stochastic`, unbiased and seeded), the model-side INT8 storage
-//! does not.
+//! Ember's moments are f32).
 
 use burn::config::Config;
+pub use ember_core::{
+    quantized_grads, EmberError, EmberOptimizer, NonFinitePolicy, QLinear, QLinearConfig, Targets,
+};
 use ember_core::{
     AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjType, ProjectorKind, RankRule,
     RefreshPolicy, ResidualRule, SubspaceAdam,
 };
-pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, Targets};
 
 /// Configuration of [Q-GaLore](crate), with the official option names.
 #[derive(Config, Debug)]
@@ -72,6 +98,9 @@ pub struct QGaloreConfig {
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
+    /// Seed of the stochastic rounding of INT8 weights ([`QLinear`] layers).
+    #[config(default = 0)]
+    pub seed: u64,
 }
 
 impl QGaloreConfig {
@@ -135,6 +164,10 @@ impl MethodConfig for QGaloreConfig {
 
     fn non_finite_policy(&self) -> NonFinitePolicy {
         self.non_finite
+    }
+
+    fn rounding_seed(&self) -> u64 {
+        self.seed
     }
 
     fn check(&self) -> Result<(), EmberError> {
