@@ -45,6 +45,19 @@ impl Method {
             Method::Qgalore => "qgalore",
         }
     }
+
+    /// The method of a lower-case name.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown optimizer `{name}`: one of {}",
+                    Self::ALL.map(|m| m.name()).join(", ")
+                )
+            })
+    }
 }
 
 /// Element types.

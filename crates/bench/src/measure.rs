@@ -71,7 +71,16 @@ pub fn optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
     targets: Vec<String>,
     gap: usize,
 ) -> EmberOptimizer<M, B> {
-    let r = match s.method {
+    try_optimizer_with_gap(s, targets, gap).unwrap_or_else(|e| panic!("optimizer: {e}"))
+}
+
+/// [`optimizer_with_gap`] returning the configuration error.
+pub fn try_optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
+    s: &Settings,
+    targets: Vec<String>,
+    gap: usize,
+) -> Result<EmberOptimizer<M, B>, String> {
+    match s.method {
         Method::Adamw => {
             let c = ember_galore::GaloreConfig::new();
             EmberOptimizer::new(
@@ -107,8 +116,7 @@ pub fn optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
             .with_targets(targets)
             .try_init(),
     }
-    .map_err(|e| e.to_string());
-    r.unwrap_or_else(|e| panic!("optimizer: {e}"))
+    .map_err(|e| e.to_string())
 }
 
 struct Bytes<'a, B: AutodiffBackend> {
