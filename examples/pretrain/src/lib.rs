@@ -54,7 +54,8 @@ impl Corpus {
 
     /// A file's bytes.
     pub fn from_path(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Ok(Self {
             bytes: Arc::new(bytes),
         })
@@ -82,7 +83,13 @@ impl Corpus {
         let split = self.bytes.len() * 9 / 10;
         let len = seq + 1;
         let train = Windows::new(self.bytes.clone(), 0..split, len, max_train, seed)?;
-        let valid = Windows::new(self.bytes.clone(), split..self.bytes.len(), len, max_valid, seed)?;
+        let valid = Windows::new(
+            self.bytes.clone(),
+            split..self.bytes.len(),
+            len,
+            max_valid,
+            seed,
+        )?;
         Ok((train, valid))
     }
 }
@@ -448,14 +455,17 @@ pub mod telemetry {
     /// Starts the records of a new run (opens NVML if `gpu`); returns its tag.
     pub fn reset(checksum_every: usize, gpu: bool, devices_per_key: usize) -> u64 {
         let tag = NEXT.fetch_add(1, Ordering::SeqCst) as u64;
-        RUNS.lock().unwrap().get_or_insert_with(HashMap::new).insert(
-            tag,
-            Record {
-                every: checksum_every,
-                devices_per_key: devices_per_key.max(1),
-                ..Default::default()
-            },
-        );
+        RUNS.lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(
+                tag,
+                Record {
+                    every: checksum_every,
+                    devices_per_key: devices_per_key.max(1),
+                    ..Default::default()
+                },
+            );
         if gpu {
             PEAK.store(0, Ordering::SeqCst);
             *NVML.lock().unwrap() = Some(ember_bench::measure::Nvml::open(0));
@@ -578,12 +588,19 @@ impl burn::train::renderer::MetricsRenderer for QuietRenderer {
 
 /// Reads burn-train's per-item metric log (`<dir>/<split>/epoch-<e>/Loss.log`).
 fn read_losses(dir: &Path, split: &str, epoch: usize) -> Vec<f64> {
-    let path = dir.join(split).join(format!("epoch-{epoch}")).join("Loss.log");
+    let path = dir
+        .join(split)
+        .join(format!("epoch-{epoch}"))
+        .join("Loss.log");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return vec![];
     };
     text.lines()
-        .filter_map(|l| l.split(',').next().and_then(|v| v.trim().parse::<f64>().ok()))
+        .filter_map(|l| {
+            l.split(',')
+                .next()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
         .collect()
 }
 
@@ -607,7 +624,12 @@ fn epoch_dirs(dir: &Path) -> Vec<usize> {
 }
 
 /// Mean validation loss of `model` over `valid` (batches of `batch`).
-pub fn evaluate<B: Backend>(model: &LanguageModel<B>, valid: &Windows, batch: usize, device: &B::Device) -> f64 {
+pub fn evaluate<B: Backend>(
+    model: &LanguageModel<B>,
+    valid: &Windows,
+    batch: usize,
+    device: &B::Device,
+) -> f64 {
     let mut total = 0.0;
     let mut n = 0;
     let items: Vec<Vec<u8>> = (0..valid.len()).filter_map(|i| valid.get(i)).collect();
@@ -654,7 +676,6 @@ pub fn train<B: AutodiffBackend>(
     }
     let total_steps = steps_per_epoch * run.epochs;
 
-    B::seed(&main, run.seed);
     // replicas on one device (several `flex` "devices") share a counter
     let distinct = {
         let mut names: Vec<String> = devices.iter().map(|d| format!("{d:?}")).collect();
@@ -663,12 +684,23 @@ pub fn train<B: AutodiffBackend>(
         names.len()
     };
     let tag = telemetry::reset(run.checksum_every, gpu, devices.len() / distinct);
-    let model = LanguageModel {
-        llama: run.shape.init::<B>(&main),
-        run_tag: tag,
+    // The backend's seeded generator is global, and burn initializes parameters lazily, at first
+    // use: seeding and touching every parameter (`valid()`, in module order) happen under one
+    // lock, so runs in one process (parallel tests) cannot draw from each other's stream.
+    static INIT: Mutex<()> = Mutex::new(());
+    let (model, initial) = {
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(&main, run.seed);
+        let model = LanguageModel {
+            llama: run.shape.init::<B>(&main),
+            run_tag: tag,
+        };
+        let initial = model.valid();
+        (model, initial)
     };
     let params = run.shape.param_count();
-    let initial_valid_loss = evaluate(&model.valid(), &valid_w, run.batch, &main);
+    let initial_valid_loss = evaluate(&initial, &valid_w, run.batch, &main);
+    drop(initial);
     let optim = run.optimizer::<B, LanguageModel<B>>()?;
     let schedule = WarmupCosine {
         lr: run.lr,
@@ -732,7 +764,8 @@ pub fn train<B: AutodiffBackend>(
     let inner_device = main.clone();
     let final_valid_loss = evaluate(&trained, &valid_w, run.batch, &inner_device);
     let final_checksum = weights_hash(&trained);
-    let tokens = (last_epoch + 1).saturating_sub(first_epoch) * steps_per_epoch * per_step * run.seq;
+    let tokens =
+        (last_epoch + 1).saturating_sub(first_epoch) * steps_per_epoch * per_step * run.seq;
     Ok(Summary {
         run: run.clone(),
         params,
@@ -814,9 +847,11 @@ pub mod plot {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             let per_epoch = r.train_loss.len() as f64 / r.valid_loss.len().max(1) as f64;
             chart
-                .draw_series(r.valid_loss.iter().enumerate().map(|(e, &v)| {
-                    Circle::new(((e + 1) as f64 * per_epoch, v), 4, color.filled())
-                }))
+                .draw_series(
+                    r.valid_loss.iter().enumerate().map(|(e, &v)| {
+                        Circle::new(((e + 1) as f64 * per_epoch, v), 4, color.filled())
+                    }),
+                )
                 .map_err(|e| err(&e))?;
         }
         chart

@@ -196,7 +196,10 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         summary.tokens_per_second,
         summary
             .peak_device_bytes
-            .map_or("n/a".to_string(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+            .map_or("n/a".to_string(), |b| format!(
+                "{:.2} GiB",
+                b as f64 / (1u64 << 30) as f64
+            )),
         summary.seconds,
         path.display()
     );
@@ -208,7 +211,8 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
     for d in dirs {
         let p = d.join("summary.json");
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let s: Summary = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let s: Summary =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
         runs.push(s);
     }
     println!(
@@ -231,8 +235,10 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
             s.final_valid_loss,
             tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             s.tokens_per_second,
-            s.peak_device_bytes
-                .map_or("n/a".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+            s.peak_device_bytes.map_or("n/a".into(), |b| format!(
+                "{:.2} GiB",
+                b as f64 / (1u64 << 30) as f64
+            )),
             s.seconds
         );
     }

@@ -15,7 +15,13 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn run(r: &Run, devices: usize) -> Summary {
-    train::<B>(r, &Corpus::embedded(), vec![Default::default(); devices], false).unwrap()
+    train::<B>(
+        r,
+        &Corpus::embedded(),
+        vec![Default::default(); devices],
+        false,
+    )
+    .unwrap()
 }
 
 /// A few steps of one method: the validation loss goes down and every step's loss was logged.
@@ -79,8 +85,15 @@ fn resume_from_checkpoint_is_bit_exact() {
 
         let n = full.steps_per_epoch;
         assert_eq!(part1.train_loss[..], uninterrupted.train_loss[..n]);
-        assert_eq!(part2.train_loss[..], uninterrupted.train_loss[n..], "{optimizer}");
-        assert_eq!(part2.final_checksum, uninterrupted.final_checksum, "{optimizer}");
+        assert_eq!(
+            part2.train_loss[..],
+            uninterrupted.train_loss[n..],
+            "{optimizer}"
+        );
+        assert_eq!(
+            part2.final_checksum, uninterrupted.final_checksum,
+            "{optimizer}"
+        );
         assert_eq!(part2.final_valid_loss, uninterrupted.final_valid_loss);
     }
 }
