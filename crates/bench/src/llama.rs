@@ -9,6 +9,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use ember_core::QLinear;
 use serde::{Deserialize, Serialize};
 
 /// Model shape, as in the GaLore paper's `configs/llama_*.json`.
@@ -148,23 +149,24 @@ impl LlamaShape {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let head_dim = h / self.num_attention_heads;
         let lin = |a, b| LinearConfig::new(a, b).with_bias(false).init(device);
+        let proj = |a, b| Proj::F32(lin(a, b));
         Llama {
             embed: EmbeddingConfig::new(self.vocab_size, h).init(device),
             layers: (0..self.num_hidden_layers)
                 .map(|_| Block {
                     attn_norm: RmsNormConfig::new(h).init(device),
                     attn: Attention {
-                        query: lin(h, h),
-                        key: lin(h, h),
-                        value: lin(h, h),
-                        output: lin(h, h),
+                        query: proj(h, h),
+                        key: proj(h, h),
+                        value: proj(h, h),
+                        output: proj(h, h),
                         heads: self.num_attention_heads,
                     },
                     mlp_norm: RmsNormConfig::new(h).init(device),
                     mlp: SwiGlu {
-                        gate: lin(h, i),
-                        up: lin(h, i),
-                        down: lin(i, h),
+                        gate: proj(h, i),
+                        up: proj(h, i),
+                        down: proj(i, h),
                     },
                 })
                 .collect(),
@@ -175,17 +177,56 @@ impl LlamaShape {
     }
 }
 
+/// A projection of attention or MLP: burn's f32 `Linear`, or Ember's INT8 `QLinear`
+/// (Q-GaLore's weights in 8 bits; see [`Llama::into_int8`]). Module paths include the variant:
+/// `layers.0.attn.query.F32.weight`.
+#[derive(Module, Debug)]
+pub enum Proj<B: Backend> {
+    /// f32 weights.
+    F32(Linear<B>),
+    /// INT8 weights.
+    Int8(QLinear<B>),
+}
+
+impl<B: Backend> Proj<B> {
+    /// `x·W (+ b)`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Proj::F32(l) => l.forward(x),
+            Proj::Int8(q) => q.forward(x),
+        }
+    }
+
+    fn into_int8(self, group_size: i64) -> Result<Self, String> {
+        match self {
+            Proj::F32(l) => {
+                // groups of `group_size` where they divide the row, else one group per row
+                let d_out = l.weight.val().dims()[1] as i64;
+                let g = if group_size > 0 && d_out % group_size == 0 {
+                    group_size
+                } else {
+                    -1
+                };
+                QLinear::from_linear(l, g)
+                    .map(Proj::Int8)
+                    .map_err(|e| e.to_string())
+            }
+            q => Ok(q),
+        }
+    }
+}
+
 /// Causal self-attention with rotary embeddings.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Wq.
-    pub query: Linear<B>,
+    pub query: Proj<B>,
     /// Wk.
-    pub key: Linear<B>,
+    pub key: Proj<B>,
     /// Wv.
-    pub value: Linear<B>,
+    pub value: Proj<B>,
     /// Wo.
-    pub output: Linear<B>,
+    pub output: Proj<B>,
     heads: usize,
 }
 
@@ -193,11 +234,11 @@ pub struct Attention<B: Backend> {
 #[derive(Module, Debug)]
 pub struct SwiGlu<B: Backend> {
     /// Gate projection.
-    pub gate: Linear<B>,
+    pub gate: Proj<B>,
     /// Up projection.
-    pub up: Linear<B>,
+    pub up: Proj<B>,
     /// Down projection.
-    pub down: Linear<B>,
+    pub down: Proj<B>,
 }
 
 /// One pre-norm decoder block.
@@ -246,6 +287,42 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: Backend> Llama<B> {
+    /// The same model with every attention and MLP projection stored in INT8 (`QLinear`, groups
+    /// of `group_size` along a row where that divides the row, else one group per row), for
+    /// Q-GaLore's INT8-weight mode. Train it
+    /// with gradients from `ember_core::quantized_grads`.
+    pub fn into_int8(mut self, group_size: i64) -> Result<Self, String> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for b in self.layers {
+            let Attention {
+                query,
+                key,
+                value,
+                output,
+                heads,
+            } = b.attn;
+            let SwiGlu { gate, up, down } = b.mlp;
+            layers.push(Block {
+                attn_norm: b.attn_norm,
+                attn: Attention {
+                    query: query.into_int8(group_size)?,
+                    key: key.into_int8(group_size)?,
+                    value: value.into_int8(group_size)?,
+                    output: output.into_int8(group_size)?,
+                    heads,
+                },
+                mlp_norm: b.mlp_norm,
+                mlp: SwiGlu {
+                    gate: gate.into_int8(group_size)?,
+                    up: up.into_int8(group_size)?,
+                    down: down.into_int8(group_size)?,
+                },
+            });
+        }
+        self.layers = layers;
+        Ok(self)
+    }
+
     /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();

@@ -194,7 +194,9 @@ impl<B: AutodiffBackend> TrainStep for LanguageModel<B> {
     fn step(&self, batch: TokenBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
         telemetry::on_step(self.run_tag, self);
         let out = self.forward_classification(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
+        // `quantized_grads` = burn's `from_grads` plus the gradients of INT8 (`QLinear`) weights
+        let grads = ember_core::quantized_grads(out.loss.backward(), self);
+        TrainOutput { grads, item: out }
     }
 }
 
@@ -292,6 +294,9 @@ pub struct Run {
     pub stop_after_epoch: Option<usize>,
     /// Record the replicas' weight checksums every this many steps (0: never).
     pub checksum_every: usize,
+    /// Store the attention and MLP weights in INT8 (`QLinear`, groups of 256), Q-GaLore's mode.
+    #[serde(default)]
+    pub int8_weights: bool,
 }
 
 impl Run {
@@ -324,6 +329,7 @@ impl Run {
             resume_epoch: None,
             stop_after_epoch: None,
             checksum_every: 0,
+            int8_weights: false,
         }
     }
 
@@ -373,6 +379,9 @@ pub struct Summary {
     pub initial_valid_loss: f64,
     /// Validation loss of the final model over all validation windows, computed after training.
     pub final_valid_loss: f64,
+    /// Bytes of the model's parameter tensors (float and int), `numel × dtype size`.
+    #[serde(default)]
+    pub weight_bytes: usize,
     /// Training tokens processed in this launch.
     pub tokens: usize,
     /// Wall-clock seconds of the `Learner` launch (training, per-epoch validation, checkpoints).
@@ -407,20 +416,46 @@ fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::E
     })
 }
 
-/// A hash of the exact bits of every float parameter, in module order (FNV-1a over the values'
+/// Bytes of every float and int parameter tensor of `module` (`numel × dtype size`).
+pub fn param_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
+    struct Bytes<B: Backend>(usize, std::marker::PhantomData<B>);
+    impl<B: Backend> ModuleVisitor<B> for Bytes<B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            self.0 += t.shape().num_elements() * t.dtype().size();
+        }
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            let t = p.val();
+            self.0 += t.shape().num_elements() * t.dtype().size();
+        }
+    }
+    let mut v = Bytes::<B>(0, std::marker::PhantomData);
+    module.visit(&mut v);
+    v.0
+}
+
+/// A hash of the exact bits of every float and int parameter, in module order (FNV-1a over the values'
 /// bytes, read back to the host): equal hashes mean bit-identical weights.
 pub fn weights_hash<B: Backend, M: Module<B>>(module: &M) -> String {
     struct Hash<B: Backend> {
         h: u64,
         _b: std::marker::PhantomData<B>,
     }
-    impl<B: Backend> ModuleVisitor<B> for Hash<B> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            let data = p.val().into_data().convert::<f32>();
-            for &b in data.as_bytes() {
+    impl<B: Backend> Hash<B> {
+        fn bytes(&mut self, bytes: &[u8]) {
+            for &b in bytes {
                 self.h ^= b as u64;
                 self.h = self.h.wrapping_mul(0x0000_0100_0000_01B3);
             }
+        }
+    }
+    impl<B: Backend> ModuleVisitor<B> for Hash<B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.bytes(p.val().into_data().convert::<f32>().as_bytes());
+        }
+
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            self.bytes(p.val().into_data().convert::<i32>().as_bytes());
         }
     }
     let mut v = Hash::<B> {
@@ -653,6 +688,14 @@ pub fn train<B: AutodiffBackend>(
         return Err("no device".into());
     }
     run.shape.validate()?;
+    if run.int8_weights && devices.len() > 1 {
+        return Err(
+            "--int8-weights with several devices is not supported: burn's multi-device \
+                    strategy moves gradients by float parameter and would drop the INT8 weights' \
+                    gradients"
+                .into(),
+        );
+    }
     if run.shape.vocab_size != 256 {
         return Err("the byte-level tokenizer needs vocab_size = 256".into());
     }
@@ -691,14 +734,21 @@ pub fn train<B: AutodiffBackend>(
     let (model, initial) = {
         let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         B::seed(&main, run.seed);
+        let llama = run.shape.init::<B>(&main);
+        let llama = if run.int8_weights {
+            llama.into_int8(256)?
+        } else {
+            llama
+        };
         let model = LanguageModel {
-            llama: run.shape.init::<B>(&main),
+            llama,
             run_tag: tag,
         };
         let initial = model.valid();
         (model, initial)
     };
     let params = run.shape.param_count();
+    let weight_bytes = param_bytes(&initial);
     let initial_valid_loss = evaluate(&initial, &valid_w, run.batch, &main);
     drop(initial);
     let optim = run.optimizer::<B, LanguageModel<B>>()?;
@@ -773,6 +823,7 @@ pub fn train<B: AutodiffBackend>(
         valid_loss,
         initial_valid_loss,
         final_valid_loss,
+        weight_bytes,
         tokens,
         seconds,
         tokens_per_second: tokens as f64 / seconds,
@@ -835,11 +886,14 @@ pub mod plot {
             .map_err(|e| err(&e))?;
         for (k, (r, c)) in runs.iter().zip(&curves).enumerate() {
             let color = Palette99::pick(k).to_rgba();
-            let label = match r.run.optimizer.as_str() {
+            let mut label = match r.run.optimizer.as_str() {
                 "adamw" => "adamw".to_string(),
                 "frugal" => format!("frugal ρ={}", r.run.density),
                 o => format!("{o} r={}", r.run.effective_rank()),
             };
+            if r.run.int8_weights {
+                label.push_str(" INT8 weights");
+            }
             chart
                 .draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2)))
                 .map_err(|e| err(&e))?

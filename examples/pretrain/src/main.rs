@@ -95,6 +95,9 @@ struct TrainArgs {
     /// Stop after this epoch (the learning-rate schedule still spans --epochs).
     #[arg(long)]
     stop_after_epoch: Option<usize>,
+    /// Store the attention and MLP weights in INT8 (QLinear, groups of 256; Q-GaLore's mode).
+    #[arg(long)]
+    int8_weights: bool,
     /// Record every replica's weight checksum every N steps (0: off).
     #[arg(long, default_value_t = 0)]
     checksum_every: usize,
@@ -142,6 +145,7 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         resume_epoch: a.resume_epoch,
         stop_after_epoch: a.stop_after_epoch,
         checksum_every: a.checksum_every,
+        int8_weights: a.int8_weights,
     };
     if a.devices == 0 {
         return Err("--devices must be at least 1".into());
@@ -216,20 +220,28 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
         runs.push(s);
     }
     println!(
-        "| optimizer | params | devices | steps | final valid loss | best epoch valid loss | last-50 train loss | tokens/s | peak GPU memory | wall s |"
+        "| optimizer | params | weight MiB | devices | steps | final valid loss | best epoch valid loss | last-50 train loss | tokens/s | peak GPU memory | wall s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &runs {
         let tail = &s.train_loss[s.train_loss.len().saturating_sub(50)..];
-        let name = match s.run.optimizer.as_str() {
+        let mut name = match s.run.optimizer.as_str() {
             "frugal" => format!("frugal (ρ={})", s.run.density),
             "adamw" => "adamw".to_string(),
             o => format!("{o} (r={})", s.run.effective_rank()),
         };
+        if s.run.int8_weights {
+            name.push_str(", INT8 weights");
+        }
         let best = s.valid_loss.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
-            "| {name} | {:.1}M | {} | {} | {:.4} | {best:.4} | {:.4} | {:.0} | {} | {:.0} |",
+            "| {name} | {:.1}M | {} | {} | {} | {:.4} | {best:.4} | {:.4} | {:.0} | {} | {:.0} |",
             s.params as f64 / 1e6,
+            if s.weight_bytes > 0 {
+                format!("{:.1}", s.weight_bytes as f64 / (1u64 << 20) as f64)
+            } else {
+                "–".into()
+            },
             s.run.devices,
             s.train_loss.len(),
             s.final_valid_loss,

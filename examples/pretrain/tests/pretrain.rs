@@ -66,6 +66,46 @@ fn dct_trains() {
     trains("dct");
 }
 
+/// Q-GaLore with the attention and MLP weights stored in INT8 (`QLinear`) in the model: it trains,
+/// the stored codes change, and resuming is bit-exact too (codes, scales, optimizer state and the
+/// stochastic rounding's stream all come back).
+#[test]
+fn qgalore_int8_weights_train_and_resume() {
+    let mut full = Run::tiny("qgalore", dir("int8-full"));
+    full.int8_weights = true;
+    let s = run(&full, 1);
+    assert!(
+        s.final_valid_loss < s.initial_valid_loss - 0.05,
+        "INT8: {} -> {}",
+        s.initial_valid_loss,
+        s.final_valid_loss
+    );
+    let d = dir("int8-split");
+    let mut first = full.clone();
+    first.dir = d.clone();
+    first.stop_after_epoch = Some(1);
+    run(&first, 1);
+    let mut second = full.clone();
+    second.dir = d;
+    second.resume_epoch = Some(1);
+    let part2 = run(&second, 1);
+    assert_eq!(part2.train_loss[..], s.train_loss[full.steps_per_epoch..]);
+    assert_eq!(part2.final_checksum, s.final_checksum);
+    // several devices are refused with a reason, not silently wrong
+    let mut multi = full.clone();
+    multi.dir = dir("int8-multi");
+    multi.devices = 2;
+    let err = train::<B>(
+        &multi,
+        &Corpus::embedded(),
+        vec![Default::default(); 2],
+        false,
+    )
+    .err()
+    .unwrap();
+    assert!(err.contains("INT8"), "{err}");
+}
+
 /// Stop after epoch 1, resume from its checkpoint: the second epoch's losses and the final
 /// weights equal the uninterrupted run's exactly (GaLore: projector, moments, refresh counters
 /// and the learning-rate schedule all come back from the checkpoint).
