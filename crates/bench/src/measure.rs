@@ -80,6 +80,24 @@ pub fn try_optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
     targets: Vec<String>,
     gap: usize,
 ) -> Result<EmberOptimizer<M, B>, String> {
+    try_optimizer_with(s, targets, gap, None)
+}
+
+/// [`try_optimizer_with_gap`] with the update scale α of GaLore (`scale`), Fira (`alpha`) and
+/// Q-GaLore (`scale`) set to `scale` when given (each method's default otherwise); the other
+/// methods have no such option and refuse one.
+pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
+    s: &Settings,
+    targets: Vec<String>,
+    gap: usize,
+    scale: Option<f64>,
+) -> Result<EmberOptimizer<M, B>, String> {
+    if scale.is_some() && !matches!(s.method, Method::Galore | Method::Fira | Method::Qgalore) {
+        return Err(format!(
+            "{} has no scale α option (GaLore, Fira and Q-GaLore do)",
+            s.method.name()
+        ));
+    }
     match s.method {
         Method::Adamw => {
             let c = ember_galore::GaloreConfig::new();
@@ -90,26 +108,44 @@ pub fn try_optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
                 NonFinitePolicy::Error,
             )
         }
-        Method::Galore => ember_galore::GaloreConfig::new()
-            .with_rank(s.rank)
-            .with_update_proj_gap(gap)
-            .with_targets(targets)
-            .try_init(),
-        Method::Fira => ember_fira::FiraConfig::new()
-            .with_rank(s.rank)
-            .with_update_proj_gap(gap)
-            .with_targets(targets)
-            .try_init(),
+        Method::Galore => {
+            let c = ember_galore::GaloreConfig::new()
+                .with_rank(s.rank)
+                .with_update_proj_gap(gap)
+                .with_targets(targets);
+            match scale {
+                Some(a) => c.with_scale(a),
+                None => c,
+            }
+            .try_init()
+        }
+        Method::Fira => {
+            let c = ember_fira::FiraConfig::new()
+                .with_rank(s.rank)
+                .with_update_proj_gap(gap)
+                .with_targets(targets);
+            match scale {
+                Some(a) => c.with_alpha(a),
+                None => c,
+            }
+            .try_init()
+        }
         Method::Frugal => ember_frugal::FrugalConfig::new()
             .with_density(s.density)
             .with_update_gap(gap)
             .with_targets(targets)
             .try_init(),
-        Method::Qgalore => ember_qgalore::QGaloreConfig::new()
-            .with_rank(s.rank)
-            .with_update_proj_gap(gap)
-            .with_targets(targets)
-            .try_init(),
+        Method::Qgalore => {
+            let c = ember_qgalore::QGaloreConfig::new()
+                .with_rank(s.rank)
+                .with_update_proj_gap(gap)
+                .with_targets(targets);
+            match scale {
+                Some(a) => c.with_scale(a),
+                None => c,
+            }
+            .try_init()
+        }
         Method::Dct => ember_dct::DctConfig::new()
             .with_rank(s.rank)
             .with_update_proj_gap(gap)

@@ -266,6 +266,9 @@ pub struct Run {
     pub density: f64,
     /// Steps between subspace refreshes.
     pub gap: usize,
+    /// GaLore / Fira / Q-GaLore update scale α (`None`: the method's default, 0.25).
+    #[serde(default)]
+    pub scale: Option<f64>,
     /// Model shape.
     pub shape: LlamaShape,
     /// Sequences per batch (per device).
@@ -307,6 +310,7 @@ impl Run {
             rank: 0,
             density: 0.25,
             gap: 4,
+            scale: None,
             shape: LlamaShape {
                 name: "pico".into(),
                 hidden_size: 32,
@@ -355,10 +359,11 @@ impl Run {
             weights: Dtype::F32,
             state: Dtype::F32,
         };
-        ember_bench::measure::try_optimizer_with_gap(
+        ember_bench::measure::try_optimizer_with(
             &settings,
             vec!["attn".into(), "mlp".into()],
             self.gap,
+            self.scale,
         )
     }
 }

@@ -54,6 +54,9 @@ struct TrainArgs {
     /// Steps between subspace refreshes.
     #[arg(long, default_value_t = 200)]
     gap: usize,
+    /// Update scale α of GaLore, Fira and Q-GaLore (default: the method's, 0.25).
+    #[arg(long)]
+    scale: Option<f64>,
     /// Model: `pico` (tests), `small` (25.6M parameters), `medium` (51M).
     #[arg(long, default_value = "small")]
     model: String,
@@ -131,6 +134,7 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         rank: a.rank,
         density: a.density,
         gap: a.gap,
+        scale: a.scale,
         shape: shape(&a.model)?,
         batch: a.batch,
         seq: a.seq,

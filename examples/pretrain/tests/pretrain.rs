@@ -158,3 +158,21 @@ fn two_devices_keep_identical_replicas() {
     // and the replicas changed from step to step (the optimizer did update them)
     assert_ne!(c[0].checksum, c[c.len() - 1].checksum);
 }
+
+/// `--scale` reaches the method (a larger α moves the targeted weights further) and is refused by
+/// a method without it.
+#[test]
+fn scale_option() {
+    let mut a = Run::tiny("galore", dir("scale-a"));
+    a.epochs = 1;
+    let mut b = a.clone();
+    b.dir = dir("scale-b");
+    b.scale = Some(1.0);
+    assert_ne!(run(&a, 1).final_checksum, run(&b, 1).final_checksum);
+    let mut c = Run::tiny("frugal", dir("scale-c"));
+    c.scale = Some(1.0);
+    let err = train::<B>(&c, &Corpus::embedded(), vec![Default::default()], false)
+        .err()
+        .unwrap();
+    assert!(err.contains("scale"), "{err}");
+}
