@@ -29,7 +29,7 @@ enum Device {
 #[derive(Subcommand)]
 enum Command {
     /// Train one model with one optimizer.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Compare finished runs: a markdown table and a loss-curve plot.
     Report {
         /// Run directories (each with a `summary.json`).
@@ -268,7 +268,7 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Train(a) => run_train(a),
+        Command::Train(a) => run_train(*a),
         Command::Report { dirs, plot } => run_report(dirs, plot),
     };
     if let Err(e) = r {
