@@ -109,26 +109,22 @@ pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
             )
         }
         Method::Galore => {
-            let c = ember_galore::GaloreConfig::new()
+            let c = ember_galore::GaloreConfig::new();
+            let a = scale.unwrap_or(c.scale);
+            c.with_scale(a)
                 .with_rank(s.rank)
                 .with_update_proj_gap(gap)
-                .with_targets(targets);
-            match scale {
-                Some(a) => c.with_scale(a),
-                None => c,
-            }
-            .try_init()
+                .with_targets(targets)
+                .try_init()
         }
         Method::Fira => {
-            let c = ember_fira::FiraConfig::new()
+            let c = ember_fira::FiraConfig::new();
+            let a = scale.unwrap_or(c.alpha);
+            c.with_alpha(a)
                 .with_rank(s.rank)
                 .with_update_proj_gap(gap)
-                .with_targets(targets);
-            match scale {
-                Some(a) => c.with_alpha(a),
-                None => c,
-            }
-            .try_init()
+                .with_targets(targets)
+                .try_init()
         }
         Method::Frugal => ember_frugal::FrugalConfig::new()
             .with_density(s.density)
@@ -136,15 +132,13 @@ pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
             .with_targets(targets)
             .try_init(),
         Method::Qgalore => {
-            let c = ember_qgalore::QGaloreConfig::new()
+            let c = ember_qgalore::QGaloreConfig::new();
+            let a = scale.unwrap_or(c.scale);
+            c.with_scale(a)
                 .with_rank(s.rank)
                 .with_update_proj_gap(gap)
-                .with_targets(targets);
-            match scale {
-                Some(a) => c.with_scale(a),
-                None => c,
-            }
-            .try_init()
+                .with_targets(targets)
+                .try_init()
         }
         Method::Dct => ember_dct::DctConfig::new()
             .with_rank(s.rank)
