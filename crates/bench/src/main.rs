@@ -69,6 +69,19 @@ enum Command {
         /// Timed refreshes (0: none).
         #[arg(long, default_value_t = 3)]
         refreshes: usize,
+        /// Run the portable path (burn ops) instead of the fused kernels.
+        #[arg(long)]
+        portable: bool,
+    },
+    /// Checks every fused kernel against the portable path on a device (exit status 1 if any
+    /// check fails).
+    Kernels {
+        /// Device.
+        #[arg(long, value_enum, default_value = "flex")]
+        device: Device,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
     },
     /// For each method, the settings (rank, dtypes) that fit a memory budget, largest rank first.
     Plan {
@@ -617,6 +630,25 @@ fn run_step(
     Ok(())
 }
 
+fn run_kernels(device: Device, seed: u64) -> Result<(), String> {
+    use burn::tensor::backend::{AutodiffBackend, Backend};
+    use ember_kernels::{selfcheck, EmberBackend};
+    let failed = on_device!(device, B => {
+        type I = <B as AutodiffBackend>::InnerBackend;
+        let dev = Default::default();
+        println!(
+            "backend {} — fused kernels: {}",
+            <I as Backend>::name(&dev),
+            <I as EmberBackend>::fused_kernels()
+        );
+        selfcheck::report(&selfcheck::run_all::<I>(&dev, seed))
+    });
+    if failed > 0 {
+        return Err(format!("{failed} kernel checks failed"));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // a panic is a bug: one line, no backtrace
     std::panic::set_hook(Box::new(|info| {
@@ -655,13 +687,18 @@ fn main() -> ExitCode {
             iters,
             warmup,
             refreshes,
-        }) => run_step(
-            &optimizer,
-            &shapes,
-            &ranks,
-            device,
-            (iters, warmup, refreshes),
-        ),
+            portable,
+        }) => {
+            ember_kernels::set_fused(!portable);
+            run_step(
+                &optimizer,
+                &shapes,
+                &ranks,
+                device,
+                (iters, warmup, refreshes),
+            )
+        }
+        Some(Command::Kernels { device, seed }) => run_kernels(device, seed),
         Some(Command::Plan {
             model,
             budget,

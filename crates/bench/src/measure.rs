@@ -214,6 +214,7 @@ pub fn measure<B: AutodiffBackend>(
     peak: &mut dyn FnMut() -> Option<usize>,
 ) -> Measured
 where
+    B::InnerBackend: ember_core::EmberBackend,
     Llama<B>: AutodiffModule<B>,
 {
     // release what earlier runs in this process left in the allocator's pool, so that the

@@ -31,6 +31,8 @@ pub struct Single<B: Backend> {
 pub struct StepTiming {
     /// Method.
     pub optimizer: &'static str,
+    /// `fused` (the CubeCL kernels of `ember-kernels`) or `portable` (burn ops).
+    pub kernels: &'static str,
     /// Rows.
     pub m: usize,
     /// Columns.
@@ -59,7 +61,10 @@ pub fn time_step<B: AutodiffBackend>(
     rank: usize,
     (warmup, iters, refreshes): (usize, usize, usize),
     device: &B::Device,
-) -> StepTiming {
+) -> StepTiming
+where
+    B::InnerBackend: ember_core::EmberBackend,
+{
     B::seed(device, 0);
     let w = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.02), device);
     let g = Tensor::<B::InnerBackend, 2>::random([m, n], Distribution::Normal(0.0, 1e-3), device);
@@ -150,6 +155,11 @@ pub fn time_step<B: AutodiffBackend>(
         refresh_device_ms: device_refresh.map(|d| d.0),
         device_energy_ratio: device_refresh.map(|d| d.1),
         optimizer: method.name(),
+        kernels: if <B::InnerBackend as ember_kernels::EmberBackend>::fused_kernels() {
+            "fused"
+        } else {
+            "portable"
+        },
         m,
         n,
         rank,

@@ -1,6 +1,7 @@
 //! The inner optimizer: Adam on the low-rank gradient `R`.
 
 use burn::prelude::*;
+use ember_kernels::{AdamCoefficients, EmberBackend};
 use serde::{Deserialize, Serialize};
 
 /// Where ε and the bias corrections go: the official packages differ, and the reference cases
@@ -34,23 +35,9 @@ pub struct SubspaceAdam {
 }
 
 impl SubspaceAdam {
-    /// Updates the moments with `r` at Adam step `t` (from 1) and returns `(N, c)`: the
-    /// normalized update and the coefficient such that the parameter moves by `−c·N`
-    /// (before any scale and the learning rate's sign).
-    pub fn update<B: Backend>(
-        &self,
-        r: Tensor<B, 2>,
-        m: Tensor<B, 2>,
-        v: Tensor<B, 2>,
-        t: usize,
-        lr: f64,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, f64) {
-        let m = m
-            .mul_scalar(self.beta_1)
-            .add(r.clone().mul_scalar(1.0 - self.beta_1));
-        let v = v
-            .mul_scalar(self.beta_2)
-            .add(r.clone().mul(r).mul_scalar(1.0 - self.beta_2));
+    /// The kernel coefficients of Adam step `t` (from 1) and the step size `c` such that the
+    /// parameter moves by `−c·N` (before α).
+    pub fn coefficients(&self, t: usize, lr: f64) -> (AdamCoefficients, f64) {
         let (bc1, bc2) = if self.bias_correction {
             (
                 1.0 - self.beta_1.powi(t as i32),
@@ -59,26 +46,34 @@ impl SubspaceAdam {
         } else {
             (1.0, 1.0)
         };
-        let (n, c) = match self.flavor {
-            AdamFlavor::Galore => (
-                m.clone().div(v.clone().sqrt().add_scalar(self.epsilon)),
-                lr * bc2.sqrt() / bc1,
-            ),
-            AdamFlavor::Torch => (
-                m.clone().div(
-                    v.clone()
-                        .sqrt()
-                        .div_scalar(bc2.sqrt())
-                        .add_scalar(self.epsilon),
-                ),
-                lr / bc1,
-            ),
-            AdamFlavor::Dct => (
-                m.clone()
-                    .div(v.clone().sqrt().add_scalar(self.epsilon * bc2.sqrt())),
-                lr * bc2.sqrt() / bc1,
-            ),
+        let (sqrt_v_divisor, epsilon, c) = match self.flavor {
+            AdamFlavor::Galore => (1.0, self.epsilon, lr * bc2.sqrt() / bc1),
+            AdamFlavor::Torch => (bc2.sqrt(), self.epsilon, lr / bc1),
+            AdamFlavor::Dct => (1.0, self.epsilon * bc2.sqrt(), lr * bc2.sqrt() / bc1),
         };
+        let coefficients = AdamCoefficients {
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            sqrt_v_divisor,
+            epsilon,
+        };
+        (coefficients, c)
+    }
+
+    /// Updates the moments with `r` at Adam step `t` (from 1) and returns `(N, M, V, c)`: the
+    /// normalized update, the moments and the coefficient such that the parameter moves by `−c·N`
+    /// (before any scale and the learning rate's sign). Runs the backend's
+    /// [`EmberBackend::subspace_adam`] (one fused kernel on CubeCL backends).
+    pub fn update<B: EmberBackend>(
+        &self,
+        r: Tensor<B, 2>,
+        m: Tensor<B, 2>,
+        v: Tensor<B, 2>,
+        t: usize,
+        lr: f64,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, f64) {
+        let (coefficients, c) = self.coefficients(t, lr);
+        let (n, m, v) = B::subspace_adam(r, m, v, coefficients);
         (n, m, v, c)
     }
 

@@ -24,6 +24,7 @@ use crate::adam::SubspaceAdam;
 use crate::dct::SharedBases;
 use crate::error::EmberError;
 use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState, Side};
+use ember_kernels::{Basis, EmberBackend, UpdateCoefficients};
 use crate::refresh::{RefreshPolicy, RefreshState};
 use crate::residual::ResidualRule;
 
@@ -269,7 +270,7 @@ impl EngineConfig {
     ///
     /// `salt` identifies the parameter for seeded projectors. The caller checks shapes with [`check_param`](Self::check_param)
     /// and finiteness of `g` beforehand.
-    pub fn step<B: Backend>(
+    pub fn step<B: EmberBackend>(
         &self,
         lr: f64,
         w: Tensor<B, 2>,
@@ -280,11 +281,6 @@ impl EngineConfig {
         let StepContext { shape, bases, salt } = *ctx;
         let [m, n] = g.dims();
         let rank = self.rank_for(m, n);
-        let decay = lr * self.weight_decay;
-        let mut w = w;
-        if self.decay == DecayTiming::BeforeUpdate && decay != 0.0 {
-            w = w.mul_scalar(1.0 - decay);
-        }
 
         let (mut step, mut adam_step, mut moments, mut projector, mut refresh, prev_norm) =
             match state {
@@ -320,40 +316,73 @@ impl EngineConfig {
             projector = Some(fresh);
         }
         let projector = projector.expect("projector set above");
-        // dequantize / gather the basis once for this step's down and up projections
-        let active = projector.materialize(bases);
-
-        // project + inner Adam
-        let r = active.down(g.clone(), bases);
-        let (m1, m2) = match moments {
-            Some(mv) => mv,
-            None => (r.zeros_like(), r.zeros_like()),
-        };
         step += 1;
         adam_step += 1;
-        let (n_low, m1, m2, c) = self.adam.update(r.clone(), m1, m2, adam_step, lr);
+        let (adam, c) = self.adam.coefficients(adam_step, lr);
+        let coef = self.update_coefficients(lr, c);
+        let rule = self.residual.to_update(lr);
 
-        // residual (before N is consumed), back-project and apply
-        let residual = if self.residual.is_discard() {
-            None
-        } else {
-            let up_r = active.up(r.clone(), bases);
-            self.residual
-                .term(g, up_r, self.scale, &r, &n_low, c, lr, prev_norm)
+        // dequantize / gather the basis once for this step's down and up projections
+        let active = projector.materialize(bases);
+        let basis = match &active {
+            ProjectorState::Left(p) => Some(Basis {
+                p: p.clone(),
+                left: true,
+            }),
+            ProjectorState::Right(p) => Some(Basis {
+                p: p.clone(),
+                left: false,
+            }),
+            _ => None,
         };
-        let mut delta = active.up(n_low, bases);
-        if self.scale != 1.0 {
-            delta = delta.mul_scalar(self.scale);
-        }
-        w = w.sub(delta.mul_scalar(c));
-        let mut residual_norm = None;
-        if let Some(res) = residual {
-            w = w.sub(res.term);
-            residual_norm = res.norm;
-        }
-        if self.decay == DecayTiming::AfterUpdate && decay != 0.0 {
-            w = w.clone().sub(w.mul_scalar(decay));
-        }
+        let (w, m1, m2, residual_norm) = match basis {
+            // a dense basis: the backend's projected update (fused on CubeCL backends)
+            Some(basis) => {
+                let r = basis.down(g.clone());
+                let (m1, m2) = moments.unwrap_or_else(|| (r.zeros_like(), r.zeros_like()));
+                let (n_low, m1, m2) = B::subspace_adam(r.clone(), m1, m2, adam);
+                let (w, zeta) =
+                    B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
+                (w, m1, m2, zeta)
+            }
+            // full rank (non-targeted parameters): AdamW in one kernel
+            None if identity && self.residual.is_discard() => {
+                let (m1, m2) = moments.unwrap_or_else(|| (g.zeros_like(), g.zeros_like()));
+                let (w, m1, m2) = B::adam_full_step(w, g, m1, m2, adam, coef);
+                (w, m1, m2, None)
+            }
+            // coordinate selection, two-sided projection: composed from burn ops
+            None => {
+                let r = active.down(g.clone(), bases);
+                let (m1, m2) = moments.unwrap_or_else(|| (r.zeros_like(), r.zeros_like()));
+                let (n_low, m1, m2) = B::subspace_adam(r.clone(), m1, m2, adam);
+                let mut w = w;
+                if coef.decay_before != 0.0 {
+                    w = w.mul_scalar(1.0 - coef.decay_before);
+                }
+                let residual = if self.residual.is_discard() {
+                    None
+                } else {
+                    let up_r = active.up(r.clone(), bases);
+                    self.residual
+                        .term(g, up_r, self.scale, &r, &n_low, c, lr, prev_norm)
+                };
+                let mut delta = active.up(n_low, bases);
+                if self.scale != 1.0 {
+                    delta = delta.mul_scalar(self.scale);
+                }
+                w = w.sub(delta.mul_scalar(c));
+                let mut residual_norm = None;
+                if let Some(res) = residual {
+                    w = w.sub(res.term);
+                    residual_norm = res.norm;
+                }
+                if coef.decay_after != 0.0 {
+                    w = w.clone().sub(w.mul_scalar(coef.decay_after));
+                }
+                (w, m1, m2, residual_norm)
+            }
+        };
 
         Ok((
             w,
@@ -370,30 +399,36 @@ impl EngineConfig {
         ))
     }
 
+    /// Decay and step coefficients of one update at learning rate `lr` and Adam step size `c`.
+    pub fn update_coefficients(&self, lr: f64, c: f64) -> UpdateCoefficients {
+        let decay = lr * self.weight_decay;
+        UpdateCoefficients {
+            decay_before: if self.decay == DecayTiming::BeforeUpdate {
+                decay
+            } else {
+                0.0
+            },
+            scale: self.scale,
+            step: c,
+            decay_after: if self.decay == DecayTiming::AfterUpdate {
+                decay
+            } else {
+                0.0
+            },
+        }
+    }
+
     /// A state-free update with `rule` on the whole gradient (FRUGAL's inactive blocks): decay
     /// as configured, then `W ← W − lr·s·sign(G)` (signSGD), `W ← W − lr·s·G` (SGD) or nothing
     /// (`Discard`).
-    pub fn state_free_step<B: Backend>(
+    pub fn state_free_step<B: EmberBackend>(
         &self,
         lr: f64,
         w: Tensor<B, 2>,
         g: Tensor<B, 2>,
         rule: &ResidualRule,
     ) -> Tensor<B, 2> {
-        let decay = lr * self.weight_decay;
-        let mut w = w;
-        if self.decay == DecayTiming::BeforeUpdate && decay != 0.0 {
-            w = w.mul_scalar(1.0 - decay);
-        }
-        match rule {
-            ResidualRule::SignSgd { lr_scale } => w = w.sub(g.sign().mul_scalar(lr * lr_scale)),
-            ResidualRule::Sgd { lr_scale } => w = w.sub(g.mul_scalar(lr * lr_scale)),
-            ResidualRule::Discard | ResidualRule::Fira { .. } => {}
-        }
-        if self.decay == DecayTiming::AfterUpdate && decay != 0.0 {
-            w = w.clone().sub(w.mul_scalar(decay));
-        }
-        w
+        B::state_free_step(w, g, rule.to_update(lr), self.update_coefficients(lr, 0.0))
     }
 
     /// Bytes of optimizer state this pipeline holds for an `m × n` parameter with f32 state and

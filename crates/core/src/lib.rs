@@ -27,11 +27,14 @@ pub use adam::{AdamFlavor, SubspaceAdam};
 pub use blocks::{BlockOrder, BlockSchedule};
 pub use dct::SharedBases;
 pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
+pub use ember_kernels::EmberBackend;
 pub use error::EmberError;
 pub use method::MethodConfig;
 
 #[doc(hidden)]
 pub use burn as __burn;
+/// The projection kernels (`ember-kernels`): the backend extension trait and its implementations.
+pub use ember_kernels as kernels;
 pub use optimizer::{EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use qlinear::{quantized_grads, QLinear, QLinearConfig};

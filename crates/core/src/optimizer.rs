@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
+use ember_kernels::EmberBackend;
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -174,6 +175,14 @@ where
             .collect()
     }
 
+}
+
+impl<M, B> EmberOptimizer<M, B>
+where
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+    B::InnerBackend: EmberBackend,
+{
     /// One optimizer step; on error nothing (module or state) has changed.
     pub fn try_step(
         &mut self,
@@ -333,7 +342,7 @@ where
     }
 
     /// Stages a parameter's new value; an INT8 weight is re-quantized with stochastic rounding
-    /// (uniforms from `SplitMix64(seed, path, step)`).
+    /// (counter-based uniforms keyed by `SplitMix64(seed, path, step)`).
     fn stage(
         &self,
         updates: &mut HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
@@ -348,15 +357,11 @@ where
                 updates.insert(id, w);
             }
             Some(q) => {
-                let [rows, cols] = w.dims();
-                let u = crate::qlinear::rounding_uniforms::<B::InnerBackend>(
-                    rows,
-                    cols,
+                let key = crate::qlinear::rounding_key(
                     self.rounding_seed,
                     &[crate::rng::hash_str(path), self.step as u64],
-                    &w.device(),
                 );
-                let (codes, qparams) = crate::qlinear::quantize_int8(w, q.group, Some(u));
+                let (codes, qparams) = crate::qlinear::quantize_int8(w, q.group, Some(key));
                 int_updates.insert(id, codes);
                 let [r, g, two] = qparams.dims();
                 updates.insert(q.qparams_id, qparams.reshape([r * g, two]));
@@ -369,6 +374,7 @@ impl<M, B> Optimizer<M, B> for EmberOptimizer<M, B>
 where
     M: AutodiffModule<B>,
     B: AutodiffBackend,
+    B::InnerBackend: EmberBackend,
 {
     type Record = EmberRecord<B>;
 

@@ -12,6 +12,7 @@
 //! `Q` ([`crate::dct`]); its state holds only their indices.
 
 use burn::prelude::*;
+use ember_kernels::EmberBackend;
 use burn::record::Record;
 use serde::{Deserialize, Serialize};
 
@@ -133,13 +134,13 @@ pub struct QuantizedProjector<B: Backend> {
     pub left: bool,
 }
 
-impl<B: Backend> QuantizedProjector<B> {
+impl<B: EmberBackend> QuantizedProjector<B> {
     /// `P̂ = scale·(q − zero)`.
     pub fn dequantize(&self) -> Tensor<B, 2> {
-        crate::quant::dequantize_device(
-            &self.packed,
-            &self.scales,
-            &self.zeros,
+        B::dequantize_packed(
+            self.packed.clone(),
+            self.scales.clone(),
+            self.zeros.clone(),
             self.bits,
             self.group,
             self.rows,
@@ -187,7 +188,7 @@ pub enum ProjectorState<B: Backend> {
     Quantized(QuantizedProjector<B>),
 }
 
-impl<B: Backend> ProjectorState<B> {
+impl<B: EmberBackend> ProjectorState<B> {
     /// `R = down(G)`.
     pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
@@ -269,6 +270,9 @@ impl<B: Backend> ProjectorState<B> {
         }
     }
 
+}
+
+impl<B: Backend> ProjectorState<B> {
     /// Bytes held by the projector's tensors.
     pub fn bytes(&self) -> usize {
         match self {
@@ -364,7 +368,7 @@ impl ProjectorKind {
     /// Computes a fresh projector of rank `rank` from the gradient `g` (m×n). Random kinds draw
     /// from `(seed, salt, refreshes)`: `salt` identifies the parameter, `refreshes` counts its
     /// earlier refreshes, so a resumed run draws the same subspaces.
-    pub fn fit<B: Backend>(
+    pub fn fit<B: EmberBackend>(
         &self,
         g: &Tensor<B, 2>,
         rank: usize,
@@ -379,7 +383,7 @@ impl ProjectorKind {
     /// [`fit`](Self::fit), also returning the float projector's first basis vector (first row
     /// of a right projector, first column of a left one) for SVD projectors: Q-GaLore's lazy
     /// refresh rule compares it across refreshes.
-    pub fn fit_with_first<B: Backend>(
+    pub fn fit_with_first<B: EmberBackend>(
         &self,
         g: &Tensor<B, 2>,
         rank: usize,
@@ -392,7 +396,7 @@ impl ProjectorKind {
 
     /// [`fit_with_first`](Self::fit_with_first), with the previous projector for projectors that
     /// warm-start from it (`DeviceRange`).
-    pub fn fit_warm<B: Backend>(
+    pub fn fit_warm<B: EmberBackend>(
         &self,
         g: &Tensor<B, 2>,
         rank: usize,
@@ -474,16 +478,9 @@ impl ProjectorKind {
                 } else {
                     let q = bases.get(size, &g.device());
                     // scores: ℓ1 norm of each column of G·Q (right) or row of Qᵀ·G (left)
-                    let scores = if left {
-                        q.transpose()
-                            .matmul(g.clone())
-                            .abs()
-                            .sum_dim(1)
-                            .flatten::<1>(0, 1)
-                    } else {
-                        g.clone().matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
-                    };
-                    scores.topk_with_indices(rank, 0).1
+                    B::dct_scores(g.clone(), q, left)
+                        .topk_with_indices(rank, 0)
+                        .1
                 };
                 Ok(ProjectorState::Selected(Selection {
                     indices,

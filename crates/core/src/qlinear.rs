@@ -38,6 +38,7 @@ use burn::nn::Initializer;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use ember_kernels::{EmberBackend, RoundingKey};
 use hashbrown::HashMap;
 
 use crate::error::EmberError;
@@ -126,7 +127,8 @@ impl<B: Backend> QLinear<B> {
     /// Quantizes an f32 weight `[d_input, d_output]` (round to nearest) into a layer with group
     /// size `g` (checked by [`resolve_group`]).
     pub fn from_weight(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, g: usize) -> Self {
-        let (codes, qparams) = quantize_int8(weight.set_require_grad(false), g, None);
+        let (codes, qparams) =
+            ember_kernels::portable::quantize_int8(weight.set_require_grad(false), g, None);
         QLinear {
             codes: Param::initialized(ParamId::new(), codes),
             qparams: Param::from_tensor(qparams).set_require_grad(false),
@@ -207,59 +209,23 @@ pub fn dequantize_int8<B: Backend>(
 }
 
 /// Quantizes `w` (`[rows, cols]`) to INT8 per group of `g` along rows: round to nearest when
-/// `uniforms` is `None`, else stochastic rounding (`x` goes up when `u < x − ⌊x⌋`, `u` the
-/// uniform of that element). Returns `(codes [rows, cols/4], qparams [rows, cols/g, 2])`.
-pub fn quantize_int8<B: Backend>(
+/// `key` is `None`, else stochastic rounding (`x` goes up when `u < x − ⌊x⌋`, `u` the
+/// counter-based uniform of that element under `key`, [`ember_kernels::rng`]). Returns
+/// `(codes [rows, cols/4], qparams [rows, cols/g, 2])`. Runs the backend's
+/// [`EmberBackend::quantize_int8`] (one fused kernel on CubeCL backends).
+pub fn quantize_int8<B: EmberBackend>(
     w: Tensor<B, 2>,
     g: usize,
-    uniforms: Option<Tensor<B, 2>>,
+    key: Option<RoundingKey>,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 3>) {
-    let [rows, cols] = w.dims();
-    let groups = cols / g;
-    let device = w.device();
-    let x = w.reshape([rows, groups, g]);
-    let lo = x.clone().min_dim(2);
-    let hi = x.clone().max_dim(2);
-    let scale = (hi - lo.clone()).clamp_min(1e-5).div_scalar(255.0);
-    let zero = lo.div(scale.clone()).neg().round().clamp(0.0, 255.0);
-    let y = x.div(scale.clone());
-    let r = match uniforms {
-        None => y.round(),
-        Some(u) => {
-            let f = y.clone().floor();
-            let frac = y - f.clone();
-            f + u.reshape([rows, groups, g]).lower(frac).float()
-        }
-    };
-    let q = (r + zero.clone())
-        .clamp(0.0, 255.0)
-        .int()
-        .reshape([rows, cols / 4, 4]);
-    let shifts =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i32, 8, 16, 24], [4]), &device)
-            .reshape([1, 1, 4])
-            .expand([rows, cols / 4, 4]);
-    // the four codes occupy disjoint bits, so the sum is their bitwise or
-    let codes = q
-        .bitwise_left_shift(shifts)
-        .sum_dim(2)
-        .reshape([rows, cols / 4]);
-    let qparams = Tensor::cat(vec![scale, zero], 2);
-    (codes, qparams)
+    B::quantize_int8(w, g, key)
 }
 
-/// Uniforms in `[0, 1)` for stochastic rounding, from `SplitMix64(seed, salts)` (the same on
-/// every backend).
-pub fn rounding_uniforms<B: Backend>(
-    rows: usize,
-    cols: usize,
-    seed: u64,
-    salts: &[u64],
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let mut rng = SplitMix64::new(seed, salts);
-    let u: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() as f32).collect();
-    Tensor::from_data(TensorData::new(u, [rows, cols]), device)
+/// The stochastic-rounding key of one re-quantization: `SplitMix64(seed, salts)` (the parameter's
+/// path hash and the step), the same on every backend.
+pub fn rounding_key(seed: u64, salts: &[u64]) -> RoundingKey {
+    let x = SplitMix64::new(seed, salts).next_u64();
+    RoundingKey([x as u32, (x >> 32) as u32])
 }
 
 /// The gradients of `module` as burn's `GradientsParams::from_grads` gives them, plus the

@@ -118,7 +118,8 @@ impl Quantized {
     }
 }
 
-/// Dequantizes packed codes on the device into a `[rows, cols]` tensor.
+/// Dequantizes packed codes on the device into a `[rows, cols]` tensor (the portable path of
+/// [`EmberBackend::dequantize_packed`](ember_kernels::EmberBackend::dequantize_packed)).
 #[allow(clippy::too_many_arguments)]
 pub fn dequantize_device<B: Backend>(
     packed: &Tensor<B, 1, Int>,
@@ -129,28 +130,15 @@ pub fn dequantize_device<B: Backend>(
     rows: usize,
     cols: usize,
 ) -> Tensor<B, 2> {
-    let per = (32 / bits) as usize;
-    let words = packed.dims()[0];
-    let device = packed.device();
-    let shifts: Vec<i32> = (0..per).map(|k| (bits as usize * k) as i32).collect();
-    let shifts = Tensor::<B, 1, Int>::from_data(TensorData::new(shifts, [per]), &device)
-        .unsqueeze_dim::<2>(0)
-        .repeat_dim(0, words);
-    let codes = packed
-        .clone()
-        .unsqueeze_dim::<2>(1)
-        .repeat_dim(1, per)
-        .bitwise_right_shift(shifts)
-        .bitwise_and_scalar(((1u32 << bits) - 1).elem())
-        .reshape([words * per])
-        .slice(0..rows * cols)
-        .float()
-        .reshape([rows * cols / group, group]);
-    let g = scales.dims()[0];
-    codes
-        .sub(zeros.clone().reshape([g, 1]))
-        .mul(scales.clone().reshape([g, 1]))
-        .reshape([rows, cols])
+    ember_kernels::portable::dequantize_packed(
+        packed.clone(),
+        scales.clone(),
+        zeros.clone(),
+        bits,
+        group,
+        rows,
+        cols,
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Residual rules: what happens to the part of the gradient the projection threw away.
 
 use burn::prelude::*;
+use ember_kernels::ResidualUpdate;
 use serde::{Deserialize, Serialize};
 
 /// What the engine does with the residual `G − up(R)`.
@@ -41,7 +42,21 @@ impl ResidualRule {
         matches!(self, ResidualRule::Discard)
     }
 
-    /// The residual term.
+    /// The rule as the kernels' [`ResidualUpdate`], at learning rate `lr`.
+    pub fn to_update(&self, lr: f64) -> ResidualUpdate {
+        match *self {
+            ResidualRule::Discard => ResidualUpdate::None,
+            ResidualRule::SignSgd { lr_scale } => ResidualUpdate::Sign {
+                step: lr * lr_scale,
+            },
+            ResidualRule::Sgd { lr_scale } => ResidualUpdate::Sgd {
+                step: lr * lr_scale,
+            },
+            ResidualRule::Fira { gamma } => ResidualUpdate::Fira { gamma },
+        }
+    }
+
+    /// The residual term (the portable path, for projectors without a dense basis).
     ///
     /// * `g` — the full gradient; `up_r` — `up(R)` without scale; `scale` — α;
     /// * `r`, `n` — the low-rank gradient and its Adam-normalized version;
@@ -59,40 +74,17 @@ impl ResidualRule {
         lr: f64,
         prev_norm: Option<Tensor<B, 1>>,
     ) -> Option<ResidualTerm<B>> {
-        match self {
-            ResidualRule::Discard => None,
-            ResidualRule::SignSgd { lr_scale } => Some(ResidualTerm {
-                term: g.sub(up_r).sign().mul_scalar(lr * lr_scale),
-                norm: None,
-            }),
-            ResidualRule::Sgd { lr_scale } => Some(ResidualTerm {
-                term: g.sub(up_r).mul_scalar(lr * lr_scale),
-                norm: None,
-            }),
-            ResidualRule::Fira { gamma } => {
-                let residual = g.sub(up_r.mul_scalar(scale));
-                let [rows, cols] = n.dims();
-                let dim = if rows < cols { 0 } else { 1 };
-                let norm_n = n.clone().powi_scalar(2).sum_dim(dim).sqrt();
-                let norm_r = r.clone().powi_scalar(2).sum_dim(dim).sqrt();
-                let phi = norm_n.div(norm_r.add_scalar(1e-8));
-                let mut psi = residual.mul(phi);
-                let mut norm = psi.clone().powi_scalar(2).sum().sqrt();
-                if let Some(prev) = prev_norm {
-                    let limiter = norm
-                        .clone()
-                        .div(prev.add_scalar(1e-8))
-                        .clamp_min(*gamma)
-                        .div_scalar(*gamma);
-                    psi = psi.div(limiter.clone().unsqueeze());
-                    norm = norm.div(limiter);
-                }
-                Some(ResidualTerm {
-                    term: psi.mul_scalar(eta),
-                    norm: Some(norm),
-                })
-            }
-        }
+        ember_kernels::portable::residual_term(
+            g,
+            up_r,
+            self.to_update(lr),
+            scale,
+            r,
+            n,
+            eta,
+            prev_norm,
+        )
+        .map(|(term, norm)| ResidualTerm { term, norm })
     }
 
     /// Validates the configuration.

@@ -688,7 +688,10 @@ pub fn train<B: AutodiffBackend>(
     corpus: &Corpus,
     devices: Vec<B::Device>,
     gpu: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, String>
+where
+    B::InnerBackend: ember_core::EmberBackend,
+{
     if devices.is_empty() {
         return Err("no device".into());
     }

@@ -1,0 +1,319 @@
+//! The CubeCL kernels (f32). One unit per element unless said otherwise; every kernel checks its
+//! bound, so any length works (no tile-size multiples needed).
+
+// the cube macro needs initialized variables before comptime branches assign them
+#![allow(unused_assignments)]
+
+use cubecl::prelude::*;
+
+/// Residual modes of [`apply_update`] (comptime).
+pub const MODE_NONE: u32 = 0;
+/// `− e·sign(G − U_R)`.
+pub const MODE_SIGN: u32 = 1;
+/// `− e·(G − U_R)`.
+pub const MODE_SGD: u32 = 2;
+/// `− e·(G − α·U_R)·φ / limiter`.
+pub const MODE_FIRA: u32 = 3;
+
+#[cube]
+fn sign_of(x: f32) -> f32 {
+    let mut s = 0.0f32;
+    if x > 0.0 {
+        s = 1.0;
+    }
+    if x < 0.0 {
+        s = -1.0;
+    }
+    s
+}
+
+/// Adam in place on `m`, `v`; writes `N` into `n`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn subspace_adam(
+    r: &Array<f32>,
+    m: &mut Array<f32>,
+    v: &mut Array<f32>,
+    n: &mut Array<f32>,
+    len: u32,
+    beta_1: f32,
+    beta_2: f32,
+    inv_divisor: f32,
+    epsilon: f32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let x = r[i];
+        let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
+        let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
+        m[i] = m1;
+        v[i] = v1;
+        n[i] = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
+    }
+}
+
+/// Full-rank AdamW in place on `w`, `m`, `v`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_full(
+    w: &mut Array<f32>,
+    g: &Array<f32>,
+    m: &mut Array<f32>,
+    v: &mut Array<f32>,
+    len: u32,
+    beta_1: f32,
+    beta_2: f32,
+    inv_divisor: f32,
+    epsilon: f32,
+    pre: f32,
+    step: f32,
+    post: f32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let x = g[i];
+        let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
+        let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
+        m[i] = m1;
+        v[i] = v1;
+        let n = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
+        w[i] = (w[i] * pre - n * step) * post;
+    }
+}
+
+/// The epilogue of the back-projection for one block of rows of `W` (elements
+/// `offset..offset+len`, `u_n`/`u_r` the block's `up(N)`/`up(R)`), in place on `w`:
+/// `W ← post·(pre·W − step·U_N − residual)`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn apply_update(
+    w: &mut Array<f32>,
+    u_n: &Array<f32>,
+    g: &Array<f32>,
+    u_r: &Array<f32>,
+    phi: &Array<f32>,
+    limiter: &Array<f32>,
+    offset: u32,
+    len: u32,
+    cols: u32,
+    row0: u32,
+    pre: f32,
+    step: f32,
+    residual_step: f32,
+    alpha: f32,
+    post: f32,
+    #[comptime] mode: u32,
+    #[comptime] phi_per_column: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let k = offset as usize + i;
+        let mut x = w[k] * pre - u_n[i] * step;
+        if comptime![mode == MODE_SIGN] {
+            x -= residual_step * sign_of(g[k] - u_r[i]);
+        }
+        if comptime![mode == MODE_SGD] {
+            x -= residual_step * (g[k] - u_r[i]);
+        }
+        if comptime![mode == MODE_FIRA] {
+            let mut ph = 0.0f32;
+            if comptime![phi_per_column] {
+                ph = phi[i % cols as usize];
+            } else {
+                ph = phi[row0 as usize + i / cols as usize];
+            }
+            x -= residual_step * ((g[k] - alpha * u_r[i]) * ph / limiter[0]);
+        }
+        w[k] = x * post;
+    }
+}
+
+/// Fira's `Ψ²` for one block of rows, written over `u_r` (which holds `up(R)` of the block).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fira_psi_squared(
+    g: &Array<f32>,
+    u_r: &mut Array<f32>,
+    phi: &Array<f32>,
+    offset: u32,
+    len: u32,
+    cols: u32,
+    row0: u32,
+    alpha: f32,
+    #[comptime] phi_per_column: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let mut ph = 0.0f32;
+        if comptime![phi_per_column] {
+            ph = phi[i % cols as usize];
+        } else {
+            ph = phi[row0 as usize + i / cols as usize];
+        }
+        let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
+        u_r[i] = psi * psi;
+    }
+}
+
+/// State-free signSGD (`sign = true`) or SGD in place on `w`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn state_free(
+    w: &mut Array<f32>,
+    g: &Array<f32>,
+    len: u32,
+    pre: f32,
+    step: f32,
+    post: f32,
+    #[comptime] sign: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let mut d = g[i];
+        if comptime![sign] {
+            d = sign_of(d);
+        }
+        w[i] = (w[i] * pre - step * d) * post;
+    }
+}
+
+/// Dequantizes `bits`-bit codes (`32/bits` per word, lowest bits first).
+#[cube(launch)]
+pub fn dequantize(
+    packed: &Array<u32>,
+    scales: &Array<f32>,
+    zeros: &Array<f32>,
+    out: &mut Array<f32>,
+    len: u32,
+    group: u32,
+    #[comptime] bits: u32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let per = comptime![32 / bits] as usize;
+        let mask = comptime![(1u32 << bits) - 1];
+        let shift = comptime![bits] * (i % per) as u32;
+        let q = (packed[i / per] >> shift) & mask;
+        let gi = i / group as usize;
+        out[i] = (f32::cast_from(q) - zeros[gi]) * scales[gi];
+    }
+}
+
+#[cube]
+fn mix(x: u32) -> u32 {
+    let mut x = x;
+    x ^= x >> 16;
+    x *= 0x7feb_352du32;
+    x ^= x >> 15;
+    x *= 0x846c_a68bu32;
+    x ^= x >> 16;
+    x
+}
+
+#[cube]
+fn uniform(key_0: u32, key_1: u32, i: u32) -> f32 {
+    let h = mix(mix(i ^ key_0) ^ key_1);
+    f32::cast_from(h >> 8) * (1.0 / 16_777_216.0)
+}
+
+/// Per-group INT8 quantization: one unit per group of `group` elements (a multiple of 4); writes
+/// `(scale, zero)` and the packed codes. Stochastic rounding with the counter-based uniforms of
+/// `(key_0, key_1)` when `stochastic`, else round to nearest.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_int8(
+    w: &Array<f32>,
+    codes: &mut Array<u32>,
+    qparams: &mut Array<f32>,
+    groups: u32,
+    group: u32,
+    key_0: u32,
+    key_1: u32,
+    #[comptime] stochastic: bool,
+) {
+    let gi = ABSOLUTE_POS;
+    if gi < groups as usize {
+        let size = group as usize;
+        let base = gi * size;
+        let mut lo = w[base];
+        let mut hi = w[base];
+        for k in 1..size {
+            let x = w[base + k];
+            if x < lo {
+                lo = x;
+            }
+            if x > hi {
+                hi = x;
+            }
+        }
+        let mut scale = hi - lo;
+        if scale < 1e-5 {
+            scale = 1e-5;
+        }
+        scale /= 255.0;
+        let mut zero = f32::round(-(lo / scale));
+        if zero < 0.0 {
+            zero = 0.0;
+        }
+        if zero > 255.0 {
+            zero = 255.0;
+        }
+        qparams[2 * gi] = scale;
+        qparams[2 * gi + 1] = zero;
+        for word in 0..size / 4 {
+            let mut packed = 0u32;
+            for b in 0..4usize {
+                let idx = base + word * 4 + b;
+                let y = w[idx] / scale;
+                let mut q = 0.0f32;
+                if comptime![stochastic] {
+                    let f = f32::floor(y);
+                    q = f;
+                    if uniform(key_0, key_1, idx as u32) < y - f {
+                        q = f + 1.0;
+                    }
+                } else {
+                    q = f32::round(y);
+                }
+                q += zero;
+                if q < 0.0 {
+                    q = 0.0;
+                }
+                if q > 255.0 {
+                    q = 255.0;
+                }
+                packed |= u32::cast_from(q) << (8 * b as u32);
+            }
+            codes[base / 4 + word] = packed;
+        }
+    }
+}
+
+/// ℓ1 norms of the columns (`columns = true`) or rows of a `rows×cols` matrix: one unit per
+/// output.
+#[cube(launch)]
+pub fn abs_sums(
+    x: &Array<f32>,
+    out: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    #[comptime] columns: bool,
+) {
+    let j = ABSOLUTE_POS;
+    let (count, length) = if comptime![columns] {
+        (cols as usize, rows as usize)
+    } else {
+        (rows as usize, cols as usize)
+    };
+    if j < count {
+        let mut s = 0.0f32;
+        for k in 0..length {
+            if comptime![columns] {
+                s += f32::abs(x[k * cols as usize + j]);
+            } else {
+                s += f32::abs(x[j * cols as usize + k]);
+            }
+        }
+        out[j] = s;
+    }
+}

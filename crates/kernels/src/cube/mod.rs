@@ -1,0 +1,411 @@
+//! [`EmberBackend`] for burn's CubeCL backends (`cuda`, `wgpu`): the fused kernels of
+//! [`kernels`]. Tensors of another float type than f32, or 64-bit integers, take the portable
+//! path (logged once).
+
+mod kernels;
+
+use burn::prelude::*;
+use burn::tensor::backend::DeviceOps;
+use burn::tensor::{DType, Int, Shape, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::{ArrayArg, CubeCount};
+use cubecl::server::ComputeServer;
+use cubecl::{calculate_cube_count_elemwise, CubeDim};
+
+use crate::{
+    portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
+    UpdateCoefficients,
+};
+
+use crate::block_elements;
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+fn float_in<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
+    t: Tensor<B, D>,
+) -> CubeTensor<R> {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+fn float_out<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
+    t: CubeTensor<R>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// A contiguous tensor the kernel may overwrite: `t` itself when no one else holds its buffer,
+/// else a copy.
+fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let t = into_contiguous(t);
+    if t.can_mut() && t.is_contiguous_buffer() {
+        t
+    } else {
+        t.copy()
+    }
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        dtype,
+    )
+}
+
+fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
+    t.clone().into_array_arg()
+}
+
+fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(&t.client, units.max(1));
+    (calculate_cube_count_elemwise(&t.client, units.max(1), dim), dim)
+}
+
+/// Lengths are passed to the kernels as u32.
+fn fits(len: usize) -> bool {
+    len < u32::MAX as usize
+}
+
+fn supported<F: FloatElement, I: IntElement>() -> bool {
+    if !crate::fused_enabled() {
+        return false;
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let ok = F::dtype() == DType::F32 && I::dtype().size() == 4;
+    if !ok {
+        WARNED.call_once(|| {
+            log::warn!(
+                "ember-kernels: fused kernels need f32 floats and 32-bit ints (got {:?}, {:?}); \
+                 using the portable path",
+                F::dtype(),
+                I::dtype()
+            )
+        });
+    }
+    ok
+}
+
+impl<R, F, I, BT> EmberBackend for Cube<R, F, I, BT>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    R::Device: DeviceOps,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn fused_kernels() -> bool {
+        supported::<F, I>()
+    }
+
+    fn subspace_adam(
+        r: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let len = r.shape().num_elements();
+        if !supported::<F, I>() || !fits(len) {
+            return portable::subspace_adam(r, m, v, c);
+        }
+        let shape = r.dims().to_vec();
+        let r = float_in(r);
+        let (m, v) = (writable(float_in(m)), writable(float_in(v)));
+        let n = empty(&r, shape, DType::F32);
+        let (count, dim) = launch_dims(&r, len);
+        kernels::subspace_adam::launch::<R>(
+            &r.client,
+            count,
+            dim,
+            arg(&r),
+            arg(&m),
+            arg(&v),
+            arg(&n),
+            len as u32,
+            c.beta_1 as f32,
+            c.beta_2 as f32,
+            (1.0 / c.sqrt_v_divisor) as f32,
+            c.epsilon as f32,
+        );
+        (float_out(n), float_out(m), float_out(v))
+    }
+
+    fn projected_update(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        basis: &Basis<Self>,
+        n: Tensor<Self, 2>,
+        r: Tensor<Self, 2>,
+        coef: UpdateCoefficients,
+        residual: ResidualUpdate,
+        zeta: Option<Tensor<Self, 1>>,
+    ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
+        let [rows, cols] = w.dims();
+        // Fira's φ scales the columns (`[1, cols]`) or the rows (`[rows, 1]`) of the residual
+        let phi = match residual {
+            ResidualUpdate::Fira { .. } => Some(portable::fira_phi(&n, &r)),
+            _ => None,
+        };
+        let phi_ok = phi
+            .as_ref()
+            .is_none_or(|p| p.dims() == [1, cols] || p.dims() == [rows, 1]);
+        if !supported::<F, I>() || !fits(rows * cols) || cols == 0 || !phi_ok {
+            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
+        }
+        let device = w.device();
+        let w = writable(float_in(w));
+        let block = (block_elements() / cols).clamp(1, rows.max(1));
+        let blocks = || (0..rows).step_by(block).map(move |i| i..(i + block).min(rows));
+        let g = match residual {
+            ResidualUpdate::None => None,
+            _ => Some(float_in(g)),
+        };
+
+        // Fira: φ, then ‖Ψ‖ block by block and the limiter, all on the device
+        let mut new_zeta = None;
+        let mut fira = None;
+        if let (ResidualUpdate::Fira { gamma }, Some(phi)) = (residual, phi) {
+            let per_column = phi.dims() == [1, cols];
+            let phi = float_in(phi);
+            let g = g.as_ref().expect("residual gradient");
+            let mut sum = Tensor::<Self, 1>::zeros([1], &device);
+            for rows_k in blocks() {
+                let u_r = float_in(basis.up_rows(&r, rows_k.clone()));
+                let len = rows_k.len() * cols;
+                let (count, dim) = launch_dims(&u_r, len);
+                kernels::fira_psi_squared::launch::<R>(
+                    &u_r.client,
+                    count,
+                    dim,
+                    arg(g),
+                    arg(&u_r),
+                    arg(&phi),
+                    (rows_k.start * cols) as u32,
+                    len as u32,
+                    cols as u32,
+                    rows_k.start as u32,
+                    coef.scale as f32,
+                    per_column,
+                );
+                sum = sum.add(float_out::<R, Self, 2>(u_r).sum());
+            }
+            let (limiter, zeta) = portable::fira_limiter(sum.sqrt(), zeta, gamma);
+            new_zeta = Some(zeta);
+            let limiter = limiter.unwrap_or_else(|| Tensor::ones([1], &device));
+            fira = Some((phi, float_in(limiter), per_column));
+        }
+
+        let (mode, residual_step) = match residual {
+            ResidualUpdate::None => (kernels::MODE_NONE, 0.0),
+            ResidualUpdate::Sign { step } => (kernels::MODE_SIGN, step),
+            ResidualUpdate::Sgd { step } => (kernels::MODE_SGD, step),
+            ResidualUpdate::Fira { .. } => (kernels::MODE_FIRA, coef.step),
+        };
+        for rows_k in blocks() {
+            let u_n = float_in(basis.up_rows(&n, rows_k.clone()));
+            let u_r = match residual {
+                ResidualUpdate::None => None,
+                _ => Some(float_in(basis.up_rows(&r, rows_k.clone()))),
+            };
+            let len = rows_k.len() * cols;
+            let (count, dim) = launch_dims(&u_n, len);
+            // unused inputs of a mode are bound to `u_n`
+            let g_arg = g.as_ref().map(arg).unwrap_or_else(|| arg(&u_n));
+            let u_r_arg = u_r.as_ref().map(arg).unwrap_or_else(|| arg(&u_n));
+            let (phi_arg, limiter_arg, per_column) = match &fira {
+                Some((phi, limiter, per_column)) => (arg(phi), arg(limiter), *per_column),
+                None => (arg(&u_n), arg(&u_n), true),
+            };
+            kernels::apply_update::launch::<R>(
+                &w.client,
+                count,
+                dim,
+                arg(&w),
+                arg(&u_n),
+                g_arg,
+                u_r_arg,
+                phi_arg,
+                limiter_arg,
+                (rows_k.start * cols) as u32,
+                len as u32,
+                cols as u32,
+                rows_k.start as u32,
+                (1.0 - coef.decay_before) as f32,
+                (coef.step * coef.scale) as f32,
+                residual_step as f32,
+                coef.scale as f32,
+                (1.0 - coef.decay_after) as f32,
+                mode,
+                per_column,
+            );
+        }
+        (float_out(w), new_zeta)
+    }
+
+    fn adam_full_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let len = w.shape().num_elements();
+        if !supported::<F, I>() || !fits(len) {
+            return portable::adam_full_step(w, g, m, v, adam, coef);
+        }
+        let g = float_in(g);
+        let (w, m, v) = (
+            writable(float_in(w)),
+            writable(float_in(m)),
+            writable(float_in(v)),
+        );
+        let (count, dim) = launch_dims(&w, len);
+        kernels::adam_full::launch::<R>(
+            &w.client,
+            count,
+            dim,
+            arg(&w),
+            arg(&g),
+            arg(&m),
+            arg(&v),
+            len as u32,
+            adam.beta_1 as f32,
+            adam.beta_2 as f32,
+            (1.0 / adam.sqrt_v_divisor) as f32,
+            adam.epsilon as f32,
+            (1.0 - coef.decay_before) as f32,
+            (coef.step * coef.scale) as f32,
+            (1.0 - coef.decay_after) as f32,
+        );
+        (float_out(w), float_out(m), float_out(v))
+    }
+
+    fn state_free_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        rule: ResidualUpdate,
+        coef: UpdateCoefficients,
+    ) -> Tensor<Self, 2> {
+        let len = w.shape().num_elements();
+        let (step, sign) = match rule {
+            ResidualUpdate::Sign { step } => (step, true),
+            ResidualUpdate::Sgd { step } => (step, false),
+            _ => return portable::state_free_step(w, g, rule, coef),
+        };
+        if !supported::<F, I>() || !fits(len) {
+            return portable::state_free_step(w, g, rule, coef);
+        }
+        let g = float_in(g);
+        let w = writable(float_in(w));
+        let (count, dim) = launch_dims(&w, len);
+        kernels::state_free::launch::<R>(
+            &w.client,
+            count,
+            dim,
+            arg(&w),
+            arg(&g),
+            len as u32,
+            (1.0 - coef.decay_before) as f32,
+            step as f32,
+            (1.0 - coef.decay_after) as f32,
+            sign,
+        );
+        float_out(w)
+    }
+
+    fn dequantize_packed(
+        packed: Tensor<Self, 1, Int>,
+        scales: Tensor<Self, 1>,
+        zeros: Tensor<Self, 1>,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Tensor<Self, 2> {
+        let len = rows * cols;
+        if !supported::<F, I>() || !fits(len) || !matches!(bits, 1 | 2 | 4 | 8 | 16) {
+            return portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols);
+        }
+        let packed = into_contiguous(packed.into_primitive());
+        let (scales, zeros) = (float_in(scales), float_in(zeros));
+        let out = empty(&scales, vec![rows, cols], DType::F32);
+        let (count, dim) = launch_dims(&out, len);
+        kernels::dequantize::launch::<R>(
+            &out.client,
+            count,
+            dim,
+            arg(&packed),
+            arg(&scales),
+            arg(&zeros),
+            arg(&out),
+            len as u32,
+            group as u32,
+            bits,
+        );
+        float_out(out)
+    }
+
+    fn quantize_int8(
+        w: Tensor<Self, 2>,
+        group: usize,
+        key: Option<RoundingKey>,
+    ) -> (Tensor<Self, 2, Int>, Tensor<Self, 3>) {
+        let [rows, cols] = w.dims();
+        if !supported::<F, I>() || !fits(rows * cols) || group % 4 != 0 || cols % group != 0 {
+            return portable::quantize_int8(w, group, key);
+        }
+        let w = float_in(w);
+        let groups = rows * (cols / group);
+        let codes = empty(&w, vec![rows, cols / 4], I::dtype());
+        let qparams = empty(&w, vec![rows, cols / group, 2], DType::F32);
+        let (count, dim) = launch_dims(&w, groups);
+        let [k0, k1] = key.map(|k| k.0).unwrap_or([0, 0]);
+        kernels::quantize_int8::launch::<R>(
+            &w.client,
+            count,
+            dim,
+            arg(&w),
+            arg(&codes),
+            arg(&qparams),
+            groups as u32,
+            group as u32,
+            k0,
+            k1,
+            key.is_some(),
+        );
+        (Tensor::from_primitive(codes), float_out(qparams))
+    }
+
+    fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
+        if !supported::<F, I>() {
+            return portable::dct_scores(g, q, left);
+        }
+        // left: rows of Qᵀ·G; right: columns of G·Q
+        let x = if left {
+            q.transpose().matmul(g)
+        } else {
+            g.matmul(q)
+        };
+        let [rows, cols] = x.dims();
+        let x = float_in(x);
+        let count_out = if left { rows } else { cols };
+        let out = empty(&x, vec![count_out], DType::F32);
+        let (count, dim) = launch_dims(&x, count_out);
+        kernels::abs_sums::launch::<R>(
+            &x.client,
+            count,
+            dim,
+            arg(&x),
+            arg(&out),
+            rows as u32,
+            cols as u32,
+            !left,
+        );
+        float_out(out)
+    }
+}

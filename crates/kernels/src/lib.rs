@@ -1,0 +1,262 @@
+//! Ember's projection kernels: the ops of the subspace-optimizer pipeline that burn cannot fuse by
+//! itself, behind one backend extension trait, [`EmberBackend`].
+//!
+//! The trait follows burn's backend-extension convention (the burn book's custom-kernel chapter): a
+//! trait over [`Backend`] whose methods have a **portable default** composed of burn tensor ops
+//! ([`portable`]; any backend, the reference in tests), and which burn's CubeCL backends
+//! (`CubeBackend<R, …>`: `cuda`, `wgpu`) override with **fused CubeCL kernels** (feature `cubecl`,
+//! turned on by `cuda` or `wgpu`). The optimizer engine calls the trait and never knows which
+//! implementation runs.
+//!
+//! | op | fused kernel (CubeCL backends) |
+//! |---|---|
+//! | [`subspace_adam`](EmberBackend::subspace_adam) | moments, bias correction and normalization in one pass over `R` |
+//! | [`projected_update`](EmberBackend::projected_update) | back-projection `P·N` by row blocks (burn's matmul), each block folded into `W` in place with decay, `α`, the step size and the residual rule (FRUGAL's signSGD/SGD, Fira's scaled and limited residual): no `m×n` temporary |
+//! | [`adam_full_step`](EmberBackend::adam_full_step) | full-rank AdamW (non-targeted parameters) in one pass: `W`, `M`, `V` updated in place |
+//! | [`state_free_step`](EmberBackend::state_free_step) | FRUGAL's signSGD/SGD on a whole block, in place |
+//! | [`dequantize_packed`](EmberBackend::dequantize_packed) | INT4/INT8 codes → f32 (Q-GaLore's projector, INT8 weights) |
+//! | [`quantize_int8`](EmberBackend::quantize_int8) | per-group INT8 quantization with stochastic rounding from a counter-based RNG ([`rng`]) |
+//! | [`dct_scores`](EmberBackend::dct_scores) | DCT column scores `‖(G·Q)₍:,j₎‖₁` (after burn's matmul), then top-r by burn's `topk` |
+//!
+//! The device-side projector (randomized range finder warm-started from the previous projector,
+//! orthonormalized on the device) lives in `ember-core`'s `range` module and is built from burn
+//! ops only: matmuls and a Cholesky-QR, nothing to fuse.
+//!
+//! A backend without an implementation gets the portable defaults with one line:
+//! `impl ember_kernels::EmberBackend for MyBackend {}`.
+
+use burn::prelude::*;
+use burn::tensor::Int;
+
+pub mod portable;
+pub mod rng;
+pub mod selfcheck;
+
+#[cfg(feature = "cubecl")]
+mod cube;
+
+static BLOCK_ELEMENTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(1 << 23);
+
+/// Elements of `W` per block of the fused back-projection (default `2²³`, 32 MiB of f32): the
+/// only `W`-sized temporary of the fused [`EmberBackend::projected_update`] is one block (two
+/// with a residual rule), whatever the size of `W`.
+pub fn block_elements() -> usize {
+    BLOCK_ELEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets [`block_elements`] (at least 1). Results do not depend on it; the kernel tests use small
+/// blocks so that every code path runs on small matrices.
+pub fn set_block_elements(n: usize) {
+    BLOCK_ELEMENTS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fused kernels off (`false`) or back on, process-wide: CubeCL backends then run the
+/// portable path, so that both can be timed on one device (`ember-bench step --portable`).
+pub fn set_fused(on: bool) {
+    FUSED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether fused kernels are allowed ([`set_fused`]; on by default).
+pub fn fused_enabled() -> bool {
+    FUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Adam's per-step coefficients: `M ← β₁M + (1−β₁)R`, `V ← β₂V + (1−β₂)R²`,
+/// `N = M / (√V / d + ε)`.
+///
+/// The official packages place ε and the bias corrections differently; `d` and `ε` carry that
+/// (galore-torch: `d = 1`; torch AdamW: `d = √(1−β₂ᵗ)`; DCT-AdamW: `ε·√(1−β₂ᵗ)` as ε).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamCoefficients {
+    /// β₁.
+    pub beta_1: f64,
+    /// β₂.
+    pub beta_2: f64,
+    /// `d`: `√V` is divided by it.
+    pub sqrt_v_divisor: f64,
+    /// ε, added after the division.
+    pub epsilon: f64,
+}
+
+/// How the parameter moves: `W ← W·(1 − λ_before)`, `W ← W − c·α·ΔW − residual`,
+/// `W ← W − λ_after·W`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateCoefficients {
+    /// `lr·λ` applied before the update (torch AdamW, FRUGAL, DCT-AdamW), else 0.
+    pub decay_before: f64,
+    /// α, the scale of the back-projected update.
+    pub scale: f64,
+    /// `c`, the Adam step size (learning rate with bias correction).
+    pub step: f64,
+    /// `lr·λ` applied after the update (the GaLore family), else 0.
+    pub decay_after: f64,
+}
+
+/// What is done with the residual `G − up(R)` that the projection discards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ResidualUpdate {
+    /// Thrown away.
+    None,
+    /// `W ← W − step·sign(G − up(R))` (FRUGAL's signSGD).
+    Sign {
+        /// `lr·s`.
+        step: f64,
+    },
+    /// `W ← W − step·(G − up(R))` (FRUGAL's SGD).
+    Sgd {
+        /// `lr·s`.
+        step: f64,
+    },
+    /// Fira: `Ψ = (G − α·up(R))·φ` with `φ = ‖N‖/(‖R‖ + 1e-8)` along the long side, limited so
+    /// that `‖Ψ‖ ≤ γ·ζ` (ζ the previous step's norm), then `W ← W − c·Ψ`.
+    Fira {
+        /// The norm-growth limit γ.
+        gamma: f64,
+    },
+}
+
+/// A materialized projector: `P` is `m×r` on the left (`down(G) = PᵀG`, `up(X) = P·X`) or
+/// `r×n` on the right (`down(G) = G·Pᵀ`, `up(X) = X·P`).
+#[derive(Debug, Clone)]
+pub struct Basis<B: Backend> {
+    /// `P`.
+    pub p: Tensor<B, 2>,
+    /// Left (`m×r`) or right (`r×n`).
+    pub left: bool,
+}
+
+impl<B: Backend> Basis<B> {
+    /// `R = down(G)`.
+    pub fn down(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.left {
+            self.p.clone().transpose().matmul(g)
+        } else {
+            g.matmul(self.p.clone().transpose())
+        }
+    }
+
+    /// `up(X)`.
+    pub fn up(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.left {
+            self.p.clone().matmul(x)
+        } else {
+            x.matmul(self.p.clone())
+        }
+    }
+
+    /// Rows `rows` of `up(X)`.
+    pub fn up_rows(&self, x: &Tensor<B, 2>, rows: std::ops::Range<usize>) -> Tensor<B, 2> {
+        if self.left {
+            let r = self.p.dims()[1];
+            self.p.clone().slice([rows, 0..r]).matmul(x.clone())
+        } else {
+            let r = x.dims()[1];
+            x.clone().slice([rows, 0..r]).matmul(self.p.clone())
+        }
+    }
+}
+
+/// Key of the counter-based generator behind stochastic rounding: the uniform of element `i` is
+/// [`rng::uniform`]`(key, i)`, the same on every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundingKey(pub [u32; 2]);
+
+/// The ops of Ember's pipeline, with portable defaults. See the [crate docs](crate).
+pub trait EmberBackend: Backend {
+    /// Whether this backend runs the fused kernels (`false`: the portable defaults).
+    fn fused_kernels() -> bool {
+        false
+    }
+
+    /// Adam on the low-rank gradient `r`: returns `(N, M, V)` (see [`AdamCoefficients`]).
+    fn subspace_adam(
+        r: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        portable::subspace_adam(r, m, v, c)
+    }
+
+    /// `W ← (1−λ_after)·(W·(1−λ_before) − c·α·up(N) − residual)` where the residual term uses
+    /// `G`, `R` and `N` ([`ResidualUpdate`]); `zeta` is Fira's previous norm. Returns the new
+    /// weight and Fira's new norm.
+    #[allow(clippy::too_many_arguments)]
+    fn projected_update(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        basis: &Basis<Self>,
+        n: Tensor<Self, 2>,
+        r: Tensor<Self, 2>,
+        coef: UpdateCoefficients,
+        residual: ResidualUpdate,
+        zeta: Option<Tensor<Self, 1>>,
+    ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
+        portable::projected_update(w, g, basis, n, r, coef, residual, zeta)
+    }
+
+    /// Full-rank AdamW on `W` with gradient `g`: returns `(W, M, V)`.
+    fn adam_full_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        portable::adam_full_step(w, g, m, v, adam, coef)
+    }
+
+    /// A state-free step on the whole gradient: `W ← W − step·sign(G)` or `W ← W − step·G`
+    /// with decay as in `coef` (`step` and `scale` of `coef` are ignored); `Fira`/`None`: decay
+    /// only.
+    fn state_free_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        rule: ResidualUpdate,
+        coef: UpdateCoefficients,
+    ) -> Tensor<Self, 2> {
+        portable::state_free_step(w, g, rule, coef)
+    }
+
+    /// Dequantizes `bits`-bit codes packed `32/bits` per word (lowest bits first) into a
+    /// `rows×cols` tensor: `x = scale_g·(q − zero_g)` per group `g` of `group` elements.
+    #[allow(clippy::too_many_arguments)]
+    fn dequantize_packed(
+        packed: Tensor<Self, 1, Int>,
+        scales: Tensor<Self, 1>,
+        zeros: Tensor<Self, 1>,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Tensor<Self, 2> {
+        portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols)
+    }
+
+    /// Quantizes `w` (`rows×cols`) to INT8 per group of `group` along rows: round to nearest
+    /// without a key, else stochastic rounding with the counter-based uniforms of `key`. Returns
+    /// `(codes [rows, cols/4], qparams [rows, cols/group, 2])` (scale, zero point).
+    fn quantize_int8(
+        w: Tensor<Self, 2>,
+        group: usize,
+        key: Option<RoundingKey>,
+    ) -> (Tensor<Self, 2, Int>, Tensor<Self, 3>) {
+        portable::quantize_int8(w, group, key)
+    }
+
+    /// DCT alignment scores: the ℓ1 norm of each column of `G·Q` (right) or of each row of
+    /// `Qᵀ·G` (left), `Q` the orthonormal DCT basis.
+    fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
+        portable::dct_scores(g, q, left)
+    }
+}
+
+impl EmberBackend for burn::backend::Flex {}
+
+/// burn's operation-fusion backend (`burn` with its `fusion` feature, on by default) fuses the
+/// portable path's element-wise chains itself.
+impl<B: burn_fusion::FusionBackend> EmberBackend for burn_fusion::Fusion<B> {}

@@ -1,0 +1,258 @@
+//! The portable implementation: burn tensor ops only, on any backend. It is what `flex` runs, the
+//! default of every [`EmberBackend`](crate::EmberBackend) method, and the reference the fused
+//! kernels are tested against.
+
+use burn::prelude::*;
+use burn::tensor::{ElementConversion, Int};
+
+use crate::{AdamCoefficients, Basis, ResidualUpdate, RoundingKey, UpdateCoefficients};
+
+/// See [`EmberBackend::subspace_adam`](crate::EmberBackend::subspace_adam).
+pub fn subspace_adam<B: Backend>(
+    r: Tensor<B, 2>,
+    m: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    c: AdamCoefficients,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let m = m.mul_scalar(c.beta_1).add(r.clone().mul_scalar(1.0 - c.beta_1));
+    let v = v
+        .mul_scalar(c.beta_2)
+        .add(r.clone().mul(r).mul_scalar(1.0 - c.beta_2));
+    let mut root = v.clone().sqrt();
+    if c.sqrt_v_divisor != 1.0 {
+        root = root.div_scalar(c.sqrt_v_divisor);
+    }
+    let n = m.clone().div(root.add_scalar(c.epsilon));
+    (n, m, v)
+}
+
+/// Fira's `φ = ‖N‖/(‖R‖ + 1e-8)`, norms along the low-rank shape's shorter side: `[1, cols]`
+/// when it has fewer rows than columns, else `[rows, 1]`.
+pub fn fira_phi<B: Backend>(n: &Tensor<B, 2>, r: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let [rows, cols] = n.dims();
+    let dim = if rows < cols { 0 } else { 1 };
+    let norm_n = n.clone().powi_scalar(2).sum_dim(dim).sqrt();
+    let norm_r = r.clone().powi_scalar(2).sum_dim(dim).sqrt();
+    norm_n.div(norm_r.add_scalar(1e-8))
+}
+
+/// Fira's limiter: `max(‖Ψ‖/(ζ + 1e-8), γ)/γ` (1 on the first step), and the new `ζ`.
+pub fn fira_limiter<B: Backend>(
+    norm: Tensor<B, 1>,
+    zeta: Option<Tensor<B, 1>>,
+    gamma: f64,
+) -> (Option<Tensor<B, 1>>, Tensor<B, 1>) {
+    match zeta {
+        None => (None, norm),
+        Some(prev) => {
+            let limiter = norm
+                .clone()
+                .div(prev.add_scalar(1e-8))
+                .clamp_min(gamma)
+                .div_scalar(gamma);
+            let zeta = norm.div(limiter.clone());
+            (Some(limiter), zeta)
+        }
+    }
+}
+
+/// The residual term (`W ← W − term`) and Fira's new norm, from the full gradient `g` and
+/// `up_r = up(R)` (without α); `eta` is the Adam step size `c` (Fira's term uses it).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_term<B: Backend>(
+    g: Tensor<B, 2>,
+    up_r: Tensor<B, 2>,
+    rule: ResidualUpdate,
+    scale: f64,
+    r: &Tensor<B, 2>,
+    n: &Tensor<B, 2>,
+    eta: f64,
+    zeta: Option<Tensor<B, 1>>,
+) -> Option<(Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+    match rule {
+        ResidualUpdate::None => None,
+        ResidualUpdate::Sign { step } => Some((g.sub(up_r).sign().mul_scalar(step), None)),
+        ResidualUpdate::Sgd { step } => Some((g.sub(up_r).mul_scalar(step), None)),
+        ResidualUpdate::Fira { gamma } => {
+            let residual = g.sub(up_r.mul_scalar(scale));
+            let mut psi = residual.mul(fira_phi(n, r));
+            let norm = psi.clone().powi_scalar(2).sum().sqrt();
+            let (limiter, zeta) = fira_limiter(norm, zeta, gamma);
+            if let Some(limiter) = limiter {
+                psi = psi.div(limiter.unsqueeze());
+            }
+            Some((psi.mul_scalar(eta), Some(zeta)))
+        }
+    }
+}
+
+/// See [`EmberBackend::projected_update`](crate::EmberBackend::projected_update).
+#[allow(clippy::too_many_arguments)]
+pub fn projected_update<B: Backend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    basis: &Basis<B>,
+    n: Tensor<B, 2>,
+    r: Tensor<B, 2>,
+    coef: UpdateCoefficients,
+    residual: ResidualUpdate,
+    zeta: Option<Tensor<B, 1>>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+    let mut w = decay_before(w, coef);
+    let term = match residual {
+        ResidualUpdate::None => None,
+        rule => {
+            let up_r = basis.up(r.clone());
+            residual_term(g, up_r, rule, coef.scale, &r, &n, coef.step, zeta)
+        }
+    };
+    let mut delta = basis.up(n);
+    if coef.scale != 1.0 {
+        delta = delta.mul_scalar(coef.scale);
+    }
+    w = w.sub(delta.mul_scalar(coef.step));
+    let mut zeta = None;
+    if let Some((t, z)) = term {
+        w = w.sub(t);
+        zeta = z;
+    }
+    (decay_after(w, coef), zeta)
+}
+
+/// See [`EmberBackend::adam_full_step`](crate::EmberBackend::adam_full_step).
+pub fn adam_full_step<B: Backend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    m: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    adam: AdamCoefficients,
+    coef: UpdateCoefficients,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let w = decay_before(w, coef);
+    let (n, m, v) = subspace_adam(g, m, v, adam);
+    let mut delta = n;
+    if coef.scale != 1.0 {
+        delta = delta.mul_scalar(coef.scale);
+    }
+    let w = w.sub(delta.mul_scalar(coef.step));
+    (decay_after(w, coef), m, v)
+}
+
+/// See [`EmberBackend::state_free_step`](crate::EmberBackend::state_free_step).
+pub fn state_free_step<B: Backend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    rule: ResidualUpdate,
+    coef: UpdateCoefficients,
+) -> Tensor<B, 2> {
+    let mut w = decay_before(w, coef);
+    match rule {
+        ResidualUpdate::Sign { step } => w = w.sub(g.sign().mul_scalar(step)),
+        ResidualUpdate::Sgd { step } => w = w.sub(g.mul_scalar(step)),
+        ResidualUpdate::None | ResidualUpdate::Fira { .. } => {}
+    }
+    decay_after(w, coef)
+}
+
+fn decay_before<B: Backend>(w: Tensor<B, 2>, coef: UpdateCoefficients) -> Tensor<B, 2> {
+    if coef.decay_before != 0.0 {
+        w.mul_scalar(1.0 - coef.decay_before)
+    } else {
+        w
+    }
+}
+
+fn decay_after<B: Backend>(w: Tensor<B, 2>, coef: UpdateCoefficients) -> Tensor<B, 2> {
+    if coef.decay_after != 0.0 {
+        w.clone().sub(w.mul_scalar(coef.decay_after))
+    } else {
+        w
+    }
+}
+
+/// See [`EmberBackend::dequantize_packed`](crate::EmberBackend::dequantize_packed).
+#[allow(clippy::too_many_arguments)]
+pub fn dequantize_packed<B: Backend>(
+    packed: Tensor<B, 1, Int>,
+    scales: Tensor<B, 1>,
+    zeros: Tensor<B, 1>,
+    bits: u32,
+    group: usize,
+    rows: usize,
+    cols: usize,
+) -> Tensor<B, 2> {
+    let per = (32 / bits) as usize;
+    let words = packed.dims()[0];
+    let device = packed.device();
+    let shifts: Vec<i32> = (0..per).map(|k| (bits as usize * k) as i32).collect();
+    let shifts = Tensor::<B, 1, Int>::from_data(TensorData::new(shifts, [per]), &device)
+        .unsqueeze_dim::<2>(0)
+        .repeat_dim(0, words);
+    let codes = packed
+        .unsqueeze_dim::<2>(1)
+        .repeat_dim(1, per)
+        .bitwise_right_shift(shifts)
+        .bitwise_and_scalar(((1u32 << bits) - 1).elem())
+        .reshape([words * per])
+        .slice(0..rows * cols)
+        .float()
+        .reshape([rows * cols / group, group]);
+    let g = scales.dims()[0];
+    codes
+        .sub(zeros.reshape([g, 1]))
+        .mul(scales.reshape([g, 1]))
+        .reshape([rows, cols])
+}
+
+/// See [`EmberBackend::quantize_int8`](crate::EmberBackend::quantize_int8). The uniforms of
+/// `key` are generated on the host ([`crate::rng::uniforms`]) and uploaded.
+pub fn quantize_int8<B: Backend>(
+    w: Tensor<B, 2>,
+    group: usize,
+    key: Option<RoundingKey>,
+) -> (Tensor<B, 2, Int>, Tensor<B, 3>) {
+    let [rows, cols] = w.dims();
+    let groups = cols / group;
+    let device = w.device();
+    let x = w.reshape([rows, groups, group]);
+    let lo = x.clone().min_dim(2);
+    let hi = x.clone().max_dim(2);
+    let scale = (hi - lo.clone()).clamp_min(1e-5).div_scalar(255.0);
+    let zero = lo.div(scale.clone()).neg().round().clamp(0.0, 255.0);
+    let y = x.div(scale.clone());
+    let r = match key {
+        None => y.round(),
+        Some(key) => {
+            let u = Tensor::<B, 3>::from_data(
+                TensorData::new(crate::rng::uniforms(key, rows * cols), [rows, groups, group]),
+                &device,
+            );
+            let f = y.clone().floor();
+            let frac = y - f.clone();
+            f + u.lower(frac).float()
+        }
+    };
+    let q = (r + zero.clone())
+        .clamp(0.0, 255.0)
+        .int()
+        .reshape([rows, cols / 4, 4]);
+    let shifts =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![0i32, 8, 16, 24], [4]), &device)
+            .reshape([1, 1, 4])
+            .expand([rows, cols / 4, 4]);
+    // the four codes occupy disjoint bits, so the sum is their bitwise or
+    let codes = q
+        .bitwise_left_shift(shifts)
+        .sum_dim(2)
+        .reshape([rows, cols / 4]);
+    (codes, Tensor::cat(vec![scale, zero], 2))
+}
+
+/// See [`EmberBackend::dct_scores`](crate::EmberBackend::dct_scores).
+pub fn dct_scores<B: Backend>(g: Tensor<B, 2>, q: Tensor<B, 2>, left: bool) -> Tensor<B, 1> {
+    if left {
+        q.transpose().matmul(g).abs().sum_dim(1).flatten::<1>(0, 1)
+    } else {
+        g.matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
+    }
+}

@@ -1,0 +1,335 @@
+//! The kernel conformance checks: every [`EmberBackend`] op of a backend against the
+//! [`portable`] path on the same backend, on fresh random inputs whose shapes are not multiples of
+//! any tile or block size, with blocks of the back-projection made small so that every code path
+//! runs.
+//!
+//! Used by the tests (`tests/wgpu.rs`: wgpu, lavapipe in CI) and by `ember-bench kernels` (the
+//! same checks on the GPU machine, CUDA). On a backend without fused kernels the checks compare
+//! the portable path with itself.
+
+use burn::prelude::*;
+use burn::tensor::{Distribution, Int};
+
+use crate::{
+    portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
+    UpdateCoefficients,
+};
+
+/// One comparison.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was compared.
+    pub name: String,
+    /// `max |fused − portable| / max(1, max |portable|)`.
+    pub error: f64,
+    /// Allowed error.
+    pub tolerance: f64,
+}
+
+impl Check {
+    /// Whether the error is within tolerance.
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+/// f32 tolerance of the checks, relative to the largest magnitude.
+pub const TOLERANCE: f64 = 2e-5;
+
+fn compare<B: Backend, const D: usize>(
+    out: &mut Vec<Check>,
+    name: String,
+    fused: Tensor<B, D>,
+    reference: Tensor<B, D>,
+) {
+    assert_eq!(fused.dims(), reference.dims(), "{name}: shapes differ");
+    let a: Vec<f32> = fused.into_data().convert::<f32>().to_vec().unwrap();
+    let b: Vec<f32> = reference.into_data().convert::<f32>().to_vec().unwrap();
+    let scale = b.iter().fold(1f64, |s, &x| s.max(x.abs() as f64));
+    let error = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| {
+            if x.is_finite() && y.is_finite() {
+                (x as f64 - y as f64).abs()
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0f64, f64::max)
+        / scale;
+    out.push(Check {
+        name,
+        error,
+        tolerance: TOLERANCE,
+    });
+}
+
+fn normal<B: Backend>(shape: [usize; 2], std: f64, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), device)
+}
+
+/// Runs every check on `device`; `seed` seeds the inputs.
+pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
+    B::seed(device, seed);
+    let saved = crate::block_elements();
+    // blocks of 3 rows of 130 or 40 columns: many blocks, a ragged last one
+    crate::set_block_elements(400);
+    let mut out = vec![];
+    adam::<B>(&mut out, device);
+    projected::<B>(&mut out, device);
+    full_and_state_free::<B>(&mut out, device);
+    quantization::<B>(&mut out, device);
+    dct::<B>(&mut out, device);
+    crate::set_block_elements(saved);
+    out
+}
+
+fn adam<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    for (i, c) in coefficient_sets().into_iter().enumerate() {
+        let shape = [37, 301];
+        let r = normal::<B>(shape, 1.0, device);
+        let m = normal::<B>(shape, 0.1, device);
+        let v = normal::<B>(shape, 0.1, device).abs();
+        let f = B::subspace_adam(r.clone(), m.clone(), v.clone(), c);
+        let p = portable::subspace_adam(r, m, v, c);
+        compare(out, format!("subspace_adam[{i}] N"), f.0, p.0);
+        compare(out, format!("subspace_adam[{i}] M"), f.1, p.1);
+        compare(out, format!("subspace_adam[{i}] V"), f.2, p.2);
+    }
+}
+
+fn coefficient_sets() -> Vec<AdamCoefficients> {
+    vec![
+        AdamCoefficients {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            sqrt_v_divisor: 1.0,
+            epsilon: 1e-8,
+        },
+        AdamCoefficients {
+            beta_1: 0.8,
+            beta_2: 0.95,
+            sqrt_v_divisor: 0.3,
+            epsilon: 1e-6,
+        },
+    ]
+}
+
+fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let rules = [
+        ResidualUpdate::None,
+        ResidualUpdate::Sign { step: 3e-3 },
+        ResidualUpdate::Sgd { step: 2e-2 },
+        ResidualUpdate::Fira { gamma: 1.01 },
+    ];
+    // (m, n, r, left): left projector m×r with m ≤ n; right projector r×n with m > n
+    for (m, n, r, left) in [(70, 130, 9, true), (150, 40, 7, false)] {
+        let p = normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device);
+        let basis = Basis { p, left };
+        let low = if left { [r, n] } else { [m, r] };
+        for rule in rules {
+            for (decay_before, decay_after) in [(0.0, 1e-3), (2e-3, 0.0)] {
+                for with_zeta in [false, true] {
+                    if with_zeta && !matches!(rule, ResidualUpdate::Fira { .. }) {
+                        continue;
+                    }
+                    let w = normal::<B>([m, n], 1.0, device);
+                    let g = normal::<B>([m, n], 1.0, device);
+                    let nn = normal::<B>(low, 1.0, device);
+                    let rr = basis.down(g.clone());
+                    let coef = UpdateCoefficients {
+                        decay_before,
+                        scale: 0.25,
+                        step: 1e-2,
+                        decay_after,
+                    };
+                    // a previous ζ small enough for the limiter to act
+                    let zeta = with_zeta.then(|| Tensor::<B, 1>::from_floats([1e-3], device));
+                    let f = B::projected_update(
+                        w.clone(),
+                        g.clone(),
+                        &basis,
+                        nn.clone(),
+                        rr.clone(),
+                        coef,
+                        rule,
+                        zeta.clone(),
+                    );
+                    let p = portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta);
+                    let name = format!(
+                        "projected_update {m}x{n} r{r} {} {rule:?} decay({decay_before},{decay_after}) ζ={with_zeta}",
+                        if left { "left" } else { "right" }
+                    );
+                    compare(out, format!("{name} W"), f.0, p.0);
+                    match (f.1, p.1) {
+                        (Some(a), Some(b)) => compare(out, format!("{name} ζ"), a, b),
+                        (None, None) => {}
+                        _ => out.push(Check {
+                            name: format!("{name} ζ present in one path only"),
+                            error: f64::INFINITY,
+                            tolerance: TOLERANCE,
+                        }),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let shape = [33, 517];
+    for (i, adam) in coefficient_sets().into_iter().enumerate() {
+        let coef = UpdateCoefficients {
+            decay_before: 1e-3 * i as f64,
+            scale: 1.0,
+            step: 1e-2,
+            decay_after: 1e-3 * (1 - i) as f64,
+        };
+        let w = normal::<B>(shape, 1.0, device);
+        let g = normal::<B>(shape, 1.0, device);
+        let m = normal::<B>(shape, 0.1, device);
+        let v = normal::<B>(shape, 0.1, device).abs();
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef);
+        compare(out, format!("adam_full_step[{i}] W"), f.0, p.0);
+        compare(out, format!("adam_full_step[{i}] M"), f.1, p.1);
+        compare(out, format!("adam_full_step[{i}] V"), f.2, p.2);
+    }
+    for rule in [
+        ResidualUpdate::Sign { step: 1e-2 },
+        ResidualUpdate::Sgd { step: 1e-2 },
+    ] {
+        let coef = UpdateCoefficients {
+            decay_before: 1e-3,
+            scale: 1.0,
+            step: 0.0,
+            decay_after: 0.0,
+        };
+        let w = normal::<B>([19, 263], 1.0, device);
+        let g = normal::<B>([19, 263], 1.0, device);
+        let f = B::state_free_step(w.clone(), g.clone(), rule, coef);
+        let p = portable::state_free_step(w, g, rule, coef);
+        compare(out, format!("state_free_step {rule:?}"), f, p);
+    }
+}
+
+fn quantization<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    // dequantization of random words, 4 and 8 bits
+    for (bits, rows, cols, group) in [(4u32, 24usize, 40usize, 16usize), (8, 7, 36, 12)] {
+        let per = 32 / bits as usize;
+        let words = (rows * cols).div_ceil(per);
+        let packed = Tensor::<B, 1, Int>::random([words], Distribution::Uniform(-2.1e9, 2.1e9), device);
+        let groups = rows * cols / group;
+        let scales = Tensor::<B, 1>::random([groups], Distribution::Uniform(0.01, 0.1), device);
+        let zeros = Tensor::<B, 1>::random([groups], Distribution::Uniform(0.0, 8.0), device);
+        let f = B::dequantize_packed(
+            packed.clone(),
+            scales.clone(),
+            zeros.clone(),
+            bits,
+            group,
+            rows,
+            cols,
+        );
+        let p = portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols);
+        compare(out, format!("dequantize_packed int{bits} {rows}x{cols}"), f, p);
+    }
+    // INT8 quantization: nearest and stochastic, per group and per row
+    for (rows, cols, group) in [(6, 512, 128), (5, 260, 260)] {
+        for key in [None, Some(RoundingKey([12345, 678]))] {
+            let w = normal::<B>([rows, cols], 0.05, device);
+            let f = B::quantize_int8(w.clone(), group, key);
+            let p = portable::quantize_int8(w, group, key);
+            let name = format!(
+                "quantize_int8 {rows}x{cols} g{group} {}",
+                if key.is_some() {
+                    "stochastic"
+                } else {
+                    "nearest"
+                }
+            );
+            compare(out, format!("{name} qparams"), f.1, p.1);
+            out.push(code_check(name, f.0, p.0));
+        }
+    }
+}
+
+/// Codes may differ by one step where `x/scale` sits on a rounding boundary (a division that
+/// differs in its last bit between a kernel and burn's op): error = the fraction of codes that
+/// differ (none may differ by more than one), allowed 0.1%.
+fn code_check<B: Backend>(name: String, a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int>) -> Check {
+    let unpack = |t: Tensor<B, 2, Int>| -> Vec<i64> {
+        let words: Vec<i64> = t.into_data().convert::<i64>().to_vec().unwrap();
+        words
+            .iter()
+            .flat_map(|&w| (0..4).map(move |k| ((w as u32) >> (8 * k)) as i64 & 0xff))
+            .collect()
+    };
+    let (a, b) = (unpack(a), unpack(b));
+    let mut differ = 0usize;
+    let mut worst = 0i64;
+    for (x, y) in a.iter().zip(&b) {
+        if x != y {
+            differ += 1;
+            worst = worst.max((x - y).abs());
+        }
+    }
+    let error = if worst > 1 || a.len() != b.len() {
+        f64::INFINITY
+    } else {
+        differ as f64 / a.len().max(1) as f64
+    };
+    Check {
+        name: format!("{name} codes"),
+        error,
+        tolerance: 1e-3,
+    }
+}
+
+fn dct<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    for (m, n, left) in [(45, 70, true), (70, 45, false)] {
+        let g = normal::<B>([m, n], 1.0, device);
+        let s = if left { m } else { n };
+        let q = normal::<B>([s, s], 0.2, device);
+        let f = B::dct_scores(g.clone(), q.clone(), left);
+        let p = portable::dct_scores(g, q, left);
+        compare(out, format!("dct_scores {m}x{n} left={left}"), f, p);
+    }
+}
+
+/// Prints the checks and returns how many failed.
+pub fn report(checks: &[Check]) -> usize {
+    let mut failed = 0;
+    for c in checks {
+        let ok = c.passed();
+        failed += usize::from(!ok);
+        println!(
+            "{} {:<90} error {:.2e} (tolerance {:.0e})",
+            if ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.error,
+            c.tolerance
+        );
+    }
+    println!(
+        "kernels: {} checks, {} passed, {failed} failed",
+        checks.len(),
+        checks.len() - failed
+    );
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On flex (no fused kernels) the checks run the portable path against itself: the harness
+    /// itself works, and a broken comparison would show here first.
+    #[test]
+    fn checks_pass_on_flex() {
+        let checks = run_all::<burn::backend::Flex>(&Default::default(), 7);
+        assert!(checks.len() > 40, "{} checks", checks.len());
+        assert_eq!(report(&checks), 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! The fused CubeCL kernels of `ember-kernels` against the portable path, on burn's `wgpu`
+//! backend. In CI the device is lavapipe (Mesa's software Vulkan, `mesa-vulkan-drivers`, installed
+//! by `.ci/run`), so kernels are checked for correctness without a GPU.
+//!
+//! Without a Vulkan driver the test prints why and skips, unless `EMBER_REQUIRE_WGPU` is set
+//! (`.ci/run` sets it): then a missing driver is a failure, not a silent pass.
+
+use burn::backend::wgpu::{Wgpu, WgpuDevice};
+use ember_kernels::{selfcheck, EmberBackend};
+
+fn vulkan_driver() -> Option<String> {
+    let dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    for dir in dirs {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            if let Some(e) = entries.flatten().next() {
+                return Some(e.path().display().to_string());
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn fused_kernels_equal_the_portable_path_on_wgpu() {
+    if vulkan_driver().is_none() {
+        let reason = "no Vulkan driver (no ICD file in /usr/share/vulkan/icd.d or \
+                      /etc/vulkan/icd.d); install mesa-vulkan-drivers to run the wgpu kernel tests";
+        assert!(
+            std::env::var_os("EMBER_REQUIRE_WGPU").is_none(),
+            "EMBER_REQUIRE_WGPU is set but {reason}"
+        );
+        println!("SKIPPED fused_kernels_equal_the_portable_path_on_wgpu: {reason}");
+        return;
+    }
+    assert!(<Wgpu as EmberBackend>::fused_kernels());
+    let device = WgpuDevice::default();
+    let checks = selfcheck::run_all::<Wgpu>(&device, 2026);
+    let failed = selfcheck::report(&checks);
+    assert_eq!(failed, 0, "{failed} kernel checks failed");
+}
+
+mod common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::optim::Optimizer;
+use common::{flat, train_step, Tiny};
+use ember::prelude::*;
+
+/// Trains the tiny model `steps` steps on backend `A` and returns its weights.
+fn train<A, O>(mut optim: O, device: &A::Device, steps: usize) -> Vec<f32>
+where
+    A: burn::tensor::backend::AutodiffBackend,
+    O: Optimizer<Tiny<A>, A>,
+{
+    let mut model = Tiny::<A>::new(device);
+    for k in 0..steps {
+        model = train_step(model, &mut optim, k, 1e-2).0;
+    }
+    flat(&model)
+}
+
+/// The whole optimizer (engine + fused kernels) on wgpu against the same optimizer on flex
+/// (portable path): every method, 5 steps with a projector refresh, the same weights.
+#[test]
+fn every_method_on_wgpu_equals_flex() {
+    if vulkan_driver().is_none() {
+        assert!(std::env::var_os("EMBER_REQUIRE_WGPU").is_none());
+        println!("SKIPPED every_method_on_wgpu_equals_flex: no Vulkan driver");
+        return;
+    }
+    type W = Autodiff<Wgpu>;
+    type F = Autodiff<Flex>;
+    let (dw, df) = (WgpuDevice::default(), Default::default());
+    let t = || vec!["mlp".to_string()];
+    macro_rules! both {
+        ($name:expr, $cfg:expr) => {{
+            let cfg = $cfg;
+            let a = train::<W, _>(cfg.init::<W, Tiny<W>>(), &dw, 5);
+            let b = train::<F, _>(cfg.init::<F, Tiny<F>>(), &df, 5);
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            println!("{:<10} wgpu vs flex: max |Δw| = {err:.2e}", $name);
+            assert!(err < 1e-4, "{}: wgpu and flex differ by {err}", $name);
+        }};
+    }
+    let gap = 3;
+    both!(
+        "galore",
+        GaloreConfig::new()
+            .with_rank(4)
+            .with_update_proj_gap(gap)
+            .with_weight_decay(0.01)
+            .with_targets(t())
+    );
+    both!(
+        "fira",
+        FiraConfig::new()
+            .with_rank(4)
+            .with_update_proj_gap(gap)
+            .with_weight_decay(0.01)
+            .with_targets(t())
+    );
+    // ρ = 0.125 keeps the subspace (rank 1–2) below the gradients' rank (the batch, 4): above it the
+    // residual is rounding noise, and signSGD's sign of noise differs between any two backends
+    both!(
+        "frugal",
+        FrugalConfig::new()
+            .with_density(0.125)
+            .with_update_gap(gap)
+            .with_targets(t())
+    );
+    both!(
+        "dct",
+        DctConfig::new()
+            .with_rank(4)
+            .with_update_proj_gap(gap)
+            .with_targets(t())
+    );
+    both!(
+        "qgalore",
+        QGaloreConfig::new()
+            .with_rank(4)
+            .with_update_proj_gap(gap)
+            .with_targets(t())
+    );
+}
