@@ -4,7 +4,8 @@
 # machine (device tool, carry [".device"]): bash scripts/h100_side_by_side.sh; bash scripts/h100_measure.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CARGO_TARGET_DIR=target/cuda cargo build --release --features cuda -p ember-bench
+# burn's matmul autotuning is on, as in burn's default features (FEATURES=cuda to build without it)
+CARGO_TARGET_DIR=target/cuda cargo build --release --features "${FEATURES:-cuda-autotune}" -p ember-bench
 mkdir -p .device/whl
 strip -o .device/ember-bench target/cuda/release/ember-bench
 cp ../shared/tools/torch_anchor.py .device/

@@ -3,8 +3,9 @@
 # scripts/build_for_gpu.sh staged .device/):
 #  1. the kernel checks on CUDA (every fused kernel against the portable path);
 #  2. the PyTorch anchors (galore-torch GaLoreAdamW, torch AdamW fused, torch.linalg.svd), TF32 off and on;
-#  3. Ember's optimizer step, fused and portable, AdamW and GaLore at every shape and rank;
-#     Fira and FRUGAL at 4096x11008 r512; projector refresh: device projector vs exact (faer).
+#  3. Ember's optimizer step, fused and portable: AdamW and GaLore at every shape and rank, Fira and
+#     FRUGAL at 4096x11008 r512 (each line: the whole Optimizer::step and the engine alone);
+#  4. the projector refresh: device projector vs exact SVD (faer, host), with the captured energy.
 set -u
 B=.device/ember-bench
 chmod +x $B
@@ -12,8 +13,8 @@ chmod +x $B
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c "import torch; print('torch', torch.__version__)"
 } > $OUT/env.txt 2>&1
-$B kernels --device cuda > $OUT/kernels_cuda.txt 2>&1; echo "kernels exit $?" >> $OUT/kernels_cuda.txt
-tail -2 $OUT/kernels_cuda.txt
+$B kernels --device cuda > $OUT/kernels_cuda.log 2>&1; echo "kernels exit $?" >> $OUT/kernels_cuda.log
+grep -v '^ok ' $OUT/kernels_cuda.log | head -40
 export PYTHONUNBUFFERED=1
 python3 .device/torch_anchor.py .device/whl $OUT/anchor_tf32off.json > $OUT/anchor.log 2>&1
 TF32=1 python3 .device/torch_anchor.py .device/whl $OUT/anchor_tf32on.json >> $OUT/anchor.log 2>&1
@@ -25,6 +26,18 @@ for mode in "" "--portable"; do
     $B step --device cuda --optimizer $o --shapes 4096x11008 --ranks 512 --iters 30 --refreshes 0 $mode >> $S 2>> $OUT/ember.log
   done
 done
-$B step --device cuda --optimizer galore --iters 2 --refreshes 1 > $OUT/ember_refresh.jsonl 2>> $OUT/ember.log
-cat $S $OUT/ember_refresh.jsonl
+# block size of the fused back-projection (default 2^23 elements)
+for be in 4194304 16777216 67108864; do
+  $B step --device cuda --optimizer galore --shapes 4096x11008 --ranks 512 --iters 30 --refreshes 0 --block-elements $be | sed "s/}$/,\"block_elements\":$be}/" >> $OUT/ember_blocks.jsonl 2>> $OUT/ember.log
+done
+$B step --device cuda --optimizer galore --iters 2 --refreshes ${REFRESHES:-3} > $OUT/ember_refresh.jsonl 2>> $OUT/ember.log
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+rows = [json.loads(l) for l in open(os.path.join(out, "ember_step.jsonl"))]
+for r in rows:
+    print(f"{r['optimizer']:7} {r['kernels']:8} {r['m']}x{r['n']} r{r['rank']:<5} step {r['step_ms']:.3f} ms  engine {r['engine_ms']:.3f} ms")
+for r in (json.loads(l) for l in open(os.path.join(out, "ember_refresh.jsonl"))):
+    print(f"refresh {r['m']}x{r['n']} r{r['rank']}: exact {r['refresh_ms']:.1f} ms device {r['refresh_device_ms']:.1f} ms energy {r['device_energy_ratio']:.5f}")
+PY
 tail -3 $OUT/ember.log

@@ -72,6 +72,9 @@ enum Command {
         /// Run the portable path (burn ops) instead of the fused kernels.
         #[arg(long)]
         portable: bool,
+        /// Elements of W per block of the fused back-projection (default 2^23).
+        #[arg(long)]
+        block_elements: Option<usize>,
     },
     /// Checks every fused kernel against the portable path on a device (exit status 1 if any
     /// check fails).
@@ -688,8 +691,12 @@ fn main() -> ExitCode {
             warmup,
             refreshes,
             portable,
+            block_elements,
         }) => {
             ember_kernels::set_fused(!portable);
+            if let Some(n) = block_elements {
+                ember_kernels::set_block_elements(n);
+            }
             run_step(
                 &optimizer,
                 &shapes,

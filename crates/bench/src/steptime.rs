@@ -39,8 +39,13 @@ pub struct StepTiming {
     pub n: usize,
     /// Rank.
     pub rank: usize,
-    /// Median optimizer step (ms), no refresh.
+    /// Median optimizer step (ms), no refresh: burn's `Optimizer::step` on a module, everything
+    /// included (gradient collection, the non-finite check, the update, the module mapping).
     pub step_ms: f64,
+    /// Median of the engine's step alone (ms): the same update on the parameter's tensors
+    /// (projection, Adam, back-projection and apply: the kernels), without the optimizer's
+    /// plumbing.
+    pub engine_ms: f64,
     /// Median refresh (ms), if timed: exact SVD on the host (DCT: its selection).
     pub refresh_ms: Option<f64>,
     /// Median refresh (ms) of the device projector (warm start, 1 power iteration), if timed.
@@ -90,6 +95,25 @@ where
         if i > warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    // the engine alone, from the optimizer's state (no refresh: the gap exceeds the run)
+    let engine = optim.target_engine().clone();
+    let mut state = optim.param_state(model.w.id).cloned();
+    let w0 = model.w.val().inner();
+    let mut engine_times = vec![];
+    for i in 0..1 + warmup + iters {
+        let ctx = ember_core::StepContext::new(&[m, n], optim.shared_bases());
+        B::sync(device).ok();
+        let t = Instant::now();
+        let (w1, s) = engine
+            .step(1e-3, w0.clone(), g.clone(), state.take(), &ctx)
+            .expect("engine step");
+        B::sync(device).ok();
+        if i > warmup {
+            engine_times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        drop(w1);
+        state = Some(s);
     }
     let refresh_ms = (refreshes > 0 && method != Method::Adamw).then(|| {
         let kind = match method {
@@ -164,6 +188,7 @@ where
         n,
         rank,
         step_ms: median(times),
+        engine_ms: median(engine_times),
         refresh_ms,
     }
 }

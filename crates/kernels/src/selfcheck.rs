@@ -196,6 +196,24 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         compare(out, format!("adam_full_step[{i}] M"), f.1, p.1);
         compare(out, format!("adam_full_step[{i}] V"), f.2, p.2);
     }
+    // non-contiguous inputs (transposed views): the kernels read dense copies
+    {
+        let (adam, coef) = (
+            coefficient_sets()[0],
+            UpdateCoefficients {
+                decay_before: 0.0,
+                scale: 1.0,
+                step: 1e-2,
+                decay_after: 1e-3,
+            },
+        );
+        let t = |seed: f64| normal::<B>([29, 41], seed, device).transpose();
+        let (w, g, m, v) = (t(1.0), t(1.0), t(0.1), t(0.1).abs());
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef);
+        compare(out, "adam_full_step transposed inputs W".into(), f.0, p.0);
+        compare(out, "adam_full_step transposed inputs M".into(), f.1, p.1);
+    }
     for rule in [
         ResidualUpdate::Sign { step: 1e-2 },
         ResidualUpdate::Sgd { step: 1e-2 },

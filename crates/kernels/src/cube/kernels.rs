@@ -27,13 +27,15 @@ fn sign_of(x: f32) -> f32 {
     s
 }
 
-/// Adam in place on `m`, `v`; writes `N` into `n`.
+/// Adam: reads `M`, `V`, writes the new moments to `m_out`, `v_out` and `N` to `n`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn subspace_adam(
     r: &Array<f32>,
-    m: &mut Array<f32>,
-    v: &mut Array<f32>,
+    m: &Array<f32>,
+    v: &Array<f32>,
+    m_out: &mut Array<f32>,
+    v_out: &mut Array<f32>,
     n: &mut Array<f32>,
     len: u32,
     beta_1: f32,
@@ -46,20 +48,23 @@ pub fn subspace_adam(
         let x = r[i];
         let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
         let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
-        m[i] = m1;
-        v[i] = v1;
+        m_out[i] = m1;
+        v_out[i] = v1;
         n[i] = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
     }
 }
 
-/// Full-rank AdamW in place on `w`, `m`, `v`.
+/// Full-rank AdamW: reads `W`, `G`, `M`, `V` once, writes the new `W`, `M`, `V` once.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn adam_full(
-    w: &mut Array<f32>,
+    w: &Array<f32>,
     g: &Array<f32>,
-    m: &mut Array<f32>,
-    v: &mut Array<f32>,
+    m: &Array<f32>,
+    v: &Array<f32>,
+    w_out: &mut Array<f32>,
+    m_out: &mut Array<f32>,
+    v_out: &mut Array<f32>,
     len: u32,
     beta_1: f32,
     beta_2: f32,
@@ -74,20 +79,21 @@ pub fn adam_full(
         let x = g[i];
         let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
         let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
-        m[i] = m1;
-        v[i] = v1;
+        m_out[i] = m1;
+        v_out[i] = v1;
         let n = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
-        w[i] = (w[i] * pre - n * step) * post;
+        w_out[i] = (w[i] * pre - n * step) * post;
     }
 }
 
 /// The epilogue of the back-projection for one block of rows of `W` (elements
-/// `offset..offset+len`, `u_n`/`u_r` the block's `up(N)`/`up(R)`), in place on `w`:
-/// `W ← post·(pre·W − step·U_N − residual)`.
+/// `offset..offset+len`, `u_n`/`u_r` the block's `up(N)`/`up(R)`), read from `w`, written to
+/// `w_out`: `W' = post·(pre·W − step·U_N − residual)`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn apply_update(
-    w: &mut Array<f32>,
+    w: &Array<f32>,
+    w_out: &mut Array<f32>,
     u_n: &Array<f32>,
     g: &Array<f32>,
     u_r: &Array<f32>,
@@ -124,7 +130,7 @@ pub fn apply_update(
             }
             x -= residual_step * ((g[k] - alpha * u_r[i]) * ph / limiter[0]);
         }
-        w[k] = x * post;
+        w_out[k] = x * post;
     }
 }
 
@@ -155,11 +161,12 @@ pub fn fira_psi_squared(
     }
 }
 
-/// State-free signSGD (`sign = true`) or SGD in place on `w`.
+/// State-free signSGD (`sign = true`) or SGD: `W' = post·(pre·W − step·f(G))`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn state_free(
-    w: &mut Array<f32>,
+    w: &Array<f32>,
+    w_out: &mut Array<f32>,
     g: &Array<f32>,
     len: u32,
     pre: f32,
@@ -173,7 +180,7 @@ pub fn state_free(
         if comptime![sign] {
             d = sign_of(d);
         }
-        w[i] = (w[i] * pre - step * d) * post;
+        w_out[i] = (w[i] * pre - step * d) * post;
     }
 }
 
@@ -315,5 +322,23 @@ pub fn abs_sums(
             }
         }
         out[j] = s;
+    }
+}
+
+/// Copies a tensor of any strides into a dense buffer (row-major order).
+#[cube(launch)]
+pub fn copy_strided(input: &Tensor<f32>, out: &mut Array<f32>, len: u32) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let mut offset = 0usize;
+        let mut rest = i;
+        let rank = input.rank();
+        for d in 0..rank {
+            let axis = rank - 1 - d;
+            let size = input.shape(axis);
+            offset += (rest % size) * input.stride(axis);
+            rest /= size;
+        }
+        out[i] = input[offset];
     }
 }

@@ -27,24 +27,44 @@ type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 fn float_in<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
     t: Tensor<B, D>,
 ) -> CubeTensor<R> {
-    into_contiguous(t.into_primitive().tensor())
+    dense(t.into_primitive().tensor())
+}
+
+/// A tensor with standard row-major strides (the kernels index it as a flat array). CUDA may
+/// pad rows ("pitched" layouts, e.g. a row of 5461 f32): those are copied once into a dense
+/// buffer.
+fn dense<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.is_contiguous() {
+        return t;
+    }
+    let t = into_contiguous(t);
+    if t.is_contiguous() {
+        return t;
+    }
+    copy_dense(&t)
+}
+
+/// A fresh dense copy of `t` (which the kernel reads through its strides).
+fn copy_dense<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
+    let shape = t.meta.shape().to_vec();
+    let out = empty(t, shape, t.dtype);
+    let len = out.meta.num_elements();
+    let (count, dim) = launch_dims(&out, len);
+    kernels::copy_strided::launch::<R>(
+        &out.client,
+        count,
+        dim,
+        t.clone().into_tensor_arg(),
+        arg(&out),
+        len as u32,
+    );
+    out
 }
 
 fn float_out<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
     t: CubeTensor<R>,
 ) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-/// A contiguous tensor the kernel may overwrite: `t` itself when no one else holds its buffer,
-/// else a copy.
-fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let t = into_contiguous(t);
-    if t.can_mut() && t.is_contiguous_buffer() {
-        t
-    } else {
-        t.copy()
-    }
 }
 
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) -> CubeTensor<R> {
@@ -114,8 +134,10 @@ where
         }
         let shape = r.dims().to_vec();
         let r = float_in(r);
-        let (m, v) = (writable(float_in(m)), writable(float_in(v)));
-        let n = empty(&r, shape, DType::F32);
+        let (m, v) = (float_in(m), float_in(v));
+        let n = empty(&r, shape.clone(), DType::F32);
+        let m_out = empty(&r, shape.clone(), DType::F32);
+        let v_out = empty(&r, shape, DType::F32);
         let (count, dim) = launch_dims(&r, len);
         kernels::subspace_adam::launch::<R>(
             &r.client,
@@ -124,6 +146,8 @@ where
             arg(&r),
             arg(&m),
             arg(&v),
+            arg(&m_out),
+            arg(&v_out),
             arg(&n),
             len as u32,
             c.beta_1 as f32,
@@ -131,7 +155,7 @@ where
             (1.0 / c.sqrt_v_divisor) as f32,
             c.epsilon as f32,
         );
-        (float_out(n), float_out(m), float_out(v))
+        (float_out(n), float_out(m_out), float_out(v_out))
     }
 
     fn projected_update(
@@ -157,7 +181,8 @@ where
             return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
         }
         let device = w.device();
-        let w = writable(float_in(w));
+        let w = float_in(w);
+        let w_out = empty(&w, vec![rows, cols], DType::F32);
         let block = (block_elements() / cols).clamp(1, rows.max(1));
         let blocks = || (0..rows).step_by(block).map(move |i| i..(i + block).min(rows));
         let g = match residual {
@@ -225,6 +250,7 @@ where
                 count,
                 dim,
                 arg(&w),
+                arg(&w_out),
                 arg(&u_n),
                 g_arg,
                 u_r_arg,
@@ -243,7 +269,7 @@ where
                 per_column,
             );
         }
-        (float_out(w), new_zeta)
+        (float_out(w_out), new_zeta)
     }
 
     fn adam_full_step(
@@ -258,12 +284,11 @@ where
         if !supported::<F, I>() || !fits(len) {
             return portable::adam_full_step(w, g, m, v, adam, coef);
         }
-        let g = float_in(g);
-        let (w, m, v) = (
-            writable(float_in(w)),
-            writable(float_in(m)),
-            writable(float_in(v)),
-        );
+        let shape = w.dims().to_vec();
+        let (w, g, m, v) = (float_in(w), float_in(g), float_in(m), float_in(v));
+        let w_out = empty(&w, shape.clone(), DType::F32);
+        let m_out = empty(&w, shape.clone(), DType::F32);
+        let v_out = empty(&w, shape, DType::F32);
         let (count, dim) = launch_dims(&w, len);
         kernels::adam_full::launch::<R>(
             &w.client,
@@ -273,6 +298,9 @@ where
             arg(&g),
             arg(&m),
             arg(&v),
+            arg(&w_out),
+            arg(&m_out),
+            arg(&v_out),
             len as u32,
             adam.beta_1 as f32,
             adam.beta_2 as f32,
@@ -282,7 +310,7 @@ where
             (coef.step * coef.scale) as f32,
             (1.0 - coef.decay_after) as f32,
         );
-        (float_out(w), float_out(m), float_out(v))
+        (float_out(w_out), float_out(m_out), float_out(v_out))
     }
 
     fn state_free_step(
@@ -300,14 +328,16 @@ where
         if !supported::<F, I>() || !fits(len) {
             return portable::state_free_step(w, g, rule, coef);
         }
-        let g = float_in(g);
-        let w = writable(float_in(w));
+        let shape = w.dims().to_vec();
+        let (w, g) = (float_in(w), float_in(g));
+        let w_out = empty(&w, shape, DType::F32);
         let (count, dim) = launch_dims(&w, len);
         kernels::state_free::launch::<R>(
             &w.client,
             count,
             dim,
             arg(&w),
+            arg(&w_out),
             arg(&g),
             len as u32,
             (1.0 - coef.decay_before) as f32,
@@ -315,7 +345,7 @@ where
             (1.0 - coef.decay_after) as f32,
             sign,
         );
-        float_out(w)
+        float_out(w_out)
     }
 
     fn dequantize_packed(
