@@ -24,10 +24,10 @@ pub use ember_qgalore as qgalore;
 /// The configs and the optimizer type, for `use ember::prelude::*`.
 pub mod prelude {
     pub use crate::core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
-    pub use crate::kernels::EmberBackend;
     pub use crate::dct::DctConfig;
     pub use crate::fira::FiraConfig;
     pub use crate::frugal::FrugalConfig;
     pub use crate::galore::GaloreConfig;
+    pub use crate::kernels::EmberBackend;
     pub use crate::qgalore::QGaloreConfig;
 }

@@ -46,6 +46,10 @@ pub struct StepTiming {
     /// (projection, Adam, back-projection and apply: the kernels), without the optimizer's
     /// plumbing.
     pub engine_ms: f64,
+    /// Median of the projection `down(G)` alone (one burn matmul), if the projector is dense.
+    pub down_ms: Option<f64>,
+    /// Median of the whole back-projection `up(N)` alone (one burn matmul, `m×n` output).
+    pub up_ms: Option<f64>,
     /// Median refresh (ms), if timed: exact SVD on the host (DCT: its selection).
     pub refresh_ms: Option<f64>,
     /// Median refresh (ms) of the device projector (warm start, 1 power iteration), if timed.
@@ -101,8 +105,9 @@ where
     let mut state = optim.param_state(model.w.id).cloned();
     let w0 = model.w.val().inner();
     let mut engine_times = vec![];
+    let shape = [m, n];
     for i in 0..1 + warmup + iters {
-        let ctx = ember_core::StepContext::new(&[m, n], optim.shared_bases());
+        let ctx = ember_core::StepContext::new(&shape, optim.shared_bases());
         B::sync(device).ok();
         let t = Instant::now();
         let (w1, s) = engine
@@ -115,6 +120,38 @@ where
         drop(w1);
         state = Some(s);
     }
+    // the two projection matmuls alone (burn's matmul), for the FLOP count in the notes
+    let basis = state
+        .as_ref()
+        .and_then(|s| match s.projector.materialize(optim.shared_bases()) {
+            ember_core::ProjectorState::Left(p) => Some(ember_kernels::Basis { p, left: true }),
+            ember_core::ProjectorState::Right(p) => Some(ember_kernels::Basis { p, left: false }),
+            _ => None,
+        });
+    let time_op = |f: &dyn Fn() -> Tensor<B::InnerBackend, 2>| -> f64 {
+        let mut v = vec![];
+        for i in 0..1 + warmup + iters {
+            B::sync(device).ok();
+            let t = Instant::now();
+            let out = f();
+            B::sync(device).ok();
+            if i > warmup {
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            drop(out);
+        }
+        median(v)
+    };
+    let (down_ms, up_ms) = match &basis {
+        Some(b) => {
+            let low = b.down(g.clone());
+            (
+                Some(time_op(&|| b.down(g.clone()))),
+                Some(time_op(&|| b.up(low.clone()))),
+            )
+        }
+        None => (None, None),
+    };
     let refresh_ms = (refreshes > 0 && method != Method::Adamw).then(|| {
         let kind = match method {
             Method::Dct => ProjectorKind::Dct(ProjType::Std),
@@ -189,6 +226,8 @@ where
         rank,
         step_ms: median(times),
         engine_ms: median(engine_times),
+        down_ms,
+        up_ms,
         refresh_ms,
     }
 }

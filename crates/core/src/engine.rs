@@ -24,9 +24,9 @@ use crate::adam::SubspaceAdam;
 use crate::dct::SharedBases;
 use crate::error::EmberError;
 use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState, Side};
-use ember_kernels::{Basis, EmberBackend, UpdateCoefficients};
 use crate::refresh::{RefreshPolicy, RefreshState};
 use crate::residual::ResidualRule;
+use ember_kernels::{Basis, EmberBackend, UpdateCoefficients};
 
 /// When weight decay is applied relative to the update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,8 +341,7 @@ impl EngineConfig {
                 let r = basis.down(g.clone());
                 let (m1, m2) = moments.unwrap_or_else(|| (r.zeros_like(), r.zeros_like()));
                 let (n_low, m1, m2) = B::subspace_adam(r.clone(), m1, m2, adam);
-                let (w, zeta) =
-                    B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
+                let (w, zeta) = B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
                 (w, m1, m2, zeta)
             }
             // full rank (non-targeted parameters): AdamW in one kernel

@@ -26,8 +26,8 @@ pub mod targets;
 pub use adam::{AdamFlavor, SubspaceAdam};
 pub use blocks::{BlockOrder, BlockSchedule};
 pub use dct::SharedBases;
-pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
 pub use ember_kernels::EmberBackend;
+pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
 pub use error::EmberError;
 pub use method::MethodConfig;
 

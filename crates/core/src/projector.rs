@@ -12,8 +12,8 @@
 //! `Q` ([`crate::dct`]); its state holds only their indices.
 
 use burn::prelude::*;
-use ember_kernels::EmberBackend;
 use burn::record::Record;
+use ember_kernels::EmberBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::dct::SharedBases;
@@ -269,7 +269,6 @@ impl<B: EmberBackend> ProjectorState<B> {
             other => other.clone(),
         }
     }
-
 }
 
 impl<B: Backend> ProjectorState<B> {

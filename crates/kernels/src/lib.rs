@@ -16,14 +16,21 @@
 //! | [`state_free_step`](EmberBackend::state_free_step) | FRUGAL's signSGD/SGD on a whole block, in place |
 //! | [`dequantize_packed`](EmberBackend::dequantize_packed) | INT4/INT8 codes → f32 (Q-GaLore's projector, INT8 weights) |
 //! | [`quantize_int8`](EmberBackend::quantize_int8) | per-group INT8 quantization with stochastic rounding from a counter-based RNG ([`rng`]) |
+//! | [`non_finite`](EmberBackend::non_finite) | the NaN/Inf check of every gradient in one coalesced pass |
 //! | [`dct_scores`](EmberBackend::dct_scores) | DCT column scores `‖(G·Q)₍:,j₎‖₁` (after burn's matmul), then top-r by burn's `topk` |
 //!
 //! The device-side projector (randomized range finder warm-started from the previous projector,
 //! orthonormalized on the device) lives in `ember-core`'s `range` module and is built from burn
 //! ops only: matmuls and a Cholesky-QR, nothing to fuse.
 //!
-//! A backend without an implementation gets the portable defaults with one line:
+//! Implementations: `flex` (portable); `CubeBackend<R, F, I, BT>` with feature `cubecl` (turned on
+//! by `cuda` or `wgpu`: fused for f32 floats and 32-bit ints, portable otherwise); burn's
+//! `Fusion<B>` with feature `fusion` (portable, burn fuses the element-wise chains) — needed when
+//! burn's own `fusion` feature (on by default) wraps `Cuda`/`Wgpu`. A backend without an
+//! implementation gets the portable defaults with one line:
 //! `impl ember_kernels::EmberBackend for MyBackend {}`.
+//!
+//! [`set_fused`] turns the fused kernels off process-wide (to time both paths on one device).
 
 use burn::prelude::*;
 use burn::tensor::Int;
@@ -248,6 +255,12 @@ pub trait EmberBackend: Backend {
         portable::quantize_int8(w, group, key)
     }
 
+    /// The number of NaN or ±Inf values of `g` (one element; checked before every step). Fused:
+    /// one coalesced pass over `g` instead of burn's `is_finite().all()` chain.
+    fn non_finite(g: Tensor<Self, 2>) -> Tensor<Self, 1> {
+        portable::non_finite(g)
+    }
+
     /// DCT alignment scores: the ℓ1 norm of each column of `G·Q` (right) or of each row of
     /// `Qᵀ·G` (left), `Q` the orthonormal DCT basis.
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
@@ -258,5 +271,6 @@ pub trait EmberBackend: Backend {
 impl EmberBackend for burn::backend::Flex {}
 
 /// burn's operation-fusion backend (`burn` with its `fusion` feature, on by default) fuses the
-/// portable path's element-wise chains itself.
+/// portable path's element-wise chains itself (feature `fusion`).
+#[cfg(feature = "fusion")]
 impl<B: burn_fusion::FusionBackend> EmberBackend for burn_fusion::Fusion<B> {}

@@ -14,7 +14,9 @@ pub fn subspace_adam<B: Backend>(
     v: Tensor<B, 2>,
     c: AdamCoefficients,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-    let m = m.mul_scalar(c.beta_1).add(r.clone().mul_scalar(1.0 - c.beta_1));
+    let m = m
+        .mul_scalar(c.beta_1)
+        .add(r.clone().mul_scalar(1.0 - c.beta_1));
     let v = v
         .mul_scalar(c.beta_2)
         .add(r.clone().mul(r).mul_scalar(1.0 - c.beta_2));
@@ -224,7 +226,10 @@ pub fn quantize_int8<B: Backend>(
         None => y.round(),
         Some(key) => {
             let u = Tensor::<B, 3>::from_data(
-                TensorData::new(crate::rng::uniforms(key, rows * cols), [rows, groups, group]),
+                TensorData::new(
+                    crate::rng::uniforms(key, rows * cols),
+                    [rows, groups, group],
+                ),
                 &device,
             );
             let f = y.clone().floor();
@@ -255,4 +260,9 @@ pub fn dct_scores<B: Backend>(g: Tensor<B, 2>, q: Tensor<B, 2>, left: bool) -> T
     } else {
         g.matmul(q).abs().sum_dim(0).flatten::<1>(0, 1)
     }
+}
+
+/// See [`EmberBackend::non_finite`](crate::EmberBackend::non_finite).
+pub fn non_finite<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 1> {
+    g.is_finite().bool_not().float().sum()
 }

@@ -45,7 +45,10 @@ mod tests {
         for &x in &a {
             bins[(x * 10.0) as usize] += 1;
         }
-        assert!(bins.iter().all(|&c| (9_500..10_500).contains(&c)), "{bins:?}");
+        assert!(
+            bins.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{bins:?}"
+        );
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
         assert!(same < 50, "another key gives other uniforms ({same} equal)");
         assert_eq!(a, uniforms(RoundingKey([1, 2]), 100_000));

@@ -8,7 +8,7 @@
 //! the portable path with itself.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, Int};
+use burn::tensor::{Distribution, ElementConversion, Int};
 
 use crate::{
     portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
@@ -81,6 +81,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
     dct::<B>(&mut out, device);
+    non_finite::<B>(&mut out, device);
     crate::set_block_elements(saved);
     out
 }
@@ -237,7 +238,8 @@ fn quantization<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     for (bits, rows, cols, group) in [(4u32, 24usize, 40usize, 16usize), (8, 7, 36, 12)] {
         let per = 32 / bits as usize;
         let words = (rows * cols).div_ceil(per);
-        let packed = Tensor::<B, 1, Int>::random([words], Distribution::Uniform(-2.1e9, 2.1e9), device);
+        let packed =
+            Tensor::<B, 1, Int>::random([words], Distribution::Uniform(-2.1e9, 2.1e9), device);
         let groups = rows * cols / group;
         let scales = Tensor::<B, 1>::random([groups], Distribution::Uniform(0.01, 0.1), device);
         let zeros = Tensor::<B, 1>::random([groups], Distribution::Uniform(0.0, 8.0), device);
@@ -251,7 +253,12 @@ fn quantization<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             cols,
         );
         let p = portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols);
-        compare(out, format!("dequantize_packed int{bits} {rows}x{cols}"), f, p);
+        compare(
+            out,
+            format!("dequantize_packed int{bits} {rows}x{cols}"),
+            f,
+            p,
+        );
     }
     // INT8 quantization: nearest and stochastic, per group and per row
     for (rows, cols, group) in [(6, 512, 128), (5, 260, 260)] {
@@ -302,6 +309,35 @@ fn code_check<B: Backend>(name: String, a: Tensor<B, 2, Int>, b: Tensor<B, 2, In
         name: format!("{name} codes"),
         error,
         tolerance: 1e-3,
+    }
+}
+
+fn non_finite<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    // counts of NaN/Inf on a gradient with a few poisoned entries (and none)
+    for poison in [0usize, 1, 3] {
+        let (m, n) = (53, 1031);
+        let mut values: Vec<f32> = normal::<B>([m, n], 1.0, device)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for k in 0..poison {
+            values[(k * 7919 + 13) % (m * n)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k];
+        }
+        let g = Tensor::<B, 2>::from_data(TensorData::new(values, [m, n]), device);
+        let f = B::non_finite(g.clone());
+        let p = portable::non_finite(g);
+        compare(
+            out,
+            format!("non_finite with {poison} poisoned"),
+            f.clone(),
+            p,
+        );
+        let count: f32 = f.into_scalar().elem();
+        out.push(Check {
+            name: format!("non_finite counts {poison}"),
+            error: (count as f64 - poison as f64).abs(),
+            tolerance: 0.0,
+        });
     }
 }
 

@@ -3,6 +3,8 @@
 
 // the cube macro needs initialized variables before comptime branches assign them
 #![allow(unused_assignments)]
+// explicit comparisons: the cube macro expands each statement into kernel IR
+#![allow(clippy::manual_clamp)]
 
 use cubecl::prelude::*;
 
@@ -340,5 +342,24 @@ pub fn copy_strided(input: &Tensor<f32>, out: &mut Array<f32>, len: u32) {
             rest /= size;
         }
         out[i] = input[offset];
+    }
+}
+
+/// Counts non-finite values: unit `t` of `threads` scans elements `t, t + threads, …` (coalesced)
+/// and writes its count to `out[t]`.
+#[cube(launch)]
+pub fn non_finite_partials(g: &Array<f32>, out: &mut Array<f32>, len: u32, threads: u32) {
+    let t = ABSOLUTE_POS;
+    if t < threads as usize {
+        let mut count = 0.0f32;
+        let mut i = t;
+        while i < len as usize {
+            let x = g[i];
+            if f32::is_nan(x) || f32::is_inf(x) {
+                count += 1.0;
+            }
+            i += threads as usize;
+        }
+        out[t] = count;
     }
 }

@@ -82,7 +82,10 @@ fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
 
 fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new(&t.client, units.max(1));
-    (calculate_cube_count_elemwise(&t.client, units.max(1), dim), dim)
+    (
+        calculate_cube_count_elemwise(&t.client, units.max(1), dim),
+        dim,
+    )
 }
 
 /// Lengths are passed to the kernels as u32.
@@ -184,7 +187,11 @@ where
         let w = float_in(w);
         let w_out = empty(&w, vec![rows, cols], DType::F32);
         let block = (block_elements() / cols).clamp(1, rows.max(1));
-        let blocks = || (0..rows).step_by(block).map(move |i| i..(i + block).min(rows));
+        let blocks = || {
+            (0..rows)
+                .step_by(block)
+                .map(move |i| i..(i + block).min(rows))
+        };
         let g = match residual {
             ResidualUpdate::None => None,
             _ => Some(float_in(g)),
@@ -386,7 +393,11 @@ where
         key: Option<RoundingKey>,
     ) -> (Tensor<Self, 2, Int>, Tensor<Self, 3>) {
         let [rows, cols] = w.dims();
-        if !supported::<F, I>() || !fits(rows * cols) || group % 4 != 0 || cols % group != 0 {
+        if !supported::<F, I>()
+            || !fits(rows * cols)
+            || !group.is_multiple_of(4)
+            || !cols.is_multiple_of(group)
+        {
             return portable::quantize_int8(w, group, key);
         }
         let w = float_in(w);
@@ -409,6 +420,27 @@ where
             key.is_some(),
         );
         (Tensor::from_primitive(codes), float_out(qparams))
+    }
+
+    fn non_finite(g: Tensor<Self, 2>) -> Tensor<Self, 1> {
+        let len = g.shape().num_elements();
+        if !supported::<F, I>() || !fits(len) || len == 0 {
+            return portable::non_finite(g);
+        }
+        let g = float_in(g);
+        let threads = len.div_ceil(64).clamp(1, 1 << 16);
+        let partials = empty(&g, vec![threads], DType::F32);
+        let (count, dim) = launch_dims(&g, threads);
+        kernels::non_finite_partials::launch::<R>(
+            &g.client,
+            count,
+            dim,
+            arg(&g),
+            arg(&partials),
+            len as u32,
+            threads as u32,
+        );
+        float_out::<R, Self, 1>(partials).sum()
     }
 
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
