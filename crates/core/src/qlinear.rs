@@ -21,7 +21,8 @@
 //! weight named `<layer>.weight`: it dequantizes, applies the method's update (weight decay
 //! included) in f32 and re-quantizes with **stochastic rounding** (`x = w/scale`, up with
 //! probability `x − ⌊x⌋`), with fresh `(scale, zero)` from the new values, drawing its uniforms
-//! from `SplitMix64(seed, path, step)`: reproducible for a seed, unbiased.
+//! from a counter-based generator keyed by `SplitMix64(seed, path, step)`
+//! ([`ember_kernels::rng`], on the device on CubeCL backends): reproducible for a seed, unbiased.
 //!
 //! ## What a user changes
 //! 1. `Linear<B>` → [`QLinear<B>`] for the targeted layers (`QLinearConfig` mirrors
