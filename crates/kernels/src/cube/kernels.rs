@@ -29,6 +29,18 @@ fn sign_of(x: f32) -> f32 {
     s
 }
 
+/// `β·prev + (1 − β)·x`: one moment update.
+#[cube]
+fn ema(prev: f32, x: f32, beta: f32) -> f32 {
+    prev * beta + x * (1.0 - beta)
+}
+
+/// Adam's normalized update `M / (√V / d + ε)`.
+#[cube]
+fn normalized(m: f32, v: f32, inv_divisor: f32, epsilon: f32) -> f32 {
+    m / (f32::sqrt(v) * inv_divisor + epsilon)
+}
+
 /// Adam: reads `M`, `V`, writes the new moments to `m_out`, `v_out` and `N` to `n`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -48,11 +60,11 @@ pub fn subspace_adam(
     let i = ABSOLUTE_POS;
     if i < len as usize {
         let x = r[i];
-        let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
-        let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
+        let m1 = ema(m[i], x, beta_1);
+        let v1 = ema(v[i], x * x, beta_2);
         m_out[i] = m1;
         v_out[i] = v1;
-        n[i] = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
+        n[i] = normalized(m1, v1, inv_divisor, epsilon);
     }
 }
 
@@ -79,11 +91,11 @@ pub fn adam_full(
     let i = ABSOLUTE_POS;
     if i < len as usize {
         let x = g[i];
-        let m1 = m[i] * beta_1 + x * (1.0 - beta_1);
-        let v1 = v[i] * beta_2 + x * x * (1.0 - beta_2);
+        let m1 = ema(m[i], x, beta_1);
+        let v1 = ema(v[i], x * x, beta_2);
         m_out[i] = m1;
         v_out[i] = v1;
-        let n = m1 / (f32::sqrt(v1) * inv_divisor + epsilon);
+        let n = normalized(m1, v1, inv_divisor, epsilon);
         w_out[i] = (w[i] * pre - n * step) * post;
     }
 }
