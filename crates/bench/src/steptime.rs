@@ -50,6 +50,17 @@ pub struct StepTiming {
     pub down_ms: Option<f64>,
     /// Median of the whole back-projection `up(N)` alone (one burn matmul, `m×n` output).
     pub up_ms: Option<f64>,
+    /// Relative error `‖C − C₆₄‖/‖C₆₄‖` of burn's `down(G)` matmul on 512 sampled entries, against
+    /// f64 dot products on the host: ~1e-7 in f32, ~1e-4 when the matmul ran in TF32.
+    pub down_rel_err: Option<f64>,
+    /// The same for `up(N)`.
+    pub up_rel_err: Option<f64>,
+    /// The precision the projection matmuls ran in, read off those errors (`f32` below 2e-5,
+    /// else `tf32`): burn's autotuner picks tensor-core (TF32) kernels for some shapes.
+    pub matmul_precision: Option<&'static str>,
+    /// Median of the non-finite check alone (ms): the pass over `G` and the read-back of its
+    /// flag, one device sync (part of `step_ms`).
+    pub check_ms: f64,
     /// Median refresh (ms), if timed: exact SVD on the host (DCT: its selection).
     pub refresh_ms: Option<f64>,
     /// Median refresh (ms) of the device projector (warm start, 1 power iteration), if timed.
@@ -152,6 +163,46 @@ where
         }
         None => (None, None),
     };
+    let (down_rel_err, up_rel_err) = match &basis {
+        Some(b) => {
+            let low = b.down(g.clone());
+            let pt = b.p.clone().transpose();
+            let (down, up) = if b.left {
+                ((pt, g.clone()), (b.p.clone(), low.clone()))
+            } else {
+                ((g.clone(), pt), (low.clone(), b.p.clone()))
+            };
+            (
+                Some(sampled_rel_err(down, low.clone())),
+                Some(sampled_rel_err(up, b.up(low))),
+            )
+        }
+        None => (None, None),
+    };
+    let matmul_precision = down_rel_err.zip(up_rel_err).map(|(d, u)| {
+        if d.max(u) < 2e-5 {
+            "f32"
+        } else {
+            "tf32"
+        }
+    });
+    let check_ms = {
+        let mut v = vec![];
+        for i in 0..1 + warmup + iters {
+            B::sync(device).ok();
+            let t = Instant::now();
+            let flags = <B::InnerBackend as ember_kernels::EmberBackend>::non_finite_flags(
+                vec![g.clone()],
+                device,
+            );
+            let _ = flags.into_data();
+            B::sync(device).ok();
+            if i > warmup {
+                v.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        median(v)
+    };
     let refresh_ms = (refreshes > 0 && method != Method::Adamw).then(|| {
         let kind = match method {
             Method::Dct => ProjectorKind::Dct(ProjType::Std),
@@ -228,6 +279,32 @@ where
         engine_ms: median(engine_times),
         down_ms,
         up_ms,
+        down_rel_err,
+        up_rel_err,
+        matmul_precision,
+        check_ms,
         refresh_ms,
     }
+}
+
+/// `‖C − A·B‖/‖A·B‖` over 512 sampled entries of `C`, the reference in f64 on the host.
+fn sampled_rel_err<B: Backend>((a, b): (Tensor<B, 2>, Tensor<B, 2>), c: Tensor<B, 2>) -> f64 {
+    let [rows, k] = a.dims();
+    let [_, cols] = b.dims();
+    let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let (a, b, c) = (host(a), host(b), host(c));
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..512 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (i, j) = ((state >> 33) as usize % rows, (state >> 11) as usize % cols);
+        let exact: f64 = (0..k)
+            .map(|l| a[i * k + l] as f64 * b[l * cols + j] as f64)
+            .sum();
+        num += (c[i * cols + j] as f64 - exact).powi(2);
+        den += exact * exact;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }

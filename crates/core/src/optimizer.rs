@@ -580,21 +580,35 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
     }
 }
 
-/// Index of the first parameter whose gradient is not finite, with a single device sync.
+/// The first parameter (in module order) whose gradient is not finite: one fused pass over each
+/// gradient and one read of the flags per device.
 fn first_non_finite<B: EmberBackend>(
     order: &[ParamId],
     taken: &HashMap<ParamId, Collected<B>>,
 ) -> Option<ParamId> {
-    let first = order.first()?;
-    let device = taken[first].device.clone();
-    let flags: Vec<Tensor<B, 1>> = order
-        .iter()
-        // one pass over each gradient (fused on CubeCL backends), one read of all the counts
-        .map(|id| B::non_finite(taken[id].grad.clone()).to_device(&device))
-        .collect();
-    let data = Tensor::cat(flags, 0).into_data().convert::<f32>();
-    let flags = data.as_slice::<f32>().expect("f32 counts");
-    flags.iter().position(|&f| f != 0.0).map(|i| order[i])
+    let mut groups: Vec<(B::Device, Vec<ParamId>)> = Vec::new();
+    for id in order {
+        let device = &taken[id].device;
+        match groups.iter_mut().find(|(d, _)| d == device) {
+            Some((_, ids)) => ids.push(*id),
+            None => groups.push((device.clone(), vec![*id])),
+        }
+    }
+    let mut bad = Vec::new();
+    for (device, ids) in groups {
+        let grads = ids.iter().map(|id| taken[id].grad.clone()).collect();
+        let flags = B::non_finite_flags(grads, &device)
+            .into_data()
+            .convert::<f32>();
+        let flags = flags.as_slice::<f32>().expect("f32 flags");
+        bad.extend(
+            ids.iter()
+                .zip(flags)
+                .filter(|(_, f)| **f != 0.0)
+                .map(|(id, _)| *id),
+        );
+    }
+    order.iter().find(|id| bad.contains(id)).copied()
 }
 
 struct Applier<B: AutodiffBackend> {

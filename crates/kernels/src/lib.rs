@@ -16,7 +16,7 @@
 //! | [`state_free_step`](EmberBackend::state_free_step) | FRUGAL's signSGD/SGD on a whole block, in place |
 //! | [`dequantize_packed`](EmberBackend::dequantize_packed) | INT4/INT8 codes → f32 (Q-GaLore's projector, INT8 weights) |
 //! | [`quantize_int8`](EmberBackend::quantize_int8) | per-group INT8 quantization with stochastic rounding from a counter-based RNG ([`rng`]) |
-//! | [`non_finite`](EmberBackend::non_finite) | the NaN/Inf check of every gradient in one coalesced pass |
+//! | [`non_finite_flags`](EmberBackend::non_finite_flags) | the NaN/Inf check of every gradient in one coalesced pass |
 //! | [`dct_scores`](EmberBackend::dct_scores) | DCT column scores `‖(G·Q)₍:,j₎‖₁` (after burn's matmul), then top-r by burn's `topk` |
 //!
 //! The device-side projector (randomized range finder warm-started from the previous projector,
@@ -255,10 +255,12 @@ pub trait EmberBackend: Backend {
         portable::quantize_int8(w, group, key)
     }
 
-    /// The number of NaN or ±Inf values of `g` (one element; checked before every step). Fused:
-    /// one coalesced pass over `g` instead of burn's `is_finite().all()` chain.
-    fn non_finite(g: Tensor<Self, 2>) -> Tensor<Self, 1> {
-        portable::non_finite(g)
+    /// One flag per gradient, all on `device`: element `i` is 1 if `grads[i]` holds a NaN or ±Inf,
+    /// else 0 (checked before every step, read back with one device sync). Fused: one coalesced
+    /// pass over each gradient that only writes its flag where it finds a non-finite value, instead
+    /// of burn's `is_finite().all()` chain and a reduction per gradient.
+    fn non_finite_flags(grads: Vec<Tensor<Self, 2>>, device: &Device<Self>) -> Tensor<Self, 1> {
+        portable::non_finite_flags(grads, device)
     }
 
     /// DCT alignment scores: the ℓ1 norm of each column of `G·Q` (right) or of each row of

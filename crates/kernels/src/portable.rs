@@ -262,7 +262,14 @@ pub fn dct_scores<B: Backend>(g: Tensor<B, 2>, q: Tensor<B, 2>, left: bool) -> T
     }
 }
 
-/// See [`EmberBackend::non_finite`](crate::EmberBackend::non_finite).
-pub fn non_finite<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 1> {
-    g.is_finite().bool_not().float().sum()
+/// See [`EmberBackend::non_finite_flags`](crate::EmberBackend::non_finite_flags).
+pub fn non_finite_flags<B: Backend>(grads: Vec<Tensor<B, 2>>, device: &B::Device) -> Tensor<B, 1> {
+    if grads.is_empty() {
+        return Tensor::zeros([0], device);
+    }
+    let flags = grads
+        .into_iter()
+        .map(|g| g.is_finite().bool_not().any().float().to_device(device))
+        .collect();
+    Tensor::cat(flags, 0)
 }

@@ -8,7 +8,7 @@
 //! the portable path with itself.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, ElementConversion, Int};
+use burn::tensor::{Distribution, Int};
 
 use crate::{
     portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
@@ -313,7 +313,7 @@ fn code_check<B: Backend>(name: String, a: Tensor<B, 2, Int>, b: Tensor<B, 2, In
 }
 
 fn non_finite<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
-    // counts of NaN/Inf on a gradient with a few poisoned entries (and none)
+    // flags of three gradients of odd sizes; `poison` entries of the middle one are NaN/±Inf
     for poison in [0usize, 1, 3] {
         let (m, n) = (53, 1031);
         let mut values: Vec<f32> = normal::<B>([m, n], 1.0, device)
@@ -323,19 +323,29 @@ fn non_finite<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         for k in 0..poison {
             values[(k * 7919 + 13) % (m * n)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k];
         }
-        let g = Tensor::<B, 2>::from_data(TensorData::new(values, [m, n]), device);
-        let f = B::non_finite(g.clone());
-        let p = portable::non_finite(g);
+        let grads = vec![
+            normal::<B>([7, 3], 1.0, device),
+            Tensor::<B, 2>::from_data(TensorData::new(values, [m, n]), device),
+            normal::<B>([301, 37], 1.0, device).transpose(),
+        ];
+        let f = B::non_finite_flags(grads.clone(), device);
+        let p = portable::non_finite_flags(grads, device);
         compare(
             out,
-            format!("non_finite with {poison} poisoned"),
+            format!("non_finite_flags with {poison} poisoned"),
             f.clone(),
             p,
         );
-        let count: f32 = f.into_scalar().elem();
+        let flags: Vec<f32> = f.into_data().convert::<f32>().to_vec().unwrap();
+        let want = [0.0, (poison > 0) as u8 as f32, 0.0];
         out.push(Check {
-            name: format!("non_finite counts {poison}"),
-            error: (count as f64 - poison as f64).abs(),
+            name: format!("non_finite_flags flag {poison}"),
+            error: flags
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>()
+                + (flags.len() as f64 - 3.0).abs(),
             tolerance: 0.0,
         });
     }

@@ -422,25 +422,32 @@ where
         (Tensor::from_primitive(codes), float_out(qparams))
     }
 
-    fn non_finite(g: Tensor<Self, 2>) -> Tensor<Self, 1> {
-        let len = g.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) || len == 0 {
-            return portable::non_finite(g);
+    fn non_finite_flags(grads: Vec<Tensor<Self, 2>>, device: &Device<Self>) -> Tensor<Self, 1> {
+        if !supported::<F, I>()
+            || grads.is_empty()
+            || grads.iter().any(|g| !fits(g.shape().num_elements()))
+        {
+            return portable::non_finite_flags(grads, device);
         }
-        let g = float_in(g);
-        let threads = len.div_ceil(64).clamp(1, 1 << 16);
-        let partials = empty(&g, vec![threads], DType::F32);
-        let (count, dim) = launch_dims(&g, threads);
-        kernels::non_finite_partials::launch::<R>(
-            &g.client,
-            count,
-            dim,
-            arg(&g),
-            arg(&partials),
-            len as u32,
-            threads as u32,
-        );
-        float_out::<R, Self, 1>(partials).sum()
+        let flags = float_in(Tensor::<Self, 1>::zeros([grads.len()], device));
+        for (index, g) in grads.into_iter().enumerate() {
+            let len = g.shape().num_elements();
+            if len == 0 {
+                continue;
+            }
+            let g = float_in(g.to_device(device));
+            let (count, dim) = launch_dims(&g, len);
+            kernels::non_finite_flag::launch::<R>(
+                &g.client,
+                count,
+                dim,
+                arg(&g),
+                arg(&flags),
+                len as u32,
+                index as u32,
+            );
+        }
+        float_out(flags)
     }
 
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
