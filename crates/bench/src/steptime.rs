@@ -179,13 +179,10 @@ where
         }
         None => (None, None),
     };
-    let matmul_precision = down_rel_err.zip(up_rel_err).map(|(d, u)| {
-        if d.max(u) < 2e-5 {
-            "f32"
-        } else {
-            "tf32"
-        }
-    });
+    let matmul_precision =
+        down_rel_err
+            .zip(up_rel_err)
+            .map(|(d, u)| if d.max(u) < 2e-5 { "f32" } else { "tf32" });
     let check_ms = {
         let mut v = vec![];
         for i in 0..1 + warmup + iters {
