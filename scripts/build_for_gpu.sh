@@ -12,6 +12,7 @@ cp ../shared/tools/torch_anchor.py .device/
 [ -f .device/whl/galore_torch-1.0-py3-none-any.whl ] || pip download --no-deps galore-torch==1.0 -d .device/whl
 cp scripts/h100_kernels.sh .device/run_kernels.sh
 cp scripts/h100_diag.sh .device/run_diag.sh
+cp scripts/step_summary.py .device/
 cp scripts/h100_side_by_side.sh .device/run1.sh
 cp scripts/h100_measure.sh .device/run2.sh
 grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude

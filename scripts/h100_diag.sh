@@ -28,14 +28,6 @@ for o in adamw galore; do
   $B step --device cuda --optimizer $o --shapes 4096x11008 --ranks 512 --iters 3 --warmup 1 --refreshes 0 > $OUT/profiled_$o.jsonl 2>> $OUT/diag.log
 done
 rm -f cubecl.toml
-python3 - "$OUT" <<'PY'
-import json, sys, os
-out = sys.argv[1]
-for l in open(os.path.join(out, "diag_step.jsonl")):
-    r = json.loads(l)
-    mm = (f" down {r['down_ms']:.3f} ({r['down_rel_err']:.1e}) up {r['up_ms']:.3f} ({r['up_rel_err']:.1e}) {r['matmul_precision']}"
-          if r.get('down_ms') else "")
-    print(f"{r['optimizer']:7} {r['m']}x{r['n']} r{r['rank']:<5} step {r['step_ms']:.3f} engine {r['engine_ms']:.3f} check {r['check_ms']:.3f}{mm}")
-PY
+python3 .device/step_summary.py $OUT/diag_step.jsonl
 grep -c . $OUT/autotune.log 2>/dev/null; grep -o "Fastest result [a-z_]*" $OUT/autotune.log 2>/dev/null | sort | uniq -c
 tail -3 $OUT/diag.log

@@ -31,13 +31,5 @@ for o in fira frugal; do
   $B step --device cuda --optimizer $o --shapes 4096x11008 --ranks 512 --iters 20 --refreshes 0 >> $S 2>> $OUT/ember.log
 done
 $B step --device cuda --optimizer galore --ranks 128,1024 --iters 20 --refreshes 0 >> $S 2>> $OUT/ember.log
-python3 - "$OUT" <<'PY'
-import json, sys, os
-out = sys.argv[1]
-for l in open(os.path.join(out, "ember_step.jsonl")):
-    r = json.loads(l)
-    mm = (f" down {r['down_ms']:.3f} up {r['up_ms']:.3f} {r['matmul_precision']} ({max(r['down_rel_err'], r['up_rel_err']):.1e})"
-          if r.get('down_ms') else "")
-    print(f"{r['optimizer']:7} {r['kernels']:6} {r['m']}x{r['n']} r{r['rank']:<5} step {r['step_ms']:.3f} engine {r['engine_ms']:.3f} check {r['check_ms']:.3f}{mm}")
-PY
+python3 .device/step_summary.py $OUT/ember_step.jsonl
 tail -3 $OUT/ember.log
