@@ -35,6 +35,9 @@
 use burn::prelude::*;
 use burn::tensor::Int;
 
+pub use blockwise::{Blockwise8, DynamicMaps};
+
+pub mod blockwise;
 pub mod portable;
 pub mod rng;
 pub mod selfcheck;
@@ -188,6 +191,20 @@ pub trait EmberBackend: Backend {
         portable::subspace_adam(r, m, v, c)
     }
 
+    /// Adam on the low-rank gradient `r` with **blockwise 8-bit moments** ([`blockwise`]):
+    /// dequantize, update in f32 as [`subspace_adam`](Self::subspace_adam), requantize with a
+    /// fresh absmax per block; `N` comes from the f32 moments before requantization (as
+    /// bitsandbytes). Returns `(N, M, V)`. Fused: one pass, the f32 moments live in registers.
+    fn adam_8bit(
+        r: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        portable::adam_8bit(r, m, v, maps, c)
+    }
+
     /// `W ← (1−λ_after)·(W·(1−λ_before) − c·α·up(N) − residual)` where the residual term uses
     /// `G`, `R` and `N` ([`ResidualUpdate`]); `zeta` is Fira's previous norm. Returns the new
     /// weight and Fira's new norm.
@@ -215,6 +232,20 @@ pub trait EmberBackend: Backend {
         coef: UpdateCoefficients,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         portable::adam_full_step(w, g, m, v, adam, coef)
+    }
+
+    /// Full-rank AdamW with blockwise 8-bit moments (AdamW-8bit): returns `(W, M, V)`.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_full_step_8bit(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef)
     }
 
     /// A state-free step on the whole gradient: `W ← W − step·sign(G)` or `W ← W − step·G`

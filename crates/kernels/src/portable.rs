@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::{ElementConversion, Int};
 
+use crate::blockwise::{Blockwise8, DynamicMaps};
 use crate::{AdamCoefficients, Basis, ResidualUpdate, RoundingKey, UpdateCoefficients};
 
 /// See [`EmberBackend::subspace_adam`](crate::EmberBackend::subspace_adam).
@@ -26,6 +27,51 @@ pub fn subspace_adam<B: Backend>(
     }
     let n = m.clone().div(root.add_scalar(c.epsilon));
     (n, m, v)
+}
+
+/// See [`EmberBackend::adam_8bit`](crate::EmberBackend::adam_8bit): dequantize, the f32 Adam
+/// update of [`subspace_adam`], quantize (fresh absmax per block).
+pub fn adam_8bit<B: Backend>(
+    r: Tensor<B, 2>,
+    m: Blockwise8<B>,
+    v: Blockwise8<B>,
+    maps: &DynamicMaps<B>,
+    c: AdamCoefficients,
+) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
+    let shape = r.dims();
+    let (m32, v32) = (
+        m.dequantize(&maps.signed, shape),
+        v.dequantize(&maps.unsigned, shape),
+    );
+    let (n, m32, v32) = subspace_adam(r, m32, v32, c);
+    (
+        n,
+        Blockwise8::quantize(m32, &maps.signed, m.block),
+        Blockwise8::quantize(v32, &maps.unsigned, v.block),
+    )
+}
+
+/// See [`EmberBackend::adam_full_step_8bit`](crate::EmberBackend::adam_full_step_8bit).
+pub fn adam_full_step_8bit<B: Backend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    m: Blockwise8<B>,
+    v: Blockwise8<B>,
+    maps: &DynamicMaps<B>,
+    adam: AdamCoefficients,
+    coef: UpdateCoefficients,
+) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
+    let shape = g.dims();
+    let (m32, v32) = (
+        m.dequantize(&maps.signed, shape),
+        v.dequantize(&maps.unsigned, shape),
+    );
+    let (w, m32, v32) = adam_full_step(w, g, m32, v32, adam, coef);
+    (
+        w,
+        Blockwise8::quantize(m32, &maps.signed, m.block),
+        Blockwise8::quantize(v32, &maps.unsigned, v.block),
+    )
 }
 
 /// Fira's `φ = ‖N‖/(‖R‖ + 1e-8)`, norms along the low-rank shape's shorter side: `[1, cols]`

@@ -11,8 +11,8 @@ use burn::prelude::*;
 use burn::tensor::{Distribution, Int};
 
 use crate::{
-    portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
-    UpdateCoefficients,
+    portable, AdamCoefficients, Basis, Blockwise8, DynamicMaps, EmberBackend, ResidualUpdate,
+    RoundingKey, UpdateCoefficients,
 };
 
 /// One comparison.
@@ -77,6 +77,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     crate::set_block_elements(400);
     let mut out = vec![];
     adam::<B>(&mut out, device);
+    adam_8bit::<B>(&mut out, device);
     projected::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
@@ -97,6 +98,67 @@ fn adam<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         compare(out, format!("subspace_adam[{i}] N"), f.0, p.0);
         compare(out, format!("subspace_adam[{i}] M"), f.1, p.1);
         compare(out, format!("subspace_adam[{i}] V"), f.2, p.2);
+    }
+}
+
+/// 8-bit Adam, subspace (`N`) and full (`W`), blocks of 256 and of 12 (3 units a cube), on
+/// moments of an odd length (a ragged last block and a partial last word).
+fn adam_8bit<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let maps = DynamicMaps::<B>::new(device);
+    for (i, c) in coefficient_sets().into_iter().enumerate() {
+        for block in [256usize, 12] {
+            let shape = [37, 301];
+            let len = shape[0] * shape[1];
+            let r = normal::<B>(shape, 1.0, device);
+            let m = Blockwise8::quantize(normal::<B>(shape, 0.1, device), &maps.signed, block);
+            let v =
+                Blockwise8::quantize(normal::<B>(shape, 0.1, device).abs(), &maps.unsigned, block);
+            let name = format!("adam_8bit[{i}] block {block}");
+            let f = B::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c);
+            let p = portable::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c);
+            compare(out, format!("{name} N"), f.0, p.0);
+            blockwise_checks(out, &name, (&f.1, &f.2), (&p.1, &p.2), len);
+
+            let coef = UpdateCoefficients {
+                decay_before: 1e-3 * i as f64,
+                scale: 1.0,
+                step: 1e-2,
+                decay_after: 1e-3 * (1 - i) as f64,
+            };
+            let w = normal::<B>(shape, 1.0, device);
+            let f =
+                B::adam_full_step_8bit(w.clone(), r.clone(), m.clone(), v.clone(), &maps, c, coef);
+            let p = portable::adam_full_step_8bit(w, r, m, v, &maps, c, coef);
+            let name = format!("adam_full_step_8bit[{i}] block {block}");
+            compare(out, format!("{name} W"), f.0, p.0);
+            blockwise_checks(out, &name, (&f.1, &f.2), (&p.1, &p.2), len);
+        }
+    }
+}
+
+/// Absmax within the f32 tolerance; codes as [`code_check`] (a code may differ by one where a
+/// moment sits on a rounding boundary of the map).
+fn blockwise_checks<B: Backend>(
+    out: &mut Vec<Check>,
+    name: &str,
+    fused: (&Blockwise8<B>, &Blockwise8<B>),
+    reference: (&Blockwise8<B>, &Blockwise8<B>),
+    len: usize,
+) {
+    for (which, f, p) in [("M", fused.0, reference.0), ("V", fused.1, reference.1)] {
+        compare(
+            out,
+            format!("{name} {which} absmax"),
+            f.absmax.clone(),
+            p.absmax.clone(),
+        );
+        let words = len.div_ceil(4);
+        let trim = |t: &Tensor<B, 1, Int>| t.clone().slice(0..words).reshape([1, words]);
+        out.push(code_check(
+            format!("{name} {which}"),
+            trim(&f.codes),
+            trim(&p.codes),
+        ));
     }
 }
 

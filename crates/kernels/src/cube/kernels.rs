@@ -371,3 +371,157 @@ pub fn non_finite_flag(g: &Array<f32>, out: &mut Array<f32>, len: u32, index: u3
         }
     }
 }
+
+/// Index of the nearest value of a sorted 256-entry map to `x` (binary search for the last
+/// `map[k] ≤ x`, then the nearer of `k` and `k + 1`; ties go to `k`).
+#[cube]
+fn nearest_code(map: &Array<f32>, x: f32) -> u32 {
+    let mut lo = 0u32;
+    #[unroll]
+    for k in 0..8u32 {
+        let cand = lo + (128u32 >> k);
+        if cand <= 255 {
+            if map[cand as usize] <= x {
+                lo = cand;
+            }
+        }
+    }
+    let mut code = lo;
+    if lo < 255 {
+        let below = map[lo as usize];
+        let above = map[(lo + 1) as usize];
+        if above - x < x - below {
+            code = lo + 1;
+        }
+    }
+    code
+}
+
+/// Adam with blockwise 8-bit moments (bitsandbytes' dynamic maps), one cube per block of
+/// `4·words_per_block` elements, one unit per 32-bit word of codes (4 elements): dequantize,
+/// update in f32, block absmax through shared memory, requantize; the f32 moments never leave
+/// registers. `out` receives `N` (subspace Adam) or, with `update_weight`, the new weight
+/// `post·(pre·W − step·N)` (`w` is read only then).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_8bit(
+    g: &Array<f32>,
+    w: &Array<f32>,
+    out: &mut Array<f32>,
+    codes_1: &Array<u32>,
+    absmax_1: &Array<f32>,
+    codes_2: &Array<u32>,
+    absmax_2: &Array<f32>,
+    codes_1_out: &mut Array<u32>,
+    absmax_1_out: &mut Array<f32>,
+    codes_2_out: &mut Array<u32>,
+    absmax_2_out: &mut Array<f32>,
+    map_1: &Array<f32>,
+    map_2: &Array<f32>,
+    len: u32,
+    blocks: u32,
+    beta_1: f32,
+    one_minus_beta_1: f32,
+    beta_2: f32,
+    one_minus_beta_2: f32,
+    divisor: f32,
+    epsilon: f32,
+    pre: f32,
+    step: f32,
+    post: f32,
+    #[comptime] words_per_block: u32,
+    #[comptime] update_weight: bool,
+) {
+    let wpb = comptime![words_per_block as usize];
+    let b = CUBE_POS;
+    let u = UNIT_POS as usize;
+    let valid = b < blocks as usize;
+    let word = b * wpb + u;
+    let mut shared_1 = SharedMemory::<f32>::new(wpb);
+    let mut shared_2 = SharedMemory::<f32>::new(wpb);
+    let mut m_new = Array::<f32>::new(4usize);
+    let mut v_new = Array::<f32>::new(4usize);
+    let mut a1 = 0.0f32;
+    let mut a2 = 0.0f32;
+    let mut cw1 = 0u32;
+    let mut cw2 = 0u32;
+    if valid {
+        a1 = absmax_1[b];
+        a2 = absmax_2[b];
+        cw1 = codes_1[word];
+        cw2 = codes_2[word];
+    }
+    let mut local_1 = 0.0f32;
+    let mut local_2 = 0.0f32;
+    #[unroll]
+    for k in 0..4u32 {
+        let i = word * 4usize + k as usize;
+        let mut m1 = 0.0f32;
+        let mut v1 = 0.0f32;
+        if valid && i < len as usize {
+            let c1 = (cw1 >> (8 * k)) & 255u32;
+            let c2 = (cw2 >> (8 * k)) & 255u32;
+            let x = g[i];
+            m1 = map_1[c1 as usize] * a1 * beta_1 + x * one_minus_beta_1;
+            v1 = map_2[c2 as usize] * a2 * beta_2 + x * x * one_minus_beta_2;
+        }
+        m_new[k as usize] = m1;
+        v_new[k as usize] = v1;
+        let am = f32::abs(m1);
+        if am > local_1 {
+            local_1 = am;
+        }
+        if v1 > local_2 {
+            local_2 = v1;
+        }
+    }
+    shared_1[u] = local_1;
+    shared_2[u] = local_2;
+    sync_cube();
+    let mut block_1 = 0.0f32;
+    let mut block_2 = 0.0f32;
+    for j in 0..wpb {
+        let s1 = shared_1[j];
+        let s2 = shared_2[j];
+        if s1 > block_1 {
+            block_1 = s1;
+        }
+        if s2 > block_2 {
+            block_2 = s2;
+        }
+    }
+    if valid {
+        if u == 0 {
+            absmax_1_out[b] = block_1;
+            absmax_2_out[b] = block_2;
+        }
+        let mut d1 = block_1;
+        if d1 < 1.17549435e-38f32 {
+            d1 = 1.17549435e-38f32;
+        }
+        let mut d2 = block_2;
+        if d2 < 1.17549435e-38f32 {
+            d2 = 1.17549435e-38f32;
+        }
+        let mut packed_1 = 0u32;
+        let mut packed_2 = 0u32;
+        #[unroll]
+        for k in 0..4u32 {
+            let m1 = m_new[k as usize];
+            let v1 = v_new[k as usize];
+            packed_1 |= nearest_code(map_1, m1 / d1) << (8 * k);
+            packed_2 |= nearest_code(map_2, v1 / d2) << (8 * k);
+            let i = word * 4usize + k as usize;
+            if i < len as usize {
+                let n = m1 / (f32::sqrt(v1) / divisor + epsilon);
+                if comptime![update_weight] {
+                    out[i] = (w[i] * pre - n * step) * post;
+                } else {
+                    out[i] = n;
+                }
+            }
+        }
+        codes_1_out[word] = packed_1;
+        codes_2_out[word] = packed_2;
+    }
+}

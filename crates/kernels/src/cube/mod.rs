@@ -16,8 +16,8 @@ use cubecl::server::ComputeServer;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 use crate::{
-    portable, AdamCoefficients, Basis, EmberBackend, ResidualUpdate, RoundingKey,
-    UpdateCoefficients,
+    portable, AdamCoefficients, Basis, Blockwise8, DynamicMaps, EmberBackend, ResidualUpdate,
+    RoundingKey, UpdateCoefficients,
 };
 
 use crate::block_elements;
@@ -112,6 +112,114 @@ fn supported<F: FloatElement, I: IntElement>() -> bool {
     ok
 }
 
+/// Whether every float tensor is f32: the kernels read f32, whatever the backend's default float
+/// type (a bf16 tensor on an f32 backend takes the portable path).
+fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Largest block of the fused 8-bit kernel: one unit per word of four codes, 256 units a cube.
+const MAX_8BIT_BLOCK: usize = 1024;
+
+/// The shared launch of the 8-bit Adam kernel (`w`: update the weight, else write `N`).
+#[allow(clippy::too_many_arguments)]
+fn launch_adam_8bit<
+    R: CubeRuntime,
+    B: Backend<FloatTensorPrimitive = CubeTensor<R>, IntTensorPrimitive = CubeTensor<R>>,
+>(
+    g: Tensor<B, 2>,
+    w: Option<(Tensor<B, 2>, UpdateCoefficients)>,
+    m: Blockwise8<B>,
+    v: Blockwise8<B>,
+    maps: &DynamicMaps<B>,
+    c: AdamCoefficients,
+) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
+    let shape = g.dims().to_vec();
+    let len = m.len;
+    let blocks = m.blocks();
+    let words_per_block = m.block / 4;
+    let g = float_in(g);
+    let (w, coef) = match w {
+        Some((w, coef)) => (Some(float_in(w)), coef),
+        None => (
+            None,
+            UpdateCoefficients {
+                decay_before: 0.0,
+                scale: 1.0,
+                step: 0.0,
+                decay_after: 0.0,
+            },
+        ),
+    };
+    let int_in = |t: Tensor<B, 1, Int>| into_contiguous(t.into_primitive());
+    let (c1, c2) = (int_in(m.codes), int_in(v.codes));
+    let (a1, a2) = (float_in(m.absmax), float_in(v.absmax));
+    let (map_1, map_2) = (
+        float_in(maps.signed.clone()),
+        float_in(maps.unsigned.clone()),
+    );
+    let out = empty(&g, shape, DType::F32);
+    let c1_out = empty(&c1, vec![blocks * words_per_block], c1.dtype);
+    let c2_out = empty(&c2, vec![blocks * words_per_block], c2.dtype);
+    let a1_out = empty(&g, vec![blocks], DType::F32);
+    let a2_out = empty(&g, vec![blocks], DType::F32);
+    let dim = CubeDim::new_1d(words_per_block as u32);
+    let count = calculate_cube_count_elemwise(&g.client, blocks * words_per_block, dim);
+    let w_arg = w.as_ref().map(arg).unwrap_or_else(|| arg(&g));
+    kernels::adam_8bit::launch::<R>(
+        &g.client,
+        count,
+        dim,
+        arg(&g),
+        w_arg,
+        arg(&out),
+        arg(&c1),
+        arg(&a1),
+        arg(&c2),
+        arg(&a2),
+        arg(&c1_out),
+        arg(&a1_out),
+        arg(&c2_out),
+        arg(&a2_out),
+        arg(&map_1),
+        arg(&map_2),
+        len as u32,
+        blocks as u32,
+        c.beta_1 as f32,
+        (1.0 - c.beta_1) as f32,
+        c.beta_2 as f32,
+        (1.0 - c.beta_2) as f32,
+        c.sqrt_v_divisor as f32,
+        c.epsilon as f32,
+        (1.0 - coef.decay_before) as f32,
+        (coef.step * coef.scale) as f32,
+        (1.0 - coef.decay_after) as f32,
+        words_per_block as u32,
+        w.is_some(),
+    );
+    let q = |codes, absmax, block| Blockwise8 {
+        codes: Tensor::from_primitive(codes),
+        absmax: float_out(absmax),
+        len,
+        block,
+    };
+    (
+        float_out(out),
+        q(c1_out, a1_out, m.block),
+        q(c2_out, a2_out, v.block),
+    )
+}
+
+/// Whether the fused 8-bit kernel can run these moments.
+fn fits_8bit<B: Backend>(len: usize, m: &Blockwise8<B>, v: &Blockwise8<B>) -> bool {
+    m.len == len
+        && v.len == len
+        && m.block == v.block
+        && m.block.is_multiple_of(4)
+        && m.block <= MAX_8BIT_BLOCK
+        && fits(m.blocks() * m.block)
+}
+
 impl<R, F, I, BT> EmberBackend for Cube<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -132,7 +240,7 @@ where
         c: AdamCoefficients,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = r.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) {
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&r, &m, &v]) {
             return portable::subspace_adam(r, m, v, c);
         }
         let shape = r.dims().to_vec();
@@ -161,6 +269,36 @@ where
         (float_out(n), float_out(m_out), float_out(v_out))
     }
 
+    fn adam_8bit(
+        r: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let len = r.shape().num_elements();
+        if !supported::<F, I>() || !all_f32(&[&r]) || !fits_8bit(len, &m, &v) {
+            return portable::adam_8bit(r, m, v, maps, c);
+        }
+        launch_adam_8bit(r, None, m, v, maps, c)
+    }
+
+    fn adam_full_step_8bit(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let len = g.shape().num_elements();
+        if !supported::<F, I>() || !all_f32(&[&w, &g]) || !fits_8bit(len, &m, &v) {
+            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef);
+        }
+        launch_adam_8bit(g, Some((w, coef)), m, v, maps, adam)
+    }
+
     fn projected_update(
         w: Tensor<Self, 2>,
         g: Tensor<Self, 2>,
@@ -180,7 +318,12 @@ where
         let phi_ok = phi
             .as_ref()
             .is_none_or(|p| p.dims() == [1, cols] || p.dims() == [rows, 1]);
-        if !supported::<F, I>() || !fits(rows * cols) || cols == 0 || !phi_ok {
+        if !supported::<F, I>()
+            || !fits(rows * cols)
+            || cols == 0
+            || !phi_ok
+            || !all_f32(&[&w, &g, &basis.p, &n, &r])
+        {
             return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
         }
         let device = w.device();
@@ -288,7 +431,7 @@ where
         coef: UpdateCoefficients,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = w.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) {
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g, &m, &v]) {
             return portable::adam_full_step(w, g, m, v, adam, coef);
         }
         let shape = w.dims().to_vec();
@@ -332,7 +475,7 @@ where
             ResidualUpdate::Sgd { step } => (step, false),
             _ => return portable::state_free_step(w, g, rule, coef),
         };
-        if !supported::<F, I>() || !fits(len) {
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g]) {
             return portable::state_free_step(w, g, rule, coef);
         }
         let shape = w.dims().to_vec();
@@ -365,7 +508,11 @@ where
         cols: usize,
     ) -> Tensor<Self, 2> {
         let len = rows * cols;
-        if !supported::<F, I>() || !fits(len) || !matches!(bits, 1 | 2 | 4 | 8 | 16) {
+        if !supported::<F, I>()
+            || !fits(len)
+            || !matches!(bits, 1 | 2 | 4 | 8 | 16)
+            || !all_f32(&[&scales, &zeros])
+        {
             return portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols);
         }
         let packed = into_contiguous(packed.into_primitive());
@@ -395,6 +542,7 @@ where
         let [rows, cols] = w.dims();
         if !supported::<F, I>()
             || !fits(rows * cols)
+            || !all_f32(&[&w])
             || !group.is_multiple_of(4)
             || !cols.is_multiple_of(group)
         {
@@ -426,6 +574,7 @@ where
         if !supported::<F, I>()
             || grads.is_empty()
             || grads.iter().any(|g| !fits(g.shape().num_elements()))
+            || grads.iter().any(|g| g.dtype() != DType::F32)
         {
             return portable::non_finite_flags(grads, device);
         }
@@ -451,7 +600,7 @@ where
     }
 
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
-        if !supported::<F, I>() {
+        if !supported::<F, I>() || !all_f32(&[&g, &q]) {
             return portable::dct_scores(g, q, left);
         }
         // left: rows of Qᵀ·G; right: columns of G·Q
