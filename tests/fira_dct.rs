@@ -180,7 +180,7 @@ fn fira_limiter_state_survives_save_and_resume() {
     let engine = fira().engine();
     assert_eq!(
         optim.param_state(first.mlp.up.weight.id).unwrap().bytes(),
-        engine.state_bytes_f32(D_IN, D_HIDDEN)
+        engine.state_bytes(D_IN, D_HIDDEN)
     );
     recorder
         .record(first.into_record(), dir.join("model"))

@@ -41,8 +41,8 @@ fn targets_get_galore_and_the_rest_adamw() {
 
     // state bytes: the GaLore formula for targets, 2·numel·4 for the rest
     let galore = config().engine();
-    let expected = galore.state_bytes_f32(D_IN, D_HIDDEN)
-        + galore.state_bytes_f32(D_HIDDEN, D_OUT)
+    let expected = galore.state_bytes(D_IN, D_HIDDEN)
+        + galore.state_bytes(D_HIDDEN, D_OUT)
         + 8 * (BATCH * D_IN + D_HIDDEN + D_OUT + D_OUT);
     assert_eq!(optim.state_bytes(), expected);
 }
@@ -194,6 +194,7 @@ fn non_finite_gradients_are_an_error_and_change_nothing() {
             .param_state(model.mlp.down.weight.id)
             .unwrap()
             .moment_1
+            .to_f32(&ember::core::SharedBases::new(), true)
             .to_data()
     );
     for poison in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -213,6 +214,7 @@ fn non_finite_gradients_are_an_error_and_change_nothing() {
             .param_state(model.mlp.down.weight.id)
             .unwrap()
             .moment_1
+            .to_f32(&ember::core::SharedBases::new(), true)
             .to_data()
     );
     assert_eq!(record_before, record_after);

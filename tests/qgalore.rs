@@ -55,10 +55,7 @@ fn int4_projector_is_an_eighth_of_f32_plus_scales() {
     assert_eq!(int4, f32_projector / 8 + 8 * r); // packed codes + (scale, zero) per row of P
     assert!((int4 as f64) < 0.14 * f32_projector as f64);
     assert_eq!(state.bytes(), 4 * 2 * n * r + int4 + 4 * n);
-    assert_eq!(
-        q.target_engine().state_bytes_f32(n, n),
-        state.bytes() - 4 * n
-    );
+    assert_eq!(q.target_engine().state_bytes(n, n), state.bytes() - 4 * n);
     // the same model with GaLore holds the f32 projector
     let mut g = GaloreConfig::new()
         .with_rank(r)

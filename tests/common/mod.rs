@@ -88,7 +88,11 @@ pub fn batch<B: Backend>(k: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<
 pub fn loss<B: Backend>(model: &Tiny<B>, k: usize) -> Tensor<B, 1> {
     let device = model.gain.val().device();
     let (x, y) = batch::<B>(k, &device);
-    (model.forward(x) - y).powi_scalar(2).mean()
+    // data in the model's float type (bf16 models in tests/state.rs)
+    let dtype = model.gain.val().dtype();
+    (model.forward(x.cast(dtype)) - y.cast(dtype))
+        .powi_scalar(2)
+        .mean()
 }
 
 /// One training step through burn's `Optimizer` trait; returns the loss before the step.

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
+use ember_kernels::DynamicMaps;
 use hashbrown::HashMap;
 
 /// Values of the `s × s` basis, row-major, computed in f64 and rounded to f32.
@@ -29,9 +30,13 @@ pub fn dct_basis_values(s: usize) -> Vec<f32> {
 /// One basis per distinct size, built on first use and shared by every parameter of that size.
 ///
 /// Cloning shares the cache (an `Arc`), so clones of an optimizer hold the bases once.
+///
+/// It also holds the optimizer's other shared constants: the dynamic maps of 8-bit state (one
+/// pair per device, [`dynamic_maps`](Self::dynamic_maps)).
 #[derive(Clone, Default)]
 pub struct SharedBases<B: Backend> {
     bases: Arc<Mutex<HashMap<usize, Tensor<B, 2>>>>,
+    maps: Arc<Mutex<Vec<DynamicMaps<B>>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for SharedBases<B> {
@@ -46,6 +51,7 @@ impl<B: Backend> SharedBases<B> {
     pub fn new() -> Self {
         Self {
             bases: Arc::new(Mutex::new(HashMap::new())),
+            maps: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -65,14 +71,26 @@ impl<B: Backend> SharedBases<B> {
         }
     }
 
-    /// Bytes held by all cached bases (each counted once).
+    /// The dynamic maps of 8-bit state on `device` (uploaded on first use).
+    pub fn dynamic_maps(&self, device: &B::Device) -> DynamicMaps<B> {
+        let mut maps = self.maps.lock().unwrap();
+        if let Some(m) = maps.iter().find(|m| &m.signed.device() == device) {
+            return m.clone();
+        }
+        let m = DynamicMaps::new(device);
+        maps.push(m.clone());
+        m
+    }
+
+    /// Bytes held by all cached bases (each counted once) and the 8-bit maps of each device.
     pub fn bytes(&self) -> usize {
         self.bases
             .lock()
             .unwrap()
             .values()
             .map(crate::projector::tensor_bytes)
-            .sum()
+            .sum::<usize>()
+            + DynamicMaps::<B>::BYTES * self.maps.lock().unwrap().len()
     }
 
     /// The sizes held.

@@ -26,6 +26,8 @@ use crate::error::EmberError;
 use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState, Side};
 use crate::refresh::{RefreshPolicy, RefreshState};
 use crate::residual::ResidualRule;
+use crate::state::{Moment, StateStorage};
+use burn::tensor::DType;
 use ember_kernels::{Basis, EmberBackend, UpdateCoefficients};
 
 /// When weight decay is applied relative to the update.
@@ -89,6 +91,9 @@ pub struct EngineConfig {
     pub weight_decay: f64,
     /// When λ is applied.
     pub decay: DecayTiming,
+    /// How the moments and the projector are stored.
+    #[serde(default)]
+    pub state: StateStorage,
 }
 
 /// Everything the optimizer keeps for one parameter: a burn [`Record`].
@@ -101,9 +106,9 @@ pub struct ParamState<B: Backend> {
     /// Steps since the moments were last (re)set: the bias-correction counter.
     pub adam_step: usize,
     /// First moment, of the low-rank shape.
-    pub moment_1: Tensor<B, 2>,
+    pub moment_1: Moment<B>,
     /// Second moment, of the low-rank shape.
-    pub moment_2: Tensor<B, 2>,
+    pub moment_2: Moment<B>,
     /// The projector.
     pub projector: ProjectorState<B>,
     /// Refresh bookkeeping.
@@ -115,8 +120,8 @@ pub struct ParamState<B: Backend> {
 impl<B: Backend> ParamState<B> {
     /// Bytes held on the device for this parameter (moments + projector + refresh vectors).
     pub fn bytes(&self) -> usize {
-        tensor_bytes(&self.moment_1)
-            + tensor_bytes(&self.moment_2)
+        self.moment_1.bytes()
+            + self.moment_2.bytes()
             + self.projector.bytes()
             + self.residual_norm.as_ref().map(tensor_bytes).unwrap_or(0)
             + 4 * self.refresh.last_first_vector.len()
@@ -156,6 +161,7 @@ impl EngineConfig {
             return Err(bad("this projector has no two-sided (`full`) mode".into()));
         }
         self.residual.validate().map_err(bad)?;
+        self.state.validate().map_err(bad)?;
         self.refresh.validate().map_err(bad)?;
         self.adam.validate().map_err(bad)?;
         if !self.scale.is_finite() {
@@ -262,14 +268,47 @@ impl EngineConfig {
                     ),
                 });
             }
+            let want = self.state.moment_dtype(low[0] * low[1]);
+            for m in [&state.moment_1, &state.moment_2] {
+                if m.dtype() != want {
+                    return Err(EmberError::CheckpointMismatch {
+                        param: name.into(),
+                        reason: format!(
+                            "moments stored as {}, the configuration stores {}",
+                            m.dtype().name(),
+                            want.name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a parameter's and its gradient's dtypes can be stepped: f32, bf16 or f16 (the
+    /// step computes in f32 and rounds the weight back once).
+    pub fn check_dtypes(name: &str, weight: DType, grad: DType) -> Result<(), EmberError> {
+        let ok = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+        for (what, d) in [("the parameter", weight), ("its gradient", grad)] {
+            if !ok(d) {
+                return Err(EmberError::UnsupportedParameter {
+                    param: name.into(),
+                    reason: format!(
+                        "{what} has dtype {d:?}; Ember steps f32, bf16 and f16 parameters and \
+                         gradients (weights {weight:?}, gradient {grad:?})"
+                    ),
+                });
+            }
         }
         Ok(())
     }
 
     /// One step of the pipeline for a 2-D view `w` of a parameter with gradient `g`.
     ///
-    /// `salt` identifies the parameter for seeded projectors. The caller checks shapes with [`check_param`](Self::check_param)
-    /// and finiteness of `g` beforehand.
+    /// `w` and `g` may be f32, bf16 or f16: the step computes in f32 and rounds the new weight
+    /// to `w`'s dtype once, at the end. `salt` identifies the parameter for seeded projectors.
+    /// The caller checks shapes and dtypes with [`check_param`](Self::check_param) and
+    /// finiteness of `g` beforehand.
     pub fn step<B: EmberBackend>(
         &self,
         lr: f64,
@@ -279,6 +318,8 @@ impl EngineConfig {
         ctx: &StepContext<'_, B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
         let StepContext { shape, bases, salt } = *ctx;
+        let w_dtype = w.dtype();
+        let (w, g) = (w.cast(DType::F32), g.cast(DType::F32));
         let [m, n] = g.dims();
         let rank = self.rank_for(m, n);
 
@@ -315,14 +356,17 @@ impl EngineConfig {
             }
             projector = Some(fresh);
         }
-        let projector = projector.expect("projector set above");
+        // (a loaded checkpoint may hold a bf16 projector widened to the backend's float)
+        let projector = projector
+            .expect("projector set above")
+            .stored_as(self.state.projector_dtype());
         step += 1;
         adam_step += 1;
         let (adam, c) = self.adam.coefficients(adam_step, lr);
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
 
-        // dequantize / gather the basis once for this step's down and up projections
+        // dequantize / gather / widen the basis once for this step's down and up projections
         let active = projector.materialize(bases);
         let basis = match &active {
             ProjectorState::Left(p) => Some(Basis {
@@ -339,22 +383,19 @@ impl EngineConfig {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
                 let r = basis.down(g.clone());
-                let (m1, m2) = moments.unwrap_or_else(|| (r.zeros_like(), r.zeros_like()));
-                let (n_low, m1, m2) = B::subspace_adam(r.clone(), m1, m2, adam);
+                let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
                 let (w, zeta) = B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
                 (w, m1, m2, zeta)
             }
             // full rank (non-targeted parameters): AdamW in one kernel
             None if identity && self.residual.is_discard() => {
-                let (m1, m2) = moments.unwrap_or_else(|| (g.zeros_like(), g.zeros_like()));
-                let (w, m1, m2) = B::adam_full_step(w, g, m1, m2, adam, coef);
+                let (w, m1, m2) = self.state.adam_full(w, g, moments, adam, coef, bases);
                 (w, m1, m2, None)
             }
             // coordinate selection, two-sided projection: composed from burn ops
             None => {
                 let r = active.down(g.clone(), bases);
-                let (m1, m2) = moments.unwrap_or_else(|| (r.zeros_like(), r.zeros_like()));
-                let (n_low, m1, m2) = B::subspace_adam(r.clone(), m1, m2, adam);
+                let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
                 let mut w = w;
                 if coef.decay_before != 0.0 {
                     w = w.mul_scalar(1.0 - coef.decay_before);
@@ -384,7 +425,7 @@ impl EngineConfig {
         };
 
         Ok((
-            w,
+            w.cast(w_dtype),
             ParamState {
                 shape: shape.to_vec(),
                 step,
@@ -430,18 +471,22 @@ impl EngineConfig {
         B::state_free_step(w, g, rule.to_update(lr), self.update_coefficients(lr, 0.0))
     }
 
-    /// Bytes of optimizer state this pipeline holds for an `m × n` parameter with f32 state and
-    /// 32-bit indices (moments + projector + residual memory), i.e. what [`ParamState::bytes`]
-    /// reports once the parameter stepped. Shared DCT bases are not included (counted once per
-    /// optimizer).
-    pub fn state_bytes_f32(&self, m: usize, n: usize) -> usize {
+    /// Bytes of optimizer state this pipeline holds for an `m × n` parameter (moments as the
+    /// [`StateStorage`] keeps them, the projector, 32-bit indices, residual memory), i.e. what
+    /// [`ParamState::bytes`] reports once the parameter stepped. Shared DCT bases and the 8-bit
+    /// maps are not included (counted once per optimizer).
+    pub fn state_bytes(&self, m: usize, n: usize) -> usize {
         let r = self.rank_for(m, n);
         let [a, b] = self.projector.low_rank_shape(m, n, r);
         let residual = match self.residual {
             ResidualRule::Fira { .. } => 4,
             _ => 0,
         };
-        4 * 2 * a * b + self.projector.projector_bytes(m, n, r, 4) + residual
+        2 * self.state.moment_bytes(a * b)
+            + self
+                .projector
+                .projector_bytes(m, n, r, self.state.projector_element_bytes())
+            + residual
     }
 }
 
@@ -487,6 +532,7 @@ mod tests {
             scale: 1.0,
             weight_decay: wd,
             decay,
+            state: StateStorage::default(),
         }
     }
 
@@ -594,7 +640,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(state.moment_1.dims(), [r, r]);
-        assert_eq!(state.bytes(), engine.state_bytes_f32(m, n));
+        assert_eq!(state.bytes(), engine.state_bytes(m, n));
         // t = 1: N = (1-β1)R / (√(1-β2)|R| + ε), step lr·√(1-β2)/(1-β1)
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         let n1 = low

@@ -20,6 +20,7 @@ pub mod range;
 pub mod refresh;
 pub mod residual;
 pub mod rng;
+pub mod state;
 pub mod svd;
 pub mod targets;
 
@@ -40,4 +41,5 @@ pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use qlinear::{quantized_grads, QLinear, QLinearConfig};
 pub use refresh::{RefreshPolicy, RefreshState};
 pub use residual::ResidualRule;
+pub use state::{Moment, StateDtype, StateStorage};
 pub use targets::Targets;

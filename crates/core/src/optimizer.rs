@@ -229,6 +229,7 @@ where
             } else {
                 &self.dense
             };
+            EngineConfig::check_dtypes(&c.path, c.value.dtype(), c.grad.dtype())?;
             engine.check_param(&c.path, &c.shape, self.states.get(id))?;
         }
 

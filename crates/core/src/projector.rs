@@ -251,11 +251,18 @@ impl<B: EmberBackend> ProjectorState<B> {
         }
     }
 
-    /// The same projector as plain float factors, for one step's several uses: a quantized
-    /// projector dequantized once, DCT columns gathered once. Others are returned as they are
-    /// (cheap handle clones).
+    /// The same projector as plain f32 factors, for one step's several uses: a quantized
+    /// projector dequantized once, DCT columns gathered once, a bf16 projector widened once.
+    /// f32 factors are returned as they are (cheap handle clones).
     pub fn materialize(&self, bases: &SharedBases<B>) -> ProjectorState<B> {
+        let f32 = |p: &Tensor<B, 2>| p.clone().cast(burn::tensor::DType::F32);
         match self {
+            ProjectorState::Left(p) => ProjectorState::Left(f32(p)),
+            ProjectorState::Right(p) => ProjectorState::Right(f32(p)),
+            ProjectorState::Both(t) => ProjectorState::Both(TwoSided {
+                left: f32(&t.left),
+                right: f32(&t.right),
+            }),
             ProjectorState::Quantized(q) if q.left => ProjectorState::Left(q.dequantize()),
             ProjectorState::Quantized(q) => ProjectorState::Right(q.dequantize()),
             ProjectorState::Selected(sel) if sel.dct => {
@@ -272,6 +279,20 @@ impl<B: EmberBackend> ProjectorState<B> {
 }
 
 impl<B: Backend> ProjectorState<B> {
+    /// The projector with its dense factors stored as `dtype` (the state storage's projector
+    /// dtype); indices and quantized codes are unchanged.
+    pub fn stored_as(self, dtype: burn::tensor::DType) -> Self {
+        match self {
+            ProjectorState::Left(p) => ProjectorState::Left(p.cast(dtype)),
+            ProjectorState::Right(p) => ProjectorState::Right(p.cast(dtype)),
+            ProjectorState::Both(t) => ProjectorState::Both(TwoSided {
+                left: t.left.cast(dtype),
+                right: t.right.cast(dtype),
+            }),
+            other => other,
+        }
+    }
+
     /// Bytes held by the projector's tensors.
     pub fn bytes(&self) -> usize {
         match self {
@@ -421,9 +442,11 @@ impl ProjectorKind {
             };
             let dim = if left { m } else { n };
             let warm = match prev {
-                Some(ProjectorState::Left(p)) if left && p.dims() == [m, rank] => Some(p.clone()),
+                Some(ProjectorState::Left(p)) if left && p.dims() == [m, rank] => {
+                    Some(p.clone().cast(burn::tensor::DType::F32))
+                }
                 Some(ProjectorState::Right(p)) if !left && p.dims() == [rank, n] => {
-                    Some(p.clone().transpose())
+                    Some(p.clone().cast(burn::tensor::DType::F32).transpose())
                 }
                 _ => None,
             };

@@ -29,9 +29,11 @@
 use burn::config::Config;
 use ember_core::{
     AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule,
-    RefreshPolicy, ResidualRule, SubspaceAdam,
+    RefreshPolicy, ResidualRule, StateStorage, SubspaceAdam,
 };
-pub use ember_core::{BlockOrder, EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
+pub use ember_core::{
+    BlockOrder, EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets,
+};
 use serde::{Deserialize, Serialize};
 
 /// FRUGAL's `inactive_update_rule`: the state-free optimizer of the residual.
@@ -108,6 +110,16 @@ pub struct FrugalConfig {
     /// Module-path patterns of the targeted parameters; empty: every 2-D parameter.
     #[config(default = "Vec::new()")]
     pub targets: Vec<String>,
+    /// How the moments (and dense projectors) are stored: f32 (default), bf16, or blockwise 8-bit
+    /// (`StateDtype::Int8Blockwise`: GaLore-8bit / AdamW-8bit, see `ember_core::state`).
+    #[config(default = "StateDtype::F32")]
+    pub state_dtype: StateDtype,
+    /// Elements per block of 8-bit state (one f32 absmax each; a multiple of 4).
+    #[config(default = 256)]
+    pub state_block_size: usize,
+    /// With 8-bit state, moments of fewer elements stay f32 (bitsandbytes' `min_8bit_size`).
+    #[config(default = 4096)]
+    pub min_8bit_size: usize,
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
@@ -188,6 +200,11 @@ impl FrugalConfig {
             scale: self.proj_params_lr_scale,
             weight_decay: self.weight_decay,
             decay: DecayTiming::BeforeUpdate,
+            state: StateStorage {
+                dtype: self.state_dtype,
+                block_size: self.state_block_size,
+                min_8bit_size: self.min_8bit_size,
+            },
         }
     }
 

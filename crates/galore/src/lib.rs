@@ -32,9 +32,9 @@
 use burn::config::Config;
 use ember_core::{
     AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, SubspaceAdam,
+    ResidualRule, StateStorage, SubspaceAdam,
 };
-pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
+pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets};
 
 /// Configuration of [GaLore-AdamW](crate), with galore-torch's option names and defaults.
 #[derive(Config, Debug)]
@@ -70,6 +70,16 @@ pub struct GaloreConfig {
     /// parameter.
     #[config(default = "Vec::new()")]
     pub targets: Vec<String>,
+    /// How the moments (and dense projectors) are stored: f32 (default), bf16, or blockwise 8-bit
+    /// (`StateDtype::Int8Blockwise`: GaLore-8bit / AdamW-8bit, see `ember_core::state`).
+    #[config(default = "StateDtype::F32")]
+    pub state_dtype: StateDtype,
+    /// Elements per block of 8-bit state (one f32 absmax each; a multiple of 4).
+    #[config(default = 256)]
+    pub state_block_size: usize,
+    /// With 8-bit state, moments of fewer elements stay f32 (bitsandbytes' `min_8bit_size`).
+    #[config(default = 4096)]
+    pub min_8bit_size: usize,
     /// What a step does on NaN/Inf gradients.
     #[config(default = "NonFinitePolicy::Error")]
     pub non_finite: NonFinitePolicy,
@@ -115,6 +125,11 @@ impl GaloreConfig {
             scale: self.scale,
             weight_decay: self.weight_decay,
             decay: DecayTiming::AfterUpdate,
+            state: StateStorage {
+                dtype: self.state_dtype,
+                block_size: self.state_block_size,
+                min_8bit_size: self.min_8bit_size,
+            },
         }
     }
 

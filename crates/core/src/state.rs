@@ -1,0 +1,320 @@
+//! State storage: how the engine keeps Adam's moments (and the projector) between steps.
+//!
+//! A part of the pipeline like the projector: the inner Adam always **computes** in f32; the
+//! storage decides what is **kept**:
+//!
+//! | [`StateDtype`] | a moment of `n` elements | the projector |
+//! |---|---|---|
+//! | `F32` (default) | `4·n` bytes | f32 |
+//! | `Bf16` | `2·n` bytes, rounded to nearest even after each step | bf16 |
+//! | `Int8Blockwise` | `⌈n/b⌉·b + 4·⌈n/b⌉` bytes: one code per element and one f32 absmax per block of `b` (bitsandbytes' blockwise 8-bit Adam, [`ember_kernels::blockwise`]) | bf16 |
+//!
+//! `Int8Blockwise` stores the first moment with the signed dynamic map and the second with the
+//! unsigned one; a moment of fewer than `min_8bit_size` elements (4096, bitsandbytes' default)
+//! stays f32, as bitsandbytes does for small tensors. The dequantize → update → requantize step
+//! is one fused kernel on CubeCL backends ([`EmberBackend::adam_8bit`]); the f32 moments exist
+//! only in registers there, and per parameter (transiently) on the portable path.
+
+use burn::prelude::*;
+use burn::record::Record;
+use burn::tensor::DType;
+use ember_kernels::{AdamCoefficients, Blockwise8, EmberBackend, UpdateCoefficients};
+
+use crate::dct::SharedBases;
+use serde::{Deserialize, Serialize};
+
+/// The storage type of the optimizer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StateDtype {
+    /// 32-bit floats (the official packages' default; conformance runs this).
+    #[default]
+    F32,
+    /// bfloat16 moments and projectors.
+    Bf16,
+    /// Blockwise 8-bit moments (dynamic maps, one absmax per block), bf16 projectors: GaLore-8bit,
+    /// AdamW-8bit.
+    Int8Blockwise,
+}
+
+impl StateDtype {
+    /// Lower-case name (`f32`, `bf16`, `int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StateDtype::F32 => "f32",
+            StateDtype::Bf16 => "bf16",
+            StateDtype::Int8Blockwise => "int8",
+        }
+    }
+}
+
+/// The state-storage part of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateStorage {
+    /// Storage type.
+    pub dtype: StateDtype,
+    /// Elements per block of `Int8Blockwise` (a multiple of 4; default 256).
+    pub block_size: usize,
+    /// Moments of fewer elements stay f32 under `Int8Blockwise` (default 4096).
+    pub min_8bit_size: usize,
+}
+
+impl Default for StateStorage {
+    fn default() -> Self {
+        Self {
+            dtype: StateDtype::F32,
+            block_size: ember_kernels::blockwise::DEFAULT_BLOCK,
+            min_8bit_size: 4096,
+        }
+    }
+}
+
+/// One stored moment (a burn [`Record`]).
+#[derive(Record, Clone, Debug)]
+pub enum Moment<B: Backend> {
+    /// f32 values.
+    F32(Tensor<B, 2>),
+    /// bf16 values (a checkpoint may hold them widened to the backend's float; they are rounded
+    /// back at the next step).
+    Bf16(Tensor<B, 2>),
+    /// Blockwise 8-bit values.
+    Int8(Int8Moment<B>),
+}
+
+/// A blockwise 8-bit moment as saved in a record.
+#[derive(Record, Clone, Debug)]
+pub struct Int8Moment<B: Backend> {
+    /// Codes, four per word, padded to whole blocks.
+    pub codes: Tensor<B, 1, Int>,
+    /// One absmax per block.
+    pub absmax: Tensor<B, 1>,
+    /// Shape of the moment.
+    pub shape: Vec<usize>,
+    /// Elements per block.
+    pub block: usize,
+}
+
+impl<B: Backend> Int8Moment<B> {
+    fn into_blockwise(self) -> Blockwise8<B> {
+        Blockwise8 {
+            codes: self.codes,
+            absmax: self.absmax,
+            len: self.shape.iter().product(),
+            block: self.block,
+        }
+    }
+
+    fn from_blockwise(q: Blockwise8<B>, shape: [usize; 2]) -> Self {
+        Self {
+            codes: q.codes,
+            absmax: q.absmax,
+            shape: shape.to_vec(),
+            block: q.block,
+        }
+    }
+}
+
+impl<B: Backend> Moment<B> {
+    /// The moment's shape.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Moment::F32(t) | Moment::Bf16(t) => t.dims(),
+            Moment::Int8(q) => [q.shape[0], q.shape.get(1).copied().unwrap_or(1)],
+        }
+    }
+
+    /// Bytes held on the device.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Moment::F32(t) => crate::projector::tensor_bytes(t),
+            // counted as stored, whatever a loaded checkpoint widened it to
+            Moment::Bf16(t) => 2 * t.shape().num_elements(),
+            Moment::Int8(q) => Blockwise8::<B>::bytes_for(q.shape.iter().product(), q.block),
+        }
+    }
+
+    /// The storage type.
+    pub fn dtype(&self) -> StateDtype {
+        match self {
+            Moment::F32(_) => StateDtype::F32,
+            Moment::Bf16(_) => StateDtype::Bf16,
+            Moment::Int8(_) => StateDtype::Int8Blockwise,
+        }
+    }
+
+    /// Moves the tensors to `device`.
+    pub fn to_device(self, device: &B::Device) -> Self {
+        match self {
+            Moment::F32(t) => Moment::F32(t.to_device(device)),
+            Moment::Bf16(t) => Moment::Bf16(t.to_device(device).cast(DType::BF16)),
+            Moment::Int8(mut q) => {
+                q.codes = q.codes.to_device(device);
+                q.absmax = q.absmax.to_device(device);
+                Moment::Int8(q)
+            }
+        }
+    }
+
+    /// The values in f32 (8-bit moments are dequantized with the maps of `shared`; `signed`
+    /// picks the map).
+    pub fn to_f32(&self, shared: &SharedBases<B>, signed: bool) -> Tensor<B, 2> {
+        match self {
+            Moment::F32(t) | Moment::Bf16(t) => t.clone().cast(DType::F32),
+            Moment::Int8(q) => {
+                let maps = shared.dynamic_maps(&q.absmax.device());
+                let map = if signed { &maps.signed } else { &maps.unsigned };
+                let dims = self.dims();
+                q.clone().into_blockwise().dequantize(map, dims)
+            }
+        }
+    }
+}
+
+impl StateStorage {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dtype == StateDtype::Int8Blockwise
+            && (self.block_size == 0 || !self.block_size.is_multiple_of(4))
+        {
+            return Err(format!(
+                "state block size {} must be a positive multiple of 4",
+                self.block_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// How a moment of `numel` elements is stored.
+    pub fn moment_dtype(&self, numel: usize) -> StateDtype {
+        match self.dtype {
+            StateDtype::Int8Blockwise if numel < self.min_8bit_size => StateDtype::F32,
+            d => d,
+        }
+    }
+
+    /// Bytes of one moment of `numel` elements.
+    pub fn moment_bytes(&self, numel: usize) -> usize {
+        match self.moment_dtype(numel) {
+            StateDtype::F32 => 4 * numel,
+            StateDtype::Bf16 => 2 * numel,
+            StateDtype::Int8Blockwise => {
+                Blockwise8::<burn::backend::Flex>::bytes_for(numel, self.block_size)
+            }
+        }
+    }
+
+    /// Whether any moment of `numel` elements is kept in 8 bits (the dynamic maps are then held).
+    pub fn uses_maps(&self, numel: usize) -> bool {
+        self.moment_dtype(numel) == StateDtype::Int8Blockwise
+    }
+
+    /// The dtype dense projectors are stored in: f32 with f32 state, bf16 otherwise.
+    pub fn projector_dtype(&self) -> DType {
+        match self.dtype {
+            StateDtype::F32 => DType::F32,
+            _ => DType::BF16,
+        }
+    }
+
+    /// Bytes per stored projector element.
+    pub fn projector_element_bytes(&self) -> usize {
+        self.projector_dtype().size()
+    }
+
+    /// Zero moments of `shape`.
+    pub fn zeros<B: Backend>(
+        &self,
+        shape: [usize; 2],
+        device: &B::Device,
+    ) -> (Moment<B>, Moment<B>) {
+        let numel = shape[0] * shape[1];
+        let one = || match self.moment_dtype(numel) {
+            StateDtype::F32 => Moment::F32(Tensor::zeros(shape, device)),
+            StateDtype::Bf16 => {
+                Moment::Bf16(Tensor::<B, 2>::zeros(shape, device).cast(DType::BF16))
+            }
+            StateDtype::Int8Blockwise => Moment::Int8(Int8Moment::from_blockwise(
+                Blockwise8::zeros(numel, self.block_size, device),
+                shape,
+            )),
+        };
+        (one(), one())
+    }
+
+    fn store<B: Backend>(&self, m: Tensor<B, 2>, v: Tensor<B, 2>) -> (Moment<B>, Moment<B>) {
+        match self.moment_dtype(m.shape().num_elements()) {
+            StateDtype::Bf16 => (
+                Moment::Bf16(m.cast(DType::BF16)),
+                Moment::Bf16(v.cast(DType::BF16)),
+            ),
+            _ => (Moment::F32(m), Moment::F32(v)),
+        }
+    }
+
+    /// Adam on the low-rank gradient `r` (f32): `(N, M, V)` with the moments stored as configured.
+    pub fn adam<B: EmberBackend>(
+        &self,
+        r: Tensor<B, 2>,
+        moments: Option<(Moment<B>, Moment<B>)>,
+        c: AdamCoefficients,
+        shared: &SharedBases<B>,
+    ) -> (Tensor<B, 2>, Moment<B>, Moment<B>) {
+        let shape = r.dims();
+        let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &r.device()));
+        match (m, v) {
+            (Moment::Int8(m), Moment::Int8(v)) if self.uses_maps(shape[0] * shape[1]) => {
+                let maps = shared.dynamic_maps(&r.device());
+                let (n, m, v) = B::adam_8bit(r, m.into_blockwise(), v.into_blockwise(), &maps, c);
+                (
+                    n,
+                    Moment::Int8(Int8Moment::from_blockwise(m, shape)),
+                    Moment::Int8(Int8Moment::from_blockwise(v, shape)),
+                )
+            }
+            (m, v) => {
+                let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
+                let (n, m, v) = B::subspace_adam(r, m, v, c);
+                let (m, v) = self.store(m, v);
+                (n, m, v)
+            }
+        }
+    }
+
+    /// Full-rank AdamW on `w` (f32) with gradient `g` (f32): `(W, M, V)`.
+    pub fn adam_full<B: EmberBackend>(
+        &self,
+        w: Tensor<B, 2>,
+        g: Tensor<B, 2>,
+        moments: Option<(Moment<B>, Moment<B>)>,
+        c: AdamCoefficients,
+        coef: UpdateCoefficients,
+        shared: &SharedBases<B>,
+    ) -> (Tensor<B, 2>, Moment<B>, Moment<B>) {
+        let shape = g.dims();
+        let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &g.device()));
+        match (m, v) {
+            (Moment::Int8(m), Moment::Int8(v)) if self.uses_maps(shape[0] * shape[1]) => {
+                let maps = shared.dynamic_maps(&g.device());
+                let (w, m, v) = B::adam_full_step_8bit(
+                    w,
+                    g,
+                    m.into_blockwise(),
+                    v.into_blockwise(),
+                    &maps,
+                    c,
+                    coef,
+                );
+                (
+                    w,
+                    Moment::Int8(Int8Moment::from_blockwise(m, shape)),
+                    Moment::Int8(Int8Moment::from_blockwise(v, shape)),
+                )
+            }
+            (m, v) => {
+                let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
+                let (w, m, v) = B::adam_full_step(w, g, m, v, c, coef);
+                let (m, v) = self.store(m, v);
+                (w, m, v)
+            }
+        }
+    }
+}
