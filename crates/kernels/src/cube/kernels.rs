@@ -379,11 +379,10 @@ fn nearest_code(map: &Array<f32>, x: f32) -> u32 {
     let mut lo = 0u32;
     #[unroll]
     for k in 0..8u32 {
+        // at most 128 + 64 + … + 1 = 255: always inside the map
         let cand = lo + (128u32 >> k);
-        if cand <= 255 {
-            if map[cand as usize] <= x {
-                lo = cand;
-            }
+        if map[cand as usize] <= x {
+            lo = cand;
         }
     }
     let mut code = lo;
@@ -496,12 +495,12 @@ pub fn adam_8bit(
             absmax_2_out[b] = block_2;
         }
         let mut d1 = block_1;
-        if d1 < 1.17549435e-38f32 {
-            d1 = 1.17549435e-38f32;
+        if d1 < 1.175_494_4e-38f32 {
+            d1 = 1.175_494_4e-38f32;
         }
         let mut d2 = block_2;
-        if d2 < 1.17549435e-38f32 {
-            d2 = 1.17549435e-38f32;
+        if d2 < 1.175_494_4e-38f32 {
+            d2 = 1.175_494_4e-38f32;
         }
         let mut packed_1 = 0u32;
         let mut packed_2 = 0u32;
