@@ -21,9 +21,13 @@ pub use ember_galore as galore;
 pub use ember_kernels as kernels;
 pub use ember_qgalore as qgalore;
 
+pub mod recipe;
+
 /// The configs and the optimizer type, for `use ember::prelude::*`.
 pub mod prelude {
-    pub use crate::core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, Targets};
+    pub use crate::core::{
+        EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets,
+    };
     pub use crate::dct::DctConfig;
     pub use crate::fira::FiraConfig;
     pub use crate::frugal::FrugalConfig;

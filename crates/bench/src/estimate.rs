@@ -1,81 +1,85 @@
 //! The analytic memory estimate, method by method — the formulas of `docs/memory.md`, written
 //! out here independently of the optimizers' code so that `measure` checks one against the other.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::llama::LlamaShape;
 
-/// The optimizers the benchmark knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// AdamW on every parameter (galore-torch's AdamW arithmetic).
-    Adamw,
-    /// GaLore-AdamW.
-    Galore,
-    /// Fira.
-    Fira,
-    /// FRUGAL (SVD projection, density ρ).
-    Frugal,
-    /// DCT-AdamW.
-    Dct,
-    /// Q-GaLore (INT4 projector, one group per row; f32 weights).
-    Qgalore,
-}
+/// The optimizers the benchmark knows (`ember::recipe::Method`).
+pub use ember::recipe::Method;
 
-impl Method {
-    /// Every implemented method, in report order.
-    pub const ALL: [Method; 6] = [
-        Method::Adamw,
-        Method::Galore,
-        Method::Fira,
-        Method::Frugal,
-        Method::Dct,
-        Method::Qgalore,
-    ];
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Adamw => "adamw",
-            Method::Galore => "galore",
-            Method::Fira => "fira",
-            Method::Frugal => "frugal",
-            Method::Dct => "dct",
-            Method::Qgalore => "qgalore",
-        }
-    }
-
-    /// The method of a lower-case name.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| {
-                format!(
-                    "unknown optimizer `{name}`: one of {}",
-                    Self::ALL.map(|m| m.name()).join(", ")
-                )
-            })
-    }
-}
-
-/// Element types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+/// Element types of weights (`f32`, `bf16`) and of optimizer state (`f32`, `bf16`, `int8`:
+/// blockwise 8-bit moments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// 4 bytes.
     F32,
     /// 2 bytes.
     Bf16,
+    /// Blockwise 8-bit (state only): 1 byte per element plus an f32 absmax per block of 256.
+    Int8,
 }
 
+/// Elements per block of 8-bit state (Ember's default, bitsandbytes').
+pub const INT8_BLOCK: usize = 256;
+/// Moments of fewer elements stay f32 under 8-bit state (bitsandbytes' `min_8bit_size`).
+pub const MIN_8BIT_SIZE: usize = 4096;
+/// The two 256-entry f32 maps of 8-bit state, held once per optimizer.
+pub const MAPS_BYTES: usize = 2 * 256 * 4;
+
 impl Dtype {
-    /// Bytes per element.
+    /// Bytes per element of a weight (f32: 4, bf16: 2; int8 weights are `QLinear`'s, not this).
     pub fn bytes(self) -> usize {
         match self {
             Dtype::F32 => 4,
             Dtype::Bf16 => 2,
+            Dtype::Int8 => 1,
+        }
+    }
+
+    /// Bytes of one moment of `n` elements stored in this dtype.
+    pub fn moment_bytes(self, n: usize) -> usize {
+        match self {
+            Dtype::F32 => 4 * n,
+            Dtype::Bf16 => 2 * n,
+            Dtype::Int8 if n < MIN_8BIT_SIZE => 4 * n,
+            Dtype::Int8 => {
+                let blocks = n.div_ceil(INT8_BLOCK);
+                blocks * INT8_BLOCK + 4 * blocks
+            }
+        }
+    }
+
+    /// Whether a moment of `n` elements is 8-bit (the maps are then held).
+    pub fn is_8bit(self, n: usize) -> bool {
+        self == Dtype::Int8 && n >= MIN_8BIT_SIZE
+    }
+
+    /// Bytes per element of a dense projector under this state dtype: f32 with f32 state, bf16
+    /// otherwise.
+    pub fn projector_bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    /// The core's state dtype.
+    pub fn state(self) -> ember_core::StateDtype {
+        match self {
+            Dtype::F32 => ember_core::StateDtype::F32,
+            Dtype::Bf16 => ember_core::StateDtype::Bf16,
+            Dtype::Int8 => ember_core::StateDtype::Int8Blockwise,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
         }
     }
 }
@@ -91,15 +95,17 @@ pub struct Settings {
     pub density: f64,
     /// Weights (and gradients).
     pub weights: Dtype,
-    /// Optimizer state (moments, projectors; DCT bases stay f32, indices int32).
+    /// Optimizer state: moments in this dtype (8-bit: blockwise, moments under 4096 elements
+    /// f32), dense projectors f32 with f32 state and bf16 otherwise; DCT bases stay f32,
+    /// indices int32, Q-GaLore's INT4 projector as it is.
     pub state: Dtype,
 }
 
 /// One row of the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Breakdown {
     /// Method name.
-    pub optimizer: &'static str,
+    pub optimizer: String,
     /// Rank (null for AdamW and FRUGAL).
     pub rank: Option<usize>,
     /// FRUGAL's density.
@@ -124,7 +130,8 @@ pub struct Breakdown {
     pub index_bytes: usize,
     /// Of which: shared bases (DCT, counted once per size).
     pub basis_bytes: usize,
-    /// Of which: other scalars (Fira's ζ per target).
+    /// Of which: other scalars (Fira's ζ per target, Q-GaLore's last first singular vector) and
+    /// the 8-bit maps.
     pub scalar_bytes: usize,
     /// weights + grads + state.
     pub total_bytes: usize,
@@ -132,9 +139,14 @@ pub struct Breakdown {
 
 /// The estimate for one model and settings; errors name a layer the rank does not fit.
 pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
-    let (sb, wb) = (s.state.bytes(), s.weights.bytes());
+    if s.weights == Dtype::Int8 {
+        return Err("weights are f32 or bf16 (INT8 weights are Q-GaLore's QLinear)".into());
+    }
+    let (sd, wb) = (s.state, s.weights.bytes());
+    let pb = sd.projector_bytes();
+    let mut eight_bit = false;
     let mut b = Breakdown {
-        optimizer: s.method.name(),
+        optimizer: s.method.name().to_string(),
         rank: match s.method {
             Method::Galore | Method::Fira | Method::Dct | Method::Qgalore => Some(s.rank),
             _ => None,
@@ -159,7 +171,8 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
         b.param_count += numel;
         let target = target && s.method != Method::Adamw;
         if !target {
-            b.moment_bytes += 2 * numel * sb; // AdamW: M and V
+            b.moment_bytes += 2 * sd.moment_bytes(numel); // AdamW: M and V
+            eight_bit |= sd.is_8bit(numel);
             continue;
         }
         let (m, n) = (dims[0], dims[1]);
@@ -174,12 +187,13 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
             ));
         }
         // std orientation: the moments are r × max(m, n); the projector spans min(m, n)
-        b.moment_bytes += 2 * r * hi * sb;
+        b.moment_bytes += 2 * sd.moment_bytes(r * hi);
+        eight_bit |= sd.is_8bit(r * hi);
         match s.method {
-            Method::Galore | Method::Frugal => b.projector_bytes += r * lo * sb,
+            Method::Galore | Method::Frugal => b.projector_bytes += r * lo * pb,
             Method::Fira => {
-                b.projector_bytes += r * lo * sb;
-                b.scalar_bytes += sb;
+                b.projector_bytes += r * lo * pb;
+                b.scalar_bytes += 4; // ζ, one f32
             }
             Method::Dct => {
                 b.index_bytes += 4 * r;
@@ -195,6 +209,9 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
             }
             Method::Adamw => unreachable!(),
         }
+    }
+    if eight_bit {
+        b.scalar_bytes += MAPS_BYTES;
     }
     b.basis_bytes = basis_sizes.iter().map(|s| 4 * s * s).sum();
     b.weight_bytes = b.param_count * wb;

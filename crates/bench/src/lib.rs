@@ -4,7 +4,11 @@
 //! (settings that fit a budget). See `ember-bench --help`.
 
 pub mod estimate;
-pub mod llama;
+pub mod heap;
 pub mod measure;
+pub mod progress;
 pub mod report;
 pub mod steptime;
+
+/// The LLaMA-style model (`ember-llama`).
+pub use ember_llama as llama;

@@ -16,10 +16,12 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use ember_core::{EmberOptimizer, NonFinitePolicy, Targets};
+use burn::tensor::DType;
+use ember::recipe::Recipe;
+use ember_core::EmberOptimizer;
 use serde::Serialize;
 
-use crate::estimate::{Method, Settings};
+use crate::estimate::{Dtype, Settings};
 use crate::llama::{Llama, LlamaShape};
 
 /// Options of a measurement.
@@ -35,8 +37,10 @@ pub struct MeasureOptions {
     pub seq: usize,
     /// Learning rate.
     pub lr: f64,
-    /// Show a progress bar.
+    /// Show progress on stderr (a bar on a terminal, one line per step otherwise).
     pub progress: bool,
+    /// Weights dtype (`f32` or `bf16`).
+    pub weights: Dtype,
 }
 
 /// What was measured.
@@ -54,10 +58,31 @@ pub struct Measured {
     pub train_step_ms: f64,
     /// Peak device memory in use (CUDA, NVML), bytes.
     pub peak_device_bytes: Option<usize>,
+    /// Peak heap bytes over the measured train steps (forward, backward, optimizer), measured
+    /// by the counting allocator (CPU backends: every tensor is on the heap).
+    pub peak_heap_bytes: Option<usize>,
+    /// Heap bytes live just before the optimizer step (weights, gradients, state, what the
+    /// backward pass left), the largest over the measured steps.
+    pub heap_before_step_bytes: Option<usize>,
+    /// The largest peak of the heap during an optimizer step above the bytes live at its start:
+    /// the step's temporaries (dequantized projectors, f32 copies, back-projection blocks, new
+    /// moments before the old are freed).
+    pub step_temporary_heap_bytes: Option<usize>,
     /// Loss at the first and the last step.
     pub loss_first: f32,
     /// Loss after the last step.
     pub loss_last: f32,
+}
+
+/// The recipe of `settings` for a model (target patterns, refresh gap, α).
+pub fn recipe(s: &Settings, targets: Vec<String>, gap: usize, scale: Option<f64>) -> Recipe {
+    Recipe::new(s.method)
+        .with_rank(s.rank)
+        .with_density(s.density)
+        .with_gap(gap)
+        .with_scale(scale)
+        .with_targets(targets)
+        .with_state(s.state.state())
 }
 
 /// The optimizer of `settings` for the LLaMA model (targets: attention and MLP linears).
@@ -71,19 +96,10 @@ pub fn optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
     targets: Vec<String>,
     gap: usize,
 ) -> EmberOptimizer<M, B> {
-    try_optimizer_with_gap(s, targets, gap).unwrap_or_else(|e| panic!("optimizer: {e}"))
+    try_optimizer_with(s, targets, gap, None).unwrap_or_else(|e| panic!("optimizer: {e}"))
 }
 
-/// [`optimizer_with_gap`] returning the configuration error.
-pub fn try_optimizer_with_gap<B: AutodiffBackend, M: AutodiffModule<B>>(
-    s: &Settings,
-    targets: Vec<String>,
-    gap: usize,
-) -> Result<EmberOptimizer<M, B>, String> {
-    try_optimizer_with(s, targets, gap, None)
-}
-
-/// [`try_optimizer_with_gap`] with the update scale α of GaLore (`scale`), Fira (`alpha`) and
+/// The optimizer of `settings` with the update scale α of GaLore (`scale`), Fira (`alpha`) and
 /// Q-GaLore (`scale`) set to `scale` when given (each method's default otherwise); the other
 /// methods have no such option and refuse one.
 pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -92,61 +108,7 @@ pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
     gap: usize,
     scale: Option<f64>,
 ) -> Result<EmberOptimizer<M, B>, String> {
-    if scale.is_some() && !matches!(s.method, Method::Galore | Method::Fira | Method::Qgalore) {
-        return Err(format!(
-            "{} has no scale α option (GaLore, Fira and Q-GaLore do)",
-            s.method.name()
-        ));
-    }
-    match s.method {
-        Method::Adamw => {
-            let c = ember_galore::GaloreConfig::new();
-            EmberOptimizer::new(
-                c.dense_engine(),
-                c.dense_engine(),
-                Targets::none(),
-                NonFinitePolicy::Error,
-            )
-        }
-        Method::Galore => {
-            let c = ember_galore::GaloreConfig::new();
-            let a = scale.unwrap_or(c.scale);
-            c.with_scale(a)
-                .with_rank(s.rank)
-                .with_update_proj_gap(gap)
-                .with_targets(targets)
-                .try_init()
-        }
-        Method::Fira => {
-            let c = ember_fira::FiraConfig::new();
-            let a = scale.unwrap_or(c.alpha);
-            c.with_alpha(a)
-                .with_rank(s.rank)
-                .with_update_proj_gap(gap)
-                .with_targets(targets)
-                .try_init()
-        }
-        Method::Frugal => ember_frugal::FrugalConfig::new()
-            .with_density(s.density)
-            .with_update_gap(gap)
-            .with_targets(targets)
-            .try_init(),
-        Method::Qgalore => {
-            let c = ember_qgalore::QGaloreConfig::new();
-            let a = scale.unwrap_or(c.scale);
-            c.with_scale(a)
-                .with_rank(s.rank)
-                .with_update_proj_gap(gap)
-                .with_targets(targets)
-                .try_init()
-        }
-        Method::Dct => ember_dct::DctConfig::new()
-            .with_rank(s.rank)
-            .with_update_proj_gap(gap)
-            .with_targets(targets)
-            .try_init(),
-    }
-    .map_err(|e| e.to_string())
+    recipe(s, targets, gap, scale).build()
 }
 
 struct Bytes<'a, B: AutodiffBackend> {
@@ -174,7 +136,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Bytes<'_, B> {
 /// Synthetic but learnable token batches: each sequence is an arithmetic progression
 /// `start + i·stride (mod vocab)` with a random start and one of 4 strides, so the loss falls as
 /// the model learns to continue it.
-fn tokens<B: Backend>(
+pub fn tokens<B: Backend>(
     batch: usize,
     seq: usize,
     vocab: usize,
@@ -222,6 +184,9 @@ where
     B::memory_cleanup(device);
     B::seed(device, 0);
     let mut model = shape.init::<B>(device);
+    if o.weights == Dtype::Bf16 {
+        model = model.cast(DType::BF16);
+    }
     let mut optim = optimizer::<B>(s);
     let mut weights = Bytes::<B> {
         grads: None,
@@ -230,27 +195,25 @@ where
     };
     model.visit(&mut weights);
 
-    let bar = o.progress.then(|| {
-        let bar = indicatif::ProgressBar::new((o.warmup + o.steps) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(s.method.name());
-        bar
-    });
+    let progress = crate::progress::Progress::new(o.progress, s.method.name(), o.warmup + o.steps);
     let (mut opt_ms, mut train_ms) = (vec![], vec![]);
     let (mut grad_bytes, mut loss_first, mut loss_last) = (0, f32::NAN, f32::NAN);
     let mut peak_bytes = peak();
+    let (mut heap_peak, mut heap_before, mut heap_step) = (None, None, None);
+    let max = |a: Option<usize>, b: Option<usize>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     for step in 0..o.warmup + o.steps {
         let batch = tokens::<B>(o.batch, o.seq, shape.vocab_size, step, device);
         B::sync(device).ok();
+        crate::heap::reset_peak();
         let t0 = Instant::now();
         let loss = model.loss(batch);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         B::sync(device).ok();
         let t1 = Instant::now();
+        let forward_backward_peak = crate::heap::peak();
         if step == 0 {
             let mut g = Bytes::<B> {
                 grads: Some(&grads),
@@ -260,30 +223,31 @@ where
             model.visit(&mut g);
             grad_bytes = g.total;
         }
+        let before = crate::heap::live();
+        crate::heap::reset_peak();
         model = optim.step(o.lr, model, grads);
         B::sync(device).ok();
         let t2 = Instant::now();
+        let step_peak = crate::heap::peak();
         if step >= o.warmup {
             opt_ms.push((t2 - t1).as_secs_f64() * 1e3);
             train_ms.push((t2 - t0).as_secs_f64() * 1e3);
+            heap_peak = max(heap_peak, max(forward_backward_peak, step_peak));
+            heap_before = max(heap_before, before);
+            heap_step = max(
+                heap_step,
+                step_peak.zip(before).map(|(p, b)| p.saturating_sub(b)),
+            );
         }
         let l = loss.into_scalar().elem::<f32>();
         if step == 0 {
             loss_first = l;
         }
         loss_last = l;
-        peak_bytes = match (peak_bytes, peak()) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(bar) = &bar {
-            bar.set_message(format!("loss {l:.3}"));
-            bar.inc(1);
-        }
+        peak_bytes = max(peak_bytes, peak());
+        progress.step(step, &format!("loss {l:.3}"));
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     Measured {
         weight_bytes: weights.total,
         grad_bytes,
@@ -291,72 +255,13 @@ where
         optimizer_step_ms: median(opt_ms),
         train_step_ms: median(train_ms),
         peak_device_bytes: peak_bytes,
+        peak_heap_bytes: heap_peak,
+        heap_before_step_bytes: heap_before,
+        step_temporary_heap_bytes: heap_step,
         loss_first,
         loss_last,
     }
 }
 
-/// Device memory in use, from NVML (loaded at run time; `None` where there is no NVIDIA driver).
-pub struct Nvml {
-    lib: Option<libloading::Library>,
-    device: usize,
-}
-
-#[repr(C)]
-struct NvmlMemory {
-    total: u64,
-    free: u64,
-    used: u64,
-}
-
-impl Nvml {
-    /// Opens NVML for GPU `index`.
-    pub fn open(index: u32) -> Self {
-        // SAFETY: loading the NVIDIA management library and calling its documented C entry points.
-        unsafe {
-            let Ok(lib) = libloading::Library::new("libnvidia-ml.so.1") else {
-                return Self {
-                    lib: None,
-                    device: 0,
-                };
-            };
-            let init: Result<libloading::Symbol<unsafe extern "C" fn() -> i32>, _> =
-                lib.get(b"nvmlInit_v2");
-            let get: Result<libloading::Symbol<unsafe extern "C" fn(u32, *mut usize) -> i32>, _> =
-                lib.get(b"nvmlDeviceGetHandleByIndex_v2");
-            let (Ok(init), Ok(get)) = (init, get) else {
-                return Self {
-                    lib: None,
-                    device: 0,
-                };
-            };
-            let mut handle = 0usize;
-            if init() != 0 || get(index, &mut handle) != 0 {
-                return Self {
-                    lib: None,
-                    device: 0,
-                };
-            }
-            Self {
-                lib: Some(lib),
-                device: handle,
-            }
-        }
-    }
-
-    /// Bytes in use on the device now.
-    pub fn used(&self) -> Option<usize> {
-        let lib = self.lib.as_ref()?;
-        // SAFETY: see `open`; `nvmlDeviceGetMemoryInfo` fills a `{total, free, used}` struct.
-        unsafe {
-            let f: libloading::Symbol<unsafe extern "C" fn(usize, *mut NvmlMemory) -> i32> =
-                lib.get(b"nvmlDeviceGetMemoryInfo").ok()?;
-            let mut m = NvmlMemory {
-                total: 0,
-                free: 0,
-                used: 0,
-            };
-            (f(self.device, &mut m) == 0).then_some(m.used as usize)
-        }
-    }
-}
+/// Device memory in use, from NVML (`ember_kernels::nvml`).
+pub use ember_kernels::nvml::Nvml;

@@ -38,6 +38,7 @@ use burn::tensor::Int;
 pub use blockwise::{Blockwise8, DynamicMaps};
 
 pub mod blockwise;
+pub mod nvml;
 pub mod portable;
 pub mod rng;
 pub mod selfcheck;

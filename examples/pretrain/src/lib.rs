@@ -5,7 +5,7 @@
 //!   validation; the tokenizer is the identity on bytes (vocabulary 256).
 //! * [`Windows`]: a burn `Dataset` of `seq + 1`-byte windows, in one seeded order (the same every
 //!   epoch, so a resumed run sees the same batches as an uninterrupted one).
-//! * [`LanguageModel`]: `ember_bench::llama::Llama` (RMSNorm, rotary embeddings, SwiGLU, causal
+//! * [`LanguageModel`]: `ember_llama::Llama` (RMSNorm, rotary embeddings, SwiGLU, causal
 //!   attention) with burn-train's `TrainStep`/`InferenceStep`.
 //! * [`Run`] / [`train`]: builds the optimizer (`adamw|galore|qgalore|fira|frugal|dct`; the
 //!   attention and MLP linears are the targets, the rest on the method's AdamW), a warm-up + cosine
@@ -30,8 +30,8 @@ use burn::train::{
     ClassificationOutput, ExecutionStrategy, InferenceStep, Learner, MultiDeviceOptim,
     SupervisedTraining, TrainOutput, TrainStep,
 };
-use ember_bench::estimate::{Dtype, Method, Settings};
-use ember_bench::llama::{Llama, LlamaShape};
+use ember::recipe::{Method, Recipe};
+use ember_llama::{Llama, LlamaShape};
 use ember_core::EmberOptimizer;
 use serde::{Deserialize, Serialize};
 
@@ -346,25 +346,17 @@ impl Run {
         }
     }
 
-    /// The optimizer, via `ember-bench`'s method table: targets `attn` and `mlp`, the rest on the
+    /// The optimizer, via `ember::recipe`: targets `attn` and `mlp`, the rest on the
     /// method's AdamW.
     pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
     ) -> Result<EmberOptimizer<M, B>, String> {
-        let method = Method::parse(&self.optimizer)?;
-        let settings = Settings {
-            method,
-            rank: self.effective_rank(),
-            density: self.density,
-            weights: Dtype::F32,
-            state: Dtype::F32,
-        };
-        ember_bench::measure::try_optimizer_with(
-            &settings,
-            vec!["attn".into(), "mlp".into()],
-            self.gap,
-            self.scale,
-        )
+        Recipe::new(Method::parse(&self.optimizer)?)
+            .with_rank(self.effective_rank())
+            .with_density(self.density)
+            .with_gap(self.gap)
+            .with_scale(self.scale)
+            .build()
     }
 }
 
@@ -490,7 +482,7 @@ pub mod telemetry {
     static NEXT: AtomicUsize = AtomicUsize::new(1);
     static RUNS: Mutex<Option<HashMap<u64, Record>>> = Mutex::new(None);
     static PEAK: AtomicUsize = AtomicUsize::new(0);
-    static NVML: Mutex<Option<ember_bench::measure::Nvml>> = Mutex::new(None);
+    static NVML: Mutex<Option<ember_core::kernels::nvml::Nvml>> = Mutex::new(None);
 
     /// Starts the records of a new run (opens NVML if `gpu`); returns its tag.
     pub fn reset(checksum_every: usize, gpu: bool, devices_per_key: usize) -> u64 {
@@ -508,7 +500,7 @@ pub mod telemetry {
             );
         if gpu {
             PEAK.store(0, Ordering::SeqCst);
-            *NVML.lock().unwrap() = Some(ember_bench::measure::Nvml::open(0));
+            *NVML.lock().unwrap() = Some(ember_core::kernels::nvml::Nvml::open(0));
         }
         tag
     }

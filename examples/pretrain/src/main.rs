@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ember_bench::llama::LlamaShape;
+use ember_llama::LlamaShape;
 use ember_pretrain::{train, Corpus, Run, Summary};
 
 #[derive(Parser)]

@@ -1,8 +1,16 @@
+//! # ember-llama: the LLaMA-style decoder of Ember's benchmark and examples
+//!
 //! A LLaMA-style decoder in burn (RMSNorm, rotary embeddings, SwiGLU, causal attention), the
-//! architecture of the GaLore paper's experiments. Attention and MLP linears live under fields
-//! named `attn` and `mlp`, so the official scripts' target rule (`["attn", "mlp"]`) selects them.
+//! architecture of the GaLore paper's experiments, with its presets (60M … 7B). Attention and
+//! MLP linears live under fields named `attn` and `mlp`, so the official scripts' target rule
+//! (`["attn", "mlp"]`) selects them.
+//!
+//! * **Precision**: [`Llama::cast`] stores every parameter in bf16 (or any float dtype); the
+//!   rotary embedding and the loss are computed in f32 (as HF transformers upcasts them).
+//! * **INT8 weights**: [`Llama::into_int8`] stores the projections as Ember's `QLinear`.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::DType;
 use burn::nn::{
     Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding,
     RotaryEncodingConfig,
@@ -273,8 +281,11 @@ impl<B: Backend> Attention<B> {
         let [b, t, h] = x.dims();
         let d = h / self.heads;
         let split = |y: Tensor<B, 3>| y.reshape([b, t, self.heads, d]).swap_dims(1, 2);
-        let q = rope.forward(split(self.query.forward(x.clone())));
-        let k = rope.forward(split(self.key.forward(x.clone())));
+        // the rotary tables are f32: rotate in f32, continue in the model's dtype
+        let dtype = x.dtype();
+        let rotate = |y: Tensor<B, 4>| rope.forward(y.cast(DType::F32)).cast(dtype);
+        let q = rotate(split(self.query.forward(x.clone())));
+        let k = rotate(split(self.key.forward(x.clone())));
         let v = split(self.value.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
         let scores = scores.mask_fill(mask.unsqueeze_dim::<4>(1), -1e9);
@@ -351,8 +362,33 @@ impl<B: Backend> Llama<B> {
         let logits = self.forward(tokens.clone().slice([0..b, 0..t - 1]));
         let v = logits.dims()[2];
         let targets = tokens.slice([0..b, 1..t]).reshape([b * (t - 1)]);
+        // the loss in f32, whatever the weights' dtype
         burn::nn::loss::CrossEntropyLossConfig::new()
             .init(&logits.device())
-            .forward(logits.reshape([b * (t - 1), v]), targets)
+            .forward(logits.reshape([b * (t - 1), v]).cast(DType::F32), targets)
+    }
+
+    /// The same model with every float parameter stored as `dtype` (e.g. `DType::BF16`; ids and
+    /// `require_grad` kept). INT8 codes are left as they are.
+    pub fn cast(self, dtype: DType) -> Self {
+        self.map(&mut CastParams(dtype))
+    }
+}
+
+/// Casts every float parameter of a module to a dtype (ids and `require_grad` kept).
+pub struct CastParams(pub DType);
+
+impl<B: Backend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if tensor.dtype() == self.0 {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let grad = tensor.is_require_grad();
+        let mut t = tensor.set_require_grad(false).cast(self.0);
+        if grad {
+            t = t.require_grad();
+        }
+        Param::from_mapped_value(id, t, mapper)
     }
 }

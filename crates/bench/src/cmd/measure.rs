@@ -1,0 +1,310 @@
+//! `measure`: the real model, real steps; tensors held and measured peaks beside the estimate.
+//!
+//! Each method runs in a fresh process of this binary (`--in-process` is what the children
+//! run), so that a peak belongs to one method and not to the allocator pools of the one before.
+
+use clap::Args;
+use ember_bench::estimate::{estimate, Breakdown, Dtype};
+use ember_bench::llama::LlamaShape;
+use ember_bench::measure::{measure, MeasureOptions, Measured, Nvml};
+use ember_bench::report::{csv, human, markdown, plot};
+use serde::{Deserialize, Serialize};
+
+use super::{rank_cell, settings};
+use crate::{Common, Device};
+
+/// Options of a measurement run.
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Device.
+    #[arg(long, value_enum, default_value = "flex")]
+    pub device: Device,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Measure every method in this process (default: a fresh process per method).
+    #[arg(long, hide = true)]
+    pub in_process: bool,
+}
+
+impl RunArgs {
+    /// The main job's run: 2 warm-up and 8 timed steps of 8×64 tokens on the CPU.
+    pub fn main_job() -> Self {
+        Self {
+            device: Device::Flex,
+            steps: 8,
+            warmup: 2,
+            batch: 8,
+            seq: 64,
+            quiet: false,
+            in_process: false,
+        }
+    }
+}
+
+/// The main job's options: every method on the `tiny` model, f32.
+pub fn default_common() -> Common {
+    Common {
+        model: "tiny".into(),
+        optimizer: "all".into(),
+        rank: None,
+        density: 0.25,
+        weights_dtype: Dtype::F32,
+        state_dtype: Dtype::F32,
+        json: false,
+        csv: false,
+        plot: None,
+    }
+}
+
+/// One measured method.
+#[derive(Serialize, Deserialize)]
+pub struct MeasureRow {
+    optimizer: String,
+    rank: Option<usize>,
+    density: Option<f64>,
+    device: String,
+    weights_dtype: Dtype,
+    state_dtype: Dtype,
+    param_count: usize,
+    /// `numel × dtype size` of the model's parameters (tensors held, not a peak).
+    weight_bytes: usize,
+    /// `numel × dtype size` of the gradients burn returned.
+    grad_bytes: usize,
+    /// `numel × dtype size` of every tensor the optimizer holds (tensors held).
+    state_bytes: usize,
+    /// weights + grads + state (tensors held).
+    total_bytes: usize,
+    /// Measured: the largest device-memory use NVML reported during the steps (CUDA).
+    peak_device_bytes: Option<usize>,
+    /// Measured: the peak heap bytes of a train step (counting allocator; CPU backends).
+    peak_heap_bytes: Option<usize>,
+    /// Measured: heap bytes live when the optimizer step starts.
+    heap_before_step_bytes: Option<usize>,
+    /// Measured: the optimizer step's peak heap above its start (its temporaries).
+    step_temporary_heap_bytes: Option<usize>,
+    optimizer_step_ms: f64,
+    train_step_ms: f64,
+    loss_first: f32,
+    loss_last: f32,
+    estimate: Breakdown,
+    /// (tensors held − estimate) / estimate, of the optimizer state.
+    state_diff: f64,
+}
+
+fn diff(measured: usize, estimate: usize) -> f64 {
+    (measured as f64 - estimate as f64) / (estimate.max(1) as f64)
+}
+
+/// Runs `measure`.
+pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
+    let shape = LlamaShape::resolve(&c.model)?;
+    if r.steps == 0 || r.batch == 0 || r.seq < 2 {
+        return Err("--steps and --batch must be positive and --seq at least 2".into());
+    }
+    if r.seq > shape.max_sequence_length {
+        return Err(format!(
+            "--seq {} exceeds the model's {}",
+            r.seq, shape.max_sequence_length
+        ));
+    }
+    let list = settings(c, &shape)?;
+    let estimates: Vec<Breakdown> = list
+        .iter()
+        .map(|s| estimate(&shape, *s))
+        .collect::<Result<_, _>>()?;
+    let rows = if list.len() > 1 && !r.in_process {
+        let mut rows = vec![];
+        for s in &list {
+            rows.extend(child(c, r, s.method.name())?);
+        }
+        rows
+    } else {
+        let opts = MeasureOptions {
+            steps: r.steps,
+            warmup: r.warmup,
+            batch: r.batch,
+            seq: r.seq,
+            lr: 3e-3,
+            progress: !r.quiet,
+            weights: c.weights_dtype,
+        };
+        let mut rows = vec![];
+        for (s, est) in list.iter().zip(estimates) {
+            let device = r.device;
+            let m: Measured = on_device!(device, B => {
+                // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
+                let nvml = matches!(device, Device::Cuda).then(|| Nvml::open(0));
+                let mut peak = || nvml.as_ref().and_then(Nvml::used);
+                measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
+            });
+            rows.push(MeasureRow {
+                optimizer: est.optimizer.clone(),
+                rank: est.rank,
+                density: est.density,
+                device: device.name().into(),
+                weights_dtype: c.weights_dtype,
+                state_dtype: c.state_dtype,
+                param_count: est.param_count,
+                weight_bytes: m.weight_bytes,
+                grad_bytes: m.grad_bytes,
+                state_bytes: m.state_bytes,
+                total_bytes: m.weight_bytes + m.grad_bytes + m.state_bytes,
+                peak_device_bytes: m.peak_device_bytes,
+                peak_heap_bytes: m.peak_heap_bytes,
+                heap_before_step_bytes: m.heap_before_step_bytes,
+                step_temporary_heap_bytes: m.step_temporary_heap_bytes,
+                optimizer_step_ms: m.optimizer_step_ms,
+                train_step_ms: m.train_step_ms,
+                loss_first: m.loss_first,
+                loss_last: m.loss_last,
+                state_diff: diff(m.state_bytes, est.state_bytes),
+                estimate: est,
+            });
+        }
+        rows
+    };
+    report(c, r, &shape, &rows)
+}
+
+/// Measures one method in a fresh process of this binary; its progress goes to our stderr.
+fn child(c: &Common, r: &RunArgs, method: &str) -> Result<Vec<MeasureRow>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut args: Vec<String> = vec![
+        "measure".into(),
+        "--in-process".into(),
+        "--json".into(),
+        "--model".into(),
+        c.model.clone(),
+        "--optimizer".into(),
+        method.into(),
+        "--density".into(),
+        c.density.to_string(),
+        "--weights-dtype".into(),
+        c.weights_dtype.name().into(),
+        "--state-dtype".into(),
+        c.state_dtype.name().into(),
+        "--device".into(),
+        r.device.name().into(),
+        "--steps".into(),
+        r.steps.to_string(),
+        "--warmup".into(),
+        r.warmup.to_string(),
+        "--batch".into(),
+        r.batch.to_string(),
+        "--seq".into(),
+        r.seq.to_string(),
+    ];
+    if let Some(rank) = c.rank {
+        args.extend(["--rank".into(), rank.to_string()]);
+    }
+    if r.quiet {
+        args.push("--quiet".into());
+    }
+    let out = std::process::Command::new(exe)
+        .args(&args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running the {method} measurement: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("the {method} measurement failed ({})", out.status));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("reading the {method} measurement: {e}"))
+}
+
+fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> Result<(), String> {
+    if let Some(p) = &c.plot {
+        let measured: Vec<Breakdown> = rows
+            .iter()
+            .map(|r| Breakdown {
+                weight_bytes: r.weight_bytes,
+                grad_bytes: r.grad_bytes,
+                state_bytes: r.state_bytes,
+                total_bytes: r.total_bytes,
+                ..r.estimate.clone()
+            })
+            .collect();
+        plot(
+            p,
+            &format!("{} (tensors held on {})", shape.name, rows[0].device),
+            &measured,
+        )?;
+    }
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap());
+        return Ok(());
+    }
+    let header = [
+        "optimizer",
+        "rank",
+        "state held",
+        "state estimate",
+        "diff",
+        "weights+grads held",
+        "peak (measured)",
+        "step temporaries (measured)",
+        "optimizer step (median ms)",
+        "train step (median ms)",
+        "loss first → last",
+    ];
+    let opt = |v: Option<usize>| v.map(human).unwrap_or_else(|| "n/a".into());
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.optimizer.clone(),
+                rank_cell(&r.estimate),
+                format!("{} ({})", human(r.state_bytes), r.state_bytes),
+                format!(
+                    "{} ({})",
+                    human(r.estimate.state_bytes),
+                    r.estimate.state_bytes
+                ),
+                format!("{:+.3}%", 100.0 * r.state_diff),
+                human(r.weight_bytes + r.grad_bytes),
+                match r.peak_device_bytes {
+                    Some(d) => format!("{} device", human(d)),
+                    None => format!("{} heap", opt(r.peak_heap_bytes)),
+                },
+                opt(r.step_temporary_heap_bytes),
+                format!("{:.2}", r.optimizer_step_ms),
+                format!("{:.2}", r.train_step_ms),
+                format!("{:.3} → {:.3}", r.loss_first, r.loss_last),
+            ]
+        })
+        .collect();
+    if c.csv {
+        print!("{}", csv(&header, &cells));
+    } else {
+        println!(
+            "Measured on {} for {} ({} parameters; weights {}, state {}): batch {}×{} tokens, {} warm-up + {} timed steps, one process per method.\n\
+             \"held\" = numel × dtype size of the tensors held (accounting); \"peak\" = measured: the heap's peak during a train step \
+             (counting allocator) on the CPU, NVML's device-memory peak on CUDA; \"step temporaries\" = the optimizer step's heap peak above its start. \
+             Times: medians with the device synchronized (crates/bench/src/measure.rs)\n",
+            rows[0].device,
+            shape.name,
+            shape.param_count(),
+            c.weights_dtype.name(),
+            c.state_dtype.name(),
+            r.batch,
+            r.seq,
+            r.warmup,
+            r.steps,
+        );
+        print!("{}", markdown(&header, &cells));
+    }
+    Ok(())
+}

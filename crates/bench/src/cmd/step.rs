@@ -1,0 +1,52 @@
+//! `step`: optimizer-step and refresh time on single matrices.
+
+use super::{methods, parse_list};
+use crate::Device;
+use ember_bench::estimate::Method;
+
+
+pub fn run(
+    optimizer: &str,
+    shapes: &str,
+    ranks: &str,
+    device: Device,
+    (iters, warmup, refreshes): (usize, usize, usize),
+) -> Result<(), String> {
+    use ember_bench::steptime::time_step;
+    let shapes: Vec<(usize, usize)> = shapes
+        .split(',')
+        .map(|s| {
+            let (a, b) = s
+                .trim()
+                .split_once('x')
+                .ok_or(format!("shape `{s}` is not MxN"))?;
+            Ok((
+                a.parse().map_err(|_| format!("shape `{s}`"))?,
+                b.parse().map_err(|_| format!("shape `{s}`"))?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let ranks: Vec<usize> = parse_list(ranks, "rank")?;
+    if iters == 0 {
+        return Err("--iters must be positive".into());
+    }
+    for method in methods(optimizer)? {
+        for &(m, n) in &shapes {
+            for &r in &ranks {
+                if r == 0 || r > m.min(n) {
+                    return Err(format!("rank {r} does not fit a {m}x{n} matrix"));
+                }
+                let cfg = (warmup, iters, refreshes);
+                let t = on_device!(device, B => {
+                    time_step::<B>(method, (m, n), r, cfg, &Default::default())
+                });
+                println!("{}", serde_json::to_string(&t).unwrap());
+                if method == Method::Adamw {
+                    break; // rank does not matter
+                }
+            }
+        }
+    }
+    Ok(())
+}
+

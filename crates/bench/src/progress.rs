@@ -1,0 +1,65 @@
+//! Progress on stderr: a bar on a terminal, plain lines otherwise (a log, a pipe, a remote run),
+//! so a long first step (kernel compilation on CUDA) never looks like a hang.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+/// Progress of one run of `total` steps.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    name: String,
+    total: usize,
+    start: Instant,
+}
+
+impl Progress {
+    /// Shows progress if `on`: a bar when stderr is a terminal, else one line per step.
+    pub fn new(on: bool, name: &str, total: usize) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (on && terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap()
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(name.to_string());
+            bar
+        });
+        let p = Self {
+            bar,
+            plain: on && !terminal,
+            name: name.into(),
+            total,
+            start: Instant::now(),
+        };
+        if p.plain {
+            eprintln!("{}: starting ({} steps; the first compiles kernels on GPU backends)", p.name, total);
+        }
+        p
+    }
+
+    /// Step `k` (0-based) is done.
+    pub fn step(&self, k: usize, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(msg.to_string());
+            bar.inc(1);
+        } else if self.plain {
+            eprintln!(
+                "{}: step {}/{} done at {:.1} s, {msg}",
+                self.name,
+                k + 1,
+                self.total,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The run is over.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Device memory in use, from NVIDIA's management library, loaded at run time (no build-time
+//! dependency; `None` where there is no NVIDIA driver).
+
+/// Device memory in use, from NVML (loaded at run time; `None` where there is no NVIDIA driver).
+pub struct Nvml {
+    lib: Option<libloading::Library>,
+    device: usize,
+}
+
+#[repr(C)]
+struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+impl Nvml {
+    /// Opens NVML for GPU `index`.
+    pub fn open(index: u32) -> Self {
+        // SAFETY: loading the NVIDIA management library and calling its documented C entry points.
+        unsafe {
+            let Ok(lib) = libloading::Library::new("libnvidia-ml.so.1") else {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            };
+            let init: Result<libloading::Symbol<unsafe extern "C" fn() -> i32>, _> =
+                lib.get(b"nvmlInit_v2");
+            let get: Result<libloading::Symbol<unsafe extern "C" fn(u32, *mut usize) -> i32>, _> =
+                lib.get(b"nvmlDeviceGetHandleByIndex_v2");
+            let (Ok(init), Ok(get)) = (init, get) else {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            };
+            let mut handle = 0usize;
+            if init() != 0 || get(index, &mut handle) != 0 {
+                return Self {
+                    lib: None,
+                    device: 0,
+                };
+            }
+            Self {
+                lib: Some(lib),
+                device: handle,
+            }
+        }
+    }
+
+    /// Bytes in use on the device now.
+    pub fn used(&self) -> Option<usize> {
+        let lib = self.lib.as_ref()?;
+        // SAFETY: see `open`; `nvmlDeviceGetMemoryInfo` fills a `{total, free, used}` struct.
+        unsafe {
+            let f: libloading::Symbol<unsafe extern "C" fn(usize, *mut NvmlMemory) -> i32> =
+                lib.get(b"nvmlDeviceGetMemoryInfo").ok()?;
+            let mut m = NvmlMemory {
+                total: 0,
+                free: 0,
+                used: 0,
+            };
+            (f(self.device, &mut m) == 0).then_some(m.used as usize)
+        }
+    }
+}
