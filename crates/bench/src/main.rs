@@ -172,7 +172,10 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.command {
-        None => cmd::measure::run(&cmd::measure::default_common(), &cmd::measure::RunArgs::main_job()),
+        None => cmd::measure::run(
+            &cmd::measure::default_common(),
+            &cmd::measure::RunArgs::main_job(),
+        ),
         Some(Command::Estimate(c)) => cmd::estimate::run(&c),
         Some(Command::Measure { common, run }) => cmd::measure::run(&common, &run),
         Some(Command::Step {

@@ -35,7 +35,10 @@ impl Progress {
             start: Instant::now(),
         };
         if p.plain {
-            eprintln!("{}: starting ({} steps; the first compiles kernels on GPU backends)", p.name, total);
+            eprintln!(
+                "{}: starting ({} steps; the first compiles kernels on GPU backends)",
+                p.name, total
+            );
         }
         p
     }

@@ -79,8 +79,7 @@ fn estimate_equals_tensors_held_on_flex() {
                 state,
             };
             let est = estimate(&shape, s).unwrap();
-            let m =
-                measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
+            let m = measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
             for (what, got, want) in [
                 ("state", m.state_bytes, est.state_bytes),
                 ("weights", m.weight_bytes, est.weight_bytes),

@@ -72,6 +72,48 @@ impl<'a, B: Backend> StepContext<'a, B> {
     }
 }
 
+/// The gradient a step applies.
+#[derive(Debug, Clone)]
+pub enum Gradient<B: Backend> {
+    /// The full gradient `G` (m×n).
+    Full(Tensor<B, 2>),
+    /// An accumulated projected gradient `Σⱼ down(Gⱼ)` ([`EngineConfig::project`]).
+    Projected(Tensor<B, 2>),
+}
+
+/// A parameter's state taken apart for one step.
+struct Parts<B: Backend> {
+    step: usize,
+    adam_step: usize,
+    moments: Option<(Moment<B>, Moment<B>)>,
+    projector: Option<ProjectorState<B>>,
+    refresh: RefreshState,
+    prev_norm: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Parts<B> {
+    fn unpack(state: Option<ParamState<B>>, policy: &RefreshPolicy) -> Self {
+        match state {
+            Some(s) => Self {
+                step: s.step,
+                adam_step: s.adam_step,
+                moments: Some((s.moment_1, s.moment_2)),
+                projector: Some(s.projector),
+                refresh: s.refresh,
+                prev_norm: s.residual_norm,
+            },
+            None => Self {
+                step: 0,
+                adam_step: 0,
+                moments: None,
+                projector: None,
+                refresh: policy.init_state(),
+                prev_norm: None,
+            },
+        }
+    }
+}
+
 /// The parts of one pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -317,51 +359,126 @@ impl EngineConfig {
         state: Option<ParamState<B>>,
         ctx: &StepContext<'_, B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
-        let StepContext { shape, bases, salt } = *ctx;
-        let w_dtype = w.dtype();
-        let (w, g) = (w.cast(DType::F32), g.cast(DType::F32));
+        self.step_with(lr, w, Gradient::Full(g), state, ctx)
+    }
+
+    /// Whether gradients of this pipeline can be accumulated projected (`R = down(G)`, r×n)
+    /// instead of full: a projector and a residual that is discarded (GaLore, Q-GaLore, DCT).
+    pub fn accumulates_projected(&self) -> bool {
+        self.projector != ProjectorKind::Identity && self.residual.is_discard()
+    }
+
+    /// `R = down(G)` with the parameter's projector, refreshing it first when due and
+    /// `allow_refresh` (the first micro-batch of an accumulation window). Returns `R` (f32) and
+    /// the state holding the projector; nothing else changes (the step counters advance at
+    /// [`step_with`](Self::step_with)). With the projector fixed over a window,
+    /// `Σⱼ down(Gⱼ) = down(Σⱼ Gⱼ)`: accumulating `R` is exact.
+    pub fn project<B: EmberBackend>(
+        &self,
+        g: Tensor<B, 2>,
+        state: Option<ParamState<B>>,
+        ctx: &StepContext<'_, B>,
+        allow_refresh: bool,
+    ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
+        let g = g.cast(DType::F32);
+        let mut p = Parts::unpack(state, &self.refresh);
+        if allow_refresh || p.projector.is_none() {
+            self.refresh_parts(&mut p, &g, ctx)?;
+        }
+        let projector = p.projector.take().expect("projector set above");
+        let r = projector.materialize(ctx.bases).down(g, ctx.bases);
+        let [a, b] = r.dims();
+        let (m1, m2) = p
+            .moments
+            .take()
+            .unwrap_or_else(|| self.state.zeros([a, b], &r.device()));
+        Ok((
+            r,
+            ParamState {
+                shape: ctx.shape.to_vec(),
+                step: p.step,
+                adam_step: p.adam_step,
+                moment_1: m1,
+                moment_2: m2,
+                projector: projector.stored_as(self.state.projector_dtype()),
+                refresh: p.refresh,
+                residual_norm: p.prev_norm,
+            },
+        ))
+    }
+
+    /// Refreshes the projector of `p` if it has none or the refresh policy says so.
+    fn refresh_parts<B: EmberBackend>(
+        &self,
+        p: &mut Parts<B>,
+        g: &Tensor<B, 2>,
+        ctx: &StepContext<'_, B>,
+    ) -> Result<(), EmberError> {
         let [m, n] = g.dims();
-        let rank = self.rank_for(m, n);
-
-        let (mut step, mut adam_step, mut moments, mut projector, mut refresh, prev_norm) =
-            match state {
-                Some(s) => (
-                    s.step,
-                    s.adam_step,
-                    Some((s.moment_1, s.moment_2)),
-                    Some(s.projector),
-                    s.refresh,
-                    s.residual_norm,
-                ),
-                None => (0, 0, None, None, self.refresh.init_state(), None),
-            };
-
-        // refresh
-        let k = step;
         let identity = self.projector == ProjectorKind::Identity;
-        if projector.is_none() || (!identity && self.refresh.is_due(k, &refresh)) {
+        if p.projector.is_none() || (!identity && self.refresh.is_due(p.step, &p.refresh)) {
             let (fresh, first) = self.projector.fit_warm(
-                &g,
-                rank,
-                bases,
-                salt,
-                refresh.refreshes,
-                projector.as_ref(),
+                g,
+                self.rank_for(m, n),
+                ctx.bases,
+                ctx.salt,
+                p.refresh.refreshes,
+                p.projector.as_ref(),
             )?;
-            self.refresh.observe(&mut refresh, first);
-            refresh.refreshes += 1;
-            if self.adam.reset_on_refresh && moments.is_some() {
-                moments = None;
-                adam_step = 0;
+            self.refresh.observe(&mut p.refresh, first);
+            p.refresh.refreshes += 1;
+            if self.adam.reset_on_refresh && p.moments.is_some() {
+                p.moments = None;
+                p.adam_step = 0;
             }
-            projector = Some(fresh);
+            p.projector = Some(fresh);
+        }
+        Ok(())
+    }
+
+    /// [`step`](Self::step) with the full gradient or an accumulated projected one
+    /// ([`Gradient::Projected`], from [`project`](Self::project); no refresh then, and the
+    /// residual must be discarded).
+    pub fn step_with<B: EmberBackend>(
+        &self,
+        lr: f64,
+        w: Tensor<B, 2>,
+        grad: Gradient<B>,
+        state: Option<ParamState<B>>,
+        ctx: &StepContext<'_, B>,
+    ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
+        let StepContext { shape, bases, .. } = *ctx;
+        let w_dtype = w.dtype();
+        let w = w.cast(DType::F32);
+        let identity = self.projector == ProjectorKind::Identity;
+        let mut p = Parts::unpack(state, &self.refresh);
+        // the full gradient `g` and, when given, the projected one `r`
+        let (g, r_given) = match grad {
+            Gradient::Full(g) => (g.cast(DType::F32), None),
+            // identity: R is G
+            Gradient::Projected(r) if identity => (r.cast(DType::F32), None),
+            Gradient::Projected(r) => {
+                if !self.residual.is_discard() || p.projector.is_none() {
+                    return Err(EmberError::Internal(
+                        "a projected gradient needs a projector and a discarded residual".into(),
+                    ));
+                }
+                // the residual is discarded: `g` is never read
+                (w.clone(), Some(r.cast(DType::F32)))
+            }
+        };
+        if r_given.is_none() {
+            self.refresh_parts(&mut p, &g, ctx)?;
         }
         // (a loaded checkpoint may hold a bf16 projector widened to the backend's float)
-        let projector = projector
+        let projector = p
+            .projector
+            .take()
             .expect("projector set above")
             .stored_as(self.state.projector_dtype());
-        step += 1;
-        adam_step += 1;
+        let (moments, prev_norm) = (p.moments.take(), p.prev_norm.take());
+        let step = p.step + 1;
+        let adam_step = p.adam_step + 1;
         let (adam, c) = self.adam.coefficients(adam_step, lr);
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
@@ -382,7 +499,7 @@ impl EngineConfig {
         let (w, m1, m2, residual_norm) = match basis {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
-                let r = basis.down(g.clone());
+                let r = r_given.unwrap_or_else(|| basis.down(g.clone()));
                 let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
                 let (w, zeta) = B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
                 (w, m1, m2, zeta)
@@ -394,7 +511,7 @@ impl EngineConfig {
             }
             // coordinate selection, two-sided projection: composed from burn ops
             None => {
-                let r = active.down(g.clone(), bases);
+                let r = r_given.unwrap_or_else(|| active.down(g.clone(), bases));
                 let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
                 let mut w = w;
                 if coef.decay_before != 0.0 {
@@ -433,7 +550,7 @@ impl EngineConfig {
                 moment_1: m1,
                 moment_2: m2,
                 projector,
-                refresh,
+                refresh: p.refresh,
                 residual_norm,
             },
         ))

@@ -10,13 +10,13 @@
 //! * **INT8 weights**: [`Llama::into_int8`] stores the projections as Ember's `QLinear`.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::DType;
 use burn::nn::{
     Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig, RotaryEncoding,
     RotaryEncodingConfig,
 };
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::DType;
 use ember_core::QLinear;
 use serde::{Deserialize, Serialize};
 

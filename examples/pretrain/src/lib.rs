@@ -31,8 +31,8 @@ use burn::train::{
     SupervisedTraining, TrainOutput, TrainStep,
 };
 use ember::recipe::{Method, Recipe};
-use ember_llama::{Llama, LlamaShape};
 use ember_core::EmberOptimizer;
+use ember_llama::{Llama, LlamaShape};
 use serde::{Deserialize, Serialize};
 
 /// The embedded corpus (see `data/SOURCE.md`).

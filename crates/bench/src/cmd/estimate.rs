@@ -7,7 +7,6 @@ use ember_bench::report::{csv, human, markdown, plot};
 use super::{rank_cell, settings};
 use crate::Common;
 
-
 pub fn run(c: &Common) -> Result<(), String> {
     let shape = LlamaShape::resolve(&c.model)?;
     let rows: Vec<Breakdown> = settings(c, &shape)?
@@ -72,4 +71,3 @@ pub fn run(c: &Common) -> Result<(), String> {
     }
     Ok(())
 }
-

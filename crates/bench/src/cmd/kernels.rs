@@ -20,4 +20,3 @@ pub fn run(device: Device, seed: u64) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -146,4 +146,3 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     }
     Ok(())
 }
-

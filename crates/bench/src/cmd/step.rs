@@ -4,7 +4,6 @@ use super::{methods, parse_list};
 use crate::Device;
 use ember_bench::estimate::Method;
 
-
 pub fn run(
     optimizer: &str,
     shapes: &str,
@@ -49,4 +48,3 @@ pub fn run(
     }
     Ok(())
 }
-
