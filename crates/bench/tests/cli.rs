@@ -8,18 +8,6 @@ use ember_bench::llama::LlamaShape;
 use ember_bench::measure::{measure, MeasureOptions};
 use serde_json::Value;
 
-fn small() -> LlamaShape {
-    LlamaShape {
-        name: "small".into(),
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_attention_heads: 2,
-        num_hidden_layers: 2,
-        vocab_size: 96,
-        max_sequence_length: 64,
-    }
-}
-
 fn bench(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ember-bench"))
         .args(args)
