@@ -309,12 +309,67 @@ fn mismatched_checkpoints_are_refused() {
     );
 }
 
+/// burn's `Optimizer::step` cannot return an error: under the `Learner` a non-finite gradient
+/// skips the step (counted, logged) instead of panicking, whatever the policy; `try_step`
+/// returns the error.
+#[test]
+fn optimizer_trait_step_skips_non_finite_gradients() {
+    let device = Default::default();
+    let model = Tiny::<B>::new(&device);
+    let before = flat(&model);
+    let mut optim = config().init::<B, Tiny<B>>();
+    let grads = grads_with(&model, f32::NAN);
+    let model = Optimizer::step(&mut optim, 1e-2, model, grads);
+    assert_eq!(flat(&model), before);
+    assert_eq!(optim.skipped_steps(), 1);
+    assert_eq!(optim.steps(), 0);
+    assert!(optim.param_state(model.mlp.down.weight.id).is_none());
+    // and training goes on with finite gradients
+    let model = train_step(model, &mut optim, 0, 1e-2).0;
+    assert_ne!(flat(&model), before);
+    assert_eq!(optim.steps(), 1);
+}
+
+/// Other bad input still panics in `Optimizer::step`, with the error's message.
 #[test]
 #[should_panic(expected = "ember optimizer step failed")]
-fn optimizer_trait_step_panics_with_the_message() {
+fn optimizer_trait_step_panics_on_bad_input() {
+    let device = Default::default();
+    let model = Tiny::<B>::new(&device);
+    let mut optim = config().with_rank(100).init::<B, Tiny<B>>();
+    let l = loss(&model, 0);
+    let grads = GradientsParams::from_grads(l.backward(), &model);
+    let _ = Optimizer::step(&mut optim, 1e-2, model, grads);
+}
+
+/// A gradient whose shape is not its parameter's, and a bad learning rate, are clear errors.
+#[test]
+fn wrong_gradient_shapes_and_learning_rates_are_errors() {
     let device = Default::default();
     let model = Tiny::<B>::new(&device);
     let mut optim = config().init::<B, Tiny<B>>();
-    let grads = grads_with(&model, f32::NAN);
-    let _ = optim.step(1e-2, model, grads);
+    let mut grads = GradientsParams::new();
+    // mlp.up.weight is 12×16: a 16×12 gradient
+    grads.register::<burn::backend::Flex, 2>(
+        model.mlp.up.weight.id,
+        tensor([D_HIDDEN, D_IN], 3, &device),
+    );
+    let err = optim.try_step(1e-2, model.clone(), grads).err().unwrap();
+    assert_eq!(
+        err,
+        EmberError::GradientShape {
+            param: "mlp.up.weight".into(),
+            param_shape: vec![D_IN, D_HIDDEN],
+            grad_shape: vec![D_HIDDEN, D_IN],
+        }
+    );
+    for lr in [-1e-3, f64::NAN, f64::INFINITY] {
+        let l = loss(&model, 0);
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        let err = optim.try_step(lr, model.clone(), grads).err().unwrap();
+        assert!(
+            matches!(err, EmberError::InvalidConfig(ref m) if m.contains("learning rate")),
+            "{err}"
+        );
+    }
 }

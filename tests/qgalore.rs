@@ -177,7 +177,7 @@ fn bad_input() {
     let grads = GradientsParams::from_grads(model.w.val().sum().backward(), &model);
     let err = q.try_step(1e-3, model, grads).err().unwrap();
     assert!(
-        matches!(err, EmberError::InvalidConfig(ref m) if m.contains("group size")),
+        matches!(err, EmberError::UnsupportedParameter { ref param, ref reason } if param == "w" && reason.contains("group size")),
         "{err}"
     );
 }

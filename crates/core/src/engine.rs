@@ -271,6 +271,25 @@ impl EngineConfig {
                     rank,
                 });
             }
+            if let ProjectorKind::QuantizedSvd { group_size, .. } = self.projector {
+                // the quantized projector is P (r×n for m ≥ n, else m×r), grouped along its rows
+                let (m, n) = (shape[0], shape[1]);
+                let (rows, cols) = if m >= n { (rank, n) } else { (m, rank) };
+                let group = if group_size < 0 {
+                    cols
+                } else {
+                    group_size as usize
+                };
+                if group == 0 || !(rows * cols).is_multiple_of(group) {
+                    return Err(EmberError::UnsupportedParameter {
+                        param: name.into(),
+                        reason: format!(
+                            "the quantization group size {group_size} does not divide its \
+                             {rows}x{cols} projector"
+                        ),
+                    });
+                }
+            }
         }
         if let Some(state) = state {
             if state.shape != shape {

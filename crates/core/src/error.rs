@@ -35,6 +35,15 @@ pub enum EmberError {
         /// What differs.
         reason: String,
     },
+    /// A gradient whose shape is not its parameter's.
+    GradientShape {
+        /// Module path (or id) of the parameter.
+        param: String,
+        /// The parameter's shape.
+        param_shape: Vec<usize>,
+        /// The gradient's shape.
+        grad_shape: Vec<usize>,
+    },
     /// A numerical routine failed (e.g. the SVD did not converge).
     Internal(String),
 }
@@ -58,6 +67,14 @@ impl fmt::Display for EmberError {
             EmberError::CheckpointMismatch { param, reason } => write!(
                 f,
                 "the loaded optimizer state does not match parameter `{param}`: {reason}"
+            ),
+            EmberError::GradientShape {
+                param,
+                param_shape,
+                grad_shape,
+            } => write!(
+                f,
+                "the gradient of parameter `{param}` has shape {grad_shape:?}, the parameter {param_shape:?}; nothing was changed"
             ),
             EmberError::Internal(m) => write!(f, "{m}"),
         }

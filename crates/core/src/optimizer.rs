@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocks::BlockSchedule;
 use crate::dct::SharedBases;
-use crate::engine::{EngineConfig, ParamState, StepContext};
+use crate::engine::{EngineConfig, Gradient, ParamState, StepContext};
+use crate::projector::tensor_bytes;
+use burn::tensor::DType;
 use crate::error::EmberError;
 use crate::targets::Targets;
 
@@ -22,7 +24,8 @@ use crate::targets::Targets;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NonFinitePolicy {
     /// [`EmberOptimizer::try_step`] returns [`EmberError::NonFiniteGradient`] naming the first
-    /// such parameter, and changes nothing (`Optimizer::step` panics with that message). Default.
+    /// such parameter, and changes nothing. Default. (burn's `Optimizer::step`, which cannot
+    /// return an error, skips the step instead: see its docs.)
     Error,
     /// The whole step is skipped (no parameter or state changes) and a warning is logged.
     SkipStep,
@@ -176,20 +179,103 @@ where
     }
 }
 
+/// How a step call relates to the optimizer step counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A whole step: every parameter's gradient; the counter advances.
+    Whole,
+    /// Part of a step (layer-wise training: one block's parameters); the counter advances at
+    /// [`EmberOptimizer::finish_step`].
+    Part,
+}
+
+/// Gradients accumulated over micro-batches ([`EmberOptimizer::try_accumulate`]): per
+/// parameter, the **projected** gradient `Σⱼ down(Gⱼ)` (r×n) where the pipeline discards its
+/// residual (GaLore, Q-GaLore, DCT: exact while the projector is fixed over the window, and the
+/// projector is refreshed only on a parameter's first micro-batch), the full `Σⱼ Gⱼ` otherwise
+/// (AdamW, Fira, FRUGAL). Sums, like burn's `GradientsAccumulator`.
+pub struct Accumulated<B: Backend> {
+    entries: HashMap<ParamId, (Gradient<B>, B::Device)>,
+}
+
+impl<B: Backend> Default for Accumulated<B> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> Accumulated<B> {
+    /// Nothing accumulated.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parameters holding an accumulated gradient.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is accumulated.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of the accumulated gradients.
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .values()
+            .map(|(g, _)| match g {
+                Gradient::Full(t) | Gradient::Projected(t) => tensor_bytes(t),
+            })
+            .sum()
+    }
+
+    /// Takes the entries of `ids` out (one stage's parameters).
+    pub fn take(&mut self, ids: &[ParamId]) -> Self {
+        Self {
+            entries: ids
+                .iter()
+                .filter_map(|id| self.entries.remove(id).map(|e| (*id, e)))
+                .collect(),
+        }
+    }
+
+    fn add(&mut self, id: ParamId, g: Gradient<B>, device: B::Device) {
+        let sum = match (self.entries.remove(&id), g) {
+            (None, g) => g,
+            (Some((Gradient::Full(a), _)), Gradient::Full(b)) => Gradient::Full(a + b),
+            (Some((Gradient::Projected(a), _)), Gradient::Projected(b)) => {
+                Gradient::Projected(a + b)
+            }
+            (Some(_), g) => g, // not reached: a parameter's pipeline does not change
+        };
+        self.entries.insert(id, (sum, device));
+    }
+}
+
 impl<M, B> EmberOptimizer<M, B>
 where
     M: AutodiffModule<B>,
     B: AutodiffBackend,
     B::InnerBackend: EmberBackend,
 {
-    /// One optimizer step; on error nothing (module or state) has changed.
+    /// One optimizer step.
+    ///
+    /// Bad input (a gradient of the wrong shape or dtype, a rank that does not fit, a checkpoint
+    /// of another configuration, a negative or non-finite `lr`, NaN/Inf gradients under
+    /// [`NonFinitePolicy::Error`]) is an error found before anything changes. The update itself
+    /// is applied parameter by parameter, each old weight freed as its new one is made (no
+    /// second copy of the model's weights); an internal failure there (e.g. an SVD that does
+    /// not converge) is returned after the parameters before it were updated.
     pub fn try_step(
         &mut self,
         lr: f64,
         module: M,
         grads: GradientsParams,
     ) -> Result<M, EmberError> {
-        self.step_common(lr, module, Grads::Single(grads))
+        self.step_common(lr, module, Grads::Single(grads), Mode::Whole, self.non_finite)
     }
 
     /// [`try_step`](Self::try_step) with gradients from several devices (burn's multi-device
@@ -200,12 +286,107 @@ where
         module: M,
         grads: MultiGradientsParams,
     ) -> Result<M, EmberError> {
-        self.step_common(lr, module, Grads::Multi(grads))
+        self.step_common(lr, module, Grads::Multi(grads), Mode::Whole, self.non_finite)
     }
 
-    fn step_common(&mut self, lr: f64, module: M, grads: Grads) -> Result<M, EmberError> {
-        // Pass 1: take every gradient, check shapes, ranks, loaded state and finiteness before
-        // anything changes.
+    /// Part of a step: updates the parameters that have a gradient in `grads` (one block, in
+    /// layer-wise training) without advancing the optimizer step counter; call
+    /// [`finish_step`](Self::finish_step) once every part of the step is done. Per-parameter
+    /// states (step counts, refreshes) advance as in [`try_step`](Self::try_step).
+    pub fn try_step_part(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M, EmberError> {
+        self.step_common(lr, module, Grads::Single(grads), Mode::Part, self.non_finite)
+    }
+
+    /// Ends a step made of [`try_step_part`](Self::try_step_part) calls.
+    pub fn finish_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// Adds `grads` (one micro-batch, or one block of it) to `acc`: projected where the
+    /// pipeline discards its residual, full otherwise (see [`Accumulated`]). A parameter's first
+    /// micro-batch in `acc` may refresh its projector (when due); later ones use that projector.
+    pub fn try_accumulate(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        acc: &mut Accumulated<B::InnerBackend>,
+    ) -> Result<(), EmberError> {
+        if self.blocks.is_some() {
+            return Err(unsupported_blockwise());
+        }
+        let (order, mut pending) = self.collect(module, Grads::Single(grads))?;
+        if let Some(bad) = first_non_finite(&order, &pending) {
+            let err = EmberError::NonFiniteGradient {
+                param: pending[&bad].path.clone(),
+            };
+            match self.non_finite {
+                NonFinitePolicy::Error => return Err(err),
+                NonFinitePolicy::SkipStep => {
+                    log::warn!("ember: {err}; skipping this micro-batch");
+                    self.skipped_steps += 1;
+                    return Ok(());
+                }
+            }
+        }
+        for id in order {
+            let p = pending.remove(&id).expect("collected");
+            if p.empty {
+                continue;
+            }
+            let engine = self.engine_of(id, &p).clone();
+            let g = match p.grad {
+                Gradient::Full(g) if engine.accumulates_projected() => {
+                    let first = !acc.entries.contains_key(&id);
+                    let state = self.states.remove(&id).map(|s| s.to_device(&p.device));
+                    let ctx = StepContext {
+                        shape: &p.shape,
+                        bases: &self.bases,
+                        salt: crate::rng::hash_str(&p.path),
+                    };
+                    let (r, state) = engine.project(g, state, &ctx, first)?;
+                    self.states.insert(id, state);
+                    Gradient::Projected(r)
+                }
+                g => g,
+            };
+            acc.add(id, g, p.device);
+        }
+        Ok(())
+    }
+
+    /// One step with accumulated gradients (the parameters in `acc`); `finish` advances the
+    /// optimizer step counter (a whole step), else it is part of a step (layer-wise).
+    pub fn try_step_accumulated(
+        &mut self,
+        lr: f64,
+        module: M,
+        acc: Accumulated<B::InnerBackend>,
+        finish: bool,
+    ) -> Result<M, EmberError> {
+        let mode = if finish { Mode::Whole } else { Mode::Part };
+        self.step_common(lr, module, Grads::Accumulated(acc), mode, self.non_finite)
+    }
+
+    fn engine_of(&self, id: ParamId, p: &Pending<B::InnerBackend>) -> &EngineConfig {
+        if self.blocks.is_none() && self.targets.is_target(id, &p.path, &p.shape) {
+            &self.target
+        } else {
+            &self.dense
+        }
+    }
+
+    /// Pass 1: takes every gradient and checks dtypes, shapes, ranks and loaded state.
+    #[allow(clippy::type_complexity)]
+    fn collect(
+        &self,
+        module: &M,
+        grads: Grads<B::InnerBackend>,
+    ) -> Result<(Vec<ParamId>, HashMap<ParamId, Pending<B::InnerBackend>>), EmberError> {
         let mut collector = Collector::<B> {
             grads,
             path: Vec::new(),
@@ -213,31 +394,59 @@ where
             order: Vec::new(),
             codes: Vec::new(),
             qparams: HashMap::new(),
+            error: None,
         };
         module.visit(&mut collector);
         collector.pair_quantized()?;
-        let Collector { taken, order, .. } = collector;
-
-        for id in &order {
-            let c = &taken[id];
-            if c.shape.iter().product::<usize>() == 0 {
-                continue; // empty: nothing to update, no state (skipped below as well)
-            }
-            let engine = if self.targets.is_target(*id, &c.path, &c.shape) && self.blocks.is_none()
-            {
-                &self.target
-            } else {
-                &self.dense
-            };
-            EngineConfig::check_dtypes(&c.path, c.value.dtype(), c.grad.dtype())?;
-            engine.check_param(&c.path, &c.shape, self.states.get(id))?;
+        if let Some(e) = collector.error {
+            return Err(e);
         }
+        let Collector { taken, order, .. } = collector;
+        for id in &order {
+            let p = &taken[id];
+            if p.empty {
+                continue; // nothing to update, no state
+            }
+            EngineConfig::check_dtypes(&p.path, p.dtype, p.grad_dtype())?;
+            if let Gradient::Full(g) = &p.grad {
+                let rows: usize = p.shape[..p.shape.len().saturating_sub(1)].iter().product();
+                let want = [rows.max(1), *p.shape.last().unwrap_or(&1)];
+                if g.dims() != want || p.grad_shape != p.shape {
+                    return Err(EmberError::GradientShape {
+                        param: p.path.clone(),
+                        param_shape: p.shape.clone(),
+                        grad_shape: p.grad_shape.clone(),
+                    });
+                }
+            }
+            self.engine_of(*id, p)
+                .check_param(&p.path, &p.shape, self.states.get(id))?;
+        }
+        Ok((order, taken))
+    }
 
-        if let Some(bad) = first_non_finite(&order, &taken) {
+    fn step_common(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: Grads<B::InnerBackend>,
+        mode: Mode,
+        non_finite: NonFinitePolicy,
+    ) -> Result<M, EmberError> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(EmberError::InvalidConfig(format!(
+                "learning rate {lr} must be finite and ≥ 0"
+            )));
+        }
+        if mode == Mode::Part && self.blocks.is_some() {
+            return Err(unsupported_blockwise());
+        }
+        let (order, pending) = self.collect(&module, grads)?;
+        if let Some(bad) = first_non_finite(&order, &pending) {
             let err = EmberError::NonFiniteGradient {
-                param: taken[&bad].path.clone(),
+                param: pending[&bad].path.clone(),
             };
-            match self.non_finite {
+            match non_finite {
                 NonFinitePolicy::Error => return Err(err),
                 NonFinitePolicy::SkipStep => {
                     log::warn!("ember: {err}; skipping this optimizer step");
@@ -247,127 +456,61 @@ where
             }
         }
 
-        // Pass 2: the updates. Errors here (e.g. an SVD failing) are returned before any
-        // parameter is replaced, since new states are staged first.
-        let mut updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>> = HashMap::new();
-        let mut int_updates: HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>> = HashMap::new();
-        let mut new_states = HashMap::new();
-        let mut dropped = Vec::new();
-        let mut taken = taken;
-
         // blockwise: which targets are state-full this step; states reset at each re-selection
-        let block_targets: Vec<ParamId> = match &self.blocks {
-            Some(_) => order
-                .iter()
-                .filter(|id| {
-                    let c = &taken[*id];
-                    self.targets.is_target(**id, &c.path, &c.shape)
-                })
-                .copied()
-                .collect(),
-            None => Vec::new(),
-        };
-        let active: HashMap<ParamId, bool> = match &self.blocks {
-            Some(b) => block_targets
-                .iter()
-                .copied()
-                .zip(b.active(block_targets.len(), self.step))
-                .collect(),
-            None => HashMap::new(),
-        };
-        let reselect = self
-            .blocks
-            .as_ref()
-            .is_some_and(|b| self.step.is_multiple_of(b.gap));
-
-        for id in &order {
-            let c = taken.remove(id).expect("collected");
-            if c.shape.iter().product::<usize>() == 0 {
-                continue; // an empty parameter has nothing to update and holds no state
+        let (active, reselect) = match &self.blocks {
+            Some(b) => {
+                let targets: Vec<ParamId> = order
+                    .iter()
+                    .filter(|id| {
+                        let p = &pending[*id];
+                        self.targets.is_target(**id, &p.path, &p.shape)
+                    })
+                    .copied()
+                    .collect();
+                let active: HashMap<ParamId, bool> = targets
+                    .iter()
+                    .copied()
+                    .zip(b.active(targets.len(), self.step))
+                    .collect();
+                (active, self.step.is_multiple_of(b.gap))
             }
-            if let (Some(blocks), Some(&is_active)) = (&self.blocks, active.get(id)) {
-                if !is_active {
-                    let w = c.value.to_device(&c.device);
-                    let w = self.dense.state_free_step(lr, w, c.grad, &blocks.inactive);
-                    self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
-                    dropped.push(*id);
-                    continue;
-                }
-                let state = if reselect {
-                    None
-                } else {
-                    self.states.get(id).cloned()
-                };
-                let state = state.map(|s| s.to_device(&c.device));
-                let w = c.value.to_device(&c.device);
-                let (w, state) = self.dense.step(
-                    lr,
-                    w,
-                    c.grad,
-                    state,
-                    &StepContext::new(&c.shape, &self.bases),
-                )?;
-                self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
-                new_states.insert(*id, state);
-                continue;
-            }
-            let engine = if self.targets.is_target(*id, &c.path, &c.shape) {
-                &self.target
-            } else {
-                &self.dense
-            };
-            let state = self.states.get(id).cloned().map(|s| s.to_device(&c.device));
-            let w = c.value.to_device(&c.device);
-            let salt = crate::rng::hash_str(&c.path);
-            let ctx = StepContext {
-                shape: &c.shape,
-                bases: &self.bases,
-                salt,
-            };
-            let (w, state) = engine.step(lr, w, c.grad, state, &ctx)?;
-            self.stage(&mut updates, &mut int_updates, *id, &c.path, c.quant, w);
-            new_states.insert(*id, state);
-        }
-        for id in dropped {
-            self.states.remove(&id);
-        }
-        self.states.extend(new_states);
-        self.step += 1;
-
-        let mut mapper = Applier::<B> {
-            updates,
-            int_updates,
+            None => (HashMap::new(), false),
         };
-        Ok(module.map(&mut mapper))
+
+        // Pass 2: the updates, parameter by parameter inside the module mapping
+        let mut stepper = Stepper::<B> {
+            lr,
+            pending,
+            target: &self.target,
+            dense: &self.dense,
+            targets: &self.targets,
+            blocks: self.blocks.as_ref(),
+            active,
+            reselect,
+            states: &mut self.states,
+            bases: &self.bases,
+            rounding_seed: self.rounding_seed,
+            step: self.step,
+            qparams: HashMap::new(),
+            error: None,
+        };
+        let module = module.map(&mut stepper);
+        if let Some(e) = stepper.error {
+            return Err(e);
+        }
+        if mode == Mode::Whole {
+            self.step += 1;
+        }
+        Ok(module)
     }
+}
 
-    /// Stages a parameter's new value; an INT8 weight is re-quantized with stochastic rounding
-    /// (counter-based uniforms keyed by `SplitMix64(seed, path, step)`).
-    fn stage(
-        &self,
-        updates: &mut HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
-        int_updates: &mut HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>>,
-        id: ParamId,
-        path: &str,
-        quant: Option<QuantInfo>,
-        w: Tensor<B::InnerBackend, 2>,
-    ) {
-        match quant {
-            None => {
-                updates.insert(id, w);
-            }
-            Some(q) => {
-                let key = crate::qlinear::rounding_key(
-                    self.rounding_seed,
-                    &[crate::rng::hash_str(path), self.step as u64],
-                );
-                let (codes, qparams) = crate::qlinear::quantize_int8(w, q.group, Some(key));
-                int_updates.insert(id, codes);
-                let [r, g, two] = qparams.dims();
-                updates.insert(q.qparams_id, qparams.reshape([r * g, two]));
-            }
-        }
-    }
+fn unsupported_blockwise() -> EmberError {
+    EmberError::InvalidConfig(
+        "FRUGAL's blockwise mode chooses its active parameters among all targets of a whole \
+         step: it cannot run part by part (layer-wise training) or with accumulated gradients"
+            .into(),
+    )
 }
 
 impl<M, B> Optimizer<M, B> for EmberOptimizer<M, B>
@@ -378,15 +521,31 @@ where
 {
     type Record = EmberRecord<B>;
 
-    /// Panics with a clear message on bad input; use [`EmberOptimizer::try_step`] for a `Result`.
+    /// A step for burn's `Learner` and hand-written loops. `Optimizer::step` cannot return an
+    /// error, so a non-finite gradient **skips the step** (logged with the parameter's name,
+    /// counted by [`EmberOptimizer::skipped_steps`]) whatever the [`NonFinitePolicy`];
+    /// [`EmberOptimizer::try_step`] returns it as an error instead. Other bad input panics with
+    /// the error's message.
     fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        self.try_step(lr, module, grads)
-            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+        self.step_common(
+            lr,
+            module,
+            Grads::Single(grads),
+            Mode::Whole,
+            NonFinitePolicy::SkipStep,
+        )
+        .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
     }
 
     fn step_multi(&mut self, lr: f64, module: M, grads: MultiGradientsParams) -> M {
-        self.try_step_multi(lr, module, grads)
-            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+        self.step_common(
+            lr,
+            module,
+            Grads::Multi(grads),
+            Mode::Whole,
+            NonFinitePolicy::SkipStep,
+        )
+        .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
     }
 
     fn to_record(&self) -> Self::Record {
@@ -405,50 +564,69 @@ where
     }
 }
 
-enum Grads {
+enum Grads<B: Backend> {
     Single(GradientsParams),
     Multi(MultiGradientsParams),
+    Accumulated(Accumulated<B>),
 }
 
-impl Grads {
-    fn remove<B: Backend, const D: usize>(
-        &mut self,
-        id: ParamId,
-    ) -> Option<(Tensor<B, D>, B::Device)> {
+impl<B: Backend> Grads<B> {
+    /// The gradient of `id` as a 2-D view, its original shape and its device.
+    fn remove<const D: usize>(&mut self, id: ParamId) -> Option<(Gradient<B>, Vec<usize>, B::Device)> {
+        let full = |t: Tensor<B, D>, d: B::Device| {
+            let shape = t.dims().to_vec();
+            (Gradient::Full(as_2d(t)), shape, d)
+        };
         match self {
             Grads::Single(g) => g.remove::<B, D>(id).map(|t| {
                 let d = t.device();
-                (t, d)
+                full(t, d)
             }),
-            Grads::Multi(g) => g.remove::<B, D>(id),
+            Grads::Multi(g) => g.remove::<B, D>(id).map(|(t, d)| full(t, d)),
+            Grads::Accumulated(acc) => acc.entries.remove(&id).map(|(g, d)| {
+                let shape = match &g {
+                    Gradient::Full(t) | Gradient::Projected(t) => t.dims().to_vec(),
+                };
+                (g, shape, d)
+            }),
         }
     }
 }
 
-/// A parameter's gradient and value, as 2-D views (`[numel / last, last]` for other ranks).
-struct Collected<B: Backend> {
+/// A parameter to update: its gradient (a 2-D view, `[numel / last, last]` for other ranks).
+struct Pending<B: Backend> {
     path: String,
+    /// The parameter's shape.
     shape: Vec<usize>,
-    grad: Tensor<B, 2>,
-    value: Tensor<B, 2>,
+    /// The gradient's shape as burn returned it (checked against `shape`).
+    grad_shape: Vec<usize>,
+    grad: Gradient<B>,
+    dtype: DType,
     device: B::Device,
-    quant: Option<QuantInfo>,
+    quant: Option<QuantInfo<B>>,
+    empty: bool,
 }
 
-/// An INT8 weight ([`QLinear`](crate::qlinear::QLinear)): where its `(scale, zero)` live.
-#[derive(Clone, Copy)]
-struct QuantInfo {
+impl<B: Backend> Pending<B> {
+    fn grad_dtype(&self) -> DType {
+        match &self.grad {
+            Gradient::Full(t) | Gradient::Projected(t) => t.dtype(),
+        }
+    }
+
+    fn grad_tensor(&self) -> &Tensor<B, 2> {
+        match &self.grad {
+            Gradient::Full(t) | Gradient::Projected(t) => t,
+        }
+    }
+}
+
+/// An INT8 weight ([`QLinear`](crate::qlinear::QLinear)): its `(scale, zero)` parameter.
+struct QuantInfo<B: Backend> {
     qparams_id: ParamId,
+    qparams: Tensor<B, 3>,
     group: usize,
 }
-
-type PendingCodes<B> = (
-    String,
-    ParamId,
-    Tensor<B, 2, Int>,
-    Tensor<B, 2>,
-    burn::tensor::Device<B>,
-);
 
 fn as_2d<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     let dims = t.dims();
@@ -461,21 +639,31 @@ fn as_2d<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     t.reshape([rows, cols])
 }
 
+type PendingCodes<B> = (
+    String,
+    ParamId,
+    Vec<usize>,
+    Gradient<B>,
+    Vec<usize>,
+    burn::tensor::Device<B>,
+);
+
 struct Collector<B: AutodiffBackend> {
-    grads: Grads,
+    grads: Grads<B::InnerBackend>,
     path: Vec<String>,
-    taken: HashMap<ParamId, Collected<B::InnerBackend>>,
+    taken: HashMap<ParamId, Pending<B::InnerBackend>>,
     order: Vec<ParamId>,
     /// Int parameters that received a float gradient (INT8 weights), by parent path.
     codes: Vec<PendingCodes<B::InnerBackend>>,
     /// Float parameters named `qparams` without a gradient, by parent path.
     qparams: HashMap<String, (ParamId, Tensor<B::InnerBackend, 3>)>,
+    error: Option<EmberError>,
 }
 
 impl<B: AutodiffBackend> Collector<B> {
     /// Joins each INT8 weight with its `qparams` and files it as `<parent>.weight`.
     fn pair_quantized(&mut self) -> Result<(), EmberError> {
-        for (parent, id, codes, grad, device) in std::mem::take(&mut self.codes) {
+        for (parent, id, codes_shape, grad, grad_shape, device) in std::mem::take(&mut self.codes) {
             let path = if parent.is_empty() {
                 "weight".to_string()
             } else {
@@ -489,32 +677,25 @@ impl<B: AutodiffBackend> Collector<B> {
                         .into(),
                 });
             };
-            let [rows, words] = codes.dims();
+            let [rows, words] = [codes_shape[0], codes_shape[1]];
             let [_, groups, _] = qparams.dims();
             let shape = vec![rows, words * 4];
-            if grad.dims() != [rows, words * 4] {
-                return Err(EmberError::UnsupportedParameter {
-                    param: path,
-                    reason: format!(
-                        "gradient of shape {:?} for an INT8 weight of shape {shape:?}",
-                        grad.dims()
-                    ),
-                });
-            }
-            let value = crate::qlinear::dequantize_int8(codes, qparams);
             self.order.push(id);
             self.taken.insert(
                 id,
-                Collected {
+                Pending {
                     path,
                     shape,
+                    grad_shape,
                     grad,
-                    value,
+                    dtype: DType::F32,
                     device,
                     quant: Some(QuantInfo {
                         qparams_id: qid,
+                        qparams,
                         group: words * 4 / groups,
                     }),
+                    empty: rows * words == 0,
                 },
             );
         }
@@ -533,8 +714,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let id = param.id;
-        if let Some((grad, device)) = self.grads.remove::<B::InnerBackend, D>(id) {
-            let value = param.val().inner();
+        if let Some((grad, grad_shape, device)) = self.grads.remove::<D>(id) {
+            let value = param.val();
             let shape = value.dims().to_vec();
             let path = if self.path.is_empty() {
                 id.to_string()
@@ -544,11 +725,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
             self.order.push(id);
             self.taken.insert(
                 id,
-                Collected {
+                Pending {
                     path,
+                    empty: shape.iter().product::<usize>() == 0,
                     shape,
-                    grad: as_2d(grad),
-                    value: as_2d(value),
+                    grad_shape,
+                    grad,
+                    dtype: value.dtype(),
                     device,
                     quant: None,
                 },
@@ -566,17 +749,25 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
         if D != 2 {
             return;
         }
-        if let Some((grad, device)) = self.grads.remove::<B::InnerBackend, 2>(param.id) {
-            let t = param.val().inner();
-            let dims = t.dims();
+        if let Some((grad, grad_shape, device)) = self.grads.remove::<2>(param.id) {
+            let dims = param.val().dims().to_vec();
             let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
-            self.codes.push((
-                parent,
-                param.id,
-                t.reshape([dims[0], dims[1]]),
-                grad,
-                device,
-            ));
+            if let Gradient::Full(g) = &grad {
+                if g.dims() != [dims[0], dims[1] * 4] && self.error.is_none() {
+                    self.error = Some(EmberError::GradientShape {
+                        param: format!("{parent}.weight"),
+                        param_shape: vec![dims[0], dims[1] * 4],
+                        grad_shape: grad_shape.clone(),
+                    });
+                }
+            }
+            // the INT8 weight's own shape is what the gradient is checked against
+            let shape_checked = match &grad {
+                Gradient::Full(_) => vec![dims[0], dims[1] * 4],
+                Gradient::Projected(_) => grad_shape.clone(),
+            };
+            self.codes
+                .push((parent, param.id, dims, grad, shape_checked, device));
         }
     }
 }
@@ -585,11 +776,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
 /// gradient and one read of the flags per device.
 fn first_non_finite<B: EmberBackend>(
     order: &[ParamId],
-    taken: &HashMap<ParamId, Collected<B>>,
+    pending: &HashMap<ParamId, Pending<B>>,
 ) -> Option<ParamId> {
     let mut groups: Vec<(B::Device, Vec<ParamId>)> = Vec::new();
     for id in order {
-        let device = &taken[id].device;
+        let device = &pending[id].device;
         match groups.iter_mut().find(|(d, _)| d == device) {
             Some((_, ids)) => ids.push(*id),
             None => groups.push((device.clone(), vec![*id])),
@@ -597,7 +788,10 @@ fn first_non_finite<B: EmberBackend>(
     }
     let mut bad = Vec::new();
     for (device, ids) in groups {
-        let grads = ids.iter().map(|id| taken[id].grad.clone()).collect();
+        let grads = ids
+            .iter()
+            .map(|id| pending[id].grad_tensor().clone())
+            .collect();
         let flags = B::non_finite_flags(grads, &device)
             .into_data()
             .convert::<f32>();
@@ -612,27 +806,123 @@ fn first_non_finite<B: EmberBackend>(
     order.iter().find(|id| bad.contains(id)).copied()
 }
 
-struct Applier<B: AutodiffBackend> {
-    updates: HashMap<ParamId, Tensor<B::InnerBackend, 2>>,
-    int_updates: HashMap<ParamId, Tensor<B::InnerBackend, 2, Int>>,
+/// Pass 2: computes each parameter's update while the module is mapped, so that its old value
+/// is freed as soon as the new one exists.
+struct Stepper<'a, B: AutodiffBackend> {
+    lr: f64,
+    pending: HashMap<ParamId, Pending<B::InnerBackend>>,
+    target: &'a EngineConfig,
+    dense: &'a EngineConfig,
+    targets: &'a Targets,
+    blocks: Option<&'a BlockSchedule>,
+    active: HashMap<ParamId, bool>,
+    reselect: bool,
+    states: &'a mut HashMap<ParamId, ParamState<B::InnerBackend>>,
+    bases: &'a SharedBases<B::InnerBackend>,
+    rounding_seed: u64,
+    step: usize,
+    /// New `(scale, zero)` of INT8 weights, applied when their `qparams` is mapped.
+    qparams: HashMap<ParamId, Tensor<B::InnerBackend, 3>>,
+    error: Option<EmberError>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Applier<B> {
+impl<B: AutodiffBackend> Stepper<'_, B>
+where
+    B::InnerBackend: EmberBackend,
+{
+    /// The new value of parameter `id` (2-D view) from its current value `w`.
+    fn update(
+        &mut self,
+        id: ParamId,
+        p: Pending<B::InnerBackend>,
+        w: Tensor<B::InnerBackend, 2>,
+    ) -> Result<Tensor<B::InnerBackend, 2>, EmberError> {
+        let w = w.to_device(&p.device);
+        if let (Some(blocks), Some(&is_active)) = (self.blocks, self.active.get(&id)) {
+            let Gradient::Full(g) = p.grad else {
+                return Err(unsupported_blockwise());
+            };
+            if !is_active {
+                self.states.remove(&id);
+                return Ok(self.dense.state_free_step(self.lr, w, g, &blocks.inactive));
+            }
+            let state = if self.reselect {
+                self.states.remove(&id);
+                None
+            } else {
+                self.states.remove(&id).map(|s| s.to_device(&p.device))
+            };
+            let (w, state) = self.dense.step(
+                self.lr,
+                w,
+                g,
+                state,
+                &StepContext::new(&p.shape, self.bases),
+            )?;
+            self.states.insert(id, state);
+            return Ok(w);
+        }
+        let engine = if self.blocks.is_none() && self.targets.is_target(id, &p.path, &p.shape) {
+            self.target
+        } else {
+            self.dense
+        };
+        let state = self.states.remove(&id).map(|s| s.to_device(&p.device));
+        let ctx = StepContext {
+            shape: &p.shape,
+            bases: self.bases,
+            salt: crate::rng::hash_str(&p.path),
+        };
+        match engine.step_with(self.lr, w, p.grad, state.clone(), &ctx) {
+            Ok((w, state)) => {
+                self.states.insert(id, state);
+                Ok(w)
+            }
+            Err(e) => {
+                if let Some(s) = state {
+                    self.states.insert(id, s);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Stepper<'_, B>
+where
+    B::InnerBackend: EmberBackend,
+{
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let tensor = match self.updates.remove(&id) {
-            Some(w) => {
-                let require_grad = tensor.is_require_grad();
-                let dims: [usize; D] = tensor.dims();
-                let mut t = Tensor::<B, D>::from_inner(w.reshape(dims));
+        if let Some(q) = self.qparams.remove(&id) {
+            let t = Tensor::<B, D>::from_inner(q.reshape(tensor.dims()));
+            return Param::from_mapped_value(id, t, mapper);
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        if p.empty || self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let require_grad = tensor.is_require_grad();
+        let dims: [usize; D] = tensor.dims();
+        let device = tensor.device();
+        let w = as_2d(tensor.clone().inner());
+        let out = self.update(id, p, w);
+        match out {
+            Ok(w) => {
+                drop(tensor); // the old value goes as the new one arrives
+                let mut t = Tensor::<B, D>::from_inner(w.reshape(dims).to_device(&device));
                 if require_grad {
                     t = t.require_grad();
                 }
-                t
+                Param::from_mapped_value(id, t, mapper)
             }
-            None => tensor,
-        };
-        Param::from_mapped_value(id, tensor, mapper)
+            Err(e) => {
+                self.error = Some(e);
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
     }
 
     fn map_int<const D: usize>(
@@ -640,11 +930,38 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Applier<B> {
         param: Param<Tensor<B, D, Int>>,
     ) -> Param<Tensor<B, D, Int>> {
         let (id, tensor, mapper) = param.consume();
-        let tensor = match self.int_updates.remove(&id) {
-            Some(codes) => Tensor::<B, D, Int>::from_inner(codes.reshape(tensor.dims())),
-            None => tensor,
+        let Some(p) = self.pending.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
         };
-        Param::from_mapped_value(id, tensor, mapper)
+        let Some(q) = p.quant.as_ref().map(|q| (q.qparams_id, q.qparams.clone(), q.group)) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        if p.empty || self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let (qparams_id, qparams, group) = q;
+        let dims = tensor.dims();
+        let codes = tensor.clone().inner().reshape([dims[0], dims[1]]);
+        let w = crate::qlinear::dequantize_int8(codes, qparams);
+        let path = p.path.clone();
+        match self.update(id, p, w) {
+            Ok(w) => {
+                // re-quantize with stochastic rounding, keyed by (seed, path, step)
+                let key = crate::qlinear::rounding_key(
+                    self.rounding_seed,
+                    &[crate::rng::hash_str(&path), self.step as u64],
+                );
+                let (codes, new_qparams) = crate::qlinear::quantize_int8(w, group, Some(key));
+                self.qparams.insert(qparams_id, new_qparams);
+                drop(tensor);
+                let t = Tensor::<B, D, Int>::from_inner(codes.reshape(dims));
+                Param::from_mapped_value(id, t, mapper)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
     }
 }
 
