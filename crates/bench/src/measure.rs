@@ -133,9 +133,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Bytes<'_, B> {
     }
 }
 
-/// Synthetic but learnable token batches: each sequence is an arithmetic progression
-/// `start + i·stride (mod vocab)` with a random start and one of 4 strides, so the loss falls as
-/// the model learns to continue it.
+/// Synthetic but learnable token batches ([`ember_llama::Tokens::synthetic`]) on `device`.
 pub fn tokens<B: Backend>(
     batch: usize,
     seq: usize,
@@ -143,20 +141,7 @@ pub fn tokens<B: Backend>(
     step: usize,
     device: &B::Device,
 ) -> Tensor<B, 2, Int> {
-    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let mut v = Vec::with_capacity(batch * seq);
-    for _ in 0..batch {
-        let start = next() % vocab as u64;
-        let stride = 1 + next() % 4;
-        v.extend((0..seq as u64).map(|i| ((start + i * stride) % vocab as u64) as i32));
-    }
-    Tensor::from_data(TensorData::new(v, [batch, seq]), device)
+    ember_llama::Tokens::synthetic(batch, seq, vocab, step).tensor(device)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

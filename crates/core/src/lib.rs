@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod dct;
 pub mod engine;
 pub mod error;
+pub mod layerwise;
 pub mod method;
 pub mod optimizer;
 pub mod projector;
@@ -28,7 +29,7 @@ pub use adam::{AdamFlavor, SubspaceAdam};
 pub use blocks::{BlockOrder, BlockSchedule};
 pub use dct::SharedBases;
 pub use ember_kernels::EmberBackend;
-pub use engine::{DecayTiming, EngineConfig, ParamState, RankRule, StepContext};
+pub use engine::{DecayTiming, EngineConfig, Gradient, ParamState, RankRule, StepContext};
 pub use error::EmberError;
 pub use method::MethodConfig;
 
@@ -36,7 +37,8 @@ pub use method::MethodConfig;
 pub use burn as __burn;
 /// The projection kernels (`ember-kernels`): the backend extension trait and its implementations.
 pub use ember_kernels as kernels;
-pub use optimizer::{EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
+pub use layerwise::{BlockModel, LayerwiseConfig, LayerwiseTrainer, Stage};
+pub use optimizer::{Accumulated, EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use qlinear::{quantized_grads, QLinear, QLinearConfig};
 pub use refresh::{RefreshPolicy, RefreshState};

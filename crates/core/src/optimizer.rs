@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::blocks::BlockSchedule;
 use crate::dct::SharedBases;
 use crate::engine::{EngineConfig, Gradient, ParamState, StepContext};
-use crate::projector::tensor_bytes;
-use burn::tensor::DType;
 use crate::error::EmberError;
+use crate::projector::tensor_bytes;
 use crate::targets::Targets;
+use burn::tensor::DType;
 
 /// What a step does when a gradient holds NaN or ±Inf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +160,11 @@ where
         self.states.get(&id)
     }
 
+    /// Whether the optimizer runs FRUGAL's blockwise mode.
+    pub fn is_blockwise(&self) -> bool {
+        self.blocks.is_some()
+    }
+
     /// Steps skipped because of non-finite gradients ([`NonFinitePolicy::SkipStep`]).
     pub fn skipped_steps(&self) -> usize {
         self.skipped_steps
@@ -195,7 +200,8 @@ enum Mode {
 /// projector is refreshed only on a parameter's first micro-batch), the full `Σⱼ Gⱼ` otherwise
 /// (AdamW, Fira, FRUGAL). Sums, like burn's `GradientsAccumulator`.
 pub struct Accumulated<B: Backend> {
-    entries: HashMap<ParamId, (Gradient<B>, B::Device)>,
+    /// Per parameter: the sum, the full gradient's shape as burn returned it, the device.
+    entries: HashMap<ParamId, (Gradient<B>, Vec<usize>, B::Device)>,
 }
 
 impl<B: Backend> Default for Accumulated<B> {
@@ -226,7 +232,7 @@ impl<B: Backend> Accumulated<B> {
     pub fn bytes(&self) -> usize {
         self.entries
             .values()
-            .map(|(g, _)| match g {
+            .map(|(g, _, _)| match g {
                 Gradient::Full(t) | Gradient::Projected(t) => tensor_bytes(t),
             })
             .sum()
@@ -242,16 +248,16 @@ impl<B: Backend> Accumulated<B> {
         }
     }
 
-    fn add(&mut self, id: ParamId, g: Gradient<B>, device: B::Device) {
+    fn add(&mut self, id: ParamId, g: Gradient<B>, shape: Vec<usize>, device: B::Device) {
         let sum = match (self.entries.remove(&id), g) {
             (None, g) => g,
-            (Some((Gradient::Full(a), _)), Gradient::Full(b)) => Gradient::Full(a + b),
-            (Some((Gradient::Projected(a), _)), Gradient::Projected(b)) => {
+            (Some((Gradient::Full(a), ..)), Gradient::Full(b)) => Gradient::Full(a + b),
+            (Some((Gradient::Projected(a), ..)), Gradient::Projected(b)) => {
                 Gradient::Projected(a + b)
             }
             (Some(_), g) => g, // not reached: a parameter's pipeline does not change
         };
-        self.entries.insert(id, (sum, device));
+        self.entries.insert(id, (sum, shape, device));
     }
 }
 
@@ -275,7 +281,13 @@ where
         module: M,
         grads: GradientsParams,
     ) -> Result<M, EmberError> {
-        self.step_common(lr, module, Grads::Single(grads), Mode::Whole, self.non_finite)
+        self.step_common(
+            lr,
+            module,
+            Grads::Single(grads),
+            Mode::Whole,
+            self.non_finite,
+        )
     }
 
     /// [`try_step`](Self::try_step) with gradients from several devices (burn's multi-device
@@ -286,7 +298,13 @@ where
         module: M,
         grads: MultiGradientsParams,
     ) -> Result<M, EmberError> {
-        self.step_common(lr, module, Grads::Multi(grads), Mode::Whole, self.non_finite)
+        self.step_common(
+            lr,
+            module,
+            Grads::Multi(grads),
+            Mode::Whole,
+            self.non_finite,
+        )
     }
 
     /// Part of a step: updates the parameters that have a gradient in `grads` (one block, in
@@ -299,7 +317,13 @@ where
         module: M,
         grads: GradientsParams,
     ) -> Result<M, EmberError> {
-        self.step_common(lr, module, Grads::Single(grads), Mode::Part, self.non_finite)
+        self.step_common(
+            lr,
+            module,
+            Grads::Single(grads),
+            Mode::Part,
+            self.non_finite,
+        )
     }
 
     /// Ends a step made of [`try_step_part`](Self::try_step_part) calls.
@@ -354,7 +378,7 @@ where
                 }
                 g => g,
             };
-            acc.add(id, g, p.device);
+            acc.add(id, g, p.grad_shape, p.device);
         }
         Ok(())
     }
@@ -572,7 +596,10 @@ enum Grads<B: Backend> {
 
 impl<B: Backend> Grads<B> {
     /// The gradient of `id` as a 2-D view, its original shape and its device.
-    fn remove<const D: usize>(&mut self, id: ParamId) -> Option<(Gradient<B>, Vec<usize>, B::Device)> {
+    fn remove<const D: usize>(
+        &mut self,
+        id: ParamId,
+    ) -> Option<(Gradient<B>, Vec<usize>, B::Device)> {
         let full = |t: Tensor<B, D>, d: B::Device| {
             let shape = t.dims().to_vec();
             (Gradient::Full(as_2d(t)), shape, d)
@@ -583,12 +610,7 @@ impl<B: Backend> Grads<B> {
                 full(t, d)
             }),
             Grads::Multi(g) => g.remove::<B, D>(id).map(|(t, d)| full(t, d)),
-            Grads::Accumulated(acc) => acc.entries.remove(&id).map(|(g, d)| {
-                let shape = match &g {
-                    Gradient::Full(t) | Gradient::Projected(t) => t.dims().to_vec(),
-                };
-                (g, shape, d)
-            }),
+            Grads::Accumulated(acc) => acc.entries.remove(&id),
         }
     }
 }
@@ -933,7 +955,11 @@ where
         let Some(p) = self.pending.remove(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let Some(q) = p.quant.as_ref().map(|q| (q.qparams_id, q.qparams.clone(), q.group)) else {
+        let Some(q) = p
+            .quant
+            .as_ref()
+            .map(|q| (q.qparams_id, q.qparams.clone(), q.group))
+        else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         if p.empty || self.error.is_some() {

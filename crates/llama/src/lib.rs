@@ -336,36 +336,53 @@ impl<B: Backend> Llama<B> {
 
     /// Logits `[batch, seq, vocab]` of token ids `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [b, t] = tokens.dims();
-        let device = tokens.device();
-        let mask = burn::nn::attention::generate_autoregressive_mask::<B>(b, t, &device);
         let mut x = self.embed.forward(tokens);
-        for block in &self.layers {
-            let h =
-                block
-                    .attn
-                    .forward(block.attn_norm.forward(x.clone()), &self.rope, mask.clone());
-            x = x + h;
-            let y = block.mlp_norm.forward(x.clone());
-            let m = block
-                .mlp
-                .down
-                .forward(silu(block.mlp.gate.forward(y.clone())) * block.mlp.up.forward(y));
-            x = x + m;
+        for k in 0..self.layers.len() {
+            x = self.block_forward(k, x);
         }
         self.lm_head.forward(self.norm.forward(x))
+    }
+
+    /// The id of the embedding's weight.
+    pub fn embed_weight_id(&self) -> burn::module::ParamId {
+        self.embed.weight.id
+    }
+
+    /// Decoder block `k` on hidden states `[batch, seq, hidden]`.
+    pub fn block_forward(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let mask = burn::nn::attention::generate_autoregressive_mask::<B>(b, t, &x.device());
+        let block = &self.layers[k];
+        let h = block
+            .attn
+            .forward(block.attn_norm.forward(x.clone()), &self.rope, mask);
+        let x = x + h;
+        let y = block.mlp_norm.forward(x.clone());
+        let m = block
+            .mlp
+            .down
+            .forward(silu(block.mlp.gate.forward(y.clone())) * block.mlp.up.forward(y));
+        x + m
+    }
+
+    /// Mean next-token cross-entropy (in f32) of `logits` `[batch, seq, vocab]` against
+    /// `targets` `[batch, seq]`.
+    fn cross_entropy(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t, v] = logits.dims();
+        burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(
+                logits.reshape([b * t, v]).cast(DType::F32),
+                targets.reshape([b * t]),
+            )
     }
 
     /// Mean next-token cross-entropy of `tokens` `[batch, seq]`.
     pub fn loss(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let [b, t] = tokens.dims();
         let logits = self.forward(tokens.clone().slice([0..b, 0..t - 1]));
-        let v = logits.dims()[2];
-        let targets = tokens.slice([0..b, 1..t]).reshape([b * (t - 1)]);
         // the loss in f32, whatever the weights' dtype
-        burn::nn::loss::CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits.reshape([b * (t - 1), v]).cast(DType::F32), targets)
+        Self::cross_entropy(logits, tokens.slice([0..b, 1..t]))
     }
 
     /// The same model with every float parameter stored as `dtype` (e.g. `DType::BF16`; ids and
@@ -390,5 +407,116 @@ impl<B: Backend> ModuleMapper<B> for CastParams {
             t = t.require_grad();
         }
         Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+/// Token ids `[batch, seq]` kept on the host: the batch of layer-wise training, which reads it
+/// on two backends (the forward pass without autodiff, the recomputation with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    /// Row-major ids.
+    pub ids: Vec<i32>,
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence (inputs `0..seq−1`, targets `1..seq`).
+    pub seq: usize,
+}
+
+impl Tokens {
+    /// Synthetic but learnable batches: each sequence is an arithmetic progression
+    /// `start + i·stride (mod vocab)` with a random start and one of 4 strides, so the loss falls
+    /// as the model learns to continue it; batch `step` of a fixed stream.
+    pub fn synthetic(batch: usize, seq: usize, vocab: usize, step: usize) -> Self {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut ids = Vec::with_capacity(batch * seq);
+        for _ in 0..batch {
+            let start = next() % vocab as u64;
+            let stride = 1 + next() % 4;
+            ids.extend((0..seq as u64).map(|i| ((start + i * stride) % vocab as u64) as i32));
+        }
+        Self { ids, batch, seq }
+    }
+
+    /// The ids as a `[batch, seq]` tensor on `device`.
+    pub fn tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        Tensor::from_data(
+            TensorData::new(self.ids.clone(), [self.batch, self.seq]),
+            device,
+        )
+    }
+
+    /// Reads a `[batch, seq]` id tensor back to the host.
+    pub fn from_tensor<B: Backend>(t: Tensor<B, 2, Int>) -> Self {
+        let [batch, seq] = t.dims();
+        let ids = t
+            .into_data()
+            .convert::<i32>()
+            .to_vec()
+            .expect("i32 token ids");
+        Self { ids, batch, seq }
+    }
+
+    fn slice<B: Backend>(
+        &self,
+        cols: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Int> {
+        self.tensor::<B>(device).slice([0..self.batch, cols])
+    }
+}
+
+impl<B: Backend> ember_core::BlockModel<B> for Llama<B> {
+    type Batch = Tokens;
+
+    fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn input(&self, batch: &Tokens) -> Tensor<B, 3> {
+        let device = self.embed.weight.val().device();
+        self.embed
+            .forward(batch.slice::<B>(0..batch.seq - 1, &device))
+    }
+
+    fn block(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.block_forward(k, x)
+    }
+
+    fn output_loss(&self, x: Tensor<B, 3>, batch: &Tokens) -> Tensor<B, 1> {
+        let device = x.device();
+        let logits = self.lm_head.forward(self.norm.forward(x));
+        Self::cross_entropy(logits, batch.slice::<B>(1..batch.seq, &device))
+    }
+
+    fn visit_stage<V: burn::module::ModuleVisitor<B>>(
+        &self,
+        stage: ember_core::Stage,
+        visitor: &mut V,
+    ) {
+        // the same field names as the whole model's visit, so paths match
+        let named = |name: &str, visitor: &mut V, f: &dyn Fn(&mut V)| {
+            visitor.enter_module(name, "");
+            f(visitor);
+            visitor.exit_module(name, "");
+        };
+        match stage {
+            ember_core::Stage::Input => named("embed", visitor, &|v| self.embed.visit(v)),
+            ember_core::Stage::Block(k) => named("layers", visitor, &|v| {
+                let key = k.to_string();
+                v.enter_module(&key, "");
+                self.layers[k].visit(v);
+                v.exit_module(&key, "");
+            }),
+            ember_core::Stage::Output => {
+                named("norm", visitor, &|v| self.norm.visit(v));
+                named("lm_head", visitor, &|v| self.lm_head.visit(v));
+            }
+        }
     }
 }
