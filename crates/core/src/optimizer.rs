@@ -201,8 +201,11 @@ enum Mode {
 /// (AdamW, Fira, FRUGAL). Sums, like burn's `GradientsAccumulator`.
 pub struct Accumulated<B: Backend> {
     /// Per parameter: the sum, the full gradient's shape as burn returned it, the device.
-    entries: HashMap<ParamId, (Gradient<B>, Vec<usize>, B::Device)>,
+    entries: HashMap<ParamId, AccumulatedEntry<B>>,
 }
+
+/// One parameter's accumulated gradient, the full gradient's shape, its device.
+type AccumulatedEntry<B> = (Gradient<B>, Vec<usize>, <B as burn::tensor::backend::BackendTypes>::Device);
 
 impl<B: Backend> Default for Accumulated<B> {
     fn default() -> Self {
