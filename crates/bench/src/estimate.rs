@@ -101,6 +101,21 @@ pub struct Settings {
     pub state: Dtype,
 }
 
+/// How the model is run: what decides the gradients held, the weights of INT8 layers and the
+/// activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunShape {
+    /// Layer-wise training: one stage's gradients at a time, block inputs kept, one block's
+    /// activations (`ember_core::layerwise`).
+    pub layerwise: bool,
+    /// Attention and MLP projections stored in INT8 (`QLinear`, groups of 256 where they divide a
+    /// row, else one group per row).
+    pub int8_weights: bool,
+    /// `(batch, sequence)` tokens per step: activations and step temporaries are estimated
+    /// (`peak_bytes`); `None`: tensors held only.
+    pub tokens: Option<(usize, usize)>,
+}
+
 /// One row of the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Breakdown {
@@ -135,10 +150,42 @@ pub struct Breakdown {
     pub scalar_bytes: usize,
     /// weights + grads + state.
     pub total_bytes: usize,
+    /// How the run was modelled.
+    #[serde(default)]
+    pub run: RunShape,
+    /// Activations at their peak (layer-wise: the block inputs plus the largest stage's
+    /// activations; ordinary: every block's), when tokens were given.
+    #[serde(default)]
+    pub activation_bytes: Option<usize>,
+    /// The optimizer step's temporaries at their peak (new weight and moments of the largest
+    /// parameter before the old are freed, f32 copies of low-precision weights and gradients).
+    #[serde(default)]
+    pub temporary_bytes: Option<usize>,
+    /// total + max(activations, temporaries): the estimated peak (when tokens were given).
+    #[serde(default)]
+    pub peak_bytes: Option<usize>,
 }
 
-/// The estimate for one model and settings; errors name a layer the rank does not fit.
+/// The estimate for one model and settings (ordinary step, f32/bf16 weights, tensors held);
+/// errors name a layer the rank does not fit.
 pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
+    estimate_run(shape, s, RunShape::default())
+}
+
+/// Bytes of one INT8 (`QLinear`) weight `d_in × d_out`: one byte per weight (packed codes) and
+/// an f32 `(scale, zero)` per group of 256 along a row (one group per row when 256 does not
+/// divide it) — the grouping `ember_llama::Llama::into_int8(256)` uses.
+pub fn int8_weight_bytes(d_in: usize, d_out: usize) -> usize {
+    let group = if d_out.is_multiple_of(256) {
+        256
+    } else {
+        d_out
+    };
+    d_in * d_out + 8 * d_in * (d_out / group)
+}
+
+/// The estimate of a run (see [`RunShape`]).
+pub fn estimate_run(shape: &LlamaShape, s: Settings, run: RunShape) -> Result<Breakdown, String> {
     if s.weights == Dtype::Int8 {
         return Err("weights are f32 or bf16 (INT8 weights are Q-GaLore's QLinear)".into());
     }
@@ -164,6 +211,10 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
         basis_bytes: 0,
         scalar_bytes: 0,
         total_bytes: 0,
+        run,
+        activation_bytes: None,
+        temporary_bytes: None,
+        peak_bytes: None,
     };
     let mut basis_sizes = std::collections::BTreeSet::new();
     for (path, dims, target) in shape.parameters() {
@@ -214,10 +265,78 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
         b.scalar_bytes += MAPS_BYTES;
     }
     b.basis_bytes = basis_sizes.iter().map(|s| 4 * s * s).sum();
-    b.weight_bytes = b.param_count * wb;
-    b.grad_bytes = b.param_count * wb;
+    // weights; gradients: all at once, or the largest stage's (layer-wise). INT8 weights hold
+    // codes + scales; their gradients are f32.
+    let (h, i, v) = (shape.hidden_size, shape.intermediate_size, shape.vocab_size);
+    let mut weight_bytes = 0;
+    let mut stage_grads: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut largest_param = 0usize;
+    for (path, dims, target) in shape.parameters() {
+        let numel: usize = dims.iter().product();
+        let int8 = run.int8_weights && target;
+        weight_bytes += if int8 {
+            int8_weight_bytes(dims[0], dims[1])
+        } else {
+            numel * wb
+        };
+        let stage = match path.split('.').collect::<Vec<_>>().as_slice() {
+            ["layers", k, ..] => format!("layers.{k}"),
+            ["embed", ..] => "input".into(),
+            _ => "output".into(),
+        };
+        *stage_grads.entry(stage).or_default() += numel * if int8 { 4 } else { wb };
+        largest_param = largest_param.max(numel);
+    }
+    b.weight_bytes = weight_bytes;
+    b.grad_bytes = if run.layerwise {
+        stage_grads.values().copied().max().unwrap_or(0)
+    } else {
+        stage_grads.values().sum()
+    };
+    b.run = run;
+    if let Some((batch, seq)) = run.tokens {
+        // the model reads `seq − 1` input tokens per sequence
+        let n = batch * seq.saturating_sub(1);
+        let t = seq.saturating_sub(1);
+        let a = shape.num_attention_heads;
+        let layers = shape.num_hidden_layers;
+        // per block, saved for the backward pass (fitted to burn's autodiff on flex,
+        // docs/memory.md): (6·h + 2·i) values of the weights' dtype per token, the rotary
+        // embedding's f32 copies 4·h·4 bytes, 4.5 attention matrices of a·t values
+        let block = n * ((6 * h + 2 * i) * wb + 16 * h) + (9 * n * a * t * wb) / 2;
+        // INT8 weights: the dequantized f32 weight of each projection is an autodiff leaf
+        let block_int8 = if run.int8_weights {
+            4 * (4 * h * h + 3 * h * i)
+        } else {
+            0
+        };
+        // the output stage: logits in the weights' dtype, their f32 log-softmax and gradient
+        let output = n * v * (wb + 8);
+        let block_params = (4 * h * h + 3 * h * i) * if run.int8_weights { 4 } else { wb };
+        let activations = if run.layerwise {
+            // block inputs + the larger of one block (recomputed: its activations, 1.4× the
+            // saved set with the backward's temporaries, and gradients; ∂L/∂x and ∂L/∂y) and
+            // the output stage
+            let inputs = (layers + 1) * n * h * wb;
+            let one_block = (14 * block) / 10 + block_int8 + block_params + 2 * n * h * wb;
+            inputs + one_block.max(output)
+        } else {
+            layers * (block + block_int8) + output
+        };
+        // the optimizer step: the largest parameter's new weight and moments before the old
+        // are freed (f32 compute copies of a low-precision weight and its gradient as well)
+        let temporaries = largest_param * (3 * 4 + if wb < 4 { 8 } else { 0 });
+        b.activation_bytes = Some(activations);
+        b.temporary_bytes = Some(temporaries);
+    }
     b.state_bytes =
         b.moment_bytes + b.projector_bytes + b.index_bytes + b.basis_bytes + b.scalar_bytes;
     b.total_bytes = b.weight_bytes + b.grad_bytes + b.state_bytes;
+    // activations are freed before the update they feed (the whole step's, or a stage's before
+    // its update, the block inputs aside), so the peak is the larger of the two phases
+    b.peak_bytes = b
+        .activation_bytes
+        .zip(b.temporary_bytes)
+        .map(|(a, t)| b.total_bytes + a.max(t));
     Ok(b)
 }

@@ -109,6 +109,20 @@ pub struct Common {
     /// Draw the breakdown as stacked bars (SVG).
     #[arg(long)]
     pub plot: Option<String>,
+    /// Layer-wise training: one stage's gradients at a time, block inputs kept, each block
+    /// updated during the backward pass (`ember_core::layerwise`).
+    #[arg(long)]
+    pub layerwise: bool,
+    /// Attention and MLP projections stored in INT8 (`QLinear`, Q-GaLore's weights).
+    #[arg(long)]
+    pub int8_weights: bool,
+    /// Sequences per step (`estimate`: with `--seq`, adds activations and step temporaries;
+    /// `measure`: default 4).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens per sequence (`measure`: default 64).
+    #[arg(long)]
+    pub seq: Option<usize>,
 }
 
 /// Where a measurement runs.

@@ -13,12 +13,13 @@
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
 use ember::recipe::Recipe;
-use ember_core::EmberOptimizer;
+use ember_core::{BlockModel, EmberOptimizer, LayerwiseConfig, LayerwiseTrainer, Stage};
+use ember_llama::Tokens;
 use serde::Serialize;
 
 use crate::estimate::{Dtype, Settings};
@@ -41,6 +42,10 @@ pub struct MeasureOptions {
     pub progress: bool,
     /// Weights dtype (`f32` or `bf16`).
     pub weights: Dtype,
+    /// Layer-wise training (`ember_core::layerwise`): each block updated during the backward.
+    pub layerwise: bool,
+    /// Store the attention and MLP projections in INT8 (`QLinear`, groups of 256).
+    pub int8_weights: bool,
 }
 
 /// What was measured.
@@ -48,11 +53,13 @@ pub struct MeasureOptions {
 pub struct Measured {
     /// Weight bytes of the model's tensors.
     pub weight_bytes: usize,
-    /// Gradient bytes.
+    /// Gradient bytes held at once: every gradient (ordinary step); the largest stage's
+    /// (layer-wise: one stage's gradients exist at a time).
     pub grad_bytes: usize,
     /// Optimizer-state bytes.
     pub state_bytes: usize,
-    /// Median optimizer step, milliseconds.
+    /// Median optimizer step, milliseconds (NaN layer-wise: the updates interleave with the
+    /// backward pass).
     pub optimizer_step_ms: f64,
     /// Median train step (forward + backward + optimizer), milliseconds.
     pub train_step_ms: f64,
@@ -111,28 +118,6 @@ pub fn try_optimizer_with<B: AutodiffBackend, M: AutodiffModule<B>>(
     recipe(s, targets, gap, scale).build()
 }
 
-struct Bytes<'a, B: AutodiffBackend> {
-    grads: Option<&'a GradientsParams>,
-    total: usize,
-    _backend: std::marker::PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Bytes<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        match self.grads {
-            None => {
-                let t = param.val();
-                self.total += t.shape().num_elements() * t.dtype().size();
-            }
-            Some(g) => {
-                if let Some(t) = g.get::<B::InnerBackend, D>(param.id) {
-                    self.total += t.shape().num_elements() * t.dtype().size();
-                }
-            }
-        }
-    }
-}
-
 /// Synthetic but learnable token batches ([`ember_llama::Tokens::synthetic`]) on `device`.
 pub fn tokens<B: Backend>(
     batch: usize,
@@ -162,7 +147,22 @@ pub fn measure<B: AutodiffBackend>(
 ) -> Measured
 where
     B::InnerBackend: ember_core::EmberBackend,
-    Llama<B>: AutodiffModule<B>,
+    Llama<B>: AutodiffModule<B, InnerModule = Llama<B::InnerBackend>>,
+{
+    try_measure::<B>(shape, s, o, device, peak).unwrap_or_else(|e| panic!("measure: {e}"))
+}
+
+/// [`measure`], returning configuration errors.
+pub fn try_measure<B: AutodiffBackend>(
+    shape: &LlamaShape,
+    s: &Settings,
+    o: &MeasureOptions,
+    device: &B::Device,
+    peak: &mut dyn FnMut() -> Option<usize>,
+) -> Result<Measured, String>
+where
+    B::InnerBackend: ember_core::EmberBackend,
+    Llama<B>: AutodiffModule<B, InnerModule = Llama<B::InnerBackend>>,
 {
     // release what earlier runs in this process left in the allocator's pool, so that the
     // device-memory peak below is this method's (burn keeps freed blocks pooled otherwise)
@@ -172,13 +172,24 @@ where
     if o.weights == Dtype::Bf16 {
         model = model.cast(DType::BF16);
     }
-    let mut optim = optimizer::<B>(s);
-    let mut weights = Bytes::<B> {
-        grads: None,
-        total: 0,
-        _backend: Default::default(),
+    if o.int8_weights {
+        model = model.into_int8(256)?;
+    }
+    let optim = try_optimizer_with::<B, Llama<B>>(
+        s,
+        vec!["attn".to_string(), "mlp".to_string()],
+        200,
+        None,
+    )?;
+    let weight_bytes = param_bytes(&model);
+    let mut trainer = if o.layerwise {
+        let mut t = LayerwiseTrainer::new(optim, LayerwiseConfig::new());
+        t.check(&model).map_err(|e| e.to_string())?;
+        Stepper::Layerwise(Box::new(t))
+    } else {
+        Stepper::Ordinary(Box::new(optim))
     };
-    model.visit(&mut weights);
+    let grad_bytes_layerwise = o.layerwise.then(|| largest_stage_bytes(&model));
 
     let progress = crate::progress::Progress::new(o.progress, s.method.name(), o.warmup + o.steps);
     let (mut opt_ms, mut train_ms) = (vec![], vec![]);
@@ -190,41 +201,55 @@ where
         (a, b) => a.or(b),
     };
     for step in 0..o.warmup + o.steps {
-        let batch = tokens::<B>(o.batch, o.seq, shape.vocab_size, step, device);
+        let tokens = Tokens::synthetic(o.batch, o.seq, shape.vocab_size, step);
         B::sync(device).ok();
         crate::heap::reset_peak();
         let t0 = Instant::now();
-        let loss = model.loss(batch);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        B::sync(device).ok();
-        let t1 = Instant::now();
-        let forward_backward_peak = crate::heap::peak();
-        if step == 0 {
-            let mut g = Bytes::<B> {
-                grads: Some(&grads),
-                total: 0,
-                _backend: Default::default(),
-            };
-            model.visit(&mut g);
-            grad_bytes = g.total;
-        }
-        let before = crate::heap::live();
-        crate::heap::reset_peak();
-        model = optim.step(o.lr, model, grads);
-        B::sync(device).ok();
-        let t2 = Instant::now();
-        let step_peak = crate::heap::peak();
-        if step >= o.warmup {
-            opt_ms.push((t2 - t1).as_secs_f64() * 1e3);
-            train_ms.push((t2 - t0).as_secs_f64() * 1e3);
-            heap_peak = max(heap_peak, max(forward_backward_peak, step_peak));
-            heap_before = max(heap_before, before);
-            heap_step = max(
-                heap_step,
-                step_peak.zip(before).map(|(p, b)| p.saturating_sub(b)),
-            );
-        }
-        let l = loss.into_scalar().elem::<f32>();
+        let l = match &mut trainer {
+            Stepper::Ordinary(optim) => {
+                let loss = model.loss(tokens.tensor(device));
+                let grads = ember_core::quantized_grads(loss.backward(), &model);
+                B::sync(device).ok();
+                let t1 = Instant::now();
+                let forward_backward_peak = crate::heap::peak();
+                if step == 0 {
+                    grad_bytes = grads_bytes(&model, &grads);
+                }
+                let before = crate::heap::live();
+                crate::heap::reset_peak();
+                model = optim
+                    .try_step(o.lr, model, grads)
+                    .map_err(|e| e.to_string())?;
+                B::sync(device).ok();
+                let t2 = Instant::now();
+                let step_peak = crate::heap::peak();
+                if step >= o.warmup {
+                    opt_ms.push((t2 - t1).as_secs_f64() * 1e3);
+                    train_ms.push((t2 - t0).as_secs_f64() * 1e3);
+                    heap_peak = max(heap_peak, max(forward_backward_peak, step_peak));
+                    heap_before = max(heap_before, before);
+                    heap_step = max(
+                        heap_step,
+                        step_peak.zip(before).map(|(p, b)| p.saturating_sub(b)),
+                    );
+                }
+                loss.into_scalar().elem::<f32>()
+            }
+            Stepper::Layerwise(t) => {
+                let (m, loss) = t
+                    .step(o.lr, model, std::slice::from_ref(&tokens))
+                    .map_err(|e| e.to_string())?;
+                model = m;
+                B::sync(device).ok();
+                let t1 = Instant::now();
+                if step >= o.warmup {
+                    train_ms.push((t1 - t0).as_secs_f64() * 1e3);
+                    heap_peak = max(heap_peak, crate::heap::peak());
+                }
+                grad_bytes = grad_bytes_layerwise.unwrap_or(0);
+                loss.into_scalar().elem::<f32>()
+            }
+        };
         if step == 0 {
             loss_first = l;
         }
@@ -233,11 +258,19 @@ where
         progress.step(step, &format!("loss {l:.3}"));
     }
     progress.finish();
-    Measured {
-        weight_bytes: weights.total,
+    let state_bytes = match &trainer {
+        Stepper::Ordinary(o) => o.state_bytes(),
+        Stepper::Layerwise(t) => t.optimizer().state_bytes(),
+    };
+    Ok(Measured {
+        weight_bytes,
         grad_bytes,
-        state_bytes: optim.state_bytes(),
-        optimizer_step_ms: median(opt_ms),
+        state_bytes,
+        optimizer_step_ms: if opt_ms.is_empty() {
+            f64::NAN
+        } else {
+            median(opt_ms)
+        },
         train_step_ms: median(train_ms),
         peak_device_bytes: peak_bytes,
         peak_heap_bytes: heap_peak,
@@ -245,7 +278,78 @@ where
         step_temporary_heap_bytes: heap_step,
         loss_first,
         loss_last,
+    })
+}
+
+enum Stepper<B: AutodiffBackend> {
+    Ordinary(Box<EmberOptimizer<Llama<B>, B>>),
+    Layerwise(Box<LayerwiseTrainer<Llama<B>, B>>),
+}
+
+/// `numel × dtype size` of every float and int parameter.
+pub fn param_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
+    struct Sum(usize);
+    impl<B: Backend> ModuleVisitor<B> for Sum {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            self.0 += t.shape().num_elements() * t.dtype().size();
+        }
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            let t = p.val();
+            self.0 += t.shape().num_elements() * t.dtype().size();
+        }
     }
+    let mut v = Sum(0);
+    module.visit(&mut v);
+    v.0
+}
+
+/// Bytes of the gradients burn returned (INT8 weights: the f32 gradient filed under the codes).
+fn grads_bytes<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> usize {
+    struct G<'a>(&'a GradientsParams, usize);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for G<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            if let Some(t) = self.0.get::<B::InnerBackend, D>(p.id) {
+                self.1 += t.shape().num_elements() * t.dtype().size();
+            }
+        }
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            if let Some(t) = self.0.get::<B::InnerBackend, 2>(p.id) {
+                self.1 += t.shape().num_elements() * t.dtype().size();
+            }
+        }
+    }
+    let mut v = G(grads, 0);
+    model.visit(&mut v);
+    v.1
+}
+
+/// The gradient bytes of the largest stage (weights' dtype; INT8 weights' gradients are f32).
+fn largest_stage_bytes<B: AutodiffBackend>(model: &Llama<B>) -> usize {
+    struct Sum(usize);
+    impl<B: Backend> ModuleVisitor<B> for Sum {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            if t.is_require_grad() {
+                self.0 += t.shape().num_elements() * t.dtype().size();
+            }
+        }
+        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
+            // packed INT8 codes: 4 weights a word, an f32 gradient each
+            self.0 += 4 * 4 * p.val().shape().num_elements();
+        }
+    }
+    let mut stages = vec![Stage::Input, Stage::Output];
+    stages.extend((0..model.layers.len()).map(Stage::Block));
+    stages
+        .into_iter()
+        .map(|stage| {
+            let mut v = Sum(0);
+            model.visit_stage(stage, &mut v);
+            v.0
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Device memory in use, from NVML (`ember_kernels::nvml`).

@@ -205,7 +205,11 @@ pub struct Accumulated<B: Backend> {
 }
 
 /// One parameter's accumulated gradient, the full gradient's shape, its device.
-type AccumulatedEntry<B> = (Gradient<B>, Vec<usize>, <B as burn::tensor::backend::BackendTypes>::Device);
+type AccumulatedEntry<B> = (
+    Gradient<B>,
+    Vec<usize>,
+    <B as burn::tensor::backend::BackendTypes>::Device,
+);
 
 impl<B: Backend> Default for Accumulated<B> {
     fn default() -> Self {

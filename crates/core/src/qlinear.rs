@@ -175,11 +175,18 @@ impl<B: Backend> QLinear<B> {
         if w.is_require_grad() {
             leaves::push(self.codes.id, &w);
         }
-        let out = input.matmul(w.unsqueeze());
-        match &self.bias {
+        // one 2-D product over the rows of `input` (a batched matmul against the broadcast
+        // weight would differentiate into a `[batch, in, out]` gradient first)
+        let dims = input.dims();
+        let n: usize = dims[..D - 1].iter().product();
+        let out = input.reshape([n, dims[D - 1]]).matmul(w);
+        let out = match &self.bias {
             Some(b) => out + b.val().unsqueeze(),
             None => out,
-        }
+        };
+        let mut shape = dims;
+        shape[D - 1] = out.dims()[1];
+        out.reshape(shape)
     }
 }
 

@@ -200,7 +200,7 @@ impl<B: Backend> Proj<B> {
     /// `x·W (+ b)`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Proj::F32(l) => l.forward(x),
+            Proj::F32(l) => rows(x, |x| l.forward(x)),
             Proj::Int8(q) => q.forward(x),
         }
     }
@@ -340,7 +340,7 @@ impl<B: Backend> Llama<B> {
         for k in 0..self.layers.len() {
             x = self.block_forward(k, x);
         }
-        self.lm_head.forward(self.norm.forward(x))
+        rows(self.norm.forward(x), |x| self.lm_head.forward(x))
     }
 
     /// The id of the embedding's weight.
@@ -490,7 +490,7 @@ impl<B: Backend> ember_core::BlockModel<B> for Llama<B> {
 
     fn output_loss(&self, x: Tensor<B, 3>, batch: &Tokens) -> Tensor<B, 1> {
         let device = x.device();
-        let logits = self.lm_head.forward(self.norm.forward(x));
+        let logits = rows(self.norm.forward(x), |x| self.lm_head.forward(x));
         Self::cross_entropy(logits, batch.slice::<B>(1..batch.seq, &device))
     }
 
@@ -519,4 +519,21 @@ impl<B: Backend> ember_core::BlockModel<B> for Llama<B> {
             }
         }
     }
+}
+
+/// Applies a linear map to `x` viewed as one matrix of rows (`[batch·seq, features]`). burn's
+/// batched matmul against a broadcast weight differentiates into a `[batch, in, out]` weight
+/// gradient before summing it; one 2-D product gives the `[in, out]` gradient directly (less
+/// memory, one GEMM).
+pub fn rows<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let cols = dims[D - 1];
+    let n: usize = dims[..D - 1].iter().product();
+    let y = f(x.reshape([n, cols]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
 }

@@ -4,9 +4,9 @@
 //! run), so that a peak belongs to one method and not to the allocator pools of the one before.
 
 use clap::Args;
-use ember_bench::estimate::{estimate, Breakdown, Dtype};
+use ember_bench::estimate::{estimate_run, Breakdown, Dtype, RunShape};
 use ember_bench::llama::LlamaShape;
-use ember_bench::measure::{measure, MeasureOptions, Measured, Nvml};
+use ember_bench::measure::{MeasureOptions, Measured, Nvml};
 use ember_bench::report::{csv, human, markdown, plot};
 use serde::{Deserialize, Serialize};
 
@@ -25,12 +25,6 @@ pub struct RunArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq: usize,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -40,23 +34,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The main job's run: 2 warm-up and 8 timed steps of 8×64 tokens on the CPU.
+    /// The main job's run: 2 warm-up and 8 timed steps on the CPU.
     pub fn main_job() -> Self {
         Self {
             device: Device::Flex,
             steps: 8,
             warmup: 2,
-            batch: 8,
-            seq: 64,
             quiet: false,
             in_process: false,
         }
     }
 }
 
-/// The main job's options: every method on the `tiny` model, f32.
+/// The main job's options: every method on the `tiny` model, f32, 8×64 tokens.
 pub fn default_common() -> Common {
     Common {
+        layerwise: false,
+        int8_weights: false,
+        batch: Some(8),
+        seq: Some(64),
         model: "tiny".into(),
         optimizer: "all".into(),
         rank: None,
@@ -95,7 +91,8 @@ pub struct MeasureRow {
     heap_before_step_bytes: Option<usize>,
     /// Measured: the optimizer step's peak heap above its start (its temporaries).
     step_temporary_heap_bytes: Option<usize>,
-    optimizer_step_ms: f64,
+    /// Median optimizer step (none layer-wise: the updates interleave with the backward pass).
+    optimizer_step_ms: Option<f64>,
     train_step_ms: f64,
     loss_first: f32,
     loss_last: f32,
@@ -111,19 +108,25 @@ fn diff(measured: usize, estimate: usize) -> f64 {
 /// Runs `measure`.
 pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
     let shape = LlamaShape::resolve(&c.model)?;
-    if r.steps == 0 || r.batch == 0 || r.seq < 2 {
+    let (batch, seq) = (c.batch.unwrap_or(4), c.seq.unwrap_or(64));
+    if r.steps == 0 || batch == 0 || seq < 2 {
         return Err("--steps and --batch must be positive and --seq at least 2".into());
     }
-    if r.seq > shape.max_sequence_length {
+    if seq > shape.max_sequence_length {
         return Err(format!(
-            "--seq {} exceeds the model's {}",
-            r.seq, shape.max_sequence_length
+            "--seq {seq} exceeds the model's {}",
+            shape.max_sequence_length
         ));
     }
     let list = settings(c, &shape)?;
+    let run = RunShape {
+        layerwise: c.layerwise,
+        int8_weights: c.int8_weights,
+        tokens: Some((batch, seq)),
+    };
     let estimates: Vec<Breakdown> = list
         .iter()
-        .map(|s| estimate(&shape, *s))
+        .map(|s| estimate_run(&shape, *s, run))
         .collect::<Result<_, _>>()?;
     let rows = if list.len() > 1 && !r.in_process {
         let mut rows = vec![];
@@ -135,11 +138,13 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
         let opts = MeasureOptions {
             steps: r.steps,
             warmup: r.warmup,
-            batch: r.batch,
-            seq: r.seq,
+            batch,
+            seq,
             lr: 3e-3,
             progress: !r.quiet,
             weights: c.weights_dtype,
+            layerwise: c.layerwise,
+            int8_weights: c.int8_weights,
         };
         let mut rows = vec![];
         for (s, est) in list.iter().zip(estimates) {
@@ -148,8 +153,8 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
                 let nvml = matches!(device, Device::Cuda).then(|| Nvml::open(0));
                 let mut peak = || nvml.as_ref().and_then(Nvml::used);
-                measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
-            });
+                ember_bench::measure::try_measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
+            })?;
             rows.push(MeasureRow {
                 optimizer: est.optimizer.clone(),
                 rank: est.rank,
@@ -166,7 +171,10 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 peak_heap_bytes: m.peak_heap_bytes,
                 heap_before_step_bytes: m.heap_before_step_bytes,
                 step_temporary_heap_bytes: m.step_temporary_heap_bytes,
-                optimizer_step_ms: m.optimizer_step_ms,
+                optimizer_step_ms: m
+                    .optimizer_step_ms
+                    .is_finite()
+                    .then_some(m.optimizer_step_ms),
                 train_step_ms: m.train_step_ms,
                 loss_first: m.loss_first,
                 loss_last: m.loss_last,
@@ -203,15 +211,21 @@ fn child(c: &Common, r: &RunArgs, method: &str) -> Result<Vec<MeasureRow>, Strin
         "--warmup".into(),
         r.warmup.to_string(),
         "--batch".into(),
-        r.batch.to_string(),
+        c.batch.unwrap_or(4).to_string(),
         "--seq".into(),
-        r.seq.to_string(),
+        c.seq.unwrap_or(64).to_string(),
     ];
     if let Some(rank) = c.rank {
         args.extend(["--rank".into(), rank.to_string()]);
     }
-    if r.quiet {
-        args.push("--quiet".into());
+    for (on, flag) in [
+        (r.quiet, "--quiet"),
+        (c.layerwise, "--layerwise"),
+        (c.int8_weights, "--int8-weights"),
+    ] {
+        if on {
+            args.push(flag.into());
+        }
     }
     let out = std::process::Command::new(exe)
         .args(&args)
@@ -255,6 +269,7 @@ fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> R
         "diff",
         "weights+grads held",
         "peak (measured)",
+        "peak (estimate)",
         "step temporaries (measured)",
         "optimizer step (median ms)",
         "train step (median ms)",
@@ -279,8 +294,11 @@ fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> R
                     Some(d) => format!("{} device", human(d)),
                     None => format!("{} heap", opt(r.peak_heap_bytes)),
                 },
+                opt(r.estimate.peak_bytes),
                 opt(r.step_temporary_heap_bytes),
-                format!("{:.2}", r.optimizer_step_ms),
+                r.optimizer_step_ms
+                    .map(|t| format!("{t:.2}"))
+                    .unwrap_or_else(|| "layer-wise".into()),
                 format!("{:.2}", r.train_step_ms),
                 format!("{:.3} → {:.3}", r.loss_first, r.loss_last),
             ]
@@ -290,17 +308,19 @@ fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> R
         print!("{}", csv(&header, &cells));
     } else {
         println!(
-            "Measured on {} for {} ({} parameters; weights {}, state {}): batch {}×{} tokens, {} warm-up + {} timed steps, one process per method.\n\
+            "Measured on {} for {} ({} parameters; weights {}{}, state {}{}): batch {}×{} tokens, {} warm-up + {} timed steps, one process per method.\n\
              \"held\" = numel × dtype size of the tensors held (accounting); \"peak\" = measured: the heap's peak during a train step \
-             (counting allocator) on the CPU, NVML's device-memory peak on CUDA; \"step temporaries\" = the optimizer step's heap peak above its start. \
+             (counting allocator) on the CPU, NVML's device-memory peak on CUDA; its estimate adds activations and step temporaries (docs/memory.md); \"step temporaries\" = the optimizer step's heap peak above its start. \
              Times: medians with the device synchronized (crates/bench/src/measure.rs)\n",
             rows[0].device,
             shape.name,
             shape.param_count(),
             c.weights_dtype.name(),
+            if c.int8_weights { ", INT8 projections" } else { "" },
             c.state_dtype.name(),
-            r.batch,
-            r.seq,
+            if c.layerwise { ", layer-wise" } else { "" },
+            c.batch.unwrap_or(4),
+            c.seq.unwrap_or(64),
             r.warmup,
             r.steps,
         );

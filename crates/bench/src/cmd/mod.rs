@@ -23,18 +23,22 @@ pub fn default_rank(shape: &LlamaShape) -> usize {
     }
 }
 
-/// `all` or one method name.
-pub fn methods(name: &str) -> Result<Vec<Method>, String> {
-    if name == "all" {
+/// `all`, one method name or a comma-separated list.
+pub fn methods(names: &str) -> Result<Vec<Method>, String> {
+    if names == "all" {
         return Ok(Method::ALL.to_vec());
     }
-    Method::ALL
-        .into_iter()
-        .find(|m| m.name() == name)
-        .map(|m| vec![m])
-        .ok_or_else(|| {
-            format!("unknown optimizer `{name}` (adamw, galore, fira, frugal, dct, qgalore, all)")
+    names
+        .split(',')
+        .map(|name| {
+            Method::parse(name.trim()).map_err(|_| {
+                format!(
+                    "unknown optimizer `{name}` (adamw, galore, fira, frugal, dct, qgalore, all, \
+                     or a comma-separated list)"
+                )
+            })
         })
+        .collect()
 }
 
 /// The settings of every method named by `c`.

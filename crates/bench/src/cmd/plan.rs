@@ -1,7 +1,10 @@
-//! `plan`: the settings of each method that fit a memory budget.
+//! `plan`: the settings of each method that fit a memory budget, by the estimated peak of a
+//! training step (weights, gradients held at once, optimizer state, activations at the given
+//! batch and sequence, the optimizer step's temporaries). Every setting listed is one `measure`
+//! runs (`--weights-dtype`, `--state-dtype`, `--layerwise`, `--int8-weights`).
 
 use clap::Args;
-use ember_bench::estimate::{estimate, Dtype, Method, Settings};
+use ember_bench::estimate::{estimate_run, Breakdown, Dtype, Method, RunShape, Settings};
 use ember_bench::llama::LlamaShape;
 use ember_bench::report::{csv, human, markdown, parse_bytes};
 use serde::Serialize;
@@ -15,6 +18,12 @@ pub struct PlanArgs {
     /// Memory budget, e.g. 24GiB.
     #[arg(long)]
     pub budget: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
     /// Output JSON.
     #[arg(long)]
     pub json: bool,
@@ -30,65 +39,129 @@ struct PlanRow {
     density: Option<f64>,
     weights_dtype: Dtype,
     state_dtype: Dtype,
-    total_bytes: usize,
+    layerwise: bool,
+    int8_weights: bool,
+    weight_bytes: usize,
+    grad_bytes: usize,
     state_bytes: usize,
-    fits: bool,
+    activation_bytes: usize,
+    temporary_bytes: usize,
+    /// The estimated peak: what is compared with the budget.
+    peak_bytes: usize,
+    /// The `ember-bench measure` arguments of this setting.
+    measure: String,
+}
+
+/// Ranks (or densities) of a method, largest first.
+fn candidates(method: Method, min_dim: usize) -> Vec<(usize, f64)> {
+    match method {
+        Method::Adamw => vec![(0, 0.0)],
+        Method::Frugal => [1.0, 0.5, 0.25, 0.125, 0.0625]
+            .iter()
+            .map(|&d| (0, d))
+            .collect(),
+        _ => (4..=20)
+            .rev()
+            .map(|p| 1usize << p)
+            .filter(|&r| r <= min_dim)
+            .map(|r| (r, 0.0))
+            .collect(),
+    }
+}
+
+fn row(b: Breakdown, model: &str, batch: usize, seq: usize) -> PlanRow {
+    let mut measure = format!(
+        "measure --model {model} --optimizer {} --weights-dtype {} --state-dtype {} --batch {batch} --seq {seq}",
+        b.optimizer,
+        b.weights_dtype.name(),
+        b.state_dtype.name(),
+    );
+    if let Some(r) = b.rank {
+        measure += &format!(" --rank {r}");
+    }
+    if let Some(d) = b.density {
+        measure += &format!(" --density {d}");
+    }
+    if b.run.layerwise {
+        measure += " --layerwise";
+    }
+    if b.run.int8_weights {
+        measure += " --int8-weights";
+    }
+    PlanRow {
+        optimizer: b.optimizer,
+        rank: b.rank,
+        density: b.density,
+        weights_dtype: b.weights_dtype,
+        state_dtype: b.state_dtype,
+        layerwise: b.run.layerwise,
+        int8_weights: b.run.int8_weights,
+        weight_bytes: b.weight_bytes,
+        grad_bytes: b.grad_bytes,
+        state_bytes: b.state_bytes,
+        activation_bytes: b.activation_bytes.unwrap_or(0),
+        temporary_bytes: b.temporary_bytes.unwrap_or(0),
+        peak_bytes: b.peak_bytes.unwrap_or(b.total_bytes),
+        measure,
+    }
 }
 
 pub fn run(args: &PlanArgs) -> Result<(), String> {
-    let (model, budget, json, as_csv) = (&args.model, &args.budget, args.json, args.csv);
-    let shape = LlamaShape::resolve(model)?;
-    let budget = parse_bytes(budget)?;
+    let shape = LlamaShape::resolve(&args.model)?;
+    let budget = parse_bytes(&args.budget)?;
+    if args.batch == 0 || args.seq < 2 {
+        return Err("--batch must be positive and --seq at least 2".into());
+    }
     let min_dim = shape.hidden_size.min(shape.intermediate_size);
     let mut rows = vec![];
     for method in Method::ALL {
-        for weights in [Dtype::F32, Dtype::Bf16] {
-            for state in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
-                let candidates: Vec<(usize, f64)> = match method {
-                    Method::Adamw => vec![(0, 0.0)],
-                    Method::Frugal => [1.0, 0.5, 0.25, 0.125, 0.0625]
-                        .iter()
-                        .map(|&d| (0, d))
-                        .collect(),
-                    _ => (4..=20)
-                        .rev()
-                        .map(|p| 1usize << p)
-                        .filter(|&r| r <= min_dim)
-                        .map(|r| (r, 0.0))
-                        .collect(),
-                };
-                // the largest rank (or density) that fits, for this dtype pair
-                let best = candidates.into_iter().find_map(|(rank, density)| {
-                    let s = Settings {
-                        method,
-                        rank,
-                        density,
-                        weights,
-                        state,
-                    };
-                    estimate(&shape, s).ok().filter(|b| b.total_bytes <= budget)
-                });
-                if let Some(b) = best {
-                    rows.push(PlanRow {
-                        optimizer: b.optimizer,
-                        rank: b.rank,
-                        density: b.density,
-                        weights_dtype: weights,
-                        state_dtype: state,
-                        total_bytes: b.total_bytes,
-                        state_bytes: b.state_bytes,
-                        fits: true,
-                    });
+        // INT8 weights: Q-GaLore's mode
+        let int8_options: &[bool] = if method == Method::Qgalore {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &int8_weights in int8_options {
+            for layerwise in [false, true] {
+                for weights in [Dtype::F32, Dtype::Bf16] {
+                    for state in [Dtype::F32, Dtype::Bf16, Dtype::Int8] {
+                        let run = RunShape {
+                            layerwise,
+                            int8_weights,
+                            tokens: Some((args.batch, args.seq)),
+                        };
+                        // the largest rank (or density) that fits
+                        let best =
+                            candidates(method, min_dim)
+                                .into_iter()
+                                .find_map(|(rank, density)| {
+                                    let s = Settings {
+                                        method,
+                                        rank,
+                                        density,
+                                        weights,
+                                        state,
+                                    };
+                                    estimate_run(&shape, s, run)
+                                        .ok()
+                                        .filter(|b| b.peak_bytes.unwrap_or(usize::MAX) <= budget)
+                                });
+                        if let Some(b) = best {
+                            rows.push(row(b, &args.model, args.batch, args.seq));
+                        }
+                    }
                 }
             }
         }
     }
     if rows.is_empty() {
         return Err(format!(
-            "a budget of {} fits no method for {} (weights and gradients alone need {} in bf16)",
+            "a budget of {} fits no setting for {} at {}×{} tokens (bf16 weights alone take {})",
             human(budget),
             shape.name,
-            human(4 * shape.param_count())
+            args.batch,
+            args.seq,
+            human(2 * shape.param_count())
         ));
     }
     rows.sort_by(|a, b| {
@@ -96,14 +169,16 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
             &a.optimizer,
             std::cmp::Reverse(a.rank),
             std::cmp::Reverse((a.density.unwrap_or(0.0) * 1e6) as u64),
+            a.peak_bytes,
         )
             .cmp(&(
                 &b.optimizer,
                 std::cmp::Reverse(b.rank),
                 std::cmp::Reverse((b.density.unwrap_or(0.0) * 1e6) as u64),
+                b.peak_bytes,
             ))
     });
-    if json {
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap());
         return Ok(());
     }
@@ -112,35 +187,55 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
         "rank",
         "weights",
         "state",
+        "layer-wise",
+        "weights held",
+        "grads held",
         "optimizer state",
-        "total",
+        "activations",
+        "step temporaries",
+        "peak (estimate)",
         "budget left",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
-                r.optimizer.to_string(),
+                r.optimizer.clone(),
                 match (r.rank, r.density) {
                     (Some(k), _) => k.to_string(),
                     (_, Some(d)) => format!("ρ={d}"),
                     _ => "-".into(),
                 },
-                r.weights_dtype.name().to_string(),
+                if r.int8_weights {
+                    format!("int8 + {}", r.weights_dtype.name())
+                } else {
+                    r.weights_dtype.name().to_string()
+                },
                 r.state_dtype.name().to_string(),
+                if r.layerwise { "yes" } else { "no" }.into(),
+                human(r.weight_bytes),
+                human(r.grad_bytes),
                 human(r.state_bytes),
-                human(r.total_bytes),
-                human(budget - r.total_bytes),
+                human(r.activation_bytes),
+                human(r.temporary_bytes),
+                human(r.peak_bytes),
+                human(budget - r.peak_bytes),
             ]
         })
         .collect();
-    if as_csv {
+    if args.csv {
         print!("{}", csv(&header, &cells));
     } else {
         println!(
-            "Settings of {} that fit {} by the estimate (weights + gradients + optimizer state; activations not included), largest rank first\n",
+            "Settings of {} that fit {} by the estimated peak of a training step at {}×{} tokens: \
+             weights + gradients held at once (layer-wise: one stage's) + optimizer state + the \
+             larger of the activations (layer-wise: block inputs and one block) and the optimizer \
+             step's temporaries (docs/memory.md); largest rank first. `--json` gives each row's \
+             `ember-bench measure` command.\n",
             shape.name,
-            human(budget)
+            human(budget),
+            args.batch,
+            args.seq
         );
         print!("{}", markdown(&header, &cells));
     }
