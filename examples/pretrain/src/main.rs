@@ -1,5 +1,5 @@
 //! `pretrain`: train a small byte-level LLaMA with an Ember optimizer through burn-train's
-//! `Learner`, or report several runs (table + loss-curve SVG).
+//! `Learner` (or layer by layer, `--layerwise`), or report several runs (table + loss-curve SVG).
 //!
 //! ```text
 //! pretrain train --optimizer galore --device flex --out runs/galore
@@ -101,6 +101,16 @@ struct TrainArgs {
     /// Store the attention and MLP weights in INT8 (QLinear, groups of 256; Q-GaLore's mode).
     #[arg(long)]
     int8_weights: bool,
+    /// Weights dtype: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    weights_dtype: String,
+    /// Optimizer-state dtype: f32, bf16 or int8 (blockwise 8-bit moments).
+    #[arg(long, default_value = "f32")]
+    state_dtype: String,
+    /// Layer-wise training: each block updated during the backward pass, one block's gradients
+    /// at a time (one device; its own loop instead of burn-train's Learner).
+    #[arg(long)]
+    layerwise: bool,
     /// Record every replica's weight checksum every N steps (0: off).
     #[arg(long, default_value_t = 0)]
     checksum_every: usize,
@@ -150,6 +160,9 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         stop_after_epoch: a.stop_after_epoch,
         checksum_every: a.checksum_every,
         int8_weights: a.int8_weights,
+        weights_dtype: a.weights_dtype.clone(),
+        state_dtype: a.state_dtype.clone(),
+        layerwise: a.layerwise,
     };
     if a.devices == 0 {
         return Err("--devices must be at least 1".into());
@@ -236,6 +249,15 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
         };
         if s.run.int8_weights {
             name.push_str(", INT8 weights");
+        }
+        if s.run.weights_dtype != "f32" || s.run.state_dtype != "f32" {
+            name.push_str(&format!(
+                ", {} weights, {} state",
+                s.run.weights_dtype, s.run.state_dtype
+            ));
+        }
+        if s.run.layerwise {
+            name.push_str(", layer-wise");
         }
         let best = s.valid_loss.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
