@@ -28,10 +28,17 @@ fn shape() -> LlamaShape {
     }
 }
 
+/// The backend's seeded generator is global and burn initializes parameters lazily: seeding
+/// and initializing happen under one lock (tests run in parallel).
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn model(dtype: DType, int8: bool) -> Llama<B> {
     let device = Default::default();
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     B::seed(&device, 3);
-    let m = shape().init::<B>(&device).cast(dtype);
+    let m = shape().init::<B>(&device);
+    let _ = burn::module::AutodiffModule::valid(&m); // initialize every parameter now
+    let m = m.cast(dtype);
     if int8 {
         m.into_int8(16).unwrap()
     } else {

@@ -144,7 +144,7 @@ where
             if let Some(used) = nvml.as_ref().and_then(|n| n.used()) {
                 peak = Some(peak.unwrap_or(0).max(used));
             }
-            if (k + 1) % 50 == 0 {
+            if (k + 1).is_multiple_of(50) {
                 eprintln!(
                     "epoch {epoch} step {} loss {:.4}",
                     k + 1,
