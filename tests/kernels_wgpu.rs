@@ -20,8 +20,24 @@ fn vulkan_driver() -> Option<String> {
     None
 }
 
+/// Points CubeCL's kernel caches at a fresh directory before the first kernel of this process
+/// (once; both tests call it first).
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir().join(format!("ember-kernel-cache-{}", std::process::id()));
+        let got = ember_kernels::cache::configure(Some(dir.clone())).unwrap();
+        assert_eq!(got, dir);
+        assert!(dir.is_dir());
+        // the configuration is read once per process: a second call changes nothing, and says so
+        let err = ember_kernels::cache::configure(None).err().unwrap();
+        assert!(err.contains("already"), "{err}");
+    });
+}
+
 #[test]
 fn fused_kernels_equal_the_portable_path_on_wgpu() {
+    setup();
     if vulkan_driver().is_none() {
         let reason = "no Vulkan driver (no ICD file in /usr/share/vulkan/icd.d or \
                       /etc/vulkan/icd.d); install mesa-vulkan-drivers to run the wgpu kernel tests";
@@ -63,6 +79,7 @@ where
 /// (portable path): every method, 5 steps with a projector refresh, the same weights.
 #[test]
 fn every_method_on_wgpu_equals_flex() {
+    setup();
     if vulkan_driver().is_none() {
         assert!(std::env::var_os("EMBER_REQUIRE_WGPU").is_none());
         println!("SKIPPED every_method_on_wgpu_equals_flex: no Vulkan driver");
@@ -118,6 +135,18 @@ fn every_method_on_wgpu_equals_flex() {
             .with_rank(4)
             .with_update_proj_gap(gap)
             .with_targets(t())
+    );
+    // 8-bit state end to end (every moment 8-bit): GaLore-8bit and AdamW-8bit through the fused
+    // 8-bit kernel on wgpu
+    both!(
+        "galore-8bit",
+        GaloreConfig::new()
+            .with_rank(4)
+            .with_update_proj_gap(gap)
+            .with_targets(t())
+            .with_state_dtype(StateDtype::Int8Blockwise)
+            .with_state_block_size(16)
+            .with_min_8bit_size(0)
     );
     both!(
         "qgalore",

@@ -185,6 +185,15 @@ fn main() -> ExitCode {
         eprintln!("ember-bench: internal error: {info}");
     }));
     let cli = Cli::parse();
+    // GPU builds: CubeCL's compiled kernels and autotune results persist between runs
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    match ember_kernels::cache::configure(None) {
+        Ok(dir) => eprintln!(
+            "ember-bench: CubeCL kernel and autotune caches in {} (EMBER_KERNEL_CACHE moves them)",
+            dir.display()
+        ),
+        Err(e) => eprintln!("ember-bench: kernel caches: {e}"),
+    }
     let result = match cli.command {
         None => cmd::measure::run(
             &cmd::measure::default_common(),

@@ -405,6 +405,7 @@ impl EngineConfig {
             self.refresh_parts(&mut p, &g, ctx)?;
         }
         let projector = p.projector.take().expect("projector set above");
+        let device = g.device();
         let r = projector.materialize(ctx.bases).down(g, ctx.bases);
         let [a, b] = r.dims();
         let (m1, m2) = p
@@ -419,7 +420,7 @@ impl EngineConfig {
                 adam_step: p.adam_step,
                 moment_1: m1,
                 moment_2: m2,
-                projector: projector.stored_as(self.state.projector_dtype()),
+                projector: projector.stored_as(self.state.projector_dtype_on::<B>(&device)),
                 refresh: p.refresh,
                 residual_norm: p.prev_norm,
             },
@@ -467,6 +468,9 @@ impl EngineConfig {
         ctx: &StepContext<'_, B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
         let StepContext { shape, bases, .. } = *ctx;
+        self.state
+            .check_device::<B>(&w.device())
+            .map_err(EmberError::InvalidConfig)?;
         let w_dtype = w.dtype();
         let w = w.cast(DType::F32);
         let identity = self.projector == ProjectorKind::Identity;
@@ -494,7 +498,7 @@ impl EngineConfig {
             .projector
             .take()
             .expect("projector set above")
-            .stored_as(self.state.projector_dtype());
+            .stored_as(self.state.projector_dtype_on::<B>(&w.device()));
         let (moments, prev_norm) = (p.moments.take(), p.prev_norm.take());
         let step = p.step + 1;
         let adam_step = p.adam_step + 1;

@@ -215,6 +215,34 @@ impl StateStorage {
         }
     }
 
+    /// The dtype dense projectors are stored in on `device`: [`projector_dtype`](Self::projector_dtype),
+    /// or f32 where the device has no bf16 (wgpu: WGSL has none; logged once).
+    pub fn projector_dtype_on<B: Backend>(&self, device: &B::Device) -> DType {
+        let d = self.projector_dtype();
+        if d == DType::BF16 && !B::supports_dtype(device, DType::BF16) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn!(
+                    "ember: this device has no bf16; projectors of non-f32 optimizer state are \
+                     kept in f32"
+                )
+            });
+            return DType::F32;
+        }
+        d
+    }
+
+    /// Checks that `device` can hold this storage's moments (bf16 moments need bf16).
+    pub fn check_device<B: Backend>(&self, device: &B::Device) -> Result<(), String> {
+        if self.dtype == StateDtype::Bf16 && !B::supports_dtype(device, DType::BF16) {
+            return Err(format!(
+                "bf16 optimizer state on a device without bf16 ({device:?}); use f32 or 8-bit \
+                 (int8) state"
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes per stored projector element.
     pub fn projector_element_bytes(&self) -> usize {
         self.projector_dtype().size()

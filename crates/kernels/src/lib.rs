@@ -44,6 +44,8 @@ pub mod rng;
 pub mod selfcheck;
 
 #[cfg(feature = "cubecl")]
+pub mod cache;
+#[cfg(feature = "cubecl")]
 mod cube;
 
 static BLOCK_ELEMENTS: std::sync::atomic::AtomicUsize =

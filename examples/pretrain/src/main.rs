@@ -289,6 +289,15 @@ fn run_report(dirs: Vec<PathBuf>, plot: Option<PathBuf>) -> Result<(), String> {
 
 fn main() {
     let cli = Cli::parse();
+    // GPU builds: CubeCL's compiled kernels and autotune results persist between runs
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    match ember_core::kernels::cache::configure(None) {
+        Ok(dir) => eprintln!(
+            "pretrain: CubeCL kernel and autotune caches in {}",
+            dir.display()
+        ),
+        Err(e) => eprintln!("pretrain: kernel caches: {e}"),
+    }
     let r = match cli.command {
         Command::Train(a) => run_train(*a),
         Command::Report { dirs, plot } => run_report(dirs, plot),
