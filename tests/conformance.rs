@@ -50,7 +50,7 @@ fn u(c: &Value, key: &str) -> usize {
         .unwrap_or_else(|| panic!("config key {key} missing")) as usize
 }
 
-/// Our optimizer for a case, or the reason it is skipped.
+/// Our optimizer for a case, or why it cannot be built (a failure).
 fn build(method: &str, c: &Value) -> Result<EmberOptimizer<Single<B>, B>, String> {
     let betas = c["betas"].as_array().expect("betas");
     match method {
@@ -166,7 +166,9 @@ fn tensor(st: &SafeTensors, name: &str) -> (Vec<f32>, Vec<usize>) {
 enum Outcome {
     Pass(f32),
     Fail(f32, usize),
-    Skip(String),
+    /// A case this test cannot build an optimizer for (unknown method, a configuration the
+    /// method refuses): a failure, never a skip — a regression in a config must not hide.
+    Unbuildable(String),
 }
 
 fn run_case(path: &Path) -> (String, String, Outcome) {
@@ -181,7 +183,7 @@ fn run_case(path: &Path) -> (String, String, Outcome) {
 
     let mut optim = match build(&method, &config) {
         Ok(o) => o,
-        Err(reason) => return (method, case, Outcome::Skip(reason)),
+        Err(reason) => return (method, case, Outcome::Unbuildable(reason)),
     };
     let lr = f(&config, "lr");
     let device = Default::default();
@@ -232,7 +234,7 @@ fn conformance_with_official_implementations() {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     cases.sort();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let (mut passed, mut failed) = (0, 0);
     for path in &cases {
         let (method, case, outcome) = run_case(path);
         match outcome {
@@ -244,17 +246,55 @@ fn conformance_with_official_implementations() {
                 failed += 1;
                 println!("{method:<14} {case:<45} worst {e:.2e}  FAIL (step {step})");
             }
-            Outcome::Skip(reason) => {
-                skipped += 1;
-                println!("{method:<14} {case:<45} skipped: {reason}");
+            Outcome::Unbuildable(reason) => {
+                failed += 1;
+                println!("{method:<14} {case:<45} FAIL (cannot build the optimizer: {reason})");
             }
         }
     }
-    println!("conformance: {passed} passed, {failed} failed, {skipped} skipped");
+    println!("conformance: {passed} passed, {failed} failed");
     assert!(
         passed > 0,
         "no conformance case ran (directory {})",
         dir.display()
     );
     assert_eq!(failed, 0, "{failed} conformance case(s) failed");
+}
+
+/// A case of an unknown method, or whose configuration the method refuses, is a failure of the
+/// harness (not a skip).
+#[test]
+fn an_unbuildable_case_is_a_failure() {
+    use std::collections::HashMap;
+    let dir = std::env::temp_dir().join(format!("ember-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (method, config) in [
+        ("sgd", r#"{"betas": [0.9, 0.999], "lr": 0.01}"#),
+        (
+            "galore_adamw",
+            r#"{"betas": [0.9, 0.999], "lr": 0.01, "rank": 0, "update_proj_gap": 1, "scale": 1.0, "proj_type": "std", "eps": 1e-6, "weight_decay": 0.0}"#,
+        ),
+    ] {
+        let w0: Vec<u8> = [1f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &w0).unwrap();
+        let meta: HashMap<String, String> = [
+            ("method".to_string(), method.to_string()),
+            ("config".to_string(), config.to_string()),
+            ("steps".to_string(), "0".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let path = dir.join(format!("{method}.safetensors"));
+        safetensors::serialize_to_file([("w0", view)], Some(meta), &path).unwrap();
+        let (_, _, outcome) = run_case(&path);
+        assert!(
+            matches!(outcome, Outcome::Unbuildable(_)),
+            "{method}: an unbuildable case must fail"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
 }

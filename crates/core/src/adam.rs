@@ -1,7 +1,6 @@
 //! The inner optimizer: Adam on the low-rank gradient `R`.
 
-use burn::prelude::*;
-use ember_kernels::{AdamCoefficients, EmberBackend};
+use ember_kernels::AdamCoefficients;
 use serde::{Deserialize, Serialize};
 
 /// Where ε and the bias corrections go: the official packages differ, and the reference cases
@@ -58,23 +57,6 @@ impl SubspaceAdam {
             epsilon,
         };
         (coefficients, c)
-    }
-
-    /// Updates the moments with `r` at Adam step `t` (from 1) and returns `(N, M, V, c)`: the
-    /// normalized update, the moments and the coefficient such that the parameter moves by `−c·N`
-    /// (before any scale and the learning rate's sign). Runs the backend's
-    /// [`EmberBackend::subspace_adam`] (one fused kernel on CubeCL backends).
-    pub fn update<B: EmberBackend>(
-        &self,
-        r: Tensor<B, 2>,
-        m: Tensor<B, 2>,
-        v: Tensor<B, 2>,
-        t: usize,
-        lr: f64,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, f64) {
-        let (coefficients, c) = self.coefficients(t, lr);
-        let (n, m, v) = B::subspace_adam(r, m, v, coefficients);
-        (n, m, v, c)
     }
 
     /// Validates the configuration.

@@ -1,4 +1,6 @@
-//! Asymmetric min/max quantization (Q-GaLore's scheme), bit packing, and stochastic rounding.
+//! Asymmetric min/max quantization (Q-GaLore's scheme) and bit packing, on the host (the
+//! projector). The weights' INT8 quantization with stochastic rounding is
+//! [`EmberBackend::quantize_int8`](ember_kernels::EmberBackend::quantize_int8).
 //!
 //! Per group of `g` consecutive elements:
 //! `scale = max(max − min, 1e-5) / (2ᵇ − 1)`, `zero = clamp(−round(min/scale), 0, 2ᵇ − 1)`,
@@ -7,8 +9,6 @@
 //! codes a word), so a quantized tensor really takes `b/32` of its f32 size plus the scales.
 
 use burn::prelude::*;
-
-use crate::rng::SplitMix64;
 
 /// Host-side quantization of `values` in groups of `group` elements to `bits` bits.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,39 +60,6 @@ pub fn quantize(values: &[f32], group: usize, bits: u32) -> Quantized {
             g.iter()
                 .map(|&x| ((x / scale).round_ties_even() + zero).clamp(0.0, max_int) as u32),
         );
-        scales.push(scale);
-        zeros.push(zero);
-    }
-    Quantized {
-        packed: pack(&codes, bits),
-        scales,
-        zeros,
-        len: values.len(),
-    }
-}
-
-/// Quantizes with **stochastic rounding** (Q-GaLore's INT8 weights): `x/scale` is rounded up with
-/// probability equal to its fractional part, else down, so `E[x̂] = x` inside the range. The
-/// random stream is `SplitMix64(seed, salts)`: reproducible.
-pub fn quantize_stochastic(
-    values: &[f32],
-    group: usize,
-    bits: u32,
-    seed: u64,
-    salts: &[u64],
-) -> Quantized {
-    let max_int = ((1u32 << bits) - 1) as f32;
-    let mut rng = SplitMix64::new(seed, salts);
-    let mut codes = Vec::with_capacity(values.len());
-    let (mut scales, mut zeros) = (vec![], vec![]);
-    for g in values.chunks(group) {
-        let (scale, zero) = scale_zero(g, bits);
-        codes.extend(g.iter().map(|&x| {
-            let y = x / scale;
-            let f = y.floor();
-            let up = (rng.uniform() as f32) < y - f;
-            ((if up { f + 1.0 } else { f }) + zero).clamp(0.0, max_int) as u32
-        }));
         scales.push(scale);
         zeros.push(zero);
     }
@@ -178,43 +145,5 @@ mod tests {
                 .unwrap();
             assert_eq!(d, back);
         }
-    }
-
-    /// Stochastic rounding is unbiased: the mean of many roundings of the same values is within
-    /// 3 standard errors of the input; and one seed gives one result. (The group's extremes set
-    /// the range; a value whose upward rounding would leave `[0, 255]` is clamped, as upstream,
-    /// so the check covers the values inside the range.)
-    #[test]
-    fn stochastic_rounding_is_unbiased_and_reproducible() {
-        let mut v: Vec<f32> = vec![-1.0, 1.0];
-        v.extend((0..62).map(|i| -0.98 + 1.96 * (i as f32 + 0.37) / 62.0));
-        let trials = 2000;
-        let mut sum = vec![0f64; v.len()];
-        let mut sq = vec![0f64; v.len()];
-        for t in 0..trials {
-            let q = quantize_stochastic(&v, 64, 8, 1234, &[t]);
-            for (i, x) in q.dequantize(64, 8).into_iter().enumerate() {
-                sum[i] += x as f64;
-                sq[i] += (x as f64).powi(2);
-            }
-        }
-        for i in 2..v.len() {
-            let mean = sum[i] / trials as f64;
-            let var = (sq[i] / trials as f64 - mean * mean).max(0.0);
-            let se = (var / trials as f64).sqrt().max(1e-9);
-            assert!(
-                (mean - v[i] as f64).abs() <= 3.0 * se + 1e-6,
-                "value {i}: mean {mean} vs {} (se {se})",
-                v[i]
-            );
-        }
-        assert_eq!(
-            quantize_stochastic(&v, 64, 8, 7, &[1]),
-            quantize_stochastic(&v, 64, 8, 7, &[1])
-        );
-        assert_ne!(
-            quantize_stochastic(&v, 64, 8, 7, &[1]),
-            quantize_stochastic(&v, 64, 8, 8, &[1])
-        );
     }
 }

@@ -299,6 +299,33 @@ pub fn quantize_int8<B: Backend>(
     (codes, Tensor::cat(vec![scale, zero], 2))
 }
 
+/// INT8 codes (`[rows, cols/4]`) and `(scale, zero)` per group (`[rows, groups, 2]`, as
+/// [`quantize_int8`] returns them) dequantized on the host, row-major.
+pub fn dequantize_int8_values<B: Backend>(
+    codes: Tensor<B, 2, Int>,
+    qparams: Tensor<B, 3>,
+    rows: usize,
+    cols: usize,
+) -> Vec<f32> {
+    let words: Vec<i64> = codes.into_data().convert::<i64>().to_vec().unwrap();
+    let q: Vec<f32> = qparams
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    let groups = qparams.dims()[1];
+    let group = cols / groups;
+    (0..rows * cols)
+        .map(|i| {
+            let code = ((words[i / 4] as u32) >> (8 * (i % 4))) & 0xff;
+            let (r, c) = (i / cols, i % cols);
+            let g = r * groups + c / group;
+            q[2 * g] * (code as f32 - q[2 * g + 1])
+        })
+        .collect()
+}
+
 /// See [`EmberBackend::dct_scores`](crate::EmberBackend::dct_scores).
 pub fn dct_scores<B: Backend>(g: Tensor<B, 2>, q: Tensor<B, 2>, left: bool) -> Tensor<B, 1> {
     if left {

@@ -81,6 +81,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     projected::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
+    stochastic_rounding::<B>(&mut out, device);
     dct::<B>(&mut out, device);
     non_finite::<B>(&mut out, device);
     crate::set_block_elements(saved);
@@ -293,6 +294,65 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         let p = portable::state_free_step(w, g, rule, coef);
         compare(out, format!("state_free_step {rule:?}"), f, p);
     }
+}
+
+/// Stochastic rounding on the path the optimizer runs (`B::quantize_int8` with a key): unbiased
+/// (the mean of 300 roundings with different keys is within 4.5 standard errors of each value;
+/// values within one quantization step of their group's extremes are left out: the zero point is
+/// rounded, so rounding them outward can leave the code range and is clamped, as upstream) and
+/// reproducible (one key, one result; another
+/// key, another result).
+fn stochastic_rounding<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let (rows, cols, group) = (2usize, 128usize, 64usize);
+    let w = normal::<B>([rows, cols], 0.05, device);
+    let values: Vec<f32> = w.clone().into_data().convert::<f32>().to_vec().unwrap();
+    let trials = 300u32;
+    let (mut sum, mut sq) = (vec![0f64; rows * cols], vec![0f64; rows * cols]);
+    for t in 0..trials {
+        let (codes, qparams) = B::quantize_int8(w.clone(), group, Some(RoundingKey([t, 7])));
+        let back: Vec<f32> = crate::portable::dequantize_int8_values(codes, qparams, rows, cols);
+        for (i, x) in back.into_iter().enumerate() {
+            sum[i] += x as f64;
+            sq[i] += (x as f64).powi(2);
+        }
+    }
+    // worst |mean − value| in standard errors, over the values that are not a group's extreme
+    let mut worst = 0f64;
+    for (g, chunk) in values.chunks(group).enumerate() {
+        let (lo, hi) = chunk
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        let step = (hi - lo).max(1e-5) / 255.0;
+        for (k, &x) in chunk.iter().enumerate() {
+            if x < lo + step || x > hi - step {
+                continue;
+            }
+            let i = g * group + k;
+            let mean = sum[i] / trials as f64;
+            let var = (sq[i] / trials as f64 - mean * mean).max(0.0);
+            // a value on the grid always takes the same code (no variance): its mean differs from
+            // it by float rounding only, ~1e-3 of a step
+            let se = (var / trials as f64).sqrt().max(1e-2 * step as f64);
+            worst = worst.max((mean - x as f64).abs() / se);
+        }
+    }
+    out.push(Check {
+        name: "quantize_int8 stochastic rounding unbiased (|mean − x| / standard error)".into(),
+        error: worst,
+        tolerance: 4.5,
+    });
+    let a = B::quantize_int8(w.clone(), group, Some(RoundingKey([5, 6])));
+    let b = B::quantize_int8(w.clone(), group, Some(RoundingKey([5, 6])));
+    let c = B::quantize_int8(w, group, Some(RoundingKey([5, 9])));
+    let same = a.0.clone().equal(b.0).all().into_scalar().to_bool();
+    let other = a.0.equal(c.0).all().into_scalar().to_bool();
+    out.push(Check {
+        name: "quantize_int8 stochastic rounding: one key one result, another key another".into(),
+        error: if same && !other { 0.0 } else { 1.0 },
+        tolerance: 0.0,
+    });
 }
 
 fn quantization<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
