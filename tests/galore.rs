@@ -373,3 +373,29 @@ fn wrong_gradient_shapes_and_learning_rates_are_errors() {
         );
     }
 }
+
+/// A target pattern (or id) that selects no parameter is an error at the first step, naming it,
+/// instead of every parameter silently falling back to AdamW; `init_with_targets` adds to the
+/// config's patterns, so `init()` and `init_with_targets(Targets::default())` agree.
+#[test]
+fn targets_that_select_nothing_are_an_error() {
+    let device = Default::default();
+    let model = Tiny::<B>::new(&device);
+    let mut optim = config()
+        .with_targets(vec!["mlp".into(), "atn".into()])
+        .init::<B, Tiny<B>>();
+    let grads = GradientsParams::from_grads(loss(&model, 0).backward(), &model);
+    let err = optim.try_step(1e-2, model.clone(), grads).err().unwrap();
+    assert!(
+        matches!(err, EmberError::InvalidConfig(ref m) if m.contains("`atn`") && m.contains("look like `mlp.")),
+        "{err}"
+    );
+    // the same config through init_with_targets: the patterns still apply
+    let mut optim = config()
+        .init_with_targets::<B, Tiny<B>>(ember::core::Targets::default().with_ids([model.embed.id]))
+        .unwrap();
+    let model = train_step(model, &mut optim, 0, 1e-2).0;
+    let plan = optim.plan(&model);
+    let targeted: Vec<&str> = plan.iter().filter(|p| p.3).map(|p| p.0.as_str()).collect();
+    assert_eq!(targeted, ["embed", "mlp.up.weight", "mlp.down.weight"]);
+}

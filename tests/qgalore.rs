@@ -328,8 +328,8 @@ fn int8_weights_take_a_quarter_of_f32_plus_scales() {
     // path, to keep a 1024² SVD out of the debug-build test; the projected path is exercised by
     // the training tests below)
     let mut optim = QGaloreConfig::new()
-        .with_targets(vec!["no-such-layer".into()])
-        .init::<B, Two<B>>();
+        .init_with_targets::<B, Two<B>>(ember::core::Targets::none())
+        .unwrap();
     let x = Tensor::<B, 2>::ones([2, n], &device);
     for _ in 0..2 {
         let l = model.b.forward(model.a.forward(x.clone())).mean();

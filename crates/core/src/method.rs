@@ -101,7 +101,8 @@ macro_rules! impl_method_init {
                 })
             }
 
-            /// Builds the optimizer with explicit targets (e.g. by parameter id).
+            /// Builds the optimizer with explicit targets (e.g. by parameter id), added to the
+            /// config's `targets` patterns: `init()` is `init_with_targets(Targets::default())`.
             pub fn init_with_targets<
                 B: $crate::__burn::tensor::backend::AutodiffBackend,
                 M: $crate::__burn::module::AutodiffModule<B>,
@@ -109,6 +110,12 @@ macro_rules! impl_method_init {
                 &self,
                 targets: $crate::Targets,
             ) -> Result<$crate::EmberOptimizer<M, B>, $crate::EmberError> {
+                let patterns = $crate::MethodConfig::target_patterns(self);
+                let targets = if patterns.is_empty() {
+                    targets
+                } else {
+                    targets.with_patterns(patterns)
+                };
                 $crate::MethodConfig::build(self, targets)
             }
         }

@@ -49,6 +49,8 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     bases: SharedBases<B::InnerBackend>,
     skipped_steps: usize,
     rounding_seed: u64,
+    /// The targets were checked against a module (at the first step).
+    targets_checked: bool,
     _module: PhantomData<M>,
 }
 
@@ -116,6 +118,7 @@ where
             bases: SharedBases::new(),
             skipped_steps: 0,
             rounding_seed: 0,
+            targets_checked: false,
             _module: PhantomData,
         })
     }
@@ -351,6 +354,7 @@ where
             return Err(unsupported_blockwise());
         }
         let (order, mut pending) = self.collect(module, Grads::Single(grads))?;
+        self.targets_checked = true;
         if let Some(bad) = first_non_finite(&order, &pending) {
             let err = EmberError::NonFiniteGradient {
                 param: pending[&bad].path.clone(),
@@ -426,11 +430,30 @@ where
             codes: Vec::new(),
             qparams: HashMap::new(),
             error: None,
+            all: Vec::new(),
         };
         module.visit(&mut collector);
         collector.pair_quantized()?;
         if let Some(e) = collector.error {
             return Err(e);
+        }
+        if !self.targets_checked {
+            let unmatched = self
+                .targets
+                .unmatched(collector.all.iter().map(|(p, id)| (p.as_str(), *id)));
+            if !unmatched.is_empty() {
+                let example = collector
+                    .all
+                    .iter()
+                    .map(|(p, _)| p.as_str())
+                    .max_by_key(|p| p.matches('.').count())
+                    .unwrap_or("");
+                return Err(EmberError::InvalidConfig(format!(
+                    "the targets select no parameter of the model: {} (module paths look like \
+                     `{example}`; patterns without `*` match substrings, with `*` whole paths)",
+                    unmatched.join(", ")
+                )));
+            }
         }
         let Collector { taken, order, .. } = collector;
         for id in &order {
@@ -473,6 +496,7 @@ where
             return Err(unsupported_blockwise());
         }
         let (order, pending) = self.collect(&module, grads)?;
+        self.targets_checked = true;
         if let Some(bad) = first_non_finite(&order, &pending) {
             let err = EmberError::NonFiniteGradient {
                 param: pending[&bad].path.clone(),
@@ -687,6 +711,8 @@ struct Collector<B: AutodiffBackend> {
     /// Float parameters named `qparams` without a gradient, by parent path.
     qparams: HashMap<String, (ParamId, Tensor<B::InnerBackend, 3>)>,
     error: Option<EmberError>,
+    /// `(path, id)` of every parameter of the module (INT8 weights as `<layer>.weight`).
+    all: Vec<(String, ParamId)>,
 }
 
 impl<B: AutodiffBackend> Collector<B> {
@@ -743,6 +769,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let id = param.id;
+        self.all.push((self.path.join("."), id));
         if let Some((grad, grad_shape, device)) = self.grads.remove::<D>(id) {
             let value = param.val();
             let shape = value.dims().to_vec();
@@ -778,6 +805,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
         if D != 2 {
             return;
         }
+        let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
+        self.all.push((format!("{parent}.weight"), param.id));
         if let Some((grad, grad_shape, device)) = self.grads.remove::<2>(param.id) {
             let dims = param.val().dims().to_vec();
             let parent = self.path[..self.path.len().saturating_sub(1)].join(".");

@@ -56,6 +56,38 @@ impl Targets {
         self
     }
 
+    /// Adds path patterns (see the module docs).
+    pub fn with_patterns<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Self {
+        self.patterns.extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// The patterns and ids that select no parameter among `params` (`(path, id)` of every
+    /// parameter of the model): a typo would otherwise leave every parameter on AdamW silently.
+    pub fn unmatched<'a>(
+        &self,
+        params: impl IntoIterator<Item = (&'a str, ParamId)> + Clone,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .patterns
+            .iter()
+            .filter(|p| {
+                !params
+                    .clone()
+                    .into_iter()
+                    .any(|(path, _)| pattern_matches(p, path))
+            })
+            .map(|p| format!("pattern `{p}`"))
+            .collect();
+        out.extend(
+            self.ids
+                .iter()
+                .filter(|id| !params.clone().into_iter().any(|(_, i)| i == **id))
+                .map(|id| format!("parameter id {id}")),
+        );
+        out
+    }
+
     /// Adds parameters by id.
     pub fn with_ids(mut self, ids: impl IntoIterator<Item = ParamId>) -> Self {
         self.ids.extend(ids);
