@@ -304,17 +304,12 @@ pub fn param_bytes<B: Backend, M: Module<B>>(module: &M) -> usize {
     v.0
 }
 
-/// Bytes of the gradients burn returned (INT8 weights: the f32 gradient filed under the codes).
+/// Bytes of the gradients burn returned (INT8 weights: the f32 gradient filed under `qparams`).
 fn grads_bytes<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> usize {
     struct G<'a>(&'a GradientsParams, usize);
     impl<B: AutodiffBackend> ModuleVisitor<B> for G<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             if let Some(t) = self.0.get::<B::InnerBackend, D>(p.id) {
-                self.1 += t.shape().num_elements() * t.dtype().size();
-            }
-        }
-        fn visit_int<const D: usize>(&mut self, p: &Param<Tensor<B, D, Int>>) {
-            if let Some(t) = self.0.get::<B::InnerBackend, 2>(p.id) {
                 self.1 += t.shape().num_elements() * t.dtype().size();
             }
         }

@@ -160,11 +160,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ClipNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         self.handle::<D>(param.id);
     }
-
-    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-        // INT8 weights file their (2-D) gradient under the codes' id
-        self.handle::<2>(param.id);
-    }
 }
 
 impl<M, B> LayerwiseTrainer<M, B>

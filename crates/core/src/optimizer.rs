@@ -389,7 +389,7 @@ where
                 }
                 g => g,
             };
-            acc.add(id, g, p.grad_shape, p.device);
+            acc.add(p.grad_id, g, p.grad_shape, p.device);
         }
         Ok(())
     }
@@ -427,13 +427,11 @@ where
             path: Vec::new(),
             taken: HashMap::new(),
             order: Vec::new(),
-            codes: Vec::new(),
-            qparams: HashMap::new(),
+            last_codes: None,
             error: None,
             all: Vec::new(),
         };
         module.visit(&mut collector);
-        collector.pair_quantized()?;
         if let Some(e) = collector.error {
             return Err(e);
         }
@@ -654,6 +652,8 @@ struct Pending<B: Backend> {
     /// The gradient's shape as burn returned it (checked against `shape`).
     grad_shape: Vec<usize>,
     grad: Gradient<B>,
+    /// The id the gradient is filed under (the parameter's own, or an INT8 weight's `qparams`).
+    grad_id: ParamId,
     dtype: DType,
     device: B::Device,
     quant: Option<QuantInfo<B>>,
@@ -692,69 +692,87 @@ fn as_2d<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     t.reshape([rows, cols])
 }
 
-type PendingCodes<B> = (
-    String,
-    ParamId,
-    Vec<usize>,
-    Gradient<B>,
-    Vec<usize>,
-    burn::tensor::Device<B>,
-);
-
 struct Collector<B: AutodiffBackend> {
     grads: Grads<B::InnerBackend>,
     path: Vec<String>,
     taken: HashMap<ParamId, Pending<B::InnerBackend>>,
     order: Vec<ParamId>,
-    /// Int parameters that received a float gradient (INT8 weights), by parent path.
-    codes: Vec<PendingCodes<B::InnerBackend>>,
-    /// Float parameters named `qparams` without a gradient, by parent path.
-    qparams: HashMap<String, (ParamId, Tensor<B::InnerBackend, 3>)>,
+    /// The last int parameter seen: `(module path, id, [rows, words], codes)`, the codes of an
+    /// INT8 weight if the next float parameter of the same module is its `[rows, groups, 2]`
+    /// scale and zero point.
+    last_codes: Option<(Vec<String>, ParamId, [usize; 2])>,
     error: Option<EmberError>,
     /// `(path, id)` of every parameter of the module (INT8 weights as `<layer>.weight`).
     all: Vec<(String, ParamId)>,
 }
 
 impl<B: AutodiffBackend> Collector<B> {
-    /// Joins each INT8 weight with its `qparams` and files it as `<parent>.weight`.
-    fn pair_quantized(&mut self) -> Result<(), EmberError> {
-        for (parent, id, codes_shape, grad, grad_shape, device) in std::mem::take(&mut self.codes) {
-            let path = if parent.is_empty() {
-                "weight".to_string()
-            } else {
-                format!("{parent}.weight")
-            };
-            let Some((qid, qparams)) = self.qparams.remove(&parent) else {
-                return Err(EmberError::UnsupportedParameter {
-                    param: format!("{parent}.codes"),
-                    reason: "an int parameter received a gradient but has no `qparams` \
-                             sibling; only ember's QLinear weights can be trained in INT8"
-                        .into(),
-                });
-            };
-            let [rows, words] = [codes_shape[0], codes_shape[1]];
-            let [_, groups, _] = qparams.dims();
-            let shape = vec![rows, words * 4];
-            self.order.push(id);
-            self.taken.insert(
-                id,
-                Pending {
-                    path,
-                    shape,
-                    grad_shape,
-                    grad,
-                    dtype: DType::F32,
-                    device,
-                    quant: Some(QuantInfo {
-                        qparams_id: qid,
-                        qparams,
-                        group: words * 4 / groups,
-                    }),
-                    empty: rows * words == 0,
-                },
-            );
+    /// A float parameter that is the `(scale, zero)` of the INT8 weight just visited: takes the
+    /// weight's gradient (filed under this parameter's id by `quantized_grads`).
+    fn quantized<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) -> bool {
+        let Some((parent, codes_id, [rows, words])) = self.last_codes.take() else {
+            return false;
+        };
+        let t = param.val();
+        let dims = t.dims();
+        if D != 3
+            || parent[..] != self.path[..self.path.len().saturating_sub(1)]
+            || dims[0] != rows
+            || dims[2] != 2
+        {
+            return false;
         }
-        Ok(())
+        let (cols, groups) = (words * 4, dims[1]);
+        let path = if parent.is_empty() {
+            "weight".to_string()
+        } else {
+            format!("{}.weight", parent.join("."))
+        };
+        let Some((grad, grad_shape, device)) = self.grads.remove::<3>(param.id) else {
+            return true; // an INT8 weight without a gradient this step
+        };
+        let (grad, grad_shape) = match grad {
+            Gradient::Full(g) => {
+                if grad_shape != [rows, groups, cols / groups.max(1)] && self.error.is_none() {
+                    self.error = Some(EmberError::GradientShape {
+                        param: path.clone(),
+                        param_shape: vec![rows, cols],
+                        grad_shape: grad_shape.clone(),
+                    });
+                }
+                let n = g.shape().num_elements();
+                let g = if n == rows * cols {
+                    g.reshape([rows, cols])
+                } else {
+                    g
+                };
+                (Gradient::Full(g), vec![rows, cols])
+            }
+            // accumulated: already the weight's view
+            g => (g, grad_shape),
+        };
+        let inner = t.inner();
+        let inner_dims = inner.dims();
+        self.order.push(codes_id);
+        self.taken.insert(
+            codes_id,
+            Pending {
+                path,
+                shape: vec![rows, cols],
+                grad_shape,
+                grad,
+                grad_id: param.id,
+                dtype: DType::F32,
+                device,
+                quant: Some(QuantInfo {
+                    qparams_id: param.id,
+                    qparams: inner.reshape([inner_dims[0], inner_dims[1], inner_dims[2]]),
+                    group: cols / groups.max(1),
+                }),
+                empty: rows * cols == 0,
+            },
+        );
+        true
     }
 }
 
@@ -769,6 +787,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let id = param.id;
+        if self.quantized(param) {
+            return;
+        }
         self.all.push((self.path.join("."), id));
         if let Some((grad, grad_shape, device)) = self.grads.remove::<D>(id) {
             let value = param.val();
@@ -787,46 +808,25 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
                     shape,
                     grad_shape,
                     grad,
+                    grad_id: id,
                     dtype: value.dtype(),
                     device,
                     quant: None,
                 },
             );
-        } else if D == 3 && self.path.last().is_some_and(|n| n == "qparams") {
-            let parent = self.path[..self.path.len() - 1].join(".");
-            let t = param.val().inner();
-            let dims = t.dims();
-            self.qparams
-                .insert(parent, (param.id, t.reshape([dims[0], dims[1], dims[2]])));
         }
     }
 
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
+        self.last_codes = None;
         if D != 2 {
             return;
         }
-        let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
-        self.all.push((format!("{parent}.weight"), param.id));
-        if let Some((grad, grad_shape, device)) = self.grads.remove::<2>(param.id) {
-            let dims = param.val().dims().to_vec();
-            let parent = self.path[..self.path.len().saturating_sub(1)].join(".");
-            if let Gradient::Full(g) = &grad {
-                if g.dims() != [dims[0], dims[1] * 4] && self.error.is_none() {
-                    self.error = Some(EmberError::GradientShape {
-                        param: format!("{parent}.weight"),
-                        param_shape: vec![dims[0], dims[1] * 4],
-                        grad_shape: grad_shape.clone(),
-                    });
-                }
-            }
-            // the INT8 weight's own shape is what the gradient is checked against
-            let shape_checked = match &grad {
-                Gradient::Full(_) => vec![dims[0], dims[1] * 4],
-                Gradient::Projected(_) => grad_shape.clone(),
-            };
-            self.codes
-                .push((parent, param.id, dims, grad, shape_checked, device));
-        }
+        let dims = param.val().dims();
+        let parent = self.path[..self.path.len().saturating_sub(1)].to_vec();
+        self.all
+            .push((format!("{}.weight", parent.join(".")), param.id));
+        self.last_codes = Some((parent, param.id, [dims[0], dims[1]]));
     }
 }
 

@@ -13,8 +13,10 @@
 //! ## Forward and gradient
 //! `forward` dequantizes `Ŵ = scale·(q − zero)` into a temporary f32 tensor, makes it an autodiff
 //! leaf and computes `x·Ŵ + b`. burn's autodiff only gives gradients to float parameters, so the
-//! leaf is remembered (per parameter and device) and [`quantized_grads`] — used instead of
-//! `GradientsParams::from_grads` — files `∂L/∂Ŵ` under the id of `codes`.
+//! leaf is remembered (per parameter and device, see `leaves`) and [`quantized_grads`] — used
+//! instead of `GradientsParams::from_grads` — files `∂L/∂Ŵ` under the id of the float parameter
+//! `qparams` (reshaped `[d_input, groups, group]`), where burn's gradient accumulation and its
+//! multi-device strategy carry it like any float gradient.
 //!
 //! ## Update
 //! Any [`EmberOptimizer`](crate::EmberOptimizer) then treats `codes` as a `[d_input, d_output]`
@@ -237,64 +239,115 @@ pub fn rounding_key(seed: u64, salts: &[u64]) -> RoundingKey {
 }
 
 /// The gradients of `module` as burn's `GradientsParams::from_grads` gives them, plus the
-/// gradient of every [`QLinear`] weight, filed under the id of its `codes`.
+/// gradient of every [`QLinear`] weight, filed under the id of its `qparams` (a float parameter,
+/// so that burn's gradient accumulation and multi-device transfer carry it) as a
+/// `[d_input, groups, group]` tensor: the `[d_input, d_output]` gradient, rows split by group.
 pub fn quantized_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     mut grads: B::Gradients,
     module: &M,
 ) -> GradientsParams {
-    let mut finder = IntIds::default();
+    let mut finder = QuantizedIds::default();
     module.visit(&mut finder);
+    let generation = leaves::next_generation();
     let mut collected = Vec::new();
-    for (id, device) in finder.ids {
-        let key = leaves::key::<B>(id, &device);
+    for (codes, qparams, groups, device) in finder.found {
+        let key = leaves::key::<B>(codes, &device);
         let mut sum: Option<Tensor<B::InnerBackend, 2>> = None;
-        for leaf in leaves::take::<B>(&key) {
-            if let Some(g) = leaf.grad_remove(&mut grads) {
-                sum = Some(match sum {
-                    Some(s) => s + g,
-                    None => g,
-                });
+        // take the leaves of this graph; leave other graphs' (a clone of the model with the same
+        // ids, another replica) to their own call, and drop leaves no call took for two calls
+        leaves::retain::<B>(&key, generation, |leaf| {
+            match leaf.grad_remove(&mut grads) {
+                Some(g) => {
+                    sum = Some(match sum.take() {
+                        Some(s) => s + g,
+                        None => g,
+                    });
+                    false
+                }
+                None => true,
             }
-        }
+        });
         if let Some(g) = sum {
-            collected.push((id, g));
+            let [rows, cols] = g.dims();
+            collected.push((qparams, g.reshape([rows, groups, cols / groups])));
         }
     }
     let mut params = GradientsParams::from_grads(grads, module);
     for (id, g) in collected {
-        params.register::<B::InnerBackend, 2>(id, g);
+        params.register::<B::InnerBackend, 3>(id, g);
     }
     params
 }
 
+/// Finds every INT8 weight of a module by its shape: a 2-D int parameter (the codes,
+/// `[rows, words]`) followed by a 3-D float parameter `[rows, groups, 2]` (scale and zero point
+/// per group) in the same module.
 #[derive(Default)]
-struct IntIds<D> {
-    ids: Vec<(ParamId, D)>,
+pub(crate) struct QuantizedIds<D> {
+    /// `(codes id, qparams id, groups, device)`.
+    pub(crate) found: Vec<(ParamId, ParamId, usize, D)>,
+    pending: Option<(ParamId, usize, usize)>,
+    depth: usize,
 }
 
-impl<B: Backend> ModuleVisitor<B> for IntIds<B::Device> {
+impl<B: Backend> ModuleVisitor<B> for QuantizedIds<B::Device> {
+    fn enter_module(&mut self, _name: &str, _container_type: &str) {
+        self.depth += 1;
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.depth -= 1;
+    }
+
     fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<B, D, Int>>) {
-        if D == 2 {
-            self.ids.push((param.id, param.val().device()));
+        let dims = param.val().dims();
+        self.pending = (D == 2).then(|| (param.id, dims[0], self.depth));
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some((codes, rows, depth)) = self.pending.take() {
+            let t = param.val();
+            let dims = t.dims();
+            if D == 3 && dims[0] == rows && dims[2] == 2 && depth == self.depth {
+                self.found.push((codes, param.id, dims[1], t.device()));
+            }
         }
     }
 }
 
 /// The autodiff leaves of dequantized weights, per `(codes id, device)`, waiting for
 /// [`quantized_grads`]. A layer used twice in one graph leaves two (their gradients are summed).
+///
+/// A leaf holds the dequantized f32 weight. Each [`quantized_grads`] call takes the leaves whose
+/// gradient its graph holds and leaves the others (a clone of the model, or a replica with the
+/// same parameter ids, keeps its own leaves for its own call); a layer keeps at most
+/// [`MAX_PENDING`] leaves — forward passes that never reach a backward pass (inference on an
+/// autodiff backend) drop the oldest, with a warning. Inference belongs on the inner backend
+/// (`model.valid()`), where no leaf is made.
 mod leaves {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Leaves kept per layer before the oldest are dropped (forward passes with no
-    /// `quantized_grads` in between, e.g. inference on an autodiff backend).
-    const MAX_PENDING: usize = 32;
+    /// Leaves kept per layer before the oldest are dropped.
+    pub(super) const MAX_PENDING: usize = 4;
 
-    type Store = HashMap<String, Vec<Box<dyn Any + Send>>>;
+    struct Leaf {
+        generation: u64,
+        tensor: Box<dyn Any + Send>,
+    }
+
+    type Store = HashMap<String, Vec<Leaf>>;
 
     static STORE: Mutex<Option<Store>> = Mutex::new(None);
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
 
     pub(super) fn key<B: Backend>(id: ParamId, device: &B::Device) -> String {
         format!("{id}@{device:?}")
+    }
+
+    /// A new [`quantized_grads`] call.
+    pub(super) fn next_generation() -> u64 {
+        GENERATION.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     pub(super) fn push<B: Backend>(id: ParamId, w: &Tensor<B, 2>) {
@@ -305,22 +358,106 @@ mod leaves {
             .entry(key)
             .or_default();
         if list.len() >= MAX_PENDING {
-            log::warn!(
-                "ember QLinear: {MAX_PENDING} forward passes without `quantized_grads`; \
-                 dropping the oldest pending weight gradient"
-            );
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn!(
+                    "ember QLinear: {MAX_PENDING} forward passes of one layer without \
+                     `quantized_grads`; dropping the oldest pending weight (run inference on \
+                     `model.valid()`)"
+                )
+            });
             list.remove(0);
         }
-        list.push(Box::new(w.clone()));
+        list.push(Leaf {
+            generation: GENERATION.load(Ordering::SeqCst),
+            tensor: Box::new(w.clone()),
+        });
     }
 
-    pub(super) fn take<B: AutodiffBackend>(key: &str) -> Vec<Tensor<B, 2>> {
+    /// Keeps the leaves of `key` for which `keep` says so (those of other graphs) that are
+    /// younger than this call.
+    pub(super) fn retain<B: AutodiffBackend>(
+        key: &str,
+        generation: u64,
+        mut keep: impl FnMut(&Tensor<B, 2>) -> bool,
+    ) {
         let mut guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(list) = guard.get_or_insert_with(HashMap::new).remove(key) else {
-            return Vec::new();
+        let store = guard.get_or_insert_with(HashMap::new);
+        let Some(list) = store.get_mut(key) else {
+            return;
         };
-        list.into_iter()
-            .filter_map(|b| b.downcast::<Tensor<B, 2>>().ok().map(|t| *t))
-            .collect()
+        list.retain(|leaf| match leaf.tensor.downcast_ref::<Tensor<B, 2>>() {
+            Some(t) => keep(t) && leaf.generation < generation,
+            None => false,
+        });
+        if list.is_empty() {
+            store.remove(key);
+        }
+    }
+
+    /// Leaves pending for `key` (tests).
+    #[cfg(test)]
+    pub(super) fn pending(key: &str) -> usize {
+        let guard = STORE.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().and_then(|s| s.get(key)).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    type B = Autodiff<Flex>;
+
+    fn layer() -> QLinear<B> {
+        QLinearConfig::new(8, 8)
+            .with_group_size(8)
+            .with_bias(false)
+            .init(&Default::default())
+    }
+
+    fn grad_of(grads: &GradientsParams, l: &QLinear<B>) -> Option<Tensor<Flex, 3>> {
+        grads.get::<Flex, 3>(l.qparams.id)
+    }
+
+    /// The store holds a bounded number of leaves per layer, whatever the number of forward
+    /// passes without `quantized_grads`; the layer's next `quantized_grads` takes its graph's
+    /// leaf and keeps the others (bounded).
+    #[test]
+    fn pending_leaves_are_bounded() {
+        let l = layer();
+        let x = Tensor::<B, 2>::ones([2, 8], &Default::default());
+        let key = leaves::key::<B>(l.codes.id, &Default::default());
+        for _ in 0..10 {
+            let _ = l.forward(x.clone()); // inference on an autodiff backend, no backward
+        }
+        assert_eq!(leaves::pending(&key), leaves::MAX_PENDING);
+        let y = l.forward(x.clone()).sum();
+        let g = quantized_grads(y.backward(), &l);
+        assert!(grad_of(&g, &l).is_some());
+        assert_eq!(leaves::pending(&key), leaves::MAX_PENDING - 1);
+    }
+
+    /// Two clones of a layer (the same parameter ids) in flight at once: each `quantized_grads`
+    /// takes its own graph's gradient and leaves the other's.
+    #[test]
+    fn clones_keep_their_own_gradients() {
+        let a = layer();
+        let b = a.clone();
+        let device = Default::default();
+        let xa = Tensor::<B, 2>::ones([2, 8], &device);
+        let xb = Tensor::<B, 2>::ones([2, 8], &device).mul_scalar(3.0);
+        let ya = a.forward(xa).sum();
+        let yb = b.forward(xb).sum();
+        let ga = grad_of(&quantized_grads(ya.backward(), &a), &a).unwrap();
+        let gb = grad_of(&quantized_grads(yb.backward(), &b), &b).unwrap();
+        // ∂Σ(x·W)/∂W = xᵀ·1: rows of 2 (ones, batch 2) and 6 (threes)
+        let (ga, gb): (Vec<f32>, Vec<f32>) = (
+            ga.into_data().to_vec().unwrap(),
+            gb.into_data().to_vec().unwrap(),
+        );
+        assert!(ga.iter().all(|&v| v == 2.0), "{ga:?}");
+        assert!(gb.iter().all(|&v| v == 6.0), "{gb:?}");
     }
 }

@@ -143,14 +143,6 @@ where
         return Err("no device".into());
     }
     run.shape.validate()?;
-    if run.int8_weights && devices.len() > 1 {
-        return Err(
-            "--int8-weights with several devices is not supported: burn's multi-device \
-                    strategy moves gradients by float parameter and would drop the INT8 weights' \
-                    gradients"
-                .into(),
-        );
-    }
     if run.resume_epoch.is_some() && run.weights()? != burn::tensor::DType::F32 {
         return Err(
             "resuming bf16 weights through burn-train's Learner would restore them as f32 \
