@@ -7,6 +7,7 @@ pub mod estimate;
 pub mod heap;
 pub mod measure;
 pub mod progress;
+pub mod soak;
 pub mod report;
 pub mod steptime;
 

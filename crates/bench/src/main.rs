@@ -77,6 +77,9 @@ enum Command {
     },
     /// For each method, the settings (rank, dtypes) that fit a memory budget, largest rank first.
     Plan(cmd::plan::PlanArgs),
+    /// Many steps of each method on the CPU: heap peaks, projector orthonormality, non-finite
+    /// steps, loss (JSON with --json).
+    Soak(cmd::soak::SoakArgs),
 }
 
 /// Options shared by `estimate` and `measure`.
@@ -226,6 +229,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Kernels { device, seed }) => cmd::kernels::run(device, seed),
         Some(Command::Plan(args)) => cmd::plan::run(&args),
+        Some(Command::Soak(args)) => cmd::soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,7 +47,7 @@ impl Progress {
     pub fn step(&self, k: usize, msg: &str) {
         if let Some(bar) = &self.bar {
             bar.set_message(msg.to_string());
-            bar.inc(1);
+            bar.set_position((k + 1) as u64);
         } else if self.plain {
             eprintln!(
                 "{}: step {}/{} done at {:.1} s, {msg}",

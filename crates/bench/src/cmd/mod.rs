@@ -4,6 +4,7 @@ pub mod estimate;
 pub mod kernels;
 pub mod measure;
 pub mod plan;
+pub mod soak;
 pub mod step;
 
 use ember_bench::estimate::{Breakdown, Dtype, Method, Settings};
