@@ -7,8 +7,8 @@ pub mod estimate;
 pub mod heap;
 pub mod measure;
 pub mod progress;
-pub mod soak;
 pub mod report;
+pub mod soak;
 pub mod steptime;
 
 /// The LLaMA-style model (`ember-llama`).

@@ -302,3 +302,54 @@ fn estimated_peak_is_near_the_measured_heap_peak_on_flex() {
         }
     }
 }
+
+/// The short soak of CI: 300 steps of every method on a small LLaMA (a fresh process each): the
+/// heap's peak per step flat (≤ 1% growth between 10% of the run and its end), every fresh
+/// orthonormal projector orthonormal to 1e-5, no non-finite step, the loss down.
+#[test]
+fn short_soak_is_flat_and_orthonormal() {
+    let cfg = config_file(
+        "soak.json",
+        r#"{"name": "micro", "hidden_size": 64, "intermediate_size": 172, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 512, "max_sequence_length": 64}"#,
+    );
+    let (code, out, err) = bench(&[
+        "soak",
+        "--model",
+        &cfg,
+        "--optimizer",
+        "all",
+        "--steps",
+        "300",
+        "--rank",
+        "16",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        println!("{r}");
+        let growth = r["peak_heap_growth"].as_f64().unwrap();
+        assert!(growth.abs() <= 0.01, "{r}");
+        if let Some(e) = r["max_orthonormality_error"].as_f64() {
+            assert!(e <= 1e-5, "{r}");
+            assert!(r["refreshes"].as_u64().unwrap() > 0);
+        }
+        assert_eq!(r["non_finite_steps"], 0);
+        assert!(r["loss_tail_mean"].as_f64().unwrap() < r["loss_first"].as_f64().unwrap());
+    }
+    // the orthonormal projectors were checked, Q-GaLore's INT4 one is not orthonormal
+    assert!(rows
+        .iter()
+        .any(|r| r["optimizer"] == "galore" && r["max_orthonormality_error"].is_f64()));
+    assert!(rows
+        .iter()
+        .any(|r| r["optimizer"] == "qgalore" && r["max_orthonormality_error"].is_null()));
+}

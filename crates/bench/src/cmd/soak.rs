@@ -41,7 +41,9 @@ pub struct SoakArgs {
 pub fn run(a: &SoakArgs) -> Result<(), String> {
     let shape = LlamaShape::resolve(&a.model)?;
     if a.steps == 0 || a.batch == 0 || a.seq < 2 || a.seq > shape.max_sequence_length {
-        return Err("--steps and --batch must be positive, --seq in 2..=max_sequence_length".into());
+        return Err(
+            "--steps and --batch must be positive, --seq in 2..=max_sequence_length".into(),
+        );
     }
     let list = methods(&a.optimizer)?;
     let mut results: Vec<SoakResult> = vec![];
@@ -58,7 +60,14 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
             state: Dtype::F32,
         };
         type B = burn::backend::Autodiff<burn::backend::Flex>;
-        let r = soak::<B>(&shape, &s, a.steps, (a.batch, a.seq), &Default::default(), !a.json)?;
+        let r = soak::<B>(
+            &shape,
+            &s,
+            a.steps,
+            (a.batch, a.seq),
+            &Default::default(),
+            !a.json,
+        )?;
         results.push(r);
     }
     if a.json {
