@@ -140,3 +140,58 @@ impl RefreshPolicy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unit vectors at angle `k·θ` in a plane: consecutive cosines are exactly `cos θ`.
+    fn rotating(k: usize, theta: f64) -> Vec<f32> {
+        let a = k as f64 * theta;
+        vec![a.cos() as f32, a.sin() as f32, 0.0]
+    }
+
+    /// Q-GaLore's lazy rule where the cosine decides: with consecutive first vectors at cosine
+    /// 0.8, a threshold of 0.79 lengthens the gap once the queue is full (and again at each later
+    /// refresh), 0.81 never does; the queue's mean is compared with `≥`.
+    #[test]
+    fn the_cosine_decides_the_gap() {
+        let theta = 0.8f64.acos();
+        for (threshold, lengthens) in [(0.79, true), (0.81, false)] {
+            let policy = RefreshPolicy::Adaptive {
+                gap: 10,
+                cos_threshold: threshold,
+                gamma: 2.0,
+                queue_size: 3,
+            };
+            let mut state = policy.init_state();
+            let mut gaps = vec![];
+            for k in 0..6 {
+                policy.observe(&mut state, Some(rotating(k, theta)));
+                gaps.push(state.gap);
+            }
+            for c in &state.queue {
+                assert!((c - 0.8).abs() < 1e-6, "{:?}", state.queue);
+            }
+            if lengthens {
+                // the queue is full after the 4th vector (3 cosines): 10 → 20 → 40 → 80
+                assert_eq!(gaps, [10, 10, 10, 20, 40, 80], "threshold {threshold}");
+            } else {
+                assert_eq!(gaps, [10; 6], "threshold {threshold}");
+            }
+        }
+        // a mean exactly at the threshold counts (≥), with cosines of one and zero
+        let policy = RefreshPolicy::Adaptive {
+            gap: 4,
+            cos_threshold: 0.5,
+            gamma: 1.5,
+            queue_size: 2,
+        };
+        let mut state = policy.init_state();
+        for v in [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]] {
+            policy.observe(&mut state, Some(v.to_vec()));
+        }
+        assert_eq!(state.queue, vec![1.0, 0.0]);
+        assert_eq!(state.gap, 6);
+    }
+}
