@@ -65,7 +65,8 @@ impl ProjType {
 /// Which projector an engine uses: a named, swappable part of the pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ProjectorKind {
-    /// Exact top-r SVD of the gradient on the host (`faer`, f32), sign-normalized.
+    /// Exact top-r SVD of the gradient on the host (`faer`, in f64, factors rounded to f32),
+    /// sign-normalized.
     ExactSvd(ProjType),
     /// No projection: the subspace is the whole space (plain Adam; also the fallback for
     /// non-targeted parameters).

@@ -3,7 +3,7 @@
 //! any tile or block size, with blocks of the back-projection made small so that every code path
 //! runs.
 //!
-//! Used by the tests (`tests/wgpu.rs`: wgpu, lavapipe in CI) and by `ember-bench kernels` (the
+//! Used by the tests (`tests/kernels_wgpu.rs`: wgpu, lavapipe in CI) and by `ember-bench kernels` (the
 //! same checks on the GPU machine, CUDA). On a backend without fused kernels the checks compare
 //! the portable path with itself.
 

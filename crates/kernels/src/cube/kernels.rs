@@ -357,8 +357,6 @@ pub fn copy_strided(input: &Tensor<f32>, out: &mut Array<f32>, len: u32) {
     }
 }
 
-/// Counts non-finite values: unit `t` of `threads` scans elements `t, t + threads, …` (coalesced)
-/// and writes its count to `out[t]`.
 /// Sets `out[index]` to 1 where `g` holds a NaN or ±Inf (every writer stores the same value, so
 /// the race is benign); `out` starts at 0. One element per unit, coalesced.
 #[cube(launch)]
