@@ -21,6 +21,7 @@ pub use ember_galore as galore;
 pub use ember_kernels as kernels;
 pub use ember_qgalore as qgalore;
 
+pub mod groups;
 pub mod recipe;
 
 /// The configs and the optimizer type, for `use ember::prelude::*`.

@@ -83,6 +83,13 @@ impl Method {
     pub fn has_scale(self) -> bool {
         matches!(self, Method::Galore | Method::Fira | Method::Qgalore)
     }
+
+    /// Whether the method can refresh its projector on the device (`device_projector`:
+    /// GaLore, Fira, FRUGAL's SVD projection); Q-GaLore quantizes an exact SVD, DCT selects
+    /// columns of a fixed basis, AdamW has no projector.
+    pub fn has_device_projector(self) -> bool {
+        matches!(self, Method::Galore | Method::Fira | Method::Frugal)
+    }
 }
 
 /// A method and the settings that training scripts vary; every other option is the method's
@@ -109,6 +116,9 @@ pub struct Recipe {
     pub state_block_size: usize,
     /// What a step does on NaN/Inf gradients.
     pub non_finite: NonFinitePolicy,
+    /// Refresh projectors on the device (randomized subspace iteration) instead of the exact SVD
+    /// on the host (methods with [`Method::has_device_projector`]).
+    pub device_projector: bool,
 }
 
 impl Recipe {
@@ -126,6 +136,7 @@ impl Recipe {
             min_8bit_size: 4096,
             state_block_size: 256,
             non_finite: NonFinitePolicy::Error,
+            device_projector: false,
         }
     }
 
@@ -177,6 +188,12 @@ impl Recipe {
         self
     }
 
+    /// Sets where projectors are refreshed (`true`: on the device).
+    pub fn with_device_projector(mut self, on: bool) -> Self {
+        self.device_projector = on;
+        self
+    }
+
     /// Builds the optimizer, or says which setting does not fit the method.
     pub fn build<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
@@ -187,6 +204,13 @@ impl Recipe {
                 self.method.name()
             ));
         }
+        if self.device_projector && !self.method.has_device_projector() {
+            return Err(format!(
+                "{} has no device projector (GaLore, Fira and FRUGAL do)",
+                self.method.name()
+            ));
+        }
+        let dp = self.device_projector;
         let targets = self.targets.clone();
         let (state, block, min8, nf) = (
             self.state,
@@ -214,6 +238,7 @@ impl Recipe {
                     .with_state_block_size(block)
                     .with_min_8bit_size(min8)
                     .with_non_finite(nf)
+                    .with_device_projector(dp)
                     .try_init()
             }
             Method::Fira => {
@@ -227,6 +252,7 @@ impl Recipe {
                     .with_state_block_size(block)
                     .with_min_8bit_size(min8)
                     .with_non_finite(nf)
+                    .with_device_projector(dp)
                     .try_init()
             }
             Method::Frugal => crate::frugal::FrugalConfig::new()
@@ -237,6 +263,7 @@ impl Recipe {
                 .with_state_block_size(block)
                 .with_min_8bit_size(min8)
                 .with_non_finite(nf)
+                .with_device_projector(dp)
                 .try_init(),
             Method::Qgalore => {
                 let c = crate::qgalore::QGaloreConfig::new();

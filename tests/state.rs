@@ -128,7 +128,8 @@ fn a_checkpoint_of_another_state_dtype_is_refused() {
     let grads = GradientsParams::from_grads(loss(&model, 1).backward(), &model);
     let err = eight.try_step(1e-2, model, grads).err().unwrap();
     assert!(
-        matches!(err, EmberError::CheckpointMismatch { .. }) && err.to_string().contains("int8"),
+        matches!(err, EmberError::CheckpointMismatch { .. })
+            && err.to_string().contains("Int8Blockwise"),
         "{err}"
     );
 }

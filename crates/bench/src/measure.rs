@@ -46,6 +46,8 @@ pub struct MeasureOptions {
     pub layerwise: bool,
     /// Store the attention and MLP projections in INT8 (`QLinear`, groups of 256).
     pub int8_weights: bool,
+    /// Refresh projectors on the device (`Recipe::with_device_projector`).
+    pub device_projector: bool,
 }
 
 /// What was measured.
@@ -168,20 +170,33 @@ where
     // device-memory peak below is this method's (burn keeps freed blocks pooled otherwise)
     B::memory_cleanup(device);
     B::seed(device, 0);
-    let mut model = shape.init::<B>(device);
-    if o.weights == Dtype::Bf16 {
-        model = model.cast(DType::BF16);
-    }
+    let started = Instant::now();
+    let phase = |name: String| {
+        crate::progress::phase(name.clone());
+        if o.progress {
+            eprintln!("  {:>7.1} s  {name}", started.elapsed().as_secs_f64());
+        }
+    };
+    phase("model initialization".into());
+    let dtype = match o.weights {
+        Dtype::Bf16 => DType::BF16,
+        _ => DType::F32,
+    };
+    // the weights in CubeCL's persistent pool (exact-size pages, reused by later allocations of
+    // the same sizes) rather than in its sliced pages; a no-op on other backends
+    let mut model =
+        B::memory_persistent_allocations(device, (), |_| shape.init_with::<B>(device, dtype));
     if o.int8_weights {
+        phase("weights to INT8".into());
         model = model.into_int8(256)?;
     }
-    let optim = try_optimizer_with::<B, Llama<B>>(
-        s,
-        vec!["attn".to_string(), "mlp".to_string()],
-        200,
-        None,
-    )?;
+    let optim = recipe(s, vec!["attn".to_string(), "mlp".to_string()], 200, None)
+        .with_device_projector(o.device_projector)
+        .build::<B, Llama<B>>()?;
     let weight_bytes = param_bytes(&model);
+    // what building the model left in the allocator's pool is not part of the step's peak
+    B::sync(device).ok();
+    B::memory_cleanup(device);
     let mut trainer = if o.layerwise {
         let mut t = LayerwiseTrainer::new(optim, LayerwiseConfig::new());
         t.check(&model).map_err(|e| e.to_string())?;
@@ -202,14 +217,27 @@ where
     };
     for step in 0..o.warmup + o.steps {
         let tokens = Tokens::synthetic(o.batch, o.seq, shape.vocab_size, step);
+        // the first step reports each phase (kernel compilation and projector fits happen there)
+        let first = step == 0;
+        if first {
+            B::sync(device).ok();
+            phase("step 1: forward".into());
+        }
         B::sync(device).ok();
         crate::heap::reset_peak();
         let t0 = Instant::now();
         let l = match &mut trainer {
             Stepper::Ordinary(optim) => {
                 let loss = model.loss(tokens.tensor(device));
+                if first {
+                    B::sync(device).ok();
+                    phase("step 1: backward".into());
+                }
                 let grads = ember_core::quantized_grads(loss.backward(), &model);
                 B::sync(device).ok();
+                if first {
+                    phase("step 1: optimizer step".into());
+                }
                 let t1 = Instant::now();
                 let forward_backward_peak = crate::heap::peak();
                 if step == 0 {
@@ -236,6 +264,9 @@ where
                 loss.into_scalar().elem::<f32>()
             }
             Stepper::Layerwise(t) => {
+                if first {
+                    phase("step 1: layer-wise forward, backward and updates".into());
+                }
                 let (m, loss) = t
                     .step(o.lr, model, std::slice::from_ref(&tokens))
                     .map_err(|e| e.to_string())?;
@@ -255,6 +286,9 @@ where
         }
         loss_last = l;
         peak_bytes = max(peak_bytes, peak());
+        if first {
+            phase("steps".into());
+        }
         progress.step(step, &format!("loss {l:.3}"));
     }
     progress.finish();

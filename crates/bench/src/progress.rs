@@ -2,7 +2,41 @@
 //! so a long first step (kernel compilation on CUDA) never looks like a hang.
 
 use std::io::IsTerminal;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What the run is doing now, and since when (read by the watchdog thread).
+static PHASE: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+static WATCHDOG: std::sync::Once = std::sync::Once::new();
+
+/// Names what the run does from now on (`"step 1: backward"`); while progress lines are on, a
+/// phase that lasts longer than 20 s is reported every 20 s, so that a long first step says
+/// where its time goes (model initialization, forward, backward, optimizer step).
+pub fn phase(name: impl Into<String>) {
+    if let Ok(mut p) = PHASE.lock() {
+        *p = Some((name.into(), Instant::now()));
+    }
+}
+
+/// Starts the thread that reports long phases on stderr (once per process).
+fn start_watchdog(start: Instant) {
+    WATCHDOG.call_once(|| {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(20));
+            if let Ok(p) = PHASE.lock() {
+                if let Some((name, since)) = p.as_ref() {
+                    let t = since.elapsed().as_secs_f64();
+                    if t >= 20.0 {
+                        eprintln!(
+                            "  … {name}: {t:.0} s so far (run at {:.0} s)",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            }
+        });
+    });
+}
 
 /// Progress of one run of `total` steps.
 pub struct Progress {
@@ -35,6 +69,7 @@ impl Progress {
             start: Instant::now(),
         };
         if p.plain {
+            start_watchdog(p.start);
             eprintln!(
                 "{}: starting ({} steps; the first compiles kernels on GPU backends)",
                 p.name, total

@@ -60,6 +60,7 @@ fn estimate_equals_tensors_held_on_flex() {
             weights,
             layerwise,
             int8_weights,
+            device_projector: false,
         };
         let run = RunShape {
             layerwise,

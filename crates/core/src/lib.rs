@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod dct;
 pub mod engine;
 pub mod error;
+pub mod groups;
 pub mod layerwise;
 pub mod method;
 pub mod optimizer;
@@ -37,8 +38,11 @@ pub use method::MethodConfig;
 pub use burn as __burn;
 /// The projection kernels (`ember-kernels`): the backend extension trait and its implementations.
 pub use ember_kernels as kernels;
+pub use groups::{Clipping, Group};
 pub use layerwise::{BlockModel, LayerwiseConfig, LayerwiseTrainer, Stage};
-pub use optimizer::{Accumulated, EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy};
+pub use optimizer::{
+    Accumulated, EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy, PlanEntry,
+};
 pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
 pub use qlinear::{quantized_grads, QLinear, QLinearConfig};
 pub use refresh::{RefreshPolicy, RefreshState};

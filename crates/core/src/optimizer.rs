@@ -16,6 +16,7 @@ use crate::blocks::BlockSchedule;
 use crate::dct::SharedBases;
 use crate::engine::{EngineConfig, Gradient, ParamState, StepContext};
 use crate::error::EmberError;
+use crate::groups::{Clipping, Group};
 use crate::projector::tensor_bytes;
 use crate::targets::Targets;
 use burn::tensor::DType;
@@ -39,9 +40,13 @@ pub enum NonFinitePolicy {
 /// instead of panicking.
 #[derive(Clone)]
 pub struct EmberOptimizer<M, B: AutodiffBackend> {
-    target: EngineConfig,
-    dense: EngineConfig,
-    targets: Targets,
+    /// The parameter groups, first match wins.
+    groups: Vec<Group>,
+    /// Everything no group selects.
+    default: Group,
+    clipping: Option<Clipping>,
+    /// The group layout of a loaded checkpoint (checked at the next step).
+    loaded_layout: Option<Vec<String>>,
     non_finite: NonFinitePolicy,
     blocks: Option<BlockSchedule>,
     states: HashMap<ParamId, ParamState<B::InnerBackend>>,
@@ -61,6 +66,8 @@ pub struct EmberState<B: Backend> {
     pub states: HashMap<ParamId, ParamState<B>>,
     /// Optimizer steps taken (drives blockwise selection).
     pub step: usize,
+    /// The group layout the states belong to (each group's name, parts and settings).
+    pub layout: Vec<String>,
 }
 
 /// The optimizer's state as a burn [`Record`] of the autodiff backend.
@@ -105,12 +112,54 @@ where
         targets: Targets,
         non_finite: NonFinitePolicy,
     ) -> Result<Self, EmberError> {
-        target.validate()?;
-        dense.validate()?;
-        Ok(Self {
-            target,
+        let group = Group {
+            name: "targets".into(),
+            selector: targets,
+            engine: target,
+            dense: dense.clone(),
+            lr_scale: 1.0,
+        };
+        let default = Group {
+            name: "default".into(),
+            selector: Targets::default(),
+            engine: dense.clone(),
             dense,
-            targets,
+            lr_scale: 1.0,
+        };
+        Self::with_groups(vec![group], default, non_finite)
+    }
+
+    /// An optimizer over parameter groups (first match wins; `default` takes the rest; see
+    /// [`crate::groups`]).
+    pub fn with_groups(
+        groups: Vec<Group>,
+        default: Group,
+        non_finite: NonFinitePolicy,
+    ) -> Result<Self, EmberError> {
+        for g in groups.iter().chain([&default]) {
+            let named = |e: EmberError| match e {
+                EmberError::InvalidConfig(m) => {
+                    EmberError::InvalidConfig(format!("group `{}`: {m}", g.name))
+                }
+                e => e,
+            };
+            g.engine.validate().map_err(named)?;
+            g.dense.validate().map_err(named)?;
+            g.selector
+                .validate()
+                .map_err(|m| EmberError::InvalidConfig(format!("group `{}`: {m}", g.name)))?;
+            if !(g.lr_scale.is_finite() && g.lr_scale >= 0.0) {
+                return Err(EmberError::InvalidConfig(format!(
+                    "group `{}`: lr_scale {} must be finite and ≥ 0",
+                    g.name, g.lr_scale
+                )));
+            }
+        }
+        Ok(Self {
+            groups,
+            default,
+            clipping: None,
+            loaded_layout: None,
             non_finite,
             blocks: None,
             states: HashMap::new(),
@@ -131,6 +180,34 @@ where
         Ok(self)
     }
 
+    /// Clips gradients before each update ([`Clipping`]).
+    pub fn with_clipping(mut self, clipping: Option<Clipping>) -> Result<Self, EmberError> {
+        if let Some(c) = &clipping {
+            c.validate().map_err(EmberError::InvalidConfig)?;
+        }
+        self.clipping = clipping;
+        Ok(self)
+    }
+
+    /// The groups (first match wins) and the default group.
+    pub fn groups(&self) -> (&[Group], &Group) {
+        (&self.groups, &self.default)
+    }
+
+    /// The group layout (what a checkpoint records and is checked against).
+    pub fn layout(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .chain([&self.default])
+            .map(Group::layout)
+            .collect()
+    }
+
+    /// The group of a parameter: `(index, group)`, `None` for the default group.
+    fn route(&self, id: ParamId, path: &str, shape: &[usize]) -> (Option<usize>, &Group) {
+        route(&self.groups, &self.default, id, path, shape)
+    }
+
     /// Seed of the stochastic rounding of INT8 weights ([`QLinear`](crate::qlinear::QLinear)).
     pub fn with_rounding_seed(mut self, seed: u64) -> Self {
         self.rounding_seed = seed;
@@ -142,9 +219,10 @@ where
         self.step
     }
 
-    /// The pipeline of targeted parameters.
+    /// The pipeline of the first group's 2-D parameters (the method's, for a single-method
+    /// config).
     pub fn target_engine(&self) -> &EngineConfig {
-        &self.target
+        &self.groups.first().unwrap_or(&self.default).engine
     }
 
     /// Bytes of optimizer state held now: every parameter's state plus the shared DCT bases
@@ -173,15 +251,34 @@ where
         self.skipped_steps
     }
 
-    /// Which parameters of `module` are targets: `(path, id, shape, is_target)` in module order.
+    /// Which parameters of `module` are projected: `(path, id, shape, is_target)` in module
+    /// order (a 2-D parameter in a group whose pipeline projects).
     pub fn plan(&self, module: &M) -> Vec<(String, ParamId, Vec<usize>, bool)> {
+        self.plan_groups(module)
+            .into_iter()
+            .map(|p| (p.path, p.id, p.shape, p.projected))
+            .collect()
+    }
+
+    /// Every parameter of `module` with its group and what runs on it, in module order.
+    pub fn plan_groups(&self, module: &M) -> Vec<PlanEntry> {
         let mut v = PathVisitor::default();
         module.visit(&mut v);
         v.params
             .into_iter()
             .map(|(path, id, shape)| {
-                let t = self.targets.is_target(id, &path, &shape);
-                (path, id, shape, t)
+                let (_, group) = self.route(id, &path, &shape);
+                let engine = group.engine_for(&shape);
+                PlanEntry {
+                    group: group.name.clone(),
+                    projected: engine.projector != crate::projector::ProjectorKind::Identity,
+                    lr_scale: group.lr_scale,
+                    weight_decay: engine.weight_decay,
+                    state: engine.state.dtype,
+                    path,
+                    id,
+                    shape,
+                }
             })
             .collect()
     }
@@ -408,10 +505,11 @@ where
     }
 
     fn engine_of(&self, id: ParamId, p: &Pending<B::InnerBackend>) -> &EngineConfig {
-        if self.blocks.is_none() && self.targets.is_target(id, &p.path, &p.shape) {
-            &self.target
+        let (_, group) = self.route(id, &p.path, &p.shape);
+        if self.blocks.is_some() {
+            &group.dense
         } else {
-            &self.dense
+            group.engine_for(&p.shape)
         }
     }
 
@@ -435,23 +533,23 @@ where
         if let Some(e) = collector.error {
             return Err(e);
         }
-        if !self.targets_checked {
-            let unmatched = self
-                .targets
-                .unmatched(collector.all.iter().map(|(p, id)| (p.as_str(), *id)));
-            if !unmatched.is_empty() {
-                let example = collector
-                    .all
-                    .iter()
-                    .map(|(p, _)| p.as_str())
-                    .max_by_key(|p| p.matches('.').count())
-                    .unwrap_or("");
-                return Err(EmberError::InvalidConfig(format!(
-                    "the targets select no parameter of the model: {} (module paths look like \
-                     `{example}`; patterns without `*` match substrings, with `*` whole paths)",
-                    unmatched.join(", ")
-                )));
+        if let Some(loaded) = &self.loaded_layout {
+            if *loaded != self.layout() {
+                return Err(EmberError::CheckpointMismatch {
+                    param: "(optimizer)".into(),
+                    reason: format!(
+                        "the checkpoint was made with another group layout: {} groups {:?}, \
+                         this optimizer {} groups {:?}",
+                        loaded.len(),
+                        loaded,
+                        self.groups.len() + 1,
+                        self.layout()
+                    ),
+                });
             }
+        }
+        if !self.targets_checked {
+            self.check_selectors(&collector.all)?;
         }
         let Collector { taken, order, .. } = collector;
         for id in &order {
@@ -475,6 +573,46 @@ where
                 .check_param(&p.path, &p.shape, self.states.get(id))?;
         }
         Ok((order, taken))
+    }
+
+    /// At the first step: every pattern and id of a group selects a parameter, and every group
+    /// gets at least one (not all taken by an earlier group).
+    fn check_selectors(&self, all: &[(String, ParamId, Vec<usize>)]) -> Result<(), EmberError> {
+        let example = all
+            .iter()
+            .map(|(p, _, _)| p.as_str())
+            .max_by_key(|p| p.matches('.').count())
+            .unwrap_or("");
+        let single = self.groups.len() == 1;
+        for (index, group) in self.groups.iter().enumerate() {
+            let unmatched = group
+                .selector
+                .unmatched(all.iter().map(|(p, id, s)| (p.as_str(), *id, s.as_slice())));
+            let whose = if single {
+                "the targets select".to_string()
+            } else {
+                format!("group `{}` selects", group.name)
+            };
+            if !unmatched.is_empty() {
+                return Err(EmberError::InvalidConfig(format!(
+                    "{whose} no parameter of the model: {} (module paths look like \
+                     `{example}`; patterns without `*` match substrings, with `*` whole paths)",
+                    unmatched.join(", ")
+                )));
+            }
+            let taken = all
+                .iter()
+                .filter(|(p, id, shape)| self.route(*id, p, shape).0 == Some(index))
+                .count();
+            if taken == 0 && !single && !group.selector.is_none() {
+                return Err(EmberError::InvalidConfig(format!(
+                    "group `{}` gets no parameter: its selector matches nothing, or only \
+                     parameters an earlier group took (first match wins)",
+                    group.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn step_common(
@@ -509,6 +647,34 @@ where
             }
         }
 
+        let mut pending = pending;
+        if let Some(clipping) = self.clipping {
+            if mode == Mode::Part && matches!(clipping, Clipping::GlobalNorm(_)) {
+                return Err(EmberError::InvalidConfig(
+                    "clipping by the global norm needs every gradient of a step at once, which a \
+                     step made of parts (layer-wise training) never has; clip per parameter \
+                     (Clipping::Norm) or per block (LayerwiseConfig::clip_block_norm)"
+                        .into(),
+                ));
+            }
+            let ids: Vec<ParamId> = order
+                .iter()
+                .filter(|id| !pending[*id].empty)
+                .copied()
+                .collect();
+            let grads = ids
+                .iter()
+                .map(|id| pending[id].grad_tensor().clone())
+                .collect();
+            for (id, g) in ids.iter().zip(clipping.apply(grads)) {
+                let p = pending.get_mut(id).expect("collected");
+                p.grad = match p.grad {
+                    Gradient::Full(_) => Gradient::Full(g),
+                    Gradient::Projected(_) => Gradient::Projected(g),
+                };
+            }
+        }
+
         // blockwise: which targets are state-full this step; states reset at each re-selection
         let (active, reselect) = match &self.blocks {
             Some(b) => {
@@ -516,7 +682,7 @@ where
                     .iter()
                     .filter(|id| {
                         let p = &pending[*id];
-                        self.targets.is_target(**id, &p.path, &p.shape)
+                        p.shape.len() == 2 && self.route(**id, &p.path, &p.shape).0 == Some(0)
                     })
                     .copied()
                     .collect();
@@ -534,9 +700,8 @@ where
         let mut stepper = Stepper::<B> {
             lr,
             pending,
-            target: &self.target,
-            dense: &self.dense,
-            targets: &self.targets,
+            groups: &self.groups,
+            default: &self.default,
             blocks: self.blocks.as_ref(),
             active,
             reselect,
@@ -606,13 +771,17 @@ where
             state: EmberState {
                 states: self.states.clone(),
                 step: self.step,
+                layout: self.layout(),
             },
         }
     }
 
+    /// Loads the states; a record of another group layout is refused at the next step
+    /// (`EmberError::CheckpointMismatch`).
     fn load_record(mut self, record: Self::Record) -> Self {
         self.states = record.state.states;
         self.step = record.state.step;
+        self.loaded_layout = Some(record.state.layout);
         self
     }
 }
@@ -702,8 +871,8 @@ struct Collector<B: AutodiffBackend> {
     /// scale and zero point.
     last_codes: Option<(Vec<String>, ParamId, [usize; 2])>,
     error: Option<EmberError>,
-    /// `(path, id)` of every parameter of the module (INT8 weights as `<layer>.weight`).
-    all: Vec<(String, ParamId)>,
+    /// `(path, id, shape)` of every parameter of the module (INT8 weights as `<layer>.weight`).
+    all: Vec<(String, ParamId, Vec<usize>)>,
 }
 
 impl<B: AutodiffBackend> Collector<B> {
@@ -790,9 +959,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
         if self.quantized(param) {
             return;
         }
-        self.all.push((self.path.join("."), id));
+        let value = param.val();
+        self.all
+            .push((self.path.join("."), id, value.dims().to_vec()));
         if let Some((grad, grad_shape, device)) = self.grads.remove::<D>(id) {
-            let value = param.val();
             let shape = value.dims().to_vec();
             let path = if self.path.is_empty() {
                 id.to_string()
@@ -824,8 +994,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<B> {
         }
         let dims = param.val().dims();
         let parent = self.path[..self.path.len().saturating_sub(1)].to_vec();
-        self.all
-            .push((format!("{}.weight", parent.join(".")), param.id));
+        self.all.push((
+            format!("{}.weight", parent.join(".")),
+            param.id,
+            vec![dims[0], dims[1] * 4],
+        ));
         self.last_codes = Some((parent, param.id, [dims[0], dims[1]]));
     }
 }
@@ -869,9 +1042,8 @@ fn first_non_finite<B: EmberBackend>(
 struct Stepper<'a, B: AutodiffBackend> {
     lr: f64,
     pending: HashMap<ParamId, Pending<B::InnerBackend>>,
-    target: &'a EngineConfig,
-    dense: &'a EngineConfig,
-    targets: &'a Targets,
+    groups: &'a [Group],
+    default: &'a Group,
     blocks: Option<&'a BlockSchedule>,
     active: HashMap<ParamId, bool>,
     reselect: bool,
@@ -896,13 +1068,16 @@ where
         w: Tensor<B::InnerBackend, 2>,
     ) -> Result<Tensor<B::InnerBackend, 2>, EmberError> {
         let w = w.to_device(&p.device);
+        let (_, group) = route(self.groups, self.default, id, &p.path, &p.shape);
+        let lr = self.lr * group.lr_scale;
         if let (Some(blocks), Some(&is_active)) = (self.blocks, self.active.get(&id)) {
             let Gradient::Full(g) = p.grad else {
                 return Err(unsupported_blockwise());
             };
+            let dense = &group.dense;
             if !is_active {
                 self.states.remove(&id);
-                return Ok(self.dense.state_free_step(self.lr, w, g, &blocks.inactive));
+                return Ok(dense.state_free_step(lr, w, g, &blocks.inactive));
             }
             let state = if self.reselect {
                 self.states.remove(&id);
@@ -910,20 +1085,15 @@ where
             } else {
                 self.states.remove(&id).map(|s| s.to_device(&p.device))
             };
-            let (w, state) = self.dense.step(
-                self.lr,
-                w,
-                g,
-                state,
-                &StepContext::new(&p.shape, self.bases),
-            )?;
+            let (w, state) =
+                dense.step(lr, w, g, state, &StepContext::new(&p.shape, self.bases))?;
             self.states.insert(id, state);
             return Ok(w);
         }
-        let engine = if self.blocks.is_none() && self.targets.is_target(id, &p.path, &p.shape) {
-            self.target
+        let engine = if self.blocks.is_some() {
+            &group.dense
         } else {
-            self.dense
+            group.engine_for(&p.shape)
         };
         let state = self.states.remove(&id).map(|s| s.to_device(&p.device));
         let ctx = StepContext {
@@ -931,7 +1101,7 @@ where
             bases: self.bases,
             salt: crate::rng::hash_str(&p.path),
         };
-        match engine.step_with(self.lr, w, p.grad, state.clone(), &ctx) {
+        match engine.step_with(lr, w, p.grad, state.clone(), &ctx) {
             Ok((w, state)) => {
                 self.states.insert(id, state);
                 Ok(w)
@@ -1024,6 +1194,60 @@ where
                 Param::from_mapped_value(id, tensor, mapper)
             }
         }
+    }
+}
+
+/// The group of a parameter among `groups` (first match), else `default`.
+fn route<'a>(
+    groups: &'a [Group],
+    default: &'a Group,
+    id: ParamId,
+    path: &str,
+    shape: &[usize],
+) -> (Option<usize>, &'a Group) {
+    match groups
+        .iter()
+        .position(|g| g.selector.selects_shaped(id, path, shape))
+    {
+        Some(i) => (Some(i), &groups[i]),
+        None => (None, default),
+    }
+}
+
+/// One parameter in [`EmberOptimizer::plan_groups`].
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    /// Module path.
+    pub path: String,
+    /// Id.
+    pub id: ParamId,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Its group's name.
+    pub group: String,
+    /// Projected (a 2-D parameter of a group whose pipeline projects), else AdamW.
+    pub projected: bool,
+    /// The group's learning-rate scale.
+    pub lr_scale: f64,
+    /// λ.
+    pub weight_decay: f64,
+    /// State storage.
+    pub state: crate::state::StateDtype,
+}
+
+impl std::fmt::Display for PlanEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<40} {:>14} {:<12} {:<8} lr×{} λ={} state {}",
+            self.path,
+            format!("{:?}", self.shape),
+            self.group,
+            if self.projected { "projected" } else { "adamw" },
+            self.lr_scale,
+            self.weight_decay,
+            self.state.name()
+        )
     }
 }
 

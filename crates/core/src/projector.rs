@@ -451,18 +451,16 @@ impl ProjectorKind {
                 }
                 _ => None,
             };
-            let (start, iters) = match warm {
-                Some(w) => (w, *power_iters),
-                None => {
-                    let mut rng = SplitMix64::new(0x5eed, &[salt, refreshes as u64]);
-                    let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
-                    (
-                        Tensor::from_data(TensorData::new(v, [dim, rank]), &g.device()),
-                        *power_iters + 2,
-                    )
-                }
+            let device = g.device();
+            let gaussian = |stream: u64| {
+                let mut rng = match stream {
+                    0 => SplitMix64::new(0x5eed, &[salt, refreshes as u64]),
+                    k => SplitMix64::new(0x5eed, &[salt, refreshes as u64, k]),
+                };
+                let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
+                Tensor::from_data(TensorData::new(v, [dim, rank]), &device)
             };
-            let p = crate::range::subspace_iteration(g, start, left, iters, 30);
+            let p = crate::range::fit(g, warm, gaussian, left, *power_iters);
             return Ok((
                 if left {
                     ProjectorState::Left(p)

@@ -59,6 +59,53 @@ pub fn subspace_iteration<B: Backend>(
     }
 }
 
+/// The device projector's refresh: subspace iteration from the previous projector `warm`
+/// (`dim × r`, `power_iters` iterations) or, without one, from the Gaussian `gaussian(0)` with 2
+/// more iterations. It **re-seeds** when the result has lost directions (`‖P‖²_F < r − ½`, an
+/// orthonormal frame has `r`): a zero or rank-deficient gradient leaves `G·Z` rank-deficient, and
+/// a warm start from a collapsed `P` would stay collapsed for every later refresh. Then it starts
+/// again from a fresh Gaussian, and if the gradient itself has rank < r, fills the missing
+/// directions from the Gaussian `gaussian(1)` (`orth(P + 10⁻²·Ω/√dim)`), so `P` is always an
+/// orthonormal frame that contains the gradient's dominant subspace. The check reads one scalar
+/// to the host, at refresh steps only.
+pub fn fit<B: Backend>(
+    g: &Tensor<B, 2>,
+    warm: Option<Tensor<B, 2>>,
+    gaussian: impl Fn(u64) -> Tensor<B, 2>,
+    left: bool,
+    power_iters: usize,
+) -> Tensor<B, 2> {
+    let r = |p: &Tensor<B, 2>| p.dims()[if left { 1 } else { 0 }] as f64;
+    let collapsed = |p: &Tensor<B, 2>| {
+        let n2: f64 = p.clone().powi_scalar(2).sum().into_scalar().elem();
+        !(n2 >= r(p) - 0.5)
+    };
+    let was_warm = warm.is_some();
+    let mut p = match warm {
+        Some(w) => subspace_iteration(g, w, left, power_iters, 30),
+        None => subspace_iteration(g, gaussian(0), left, power_iters + 2, 30),
+    };
+    if !collapsed(&p) {
+        return p;
+    }
+    if was_warm {
+        log::info!("device projector: the warm start lost directions; re-seeding");
+        p = subspace_iteration(g, gaussian(0), left, power_iters + 2, 30);
+        if !collapsed(&p) {
+            return p;
+        }
+    }
+    // the gradient has rank < r: complete the frame
+    let z = if left { p } else { p.transpose() };
+    let [dim, _] = z.dims();
+    let filled = orthonormalize(z + gaussian(1).mul_scalar(1e-2 / (dim as f64).sqrt()), 30);
+    if left {
+        filled
+    } else {
+        filled.transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +205,57 @@ mod tests {
                 "{m}x{n} r{r} left={left}: warm start captures {ratio}"
             );
         }
+    }
+
+    /// A zero gradient, then a rank-deficient one, must not leave `P` collapsed: every refresh
+    /// returns an orthonormal frame, and the warm start from it captures a later full-rank
+    /// gradient's top-r energy (≥ 99% of the exact SVD's).
+    #[test]
+    fn reseeds_after_a_zero_or_rank_deficient_gradient() {
+        let (m, n, r) = (40, 72, 6);
+        let device = Default::default();
+        let gaussian = |stream: u64| {
+            let mut rng = SplitMix64::new(11, &[stream]);
+            let v: Vec<f32> = (0..n * r).map(|_| rng.normal() as f32).collect();
+            Tensor::<B, 2>::from_data(TensorData::new(v, [n, r]), &device)
+        };
+        let orthonormal = |p: &Tensor<B, 2>| {
+            p.clone()
+                .matmul(p.clone().transpose())
+                .sub(Tensor::eye(r, &device))
+                .abs()
+                .max()
+                .into_scalar()
+        };
+        // zero gradient, cold: an orthonormal frame anyway (subspace iteration alone gives P = 0)
+        let zero = Tensor::<B, 2>::zeros([m, n], &device);
+        let bare = subspace_iteration(&zero, gaussian(0), false, 3, 30);
+        assert!(
+            bare.clone().abs().max().into_scalar() < 1e-6,
+            "premise: P = 0"
+        );
+        let p = fit(&zero, None, gaussian, false, 1);
+        assert!(orthonormal(&p) < 1e-3, "zero gradient: {}", orthonormal(&p));
+        // rank 2 < r, warm from that frame: still a full frame, containing the rank-2 range
+        let low = decaying(m, 2, 0.5, 3).matmul(decaying(2, n, 0.5, 4));
+        let p = fit(&low, Some(p.transpose()), gaussian, false, 1);
+        assert!(
+            orthonormal(&p) < 1e-3,
+            "rank-deficient: {}",
+            orthonormal(&p)
+        );
+        let kept = energy(&low, &p, false) / low.clone().powi_scalar(2).sum().into_scalar() as f64;
+        assert!(kept > 0.999, "the rank-2 range is in P: {kept}");
+        // a collapsed warm start (P with a zero row) is re-seeded: full-rank gradient, top-r energy
+        let g = decaying(m, n, 0.8, 5);
+        let collapsed = p.clone().slice([0..r - 1, 0..n]);
+        let collapsed = Tensor::cat(vec![collapsed, Tensor::zeros([1, n], &device)], 0);
+        let p = fit(&g, Some(collapsed.transpose()), gaussian, false, 1);
+        assert!(orthonormal(&p) < 1e-3);
+        let data = g.clone().into_data();
+        let svd = truncated_svd(data.as_slice::<f32>().unwrap(), m, n, r).unwrap();
+        let exact = Tensor::<B, 2>::from_data(TensorData::new(svd.vt, [r, n]), &device);
+        let ratio = energy(&g, &p, false) / energy(&g, &exact, false);
+        assert!(ratio >= 0.99, "after re-seeding: {ratio}");
     }
 }

@@ -9,7 +9,12 @@
 //! * a pattern with `*` is a glob over the whole path (`*` matches any run of characters, dots
 //!   included): `layers.*.attn.*.weight`.
 //!
-//! With no ids and no patterns, every 2-D parameter is a target. Everything else (embeddings or the
+//! * a pattern starting with `:` is a **predicate**: `:1d` (fewer than 2 dimensions: norm gains,
+//!   biases), `:2d`, `:norm` (a path containing `norm`), `:bias` (a path ending in `bias`).
+//!
+//! A parameter is selected when its id was given, or any pattern or predicate matches it (an
+//! unknown predicate is an error at [`Targets::validate`]). With no ids and no patterns, every 2-D
+//! parameter is a target. Everything else (embeddings or the
 //! LM head when excluded, norms, biases, tensors that are not 2-D) is optimized by the method's
 //! AdamW inside the same optimizer, with the same hyperparameters.
 
@@ -62,11 +67,12 @@ impl Targets {
         self
     }
 
-    /// The patterns and ids that select no parameter among `params` (`(path, id)` of every
-    /// parameter of the model): a typo would otherwise leave every parameter on AdamW silently.
+    /// The patterns, predicates and ids that select no parameter among `params` (`(path, id,
+    /// shape)` of every parameter of the model): a typo would otherwise leave every parameter on
+    /// AdamW silently.
     pub fn unmatched<'a>(
         &self,
-        params: impl IntoIterator<Item = (&'a str, ParamId)> + Clone,
+        params: impl IntoIterator<Item = (&'a str, ParamId, &'a [usize])> + Clone,
     ) -> Vec<String> {
         let mut out: Vec<String> = self
             .patterns
@@ -75,14 +81,14 @@ impl Targets {
                 !params
                     .clone()
                     .into_iter()
-                    .any(|(path, _)| pattern_matches(p, path))
+                    .any(|(path, _, shape)| selector_matches(p, path, shape))
             })
             .map(|p| format!("pattern `{p}`"))
             .collect();
         out.extend(
             self.ids
                 .iter()
-                .filter(|id| !params.clone().into_iter().any(|(_, i)| i == **id))
+                .filter(|id| !params.clone().into_iter().any(|(_, i, _)| i == **id))
                 .map(|id| format!("parameter id {id}")),
         );
         out
@@ -94,7 +100,27 @@ impl Targets {
         self
     }
 
-    /// Whether the 2-D-ness aside, the parameter is selected.
+    /// Whether the parameter is selected (by id, pattern or predicate; `max_dim` applies to
+    /// 2-D shapes).
+    pub fn selects_shaped(&self, id: ParamId, path: &str, shape: &[usize]) -> bool {
+        if self.none {
+            return false;
+        }
+        if shape.len() == 2 && self.max_dim.is_some_and(|d| shape[0] >= d || shape[1] >= d) {
+            return false;
+        }
+        if self.patterns.is_empty() && self.ids.is_empty() {
+            return true;
+        }
+        self.ids.contains(&id)
+            || self
+                .patterns
+                .iter()
+                .any(|p| selector_matches(p, path, shape))
+    }
+
+    /// Whether the 2-D-ness aside, the parameter is selected (patterns and ids; predicates need
+    /// the shape: [`selects_shaped`](Self::selects_shaped)).
     pub fn selects(&self, id: ParamId, path: &str) -> bool {
         if self.none {
             return false;
@@ -102,14 +128,49 @@ impl Targets {
         if self.patterns.is_empty() && self.ids.is_empty() {
             return true;
         }
-        self.ids.contains(&id) || self.patterns.iter().any(|p| pattern_matches(p, path))
+        self.ids.contains(&id)
+            || self
+                .patterns
+                .iter()
+                .any(|p| !p.starts_with(':') && pattern_matches(p, path))
     }
 
     /// Whether a parameter of this shape, id and path gets the low-rank pipeline.
     pub fn is_target(&self, id: ParamId, path: &str, shape: &[usize]) -> bool {
-        shape.len() == 2
-            && self.max_dim.is_none_or(|d| shape[0] < d && shape[1] < d)
-            && self.selects(id, path)
+        shape.len() == 2 && self.selects_shaped(id, path, shape)
+    }
+
+    /// Checks the predicates' names.
+    pub fn validate(&self) -> Result<(), String> {
+        for p in &self.patterns {
+            if p.starts_with(':') && !PREDICATES.contains(&p.as_str()) {
+                return Err(format!(
+                    "unknown predicate `{p}` (one of {})",
+                    PREDICATES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether no parameter can be selected.
+    pub fn is_none(&self) -> bool {
+        self.none
+    }
+}
+
+/// The predicates a pattern may name.
+pub const PREDICATES: [&str; 4] = [":1d", ":2d", ":norm", ":bias"];
+
+/// A pattern or predicate against a parameter's path and shape.
+pub fn selector_matches(pattern: &str, path: &str, shape: &[usize]) -> bool {
+    match pattern {
+        ":1d" => shape.len() < 2,
+        ":2d" => shape.len() == 2,
+        ":norm" => path.contains("norm"),
+        ":bias" => path.ends_with("bias"),
+        p if p.starts_with(':') => false,
+        p => pattern_matches(p, path),
     }
 }
 

@@ -65,3 +65,31 @@ impl Nvml {
         }
     }
 }
+
+/// burn's own report of device memory (CubeCL's memory management): bytes held by live tensors
+/// and bytes reserved in its pools (what the driver sees, less the CUDA context).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolUsage {
+    /// Bytes of live allocations.
+    pub in_use: u64,
+    /// Bytes reserved by the pools.
+    pub reserved: u64,
+}
+
+/// [`PoolUsage`] of CUDA device `index` (`None` without the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub fn cuda_pool_usage(index: usize) -> Option<PoolUsage> {
+    use cubecl::Runtime;
+    let client = cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice::new(index));
+    let u = client.memory_usage().ok()?;
+    Some(PoolUsage {
+        in_use: u.bytes_in_use,
+        reserved: u.bytes_reserved,
+    })
+}
+
+/// [`PoolUsage`] of CUDA device `index` (`None` without the `cuda` feature).
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_pool_usage(_index: usize) -> Option<PoolUsage> {
+    None
+}

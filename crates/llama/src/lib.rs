@@ -154,32 +154,45 @@ impl LlamaShape {
 
     /// Builds the burn model.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        self.init_with(device, DType::F32)
+    }
+
+    /// [`init`](Self::init) with float parameters in `dtype`, cast one block at a time: the f32
+    /// values of only one block exist at once (a bf16 LLaMA-7B does not pass through 27 GB of
+    /// f32 weights). The values are those of `init` rounded to `dtype`.
+    pub fn init_with<B: Backend>(&self, device: &B::Device, dtype: DType) -> Llama<B> {
         let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut cast = CastParams(dtype);
         let head_dim = h / self.num_attention_heads;
         let lin = |a, b| LinearConfig::new(a, b).with_bias(false).init(device);
         let proj = |a, b| Proj::F32(lin(a, b));
         Llama {
-            embed: EmbeddingConfig::new(self.vocab_size, h).init(device),
+            embed: EmbeddingConfig::new(self.vocab_size, h)
+                .init(device)
+                .map(&mut cast),
             layers: (0..self.num_hidden_layers)
-                .map(|_| Block {
-                    attn_norm: RmsNormConfig::new(h).init(device),
-                    attn: Attention {
-                        query: proj(h, h),
-                        key: proj(h, h),
-                        value: proj(h, h),
-                        output: proj(h, h),
-                        heads: self.num_attention_heads,
-                    },
-                    mlp_norm: RmsNormConfig::new(h).init(device),
-                    mlp: SwiGlu {
-                        gate: proj(h, i),
-                        up: proj(h, i),
-                        down: proj(i, h),
-                    },
+                .map(|_| {
+                    Block {
+                        attn_norm: RmsNormConfig::new(h).init(device),
+                        attn: Attention {
+                            query: proj(h, h),
+                            key: proj(h, h),
+                            value: proj(h, h),
+                            output: proj(h, h),
+                            heads: self.num_attention_heads,
+                        },
+                        mlp_norm: RmsNormConfig::new(h).init(device),
+                        mlp: SwiGlu {
+                            gate: proj(h, i),
+                            up: proj(h, i),
+                            down: proj(i, h),
+                        },
+                    }
+                    .map(&mut cast)
                 })
                 .collect(),
-            norm: RmsNormConfig::new(h).init(device),
-            lm_head: lin(h, self.vocab_size),
+            norm: RmsNormConfig::new(h).init(device).map(&mut cast),
+            lm_head: lin(h, self.vocab_size).map(&mut cast),
             rope: RotaryEncodingConfig::new(self.max_sequence_length, head_dim).init(device),
         }
     }

@@ -31,6 +31,32 @@ pub struct RunArgs {
     /// Measure every method in this process (default: a fresh process per method).
     #[arg(long, hide = true)]
     pub in_process: bool,
+    /// Where GaLore, Fira and FRUGAL refresh their projectors: `device` (randomized subspace
+    /// iteration on the device), `svd` (exact SVD on the host, as the official packages), `auto`
+    /// (device on GPU backends, svd on the CPU). Q-GaLore and DCT always use their own.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub projector: ProjectorChoice,
+}
+
+/// Where projectors are refreshed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProjectorChoice {
+    /// Device on GPU backends, exact SVD on the CPU.
+    Auto,
+    /// Exact SVD on the host.
+    Svd,
+    /// Randomized subspace iteration on the device.
+    Device,
+}
+
+impl ProjectorChoice {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Svd => "svd",
+            Self::Device => "device",
+        }
+    }
 }
 
 impl RunArgs {
@@ -42,6 +68,7 @@ impl RunArgs {
             warmup: 2,
             quiet: false,
             in_process: false,
+            projector: ProjectorChoice::Auto,
         }
     }
 }
@@ -74,6 +101,8 @@ pub struct MeasureRow {
     device: String,
     weights_dtype: Dtype,
     state_dtype: Dtype,
+    /// Where projectors were refreshed: `device`, `svd` (host), or `none` (the method's own).
+    projector: String,
     param_count: usize,
     /// `numel × dtype size` of the model's parameters (tensors held, not a peak).
     weight_bytes: usize,
@@ -85,6 +114,12 @@ pub struct MeasureRow {
     total_bytes: usize,
     /// Measured: the largest device-memory use NVML reported during the steps (CUDA).
     peak_device_bytes: Option<usize>,
+    /// Measured (CUDA): burn's own memory report — the largest bytes held by live tensors at a
+    /// step's end (before the model: after it was built), and the largest bytes its pools reserved.
+    #[serde(default)]
+    burn_in_use_bytes: Option<usize>,
+    #[serde(default)]
+    burn_reserved_bytes: Option<usize>,
     /// Measured: the peak heap bytes of a train step (counting allocator; CPU backends).
     peak_heap_bytes: Option<usize>,
     /// Measured: heap bytes live when the optimizer step starts.
@@ -145,14 +180,36 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             weights: c.weights_dtype,
             layerwise: c.layerwise,
             int8_weights: c.int8_weights,
+            device_projector: false,
         };
         let mut rows = vec![];
         for (s, est) in list.iter().zip(estimates) {
+            let mut pool: Option<(u64, u64)> = None;
+            let device_projector = match r.projector {
+                ProjectorChoice::Svd => false,
+                ProjectorChoice::Device => true,
+                ProjectorChoice::Auto => {
+                    !matches!(r.device, Device::Flex) && s.method.has_device_projector()
+                }
+            };
+            let opts = MeasureOptions {
+                device_projector,
+                ..opts.clone()
+            };
             let device = r.device;
             let m: Measured = on_device!(device, B => {
                 // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
                 let nvml = matches!(device, Device::Cuda).then(|| Nvml::open(0));
-                let mut peak = || nvml.as_ref().and_then(Nvml::used);
+                let cuda = matches!(device, Device::Cuda);
+                let mut peak = || {
+                    if cuda {
+                        if let Some(u) = ember_kernels::nvml::cuda_pool_usage(0) {
+                            let p = pool.get_or_insert((0, 0));
+                            *p = (p.0.max(u.in_use), p.1.max(u.reserved));
+                        }
+                    }
+                    nvml.as_ref().and_then(Nvml::used)
+                };
                 ember_bench::measure::try_measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
             })?;
             rows.push(MeasureRow {
@@ -162,12 +219,22 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 device: device.name().into(),
                 weights_dtype: c.weights_dtype,
                 state_dtype: c.state_dtype,
+                projector: if device_projector {
+                    "device"
+                } else if s.method.has_device_projector() {
+                    "svd"
+                } else {
+                    "none"
+                }
+                .into(),
                 param_count: est.param_count,
                 weight_bytes: m.weight_bytes,
                 grad_bytes: m.grad_bytes,
                 state_bytes: m.state_bytes,
                 total_bytes: m.weight_bytes + m.grad_bytes + m.state_bytes,
                 peak_device_bytes: m.peak_device_bytes,
+                burn_in_use_bytes: pool.map(|p| p.0 as usize),
+                burn_reserved_bytes: pool.map(|p| p.1 as usize),
                 peak_heap_bytes: m.peak_heap_bytes,
                 heap_before_step_bytes: m.heap_before_step_bytes,
                 step_temporary_heap_bytes: m.step_temporary_heap_bytes,
@@ -214,6 +281,8 @@ fn child(c: &Common, r: &RunArgs, method: &str) -> Result<Vec<MeasureRow>, Strin
         c.batch.unwrap_or(4).to_string(),
         "--seq".into(),
         c.seq.unwrap_or(64).to_string(),
+        "--projector".into(),
+        r.projector.name().into(),
     ];
     if let Some(rank) = c.rank {
         args.extend(["--rank".into(), rank.to_string()]);
