@@ -70,6 +70,10 @@ pub struct GroupSpec {
     /// Refresh on the device (GaLore, Fira, FRUGAL).
     #[serde(default)]
     pub device_projector: Option<bool>,
+    /// Every parameter of the group on the method's AdamW (no projection; e.g. a no-decay
+    /// group of the method's dense parameters).
+    #[serde(default)]
+    pub dense: Option<bool>,
 }
 
 /// Clipping as written in a groups file: `{"value": v}`, `{"norm": v}` (per tensor, as burn's
@@ -192,9 +196,29 @@ impl GroupSpec {
             .transpose()
     }
 
-    /// The settings this group sets that its method does not have.
+    /// Sets the group dense (the method's AdamW for every parameter).
+    pub fn with_dense(mut self, dense: bool) -> Self {
+        self.dense = Some(dense);
+        self
+    }
+
+    /// The settings this group sets that its method (or a dense group) does not have.
     fn foreign_settings(&self, m: Method) -> Vec<&'static str> {
         let mut v = vec![];
+        if self.dense == Some(true) {
+            for (set, name) in [
+                (self.rank.is_some(), "rank"),
+                (self.density.is_some(), "density"),
+                (self.scale.is_some(), "scale"),
+                (self.update_proj_gap.is_some(), "update_proj_gap"),
+                (self.device_projector.is_some(), "device_projector"),
+            ] {
+                if set {
+                    v.push(name);
+                }
+            }
+            return v;
+        }
         if self.rank.is_some() && !m.has_rank() {
             v.push("rank");
         }
@@ -219,9 +243,14 @@ impl GroupSpec {
         let foreign = self.foreign_settings(m);
         if !foreign.is_empty() {
             return Err(format!(
-                "group `{}`: {} has no {} setting",
+                "group `{}`: {}{} has no {} setting",
                 self.name,
                 m.name(),
+                if self.dense == Some(true) {
+                    " (dense)"
+                } else {
+                    ""
+                },
                 foreign.join(", ")
             ));
         }
@@ -243,7 +272,7 @@ impl GroupSpec {
             }};
         }
         let wd = self.weight_decay;
-        Ok(match m {
+        let (engine, dense) = match m {
             Method::Adamw => {
                 let c = set!(crate::galore::GaloreConfig::new(), weight_decay <- wd, state_dtype <- state);
                 (c.dense_engine(), c.dense_engine())
@@ -280,6 +309,11 @@ impl GroupSpec {
                     update_proj_gap <- self.update_proj_gap);
                 (c.engine(), c.dense_engine())
             }
+        };
+        Ok(if self.dense == Some(true) {
+            (dense.clone(), dense)
+        } else {
+            (engine, dense)
         })
     }
 
@@ -304,7 +338,71 @@ impl GroupSpec {
     }
 }
 
+/// What a group does to one parameter (for estimates): its method, rank or density (the
+/// method's default where the group sets none), state storage, and whether it projects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolved {
+    /// The method.
+    pub method: Method,
+    /// Rank (methods with one).
+    pub rank: Option<usize>,
+    /// FRUGAL's density.
+    pub density: Option<f64>,
+    /// State storage.
+    pub state: StateDtype,
+    /// Whether 2-D parameters of the group are projected (not dense, not AdamW).
+    pub projects: bool,
+}
+
+impl GroupSpec {
+    /// The group's settings with the method's defaults filled in.
+    pub fn resolved(&self) -> Result<Resolved, String> {
+        let method = self.method()?;
+        let rank = match method {
+            Method::Galore => Some(self.rank.unwrap_or(crate::galore::GaloreConfig::new().rank)),
+            Method::Fira => Some(self.rank.unwrap_or(crate::fira::FiraConfig::new().rank)),
+            Method::Dct => Some(self.rank.unwrap_or(crate::dct::DctConfig::new().rank)),
+            Method::Qgalore => Some(
+                self.rank
+                    .unwrap_or(crate::qgalore::QGaloreConfig::new().rank),
+            ),
+            Method::Adamw | Method::Frugal => None,
+        };
+        let density = (method == Method::Frugal).then(|| {
+            self.density
+                .unwrap_or(crate::frugal::FrugalConfig::new().density)
+        });
+        Ok(Resolved {
+            method,
+            rank,
+            density,
+            state: self.state()?.unwrap_or_default(),
+            projects: method != Method::Adamw && self.dense != Some(true),
+        })
+    }
+}
+
 impl GroupsConfig {
+    /// The group of a parameter (first match wins; the default group otherwise), by its module
+    /// path and shape.
+    pub fn route(&self, path: &str, shape: &[usize]) -> GroupSpec {
+        self.groups
+            .iter()
+            .find(|g| {
+                g.params
+                    .iter()
+                    .any(|p| ember_core::targets::selector_matches(p, path, shape))
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                let mut d = self.default.clone().unwrap_or_default();
+                if d.name.is_empty() {
+                    d.name = "default".into();
+                }
+                d
+            })
+    }
+
     /// No groups: everything in the default group (AdamW).
     pub fn new() -> Self {
         Self::default()

@@ -10,10 +10,11 @@ pub use ember::recipe::Method;
 
 /// Element types of weights (`f32`, `bf16`) and of optimizer state (`f32`, `bf16`, `int8`:
 /// blockwise 8-bit moments).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// 4 bytes.
+    #[default]
     F32,
     /// 2 bytes.
     Bf16,
@@ -66,6 +67,16 @@ impl Dtype {
     }
 
     /// The core's state dtype.
+    /// The dtype of a core storage type.
+    pub fn of_state(s: ember_core::StateDtype) -> Self {
+        match s {
+            ember_core::StateDtype::F32 => Dtype::F32,
+            ember_core::StateDtype::Bf16 => Dtype::Bf16,
+            ember_core::StateDtype::Int8Blockwise => Dtype::Int8,
+        }
+    }
+
+    /// The core's storage type.
     pub fn state(self) -> ember_core::StateDtype {
         match self {
             Dtype::F32 => ember_core::StateDtype::F32,
@@ -117,7 +128,7 @@ pub struct RunShape {
 }
 
 /// One row of the report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Breakdown {
     /// Method name.
     pub optimizer: String,
@@ -164,6 +175,10 @@ pub struct Breakdown {
     /// total + max(activations, temporaries): the estimated peak (when tokens were given).
     #[serde(default)]
     pub peak_bytes: Option<usize>,
+    /// With parameter groups: each group's state (moments, projectors, indices; shared DCT
+    /// bases and 8-bit maps counted once in the total only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_state_bytes: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 /// The estimate for one model and settings (ordinary step, f32/bf16 weights, tensors held);
@@ -186,80 +201,161 @@ pub fn int8_weight_bytes(d_in: usize, d_out: usize) -> usize {
 
 /// The estimate of a run (see [`RunShape`]).
 pub fn estimate_run(shape: &LlamaShape, s: Settings, run: RunShape) -> Result<Breakdown, String> {
-    if s.weights == Dtype::Int8 {
+    let mut b = estimate_with(shape, s.weights, run, |_, _, target| {
+        Ok(ParamSettings {
+            method: s.method,
+            rank: s.rank,
+            density: s.density,
+            state: s.state,
+            projected: target && s.method != Method::Adamw,
+        })
+    })?;
+    b.optimizer = s.method.name().to_string();
+    b.rank = match s.method {
+        Method::Galore | Method::Fira | Method::Dct | Method::Qgalore => Some(s.rank),
+        _ => None,
+    };
+    b.density = (s.method == Method::Frugal).then_some(s.density);
+    b.state_dtype = s.state;
+    Ok(b)
+}
+
+/// The estimate of a run whose parameters follow parameter groups (`ember::groups`: first
+/// match wins, by module path and shape); also each group's state (`group_state_bytes`).
+pub fn estimate_groups(
+    shape: &LlamaShape,
+    groups: &ember::groups::GroupsConfig,
+    weights: Dtype,
+    run: RunShape,
+) -> Result<Breakdown, String> {
+    groups.resolve()?;
+    let mut per_group: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut b = estimate_with(shape, weights, run, |path, dims, _| {
+        let g = groups.route(path, dims);
+        let r = g.resolved()?;
+        let s = ParamSettings {
+            method: r.method,
+            rank: r.rank.unwrap_or(0),
+            density: r.density.unwrap_or(0.0),
+            state: Dtype::of_state(r.state),
+            projected: r.projects && dims.len() == 2,
+        };
+        *per_group.entry(g.name.clone()).or_default() += s.state_bytes(dims)?;
+        Ok(s)
+    })?;
+    b.optimizer = "groups".into();
+    b.state_dtype = Dtype::of_state(
+        groups
+            .default
+            .as_ref()
+            .map(|d| d.resolved())
+            .transpose()?
+            .map(|r| r.state)
+            .unwrap_or_default(),
+    );
+    b.group_state_bytes = Some(per_group);
+    Ok(b)
+}
+
+/// What the optimizer does to one parameter.
+#[derive(Debug, Clone, Copy)]
+struct ParamSettings {
+    method: Method,
+    rank: usize,
+    density: f64,
+    state: Dtype,
+    /// Projected (else AdamW moments).
+    projected: bool,
+}
+
+impl ParamSettings {
+    /// Moments and projector bytes of a parameter of `dims` (DCT bases and 8-bit maps, shared,
+    /// aside).
+    fn state_bytes(&self, dims: &[usize]) -> Result<usize, String> {
+        let mut b = Breakdown::default();
+        let (mut eight, mut bases) = (false, Default::default());
+        add_state(&mut b, &mut eight, &mut bases, *self, "", dims)?;
+        Ok(b.moment_bytes + b.projector_bytes + b.index_bytes + b.scalar_bytes)
+    }
+}
+
+/// Adds one parameter's optimizer state to `b`.
+fn add_state(
+    b: &mut Breakdown,
+    eight_bit: &mut bool,
+    basis_sizes: &mut std::collections::BTreeSet<usize>,
+    s: ParamSettings,
+    path: &str,
+    dims: &[usize],
+) -> Result<(), String> {
+    let numel: usize = dims.iter().product();
+    let sd = s.state;
+    let pb = sd.projector_bytes();
+    if !s.projected {
+        b.moment_bytes += 2 * sd.moment_bytes(numel); // AdamW: M and V
+        *eight_bit |= sd.is_8bit(numel);
+        return Ok(());
+    }
+    let (m, n) = (dims[0], dims[1]);
+    let (lo, hi) = (m.min(n), m.max(n));
+    let r = match s.method {
+        Method::Frugal => (s.density * lo as f64).round_ties_even() as usize,
+        _ => s.rank,
+    };
+    if r == 0 || r > lo {
+        return Err(format!(
+            "rank {r} does not fit layer {path} of shape {m}x{n} (at most {lo})"
+        ));
+    }
+    // std orientation: the moments are r × max(m, n); the projector spans min(m, n)
+    b.moment_bytes += 2 * sd.moment_bytes(r * hi);
+    *eight_bit |= sd.is_8bit(r * hi);
+    match s.method {
+        Method::Galore | Method::Frugal => b.projector_bytes += r * lo * pb,
+        Method::Fira => {
+            b.projector_bytes += r * lo * pb;
+            b.scalar_bytes += 4; // ζ, one f32
+        }
+        Method::Dct => {
+            b.index_bytes += 4 * r;
+            basis_sizes.insert(lo);
+        }
+        Method::Qgalore => {
+            // INT4 codes packed 8 per 32-bit word; an f32 scale and zero per row of P
+            // (P is r×n for m ≥ n, m×r otherwise); the last refresh's first singular
+            // vector (lo floats, host)
+            let rows = if m >= n { r } else { m };
+            b.projector_bytes += 4 * (r * lo).div_ceil(8) + 8 * rows;
+            b.scalar_bytes += 4 * lo;
+        }
+        Method::Adamw => unreachable!(),
+    }
+    Ok(())
+}
+
+/// The estimate with each parameter's settings from `route(path, dims, targeted)` (`targeted`:
+/// an attention or MLP linear).
+fn estimate_with(
+    shape: &LlamaShape,
+    weights: Dtype,
+    run: RunShape,
+    mut route: impl FnMut(&str, &[usize], bool) -> Result<ParamSettings, String>,
+) -> Result<Breakdown, String> {
+    if weights == Dtype::Int8 {
         return Err("weights are f32 or bf16 (INT8 weights are Q-GaLore's QLinear)".into());
     }
-    let (sd, wb) = (s.state, s.weights.bytes());
-    let pb = sd.projector_bytes();
+    let wb = weights.bytes();
     let mut eight_bit = false;
     let mut b = Breakdown {
-        optimizer: s.method.name().to_string(),
-        rank: match s.method {
-            Method::Galore | Method::Fira | Method::Dct | Method::Qgalore => Some(s.rank),
-            _ => None,
-        },
-        density: (s.method == Method::Frugal).then_some(s.density),
-        weights_dtype: s.weights,
-        state_dtype: s.state,
-        param_count: 0,
-        weight_bytes: 0,
-        grad_bytes: 0,
-        state_bytes: 0,
-        moment_bytes: 0,
-        projector_bytes: 0,
-        index_bytes: 0,
-        basis_bytes: 0,
-        scalar_bytes: 0,
-        total_bytes: 0,
+        weights_dtype: weights,
         run,
-        activation_bytes: None,
-        temporary_bytes: None,
-        peak_bytes: None,
+        ..Breakdown::default()
     };
     let mut basis_sizes = std::collections::BTreeSet::new();
     for (path, dims, target) in shape.parameters() {
-        let numel: usize = dims.iter().product();
-        b.param_count += numel;
-        let target = target && s.method != Method::Adamw;
-        if !target {
-            b.moment_bytes += 2 * sd.moment_bytes(numel); // AdamW: M and V
-            eight_bit |= sd.is_8bit(numel);
-            continue;
-        }
-        let (m, n) = (dims[0], dims[1]);
-        let (lo, hi) = (m.min(n), m.max(n));
-        let r = match s.method {
-            Method::Frugal => (s.density * lo as f64).round_ties_even() as usize,
-            _ => s.rank,
-        };
-        if r == 0 || r > lo {
-            return Err(format!(
-                "rank {r} does not fit layer {path} of shape {m}x{n} (at most {lo})"
-            ));
-        }
-        // std orientation: the moments are r × max(m, n); the projector spans min(m, n)
-        b.moment_bytes += 2 * sd.moment_bytes(r * hi);
-        eight_bit |= sd.is_8bit(r * hi);
-        match s.method {
-            Method::Galore | Method::Frugal => b.projector_bytes += r * lo * pb,
-            Method::Fira => {
-                b.projector_bytes += r * lo * pb;
-                b.scalar_bytes += 4; // ζ, one f32
-            }
-            Method::Dct => {
-                b.index_bytes += 4 * r;
-                basis_sizes.insert(lo);
-            }
-            Method::Qgalore => {
-                // INT4 codes packed 8 per 32-bit word; an f32 scale and zero per row of P
-                // (P is r×n for m ≥ n, m×r otherwise); the last refresh's first singular
-                // vector (lo floats, host)
-                let rows = if m >= n { r } else { m };
-                b.projector_bytes += 4 * (r * lo).div_ceil(8) + 8 * rows;
-                b.scalar_bytes += 4 * lo;
-            }
-            Method::Adamw => unreachable!(),
-        }
+        b.param_count += dims.iter().product::<usize>();
+        let s = route(&path, &dims, target)?;
+        add_state(&mut b, &mut eight_bit, &mut basis_sizes, s, &path, &dims)?;
     }
     if eight_bit {
         b.scalar_bytes += MAPS_BYTES;

@@ -88,6 +88,10 @@ pub struct Common {
     /// Preset (tiny, 60m, 130m, 350m, 1b, 7b) or a JSON config file (HF LLaMA keys).
     #[arg(long, default_value = "tiny")]
     pub model: String,
+    /// Parameter groups (a JSON file, `ember::groups`: per-group method, rank, state dtype…):
+    /// one optimizer instead of --optimizer/--rank/--density/--state-dtype.
+    #[arg(long)]
+    pub groups: Option<std::path::PathBuf>,
     /// Optimizer, or `all`.
     #[arg(long, default_value = "all")]
     pub optimizer: String,
@@ -188,6 +192,12 @@ fn main() -> ExitCode {
         eprintln!("ember-bench: internal error: {info}");
     }));
     let cli = Cli::parse();
+    if let Some(Command::Measure { run, .. }) = &cli.command {
+        if run.exact_pools {
+            // read by `ember_kernels::cache::configure` (below) and by the per-method children
+            std::env::set_var("EMBER_EXACT_POOLS", "1");
+        }
+    }
     // GPU builds: CubeCL's compiled kernels and autotune results persist between runs
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     match ember_kernels::cache::configure(None) {

@@ -48,6 +48,8 @@ pub struct MeasureOptions {
     pub int8_weights: bool,
     /// Refresh projectors on the device (`Recipe::with_device_projector`).
     pub device_projector: bool,
+    /// Parameter groups: the optimizer (instead of the settings' method).
+    pub groups: Option<ember::groups::GroupsConfig>,
 }
 
 /// What was measured.
@@ -190,9 +192,12 @@ where
         phase("weights to INT8".into());
         model = model.into_int8(256)?;
     }
-    let optim = recipe(s, vec!["attn".to_string(), "mlp".to_string()], 200, None)
-        .with_device_projector(o.device_projector)
-        .build::<B, Llama<B>>()?;
+    let optim = match &o.groups {
+        Some(g) => g.build::<B, Llama<B>>()?,
+        None => recipe(s, vec!["attn".to_string(), "mlp".to_string()], 200, None)
+            .with_device_projector(o.device_projector)
+            .build::<B, Llama<B>>()?,
+    };
     let weight_bytes = param_bytes(&model);
     // what building the model left in the allocator's pool is not part of the step's peak
     B::sync(device).ok();
@@ -206,7 +211,12 @@ where
     };
     let grad_bytes_layerwise = o.layerwise.then(|| largest_stage_bytes(&model));
 
-    let progress = crate::progress::Progress::new(o.progress, s.method.name(), o.warmup + o.steps);
+    let name = if o.groups.is_some() {
+        "groups"
+    } else {
+        s.method.name()
+    };
+    let progress = crate::progress::Progress::new(o.progress, name, o.warmup + o.steps);
     let (mut opt_ms, mut train_ms) = (vec![], vec![]);
     let (mut grad_bytes, mut loss_first, mut loss_last) = (0, f32::NAN, f32::NAN);
     let mut peak_bytes = peak();

@@ -61,6 +61,7 @@ fn estimate_equals_tensors_held_on_flex() {
             layerwise,
             int8_weights,
             device_projector: false,
+            groups: None,
         };
         let run = RunShape {
             layerwise,
@@ -90,6 +91,77 @@ fn estimate_equals_tensors_held_on_flex() {
             assert!(m.loss_last.is_finite() && m.train_step_ms > 0.0);
         }
     }
+}
+
+/// With a groups file (Fira on the MLP in 8 bits, DCT on attention, AdamW in bf16 for 1-D
+/// parameters and the embedding, 8-bit AdamW for the rest), `estimate` counts each group's state
+/// and the optimizer holds exactly the total; the CLI reads the same file.
+#[test]
+fn a_groups_file_is_estimated_to_the_byte() {
+    let shape = LlamaShape {
+        name: "small8".into(),
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_attention_heads: 2,
+        num_hidden_layers: 1,
+        vocab_size: 512,
+        max_sequence_length: 64,
+    };
+    let json = r#"{
+        "groups": [
+            {"name": "no-decay", "params": [":1d", "embed"], "method": "adamw", "state_dtype": "bf16"},
+            {"name": "mlp", "params": ["mlp"], "method": "fira", "rank": 16, "state_dtype": "int8"},
+            {"name": "attn", "params": ["attn"], "method": "dct", "rank": 16}
+        ],
+        "default": {"method": "adamw", "state_dtype": "int8", "weight_decay": 0.1}
+    }"#;
+    let groups = ember::groups::GroupsConfig::from_json(json).unwrap();
+    let est =
+        ember_bench::estimate::estimate_groups(&shape, &groups, Dtype::F32, RunShape::default())
+            .unwrap();
+    let per_group = est.group_state_bytes.clone().unwrap();
+    assert_eq!(per_group.len(), 4, "{per_group:?}");
+    assert!(per_group.values().all(|b| *b > 0), "{per_group:?}");
+    let opts = MeasureOptions {
+        steps: 1,
+        warmup: 1,
+        batch: 2,
+        seq: 8,
+        lr: 1e-3,
+        progress: false,
+        weights: Dtype::F32,
+        layerwise: false,
+        int8_weights: false,
+        device_projector: false,
+        groups: Some(groups),
+    };
+    let s = Settings {
+        method: Method::Adamw,
+        rank: 0,
+        density: 0.0,
+        weights: Dtype::F32,
+        state: Dtype::F32,
+    };
+    let m = measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
+    assert_eq!(m.state_bytes, est.state_bytes, "held vs estimated state");
+    assert!(m.loss_last.is_finite());
+
+    let file = config_file("groups.json", json);
+    let (code, out, err) = bench(&["estimate", "--model", "60m", "--groups", &file]);
+    assert_eq!(code, 0, "{err}");
+    for name in ["no-decay", "mlp", "attn", "default"] {
+        assert!(out.contains(&format!("| {name} |")), "{out}");
+    }
+    let bad = config_file(
+        "bad-groups.json",
+        r#"{"groups": [{"name": "a", "params": ["attn"], "method": "galore", "density": 0.5}]}"#,
+    );
+    let (code, _, err) = bench(&["estimate", "--model", "60m", "--groups", &bad]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("group `a`") && err.contains("density"),
+        "{err}"
+    );
 }
 
 #[test]

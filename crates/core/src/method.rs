@@ -121,3 +121,36 @@ macro_rules! impl_method_init {
         }
     };
 }
+
+/// Implements [`MethodConfig`] for a method config with the usual fields and inherent methods
+/// (`engine()`, `dense_engine()`, `targets`, `non_finite`), plus the trait items given in braces
+/// (`check`, `restrict`, `rounding_seed`, `blocks`), and invokes
+/// [`impl_method_init!`](crate::impl_method_init).
+#[macro_export]
+macro_rules! impl_method_config {
+    ($config:ident { $($items:tt)* }) => {
+        impl $crate::MethodConfig for $config {
+            const NAME: &'static str = stringify!($config);
+
+            fn engine(&self) -> $crate::EngineConfig {
+                Self::engine(self)
+            }
+
+            fn dense_engine(&self) -> $crate::EngineConfig {
+                Self::dense_engine(self)
+            }
+
+            fn target_patterns(&self) -> Vec<String> {
+                self.targets.clone()
+            }
+
+            fn non_finite_policy(&self) -> $crate::NonFinitePolicy {
+                self.non_finite
+            }
+
+            $($items)*
+        }
+
+        $crate::impl_method_init!($config);
+    };
+}

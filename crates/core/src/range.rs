@@ -78,7 +78,7 @@ pub fn fit<B: Backend>(
     let r = |p: &Tensor<B, 2>| p.dims()[if left { 1 } else { 0 }] as f64;
     let collapsed = |p: &Tensor<B, 2>| {
         let n2: f64 = p.clone().powi_scalar(2).sum().into_scalar().elem();
-        !(n2 >= r(p) - 0.5)
+        n2.is_nan() || n2 < r(p) - 0.5
     };
     let was_warm = warm.is_some();
     let mut p = match warm {

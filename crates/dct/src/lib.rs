@@ -20,8 +20,8 @@
 
 use burn::config::Config;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, StateStorage, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
+    StateStorage, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets};
 
@@ -111,25 +111,7 @@ impl DctConfig {
     }
 }
 
-impl MethodConfig for DctConfig {
-    const NAME: &'static str = "DctConfig";
-
-    fn engine(&self) -> EngineConfig {
-        Self::engine(self)
-    }
-
-    fn dense_engine(&self) -> EngineConfig {
-        Self::dense_engine(self)
-    }
-
-    fn target_patterns(&self) -> Vec<String> {
-        self.targets.clone()
-    }
-
-    fn non_finite_policy(&self) -> NonFinitePolicy {
-        self.non_finite
-    }
-
+ember_core::impl_method_config!(DctConfig {
     fn check(&self) -> Result<(), EmberError> {
         if self.rotate_subspace {
             return Err(EmberError::InvalidConfig(
@@ -142,6 +124,4 @@ impl MethodConfig for DctConfig {
     fn restrict(&self, targets: Targets) -> Targets {
         targets.with_max_dim(self.max_shape)
     }
-}
-
-ember_core::impl_method_init!(DctConfig);
+});

@@ -16,8 +16,8 @@
 
 use burn::config::Config;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, StateStorage, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
+    StateStorage, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets};
 
@@ -126,24 +126,4 @@ impl FiraConfig {
     }
 }
 
-impl MethodConfig for FiraConfig {
-    const NAME: &'static str = "FiraConfig";
-
-    fn engine(&self) -> EngineConfig {
-        Self::engine(self)
-    }
-
-    fn dense_engine(&self) -> EngineConfig {
-        Self::dense_engine(self)
-    }
-
-    fn target_patterns(&self) -> Vec<String> {
-        self.targets.clone()
-    }
-
-    fn non_finite_policy(&self) -> NonFinitePolicy {
-        self.non_finite
-    }
-}
-
-ember_core::impl_method_init!(FiraConfig);
+ember_core::impl_method_config!(FiraConfig {});

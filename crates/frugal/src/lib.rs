@@ -28,8 +28,8 @@
 
 use burn::config::Config;
 use ember_core::{
-    AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule,
-    RefreshPolicy, ResidualRule, StateStorage, SubspaceAdam,
+    AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, StateStorage, SubspaceAdam,
 };
 pub use ember_core::{
     BlockOrder, EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets,
@@ -220,25 +220,7 @@ impl FrugalConfig {
     }
 }
 
-impl MethodConfig for FrugalConfig {
-    const NAME: &'static str = "FrugalConfig";
-
-    fn engine(&self) -> EngineConfig {
-        Self::engine(self)
-    }
-
-    fn dense_engine(&self) -> EngineConfig {
-        Self::dense_engine(self)
-    }
-
-    fn target_patterns(&self) -> Vec<String> {
-        self.targets.clone()
-    }
-
-    fn non_finite_policy(&self) -> NonFinitePolicy {
-        self.non_finite
-    }
-
+ember_core::impl_method_config!(FrugalConfig {
     fn check(&self) -> Result<(), EmberError> {
         if !(self.density > 0.0 && self.density <= 1.0) {
             return Err(EmberError::InvalidConfig(format!(
@@ -268,6 +250,4 @@ impl MethodConfig for FrugalConfig {
             inactive: self.inactive(),
         })
     }
-}
-
-ember_core::impl_method_init!(FrugalConfig);
+});

@@ -31,8 +31,8 @@
 
 use burn::config::Config;
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjectorKind, RankRule, RefreshPolicy,
-    ResidualRule, StateStorage, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy, ResidualRule,
+    StateStorage, SubspaceAdam,
 };
 pub use ember_core::{EmberError, EmberOptimizer, NonFinitePolicy, ProjType, StateDtype, Targets};
 
@@ -143,24 +143,4 @@ impl GaloreConfig {
     }
 }
 
-impl MethodConfig for GaloreConfig {
-    const NAME: &'static str = "GaloreConfig";
-
-    fn engine(&self) -> EngineConfig {
-        Self::engine(self)
-    }
-
-    fn dense_engine(&self) -> EngineConfig {
-        Self::dense_engine(self)
-    }
-
-    fn target_patterns(&self) -> Vec<String> {
-        self.targets.clone()
-    }
-
-    fn non_finite_policy(&self) -> NonFinitePolicy {
-        self.non_finite
-    }
-}
-
-ember_core::impl_method_init!(GaloreConfig);
+ember_core::impl_method_config!(GaloreConfig {});

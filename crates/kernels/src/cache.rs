@@ -5,6 +5,12 @@
 //! kernels nor the autotune results between processes (its `[compilation] cache` is unset unless
 //! a `cubecl.toml` says otherwise). [`configure`] points both caches at one directory, so that a
 //! second run of an Ember binary reuses what the first compiled and tuned.
+//!
+//! With `EMBER_EXACT_POOLS=1` it also sets CubeCL's `[memory] persistent_memory = "enforced"`:
+//! every device allocation in an exact-size page, reused by later allocations of that size,
+//! instead of CubeCL's sliced pages. On the H100 that cut the device peak of a layer-wise
+//! LLaMA-7B step from 28.9 GB to 24.2 GB (NVML) and made an ordinary LLaMA-1B step 0.7 GB larger
+//! (`docs/benchmarks.md`), so it is an option, not the default.
 
 use std::path::PathBuf;
 
@@ -24,6 +30,14 @@ pub fn default_dir() -> PathBuf {
     base.join("ember").join("cubecl")
 }
 
+/// Whether `EMBER_EXACT_POOLS` asks for exact-size memory pools (`1` or `true`).
+pub fn exact_pools_requested() -> bool {
+    matches!(
+        std::env::var("EMBER_EXACT_POOLS").as_deref(),
+        Ok("1") | Ok("true")
+    )
+}
+
 /// Configures CubeCL's compilation and autotune caches in `dir` (see [`default_dir`]), on top of
 /// whatever a `cubecl.toml`/`burn.toml` in the working directory or its parents sets (their
 /// cache settings win) and CubeCL's environment variables. Must run before the first CubeCL
@@ -37,6 +51,9 @@ pub fn configure(dir: Option<PathBuf>) -> Result<PathBuf, String> {
         return Err("CubeCL's configuration was already read; caches unchanged".into());
     }
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if exact_pools_requested() {
+        config.memory.persistent_memory = cubecl::config::memory::PersistentMemory::Enforced;
+    }
     let from_file = config.compilation.cache.is_some();
     if !from_file {
         config.compilation.cache = Some(CacheConfig::File(dir.clone()));

@@ -44,8 +44,8 @@ pub use ember_core::{
     StateDtype, Targets,
 };
 use ember_core::{
-    AdamFlavor, DecayTiming, EngineConfig, MethodConfig, ProjType, ProjectorKind, RankRule,
-    RefreshPolicy, ResidualRule, StateStorage, SubspaceAdam,
+    AdamFlavor, DecayTiming, EngineConfig, ProjType, ProjectorKind, RankRule, RefreshPolicy,
+    ResidualRule, StateStorage, SubspaceAdam,
 };
 
 /// Configuration of [Q-GaLore](crate), with the official option names.
@@ -163,25 +163,7 @@ impl QGaloreConfig {
     }
 }
 
-impl MethodConfig for QGaloreConfig {
-    const NAME: &'static str = "QGaloreConfig";
-
-    fn engine(&self) -> EngineConfig {
-        Self::engine(self)
-    }
-
-    fn dense_engine(&self) -> EngineConfig {
-        Self::dense_engine(self)
-    }
-
-    fn target_patterns(&self) -> Vec<String> {
-        self.targets.clone()
-    }
-
-    fn non_finite_policy(&self) -> NonFinitePolicy {
-        self.non_finite
-    }
-
+ember_core::impl_method_config!(QGaloreConfig {
     fn rounding_seed(&self) -> u64 {
         self.seed
     }
@@ -201,6 +183,4 @@ impl MethodConfig for QGaloreConfig {
         }
         Ok(())
     }
-}
-
-ember_core::impl_method_init!(QGaloreConfig);
+});

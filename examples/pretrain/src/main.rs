@@ -111,6 +111,10 @@ struct TrainArgs {
     /// at a time (one device; its own loop instead of burn-train's Learner).
     #[arg(long)]
     layerwise: bool,
+    /// Decoupled weight decay of the projected parameters and the LM head (norms, 1-D
+    /// parameters and the embedding: none).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// Record every replica's weight checksum every N steps (0: off).
     #[arg(long, default_value_t = 0)]
     checksum_every: usize,
@@ -163,6 +167,7 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         weights_dtype: a.weights_dtype.clone(),
         state_dtype: a.state_dtype.clone(),
         layerwise: a.layerwise,
+        weight_decay: a.weight_decay,
     };
     if a.devices == 0 {
         return Err("--devices must be at least 1".into());

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use ember::recipe::{Method, Recipe};
+use ember::groups::{GroupSpec, GroupsConfig};
+use ember::recipe::Method;
 use ember_core::EmberOptimizer;
 use ember_llama::LlamaShape;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,10 @@ pub struct Run {
     /// pass; one device.
     #[serde(default)]
     pub layerwise: bool,
+    /// Decoupled weight decay λ of the projected parameters and the LM head; norms, other 1-D
+    /// parameters and the embedding get none (the usual LLM recipe).
+    #[serde(default)]
+    pub weight_decay: f64,
 }
 
 fn f32_name() -> String {
@@ -109,6 +114,7 @@ impl Run {
             weights_dtype: f32_name(),
             state_dtype: f32_name(),
             layerwise: false,
+            weight_decay: 0.0,
         }
     }
 
@@ -121,24 +127,53 @@ impl Run {
         }
     }
 
-    /// The optimizer, via `ember::recipe`: targets `attn` and `mlp`, the rest on the
-    /// method's AdamW.
-    pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
-        &self,
-    ) -> Result<EmberOptimizer<M, B>, String> {
+    /// The optimizer's parameter groups (`ember::groups`), first match wins:
+    ///
+    /// | group | parameters | what |
+    /// |---|---|---|
+    /// | `no-decay` | 1-D (norm gains), the embedding | the method's AdamW, λ = 0 |
+    /// | `projected` | `attn`, `mlp` | the method (rank, gap, density, α), λ = `weight_decay` |
+    /// | default | the rest (LM head) | the method's AdamW, λ = `weight_decay` |
+    pub fn groups(&self) -> Result<GroupsConfig, String> {
+        let method = Method::parse(&self.optimizer)?;
         let state = match self.state_dtype.as_str() {
             "f32" => StateDtype::F32,
             "bf16" => StateDtype::Bf16,
             "int8" => StateDtype::Int8Blockwise,
             other => return Err(format!("unknown state dtype `{other}`: f32, bf16 or int8")),
         };
-        Recipe::new(Method::parse(&self.optimizer)?)
-            .with_state(state)
-            .with_rank(self.effective_rank())
-            .with_density(self.density)
-            .with_gap(self.gap)
-            .with_scale(self.scale)
-            .build()
+        let mut projected = GroupSpec::new("projected", method, &["attn", "mlp"])
+            .with_state_dtype(state)
+            .with_weight_decay(self.weight_decay);
+        if method.has_rank() {
+            projected = projected.with_rank(self.effective_rank());
+        }
+        if method == Method::Frugal {
+            projected = projected.with_density(self.density);
+        }
+        if method != Method::Adamw {
+            projected = projected.with_update_proj_gap(self.gap);
+        }
+        if let Some(a) = self.scale {
+            projected = projected.with_scale(a);
+        }
+        let dense = |name: &str, params: &[&str], wd: f64| {
+            GroupSpec::new(name, method, params)
+                .with_dense(true)
+                .with_state_dtype(state)
+                .with_weight_decay(wd)
+        };
+        Ok(GroupsConfig::new()
+            .with_group(dense("no-decay", &[":1d", "embed"], 0.0))
+            .with_group(projected)
+            .with_default(dense("default", &[], self.weight_decay)))
+    }
+
+    /// The optimizer of [`groups`](Self::groups).
+    pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &self,
+    ) -> Result<EmberOptimizer<M, B>, String> {
+        self.groups()?.build()
     }
 
     /// The weights' dtype.
@@ -155,7 +190,7 @@ impl Run {
         &self,
         device: &B::Device,
     ) -> Result<ember_llama::Llama<B>, String> {
-        let llama = self.shape.init::<B>(device).cast(self.weights()?);
+        let llama = self.shape.init_with::<B>(device, self.weights()?);
         if self.int8_weights {
             llama.into_int8(256)
         } else {

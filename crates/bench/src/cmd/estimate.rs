@@ -1,6 +1,6 @@
 //! `estimate`: the analytic breakdown (docs/memory.md).
 
-use ember_bench::estimate::{estimate, Breakdown};
+use ember_bench::estimate::{estimate, estimate_groups, Breakdown, RunShape};
 use ember_bench::llama::LlamaShape;
 use ember_bench::report::{csv, human, markdown, plot};
 
@@ -9,10 +9,21 @@ use crate::Common;
 
 pub fn run(c: &Common) -> Result<(), String> {
     let shape = LlamaShape::resolve(&c.model)?;
-    let rows: Vec<Breakdown> = settings(c, &shape)?
-        .into_iter()
-        .map(|s| estimate(&shape, s))
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<Breakdown> = match &c.groups {
+        Some(path) => {
+            let g = ember::groups::GroupsConfig::load(path)?;
+            let run = RunShape {
+                layerwise: c.layerwise,
+                int8_weights: c.int8_weights,
+                tokens: c.batch.zip(c.seq),
+            };
+            vec![estimate_groups(&shape, &g, c.weights_dtype, run)?]
+        }
+        None => settings(c, &shape)?
+            .into_iter()
+            .map(|s| estimate(&shape, s))
+            .collect::<Result<_, _>>()?,
+    };
     if let Some(p) = &c.plot {
         plot(p, &format!("{} (estimate)", shape.name), &rows)?;
     }
@@ -68,6 +79,16 @@ pub fn run(c: &Common) -> Result<(), String> {
             c.state_dtype
         );
         print!("{}", markdown(&header, &cells));
+        for b in &rows {
+            if let Some(groups) = &b.group_state_bytes {
+                println!("\nOptimizer state by group (shared DCT bases and 8-bit maps: in the total only):\n");
+                let cells: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|(name, bytes)| vec![name.clone(), format!("{} ({bytes})", human(*bytes))])
+                    .collect();
+                print!("{}", markdown(&["group", "state"], &cells));
+            }
+        }
     }
     Ok(())
 }

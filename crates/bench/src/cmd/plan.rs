@@ -4,7 +4,9 @@
 //! runs (`--weights-dtype`, `--state-dtype`, `--layerwise`, `--int8-weights`).
 
 use clap::Args;
-use ember_bench::estimate::{estimate_run, Breakdown, Dtype, Method, RunShape, Settings};
+use ember_bench::estimate::{
+    estimate_groups, estimate_run, Breakdown, Dtype, Method, RunShape, Settings,
+};
 use ember_bench::llama::LlamaShape;
 use ember_bench::report::{csv, human, markdown, parse_bytes};
 use serde::Serialize;
@@ -30,6 +32,10 @@ pub struct PlanArgs {
     /// Output CSV.
     #[arg(long, conflicts_with = "json")]
     pub csv: bool,
+    /// Parameter groups (JSON, `ember::groups`): plan this one optimizer (weights dtype,
+    /// layer-wise or not) instead of every method.
+    #[arg(long)]
+    pub groups: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -114,7 +120,39 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     }
     let min_dim = shape.hidden_size.min(shape.intermediate_size);
     let mut rows = vec![];
-    for method in Method::ALL {
+    let groups = args
+        .groups
+        .as_ref()
+        .map(ember::groups::GroupsConfig::load)
+        .transpose()?;
+    if let Some(g) = &groups {
+        // clipping by the global norm needs every gradient at once: not layer-wise
+        let global = matches!(g.clipping, Some(ember::groups::ClippingSpec::GlobalNorm(_)));
+        for layerwise in [false, true].into_iter().filter(|l| !(*l && global)) {
+            for weights in [Dtype::F32, Dtype::Bf16] {
+                let run = RunShape {
+                    layerwise,
+                    int8_weights: false,
+                    tokens: Some((args.batch, args.seq)),
+                };
+                let b = estimate_groups(&shape, g, weights, run)?;
+                if b.peak_bytes.unwrap_or(usize::MAX) <= budget {
+                    let mut r = row(b, &args.model, args.batch, args.seq);
+                    r.measure = format!(
+                        "measure --model {} --groups {} --weights-dtype {} --batch {} --seq {}{}",
+                        args.model,
+                        args.groups.as_ref().unwrap().display(),
+                        weights.name(),
+                        args.batch,
+                        args.seq,
+                        if layerwise { " --layerwise" } else { "" }
+                    );
+                    rows.push(r);
+                }
+            }
+        }
+    }
+    for method in Method::ALL.into_iter().filter(|_| groups.is_none()) {
         // INT8 weights: Q-GaLore's mode
         let int8_options: &[bool] = if method == Method::Qgalore {
             &[false, true]
