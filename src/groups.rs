@@ -67,7 +67,7 @@ pub struct GroupSpec {
     /// Steps between projector refreshes (every method but AdamW).
     #[serde(default)]
     pub update_proj_gap: Option<usize>,
-    /// Refresh on the device (GaLore, Fira, FRUGAL).
+    /// Refresh on the device (GaLore, Fira, FRUGAL, Q-GaLore).
     #[serde(default)]
     pub device_projector: Option<bool>,
     /// Every parameter of the group on the method's AdamW (no projection; e.g. a no-decay
@@ -307,6 +307,7 @@ impl GroupSpec {
                 let c = set!(crate::qgalore::QGaloreConfig::new(), rank <- self.rank,
                     scale <- self.scale, weight_decay <- wd, state_dtype <- state,
                     update_proj_gap <- self.update_proj_gap);
+                let c = c.with_device_projector(dp);
                 (c.engine(), c.dense_engine())
             }
         };

@@ -85,10 +85,13 @@ impl Method {
     }
 
     /// Whether the method can refresh its projector on the device (`device_projector`:
-    /// GaLore, Fira, FRUGAL's SVD projection); Q-GaLore quantizes an exact SVD, DCT selects
+    /// GaLore, Fira, FRUGAL's SVD projection, Q-GaLore's before quantization); DCT selects
     /// columns of a fixed basis, AdamW has no projector.
     pub fn has_device_projector(self) -> bool {
-        matches!(self, Method::Galore | Method::Fira | Method::Frugal)
+        matches!(
+            self,
+            Method::Galore | Method::Fira | Method::Frugal | Method::Qgalore
+        )
     }
 }
 
@@ -206,7 +209,7 @@ impl Recipe {
         }
         if self.device_projector && !self.method.has_device_projector() {
             return Err(format!(
-                "{} has no device projector (GaLore, Fira and FRUGAL do)",
+                "{} has no device projector (GaLore, Fira, FRUGAL and Q-GaLore do)",
                 self.method.name()
             ));
         }
@@ -276,6 +279,7 @@ impl Recipe {
                     .with_state_block_size(block)
                     .with_min_8bit_size(min8)
                     .with_non_finite(nf)
+                    .with_device_projector(dp)
                     .try_init()
             }
             Method::Dct => crate::dct::DctConfig::new()

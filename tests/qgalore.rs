@@ -70,6 +70,8 @@ fn int4_projector_is_an_eighth_of_f32_plus_scales() {
     let kind = ProjectorKind::QuantizedSvd {
         bits: 8,
         group_size: -1,
+        device: false,
+        power_iters: 1,
     };
     assert_eq!(kind.projector_bytes(n, n, r, 4), f32_projector / 4 + 8 * r);
 }
@@ -148,6 +150,17 @@ fn trains_within_ten_percent_of_galore() {
     assert!(
         (qgalore - galore).abs() <= 0.1 * galore,
         "Q-GaLore {qgalore} vs GaLore {galore}"
+    );
+    // the projector fitted on the device (then quantized) trains as well
+    let on_device = run(QGaloreConfig::new()
+        .with_rank(4)
+        .with_update_proj_gap(5)
+        .with_targets(vec!["mlp".into()])
+        .with_device_projector(true)
+        .init());
+    assert!(
+        (on_device - galore).abs() <= 0.1 * galore,
+        "Q-GaLore (device projector) {on_device} vs GaLore {galore}"
     );
 }
 

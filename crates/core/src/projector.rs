@@ -92,6 +92,13 @@ pub enum ProjectorKind {
         bits: u32,
         /// Elements per quantization group, or −1 for one group per row of `P`.
         group_size: i64,
+        /// Fit `P` on the device ([`crate::range::fit`], warm-started from the dequantized
+        /// previous projector) instead of the exact SVD on the host; the first singular vector
+        /// of the lazy rule is then the top singular vector of `G` inside the fitted subspace
+        /// (power iteration on the device). `P` goes to the host only to be quantized.
+        device: bool,
+        /// Power iterations per refresh of the device fit.
+        power_iters: usize,
     },
     /// The device-side projector ([`crate::range`]): subspace iteration warm-started from the
     /// previous projector (a seeded Gaussian start the first time, with 2 extra iterations),
@@ -470,6 +477,41 @@ impl ProjectorKind {
                 None,
             ));
         }
+        if let ProjectorKind::QuantizedSvd {
+            bits,
+            group_size,
+            device: true,
+            power_iters,
+        } = self
+        {
+            let [m, n] = g.dims();
+            let left = ProjType::Std.side(m, n) == Side::Left;
+            let dim = if left { m } else { n };
+            let warm = match prev {
+                Some(ProjectorState::Quantized(q)) if q.left == left => {
+                    let p = q.dequantize();
+                    let p = if left { p } else { p.transpose() };
+                    (p.dims() == [dim, rank]).then_some(p)
+                }
+                _ => None,
+            };
+            let device = g.device();
+            let gaussian = |stream: u64| {
+                let mut rng = SplitMix64::new(0x5eed, &[salt, refreshes as u64, stream]);
+                let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
+                Tensor::from_data(TensorData::new(v, [dim, rank]), &device)
+            };
+            let g32 = g.clone().cast(burn::tensor::DType::F32);
+            let p = crate::range::fit(&g32, warm, gaussian, left, *power_iters);
+            let first = crate::range::top_vector(&g32, &p, left, 30);
+            let (rows, cols) = if left { (m, rank) } else { (rank, n) };
+            let data = p.into_data().convert::<f32>();
+            let values = data
+                .as_slice::<f32>()
+                .map_err(|e| EmberError::Internal(format!("projector to host: {e:?}")))?;
+            let state = quantized_state(values, rows, cols, *bits, *group_size, left, &device)?;
+            return Ok((state, Some(first)));
+        }
         if let ProjectorKind::ExactSvd(_) | ProjectorKind::QuantizedSvd { .. } = self {
             return self.fit_svd(g, rank);
         }
@@ -583,36 +625,25 @@ impl ProjectorKind {
         let right =
             || Tensor::<B, 2>::from_data(TensorData::new(svd.vt.clone(), [rank, n]), &device);
         let state = match (self, side) {
-            (ProjectorKind::QuantizedSvd { bits, group_size }, side) => {
+            (
+                ProjectorKind::QuantizedSvd {
+                    bits, group_size, ..
+                },
+                side,
+            ) => {
                 let (values, rows, cols) = match side {
                     Side::Left => (&svd.u, m, rank),
                     _ => (&svd.vt, rank, n),
                 };
-                let group = if *group_size < 0 {
-                    cols
-                } else {
-                    *group_size as usize
-                };
-                if group == 0 || (rows * cols) % group != 0 {
-                    return Err(EmberError::InvalidConfig(format!(
-                        "quantization group size {group_size} does not divide the {rows}x{cols} projector"
-                    )));
-                }
-                let q = crate::quant::quantize(values, group, *bits);
-                let g = q.scales.len();
-                ProjectorState::Quantized(QuantizedProjector {
-                    packed: Tensor::from_data(
-                        TensorData::new(q.packed.clone(), [q.packed.len()]),
-                        &device,
-                    ),
-                    scales: Tensor::from_data(TensorData::new(q.scales, [g]), &device),
-                    zeros: Tensor::from_data(TensorData::new(q.zeros, [g]), &device),
+                quantized_state(
+                    values,
                     rows,
                     cols,
-                    bits: *bits,
-                    group,
-                    left: side == Side::Left,
-                })
+                    *bits,
+                    *group_size,
+                    side == Side::Left,
+                    &device,
+                )?
             }
             (_, Side::Left) => ProjectorState::Left(left()),
             (_, Side::Right) => ProjectorState::Right(right()),
@@ -662,7 +693,9 @@ impl ProjectorKind {
     pub fn projector_bytes(&self, m: usize, n: usize, r: usize, index_bytes: usize) -> usize {
         match self {
             ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r * index_bytes,
-            ProjectorKind::QuantizedSvd { bits, group_size } => {
+            ProjectorKind::QuantizedSvd {
+                bits, group_size, ..
+            } => {
                 // packed codes (whole i32 words) + an f32 scale and zero per group
                 let (rows, cols) = match ProjType::Std.side(m, n) {
                     Side::Left => (m, r),
@@ -697,6 +730,118 @@ impl ProjectorKind {
                 Side::Left => m * r,
                 _ => r * n,
             },
+        }
+    }
+}
+
+/// Q-GaLore's stored projector: `values` (`rows × cols`, row-major) quantized asymmetrically to
+/// `bits` bits per group of `group_size` elements (−1: a group per row), on `device`.
+fn quantized_state<B: Backend>(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group_size: i64,
+    left: bool,
+    device: &B::Device,
+) -> Result<ProjectorState<B>, EmberError> {
+    let group = if group_size < 0 {
+        cols
+    } else {
+        group_size as usize
+    };
+    if group == 0 || !(rows * cols).is_multiple_of(group) {
+        return Err(EmberError::InvalidConfig(format!(
+            "quantization group size {group_size} does not divide the {rows}x{cols} projector"
+        )));
+    }
+    let q = crate::quant::quantize(values, group, bits);
+    let g = q.scales.len();
+    Ok(ProjectorState::Quantized(QuantizedProjector {
+        packed: Tensor::from_data(TensorData::new(q.packed.clone(), [q.packed.len()]), device),
+        scales: Tensor::from_data(TensorData::new(q.scales, [g]), device),
+        zeros: Tensor::from_data(TensorData::new(q.zeros, [g]), device),
+        rows,
+        cols,
+        bits,
+        group,
+        left,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    /// `G` with singular values `0.8^i` and a little noise.
+    fn decaying(m: usize, n: usize, seed: u64) -> Tensor<B, 2> {
+        let mut rng = SplitMix64::new(seed, &[]);
+        let k = m.min(n);
+        let mut gauss = |rows: usize, cols: usize| {
+            let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+            Tensor::<B, 2>::from_data(TensorData::new(v, [rows, cols]), &Default::default())
+        };
+        let u = crate::range::orthonormalize(gauss(m, k), 60);
+        let v = crate::range::orthonormalize(gauss(n, k), 60);
+        let noise = gauss(m, n).mul_scalar(1e-4);
+        let s: Vec<f32> = (0..k).map(|i| 0.8f32.powi(i as i32)).collect();
+        let s = Tensor::<B, 1>::from_data(TensorData::new(s, [k]), &Default::default());
+        u.mul(s.unsqueeze()).matmul(v.transpose()) + noise
+    }
+
+    /// Q-GaLore's projector fitted on the device captures nearly the energy of the exact SVD's
+    /// (both quantized to INT4), on both sides, and its first vector is the exact first singular
+    /// vector up to sign; a warm refresh from the dequantized projector keeps it.
+    #[test]
+    fn device_quantized_projector_matches_the_exact_one() {
+        let bases = SharedBases::<B>::new();
+        for (m, n, r) in [(48, 96, 8), (96, 64, 8)] {
+            let g = decaying(m, n, 3);
+            let energy = |state: &ProjectorState<B>| -> f64 {
+                let low = state.down(g.clone(), &bases);
+                low.powi_scalar(2).sum().into_scalar() as f64
+            };
+            let kind = |device| ProjectorKind::QuantizedSvd {
+                bits: 4,
+                group_size: -1,
+                device,
+                power_iters: 1,
+            };
+            let (exact, exact_first) = kind(false).fit_with_first(&g, r, &bases, 1, 0).unwrap();
+            let (dev, dev_first) = kind(true).fit_with_first(&g, r, &bases, 1, 0).unwrap();
+            assert!(matches!(dev, ProjectorState::Quantized(_)));
+            let ratio = energy(&dev) / energy(&exact);
+            assert!(ratio > 0.98, "{m}x{n}: device/exact energy {ratio}");
+            let (a, b) = (exact_first.unwrap(), dev_first.unwrap());
+            let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let norms: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * b.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!(
+                (dot / norms).abs() > 0.99,
+                "{m}x{n}: first vectors {}",
+                dot / norms
+            );
+            // warm refresh on a slightly changed gradient
+            let g2 = g.clone() + decaying(m, n, 4).mul_scalar(0.05);
+            let (warm, _) = kind(true)
+                .fit_warm(&g2, r, &bases, 1, 1, Some(&dev))
+                .unwrap();
+            let (exact2, _) = kind(false).fit_with_first(&g2, r, &bases, 1, 1).unwrap();
+            let e = |s: &ProjectorState<B>| {
+                s.down(g2.clone(), &bases)
+                    .powi_scalar(2)
+                    .sum()
+                    .into_scalar() as f64
+            };
+            assert!(
+                e(&warm) / e(&exact2) > 0.97,
+                "{m}x{n}: warm {}",
+                e(&warm) / e(&exact2)
+            );
         }
     }
 }

@@ -106,6 +106,51 @@ pub fn fit<B: Backend>(
     }
 }
 
+/// The top singular vector of `g` inside the subspace of `p` (left: `m × r` columns, its left
+/// singular vector, `m` entries; right: `r × n` rows, its right singular vector, `n` entries), by
+/// `iters` power iterations on the small `r × r` Gram matrix of `G` projected onto `P`; the sign
+/// is fixed so that its entry of largest magnitude is positive. Read to the host (Q-GaLore's
+/// lazy rule compares consecutive first vectors).
+pub fn top_vector<B: Backend>(
+    g: &Tensor<B, 2>,
+    p: &Tensor<B, 2>,
+    left: bool,
+    iters: usize,
+) -> Vec<f32> {
+    // right: M = G·Pᵀ (m×r), the top right singular vector of M is w (r), the vector Pᵀ·w;
+    // left: M = Pᵀ·G (r×n), its top left singular vector w (r), the vector P·w
+    let gram = if left {
+        let m = p.clone().transpose().matmul(g.clone());
+        m.clone().matmul(m.transpose())
+    } else {
+        let m = g.clone().matmul(p.clone().transpose());
+        m.clone().transpose().matmul(m)
+    };
+    let r = gram.dims()[0];
+    let device = g.device();
+    let mut w = Tensor::<B, 2>::ones([r, 1], &device);
+    for _ in 0..iters.max(1) {
+        let next = gram.clone().matmul(w);
+        let norm = next.clone().powi_scalar(2).sum().sqrt().add_scalar(1e-30);
+        w = next.div(norm.unsqueeze());
+    }
+    let v = if left {
+        p.clone().matmul(w)
+    } else {
+        p.clone().transpose().matmul(w)
+    };
+    let mut v: Vec<f32> = v.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let flip = v
+        .iter()
+        .copied()
+        .fold(0f32, |a, x| if x.abs() > a.abs() { x } else { a })
+        < 0.0;
+    if flip {
+        v.iter_mut().for_each(|x| *x = -*x);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,12 @@ pub struct QGaloreConfig {
     /// Seed of the stochastic rounding of INT8 weights ([`QLinear`] layers).
     #[config(default = 0)]
     pub seed: u64,
+    /// Fit the projector on the device (randomized subspace iteration warm-started from the
+    /// dequantized previous projector; the lazy rule's first vector by power iteration inside
+    /// it) instead of the exact SVD on the host; then quantized as usual. Not bit-compatible with
+    /// q-galore-torch (another basis of nearly the same subspace).
+    #[config(default = false)]
+    pub device_projector: bool,
 }
 
 impl QGaloreConfig {
@@ -123,6 +129,8 @@ impl QGaloreConfig {
                 ProjectorKind::QuantizedSvd {
                     bits: self.proj_bits,
                     group_size: self.proj_group_size,
+                    device: self.device_projector,
+                    power_iters: 1,
                 }
             } else {
                 ProjectorKind::ExactSvd(ProjType::Std)
