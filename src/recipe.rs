@@ -122,6 +122,9 @@ pub struct Recipe {
     /// Refresh projectors on the device (randomized subspace iteration) instead of the exact SVD
     /// on the host (methods with [`Method::has_device_projector`]).
     pub device_projector: bool,
+    /// Refresh with the exact SVD on the host on every backend (GaLore, Fira, FRUGAL; default:
+    /// exact on CPU backends, the device projector on GPU backends).
+    pub host_svd: bool,
 }
 
 impl Recipe {
@@ -140,6 +143,7 @@ impl Recipe {
             state_block_size: 256,
             non_finite: NonFinitePolicy::Error,
             device_projector: false,
+            host_svd: false,
         }
     }
 
@@ -197,6 +201,12 @@ impl Recipe {
         self
     }
 
+    /// Sets the exact SVD on the host on every backend.
+    pub fn with_host_svd(mut self, on: bool) -> Self {
+        self.host_svd = on;
+        self
+    }
+
     /// Builds the optimizer, or says which setting does not fit the method.
     pub fn build<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
@@ -214,6 +224,7 @@ impl Recipe {
             ));
         }
         let dp = self.device_projector;
+        let host = self.host_svd;
         let targets = self.targets.clone();
         let (state, block, min8, nf) = (
             self.state,
@@ -242,6 +253,9 @@ impl Recipe {
                     .with_min_8bit_size(min8)
                     .with_non_finite(nf)
                     .with_device_projector(dp)
+                    .with_host_svd(host)
+                    .with_host_svd(host)
+                    .with_host_svd(host)
                     .try_init()
             }
             Method::Fira => {

@@ -104,6 +104,8 @@ fn every_method_on_wgpu_equals_flex() {
         }};
     }
     let gap = 3;
+    // the exact SVD on both backends (by default a GPU backend refreshes with the device
+    // projector: checked at the end)
     both!(
         "galore",
         GaloreConfig::new()
@@ -111,6 +113,7 @@ fn every_method_on_wgpu_equals_flex() {
             .with_update_proj_gap(gap)
             .with_weight_decay(0.01)
             .with_targets(t())
+            .with_host_svd(true)
     );
     both!(
         "fira",
@@ -119,6 +122,7 @@ fn every_method_on_wgpu_equals_flex() {
             .with_update_proj_gap(gap)
             .with_weight_decay(0.01)
             .with_targets(t())
+            .with_host_svd(true)
     );
     // ρ = 0.125 keeps the subspace (rank 1–2) below the gradients' rank (the batch, 4): above it the
     // residual is rounding noise, and signSGD's sign of noise differs between any two backends
@@ -128,6 +132,7 @@ fn every_method_on_wgpu_equals_flex() {
             .with_density(0.125)
             .with_update_gap(gap)
             .with_targets(t())
+            .with_host_svd(true)
     );
     both!(
         "dct",
@@ -147,6 +152,7 @@ fn every_method_on_wgpu_equals_flex() {
             .with_state_dtype(StateDtype::Int8Blockwise)
             .with_state_block_size(16)
             .with_min_8bit_size(0)
+            .with_host_svd(true)
     );
     both!(
         "qgalore",
@@ -155,4 +161,23 @@ fn every_method_on_wgpu_equals_flex() {
             .with_update_proj_gap(gap)
             .with_targets(t())
     );
+
+    // the default on a GPU backend: the device projector (`ProjectorKind::AutoSvd`), the same
+    // steps as asking for it; on flex the exact SVD (the conformance tests)
+    let cfg = GaloreConfig::new()
+        .with_rank(4)
+        .with_update_proj_gap(gap)
+        .with_targets(t());
+    let auto = train::<W, _>(cfg.init::<W, Tiny<W>>(), &dw, 5);
+    let device = train::<W, _>(
+        cfg.clone().with_device_projector(true).init::<W, Tiny<W>>(),
+        &dw,
+        5,
+    );
+    let host = train::<W, _>(cfg.clone().with_host_svd(true).init::<W, Tiny<W>>(), &dw, 5);
+    assert_eq!(auto, device, "wgpu's default is the device projector");
+    assert_ne!(auto, host, "the device projector is not the exact SVD");
+    let flex_auto = train::<F, _>(cfg.init::<F, Tiny<F>>(), &df, 5);
+    let flex_host = train::<F, _>(cfg.with_host_svd(true).init::<F, Tiny<F>>(), &df, 5);
+    assert_eq!(flex_auto, flex_host, "flex's default is the exact SVD");
 }

@@ -48,6 +48,8 @@ pub struct MeasureOptions {
     pub int8_weights: bool,
     /// Refresh projectors on the device (`Recipe::with_device_projector`).
     pub device_projector: bool,
+    /// Refresh with the exact SVD on the host on every backend (`Recipe::with_host_svd`).
+    pub host_svd: bool,
     /// Parameter groups: the optimizer (instead of the settings' method).
     pub groups: Option<ember::groups::GroupsConfig>,
 }
@@ -196,6 +198,11 @@ where
         Some(g) => g.build::<B, Llama<B>>()?,
         None => recipe(s, vec!["attn".to_string(), "mlp".to_string()], 200, None)
             .with_device_projector(o.device_projector)
+            .with_host_svd(
+                o.host_svd
+                    && s.method.has_device_projector()
+                    && s.method != ember::recipe::Method::Qgalore,
+            )
             .build::<B, Llama<B>>()?,
     };
     let weight_bytes = param_bytes(&model);

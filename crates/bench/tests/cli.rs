@@ -61,6 +61,7 @@ fn estimate_equals_tensors_held_on_flex() {
             layerwise,
             int8_weights,
             device_projector: false,
+            host_svd: false,
             groups: None,
         };
         let run = RunShape {
@@ -133,6 +134,7 @@ fn a_groups_file_is_estimated_to_the_byte() {
         layerwise: false,
         int8_weights: false,
         device_projector: false,
+        host_svd: false,
         groups: Some(groups),
     };
     let s = Settings {

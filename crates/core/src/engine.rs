@@ -241,7 +241,7 @@ impl EngineConfig {
     /// The largest rank an `m × n` parameter admits.
     pub fn max_rank(&self, m: usize, n: usize) -> usize {
         match (&self.projector, self.projector.side(m, n)) {
-            (ProjectorKind::ExactSvd(_), _) => m.min(n),
+            (ProjectorKind::ExactSvd(_) | ProjectorKind::AutoSvd(_), _) => m.min(n),
             (_, Some(Side::Left)) => m,
             (_, Some(Side::Right)) => n,
             _ => m.min(n),

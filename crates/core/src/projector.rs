@@ -84,7 +84,13 @@ pub enum ProjectorKind {
         /// Seed.
         seed: u64,
     },
-    /// Q-GaLore's projector: exact SVD (orientation `std`), then stored quantized
+    /// The default of GaLore, Fira and FRUGAL's SVD projection: the exact SVD on CPU backends
+    /// (flex, ndarray: what the conformance tests check), the device projector
+    /// ([`DeviceRange`](Self::DeviceRange), one power iteration per refresh) on GPU backends,
+    /// where an exact SVD would copy every gradient to the host (minutes per refresh for
+    /// LLaMA-7B). Two-sided (`full`) projection takes the exact SVD everywhere.
+    AutoSvd(ProjType),
+    /// Q-GaLore's projector: exact SVD (orientation `std`; or fitted on the device, `device`), then stored quantized
     /// asymmetrically to `bits` bits per group of `group_size` elements of the flattened `P`
     /// (−1: per row of `P`), packed `32/bits` codes per `i32`; dequantized at every use.
     QuantizedSvd {
@@ -477,6 +483,17 @@ impl ProjectorKind {
                 None,
             ));
         }
+        if let ProjectorKind::AutoSvd(t) = self {
+            let kind = if *t != ProjType::Full && !crate::dct::is_host_backend::<B>(&g.device()) {
+                ProjectorKind::DeviceRange {
+                    proj_type: *t,
+                    power_iters: 1,
+                }
+            } else {
+                ProjectorKind::ExactSvd(*t)
+            };
+            return kind.fit_warm(g, rank, bases, salt, refreshes, prev);
+        }
         if let ProjectorKind::QuantizedSvd {
             bits,
             group_size,
@@ -593,6 +610,7 @@ impl ProjectorKind {
                 })
             }
             ProjectorKind::ExactSvd(_)
+            | ProjectorKind::AutoSvd(_)
             | ProjectorKind::QuantizedSvd { .. }
             | ProjectorKind::DeviceRange { .. } => {
                 unreachable!("fitted above")
@@ -660,6 +678,7 @@ impl ProjectorKind {
         match self {
             ProjectorKind::Identity => [m, n],
             ProjectorKind::ExactSvd(t)
+            | ProjectorKind::AutoSvd(t)
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::RandomCoordinates { proj_type: t, .. }
@@ -680,6 +699,7 @@ impl ProjectorKind {
         match self {
             ProjectorKind::Identity => None,
             ProjectorKind::ExactSvd(t)
+            | ProjectorKind::AutoSvd(t)
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::RandomCoordinates { proj_type: t, .. }
@@ -720,6 +740,7 @@ impl ProjectorKind {
             ProjectorKind::Identity => 0,
             ProjectorKind::Dct(_) | ProjectorKind::RandomCoordinates { .. } => r,
             ProjectorKind::ExactSvd(t)
+            | ProjectorKind::AutoSvd(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::DeviceRange { proj_type: t, .. } => match t.side(m, n) {
                 Side::Left => m * r,

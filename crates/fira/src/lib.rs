@@ -74,6 +74,11 @@ pub struct FiraConfig {
     /// SVD on the host; not bit-compatible with fira.
     #[config(default = false)]
     pub device_projector: bool,
+    /// Refresh with the exact SVD on the host on every backend. Default (`false`): the exact SVD
+    /// on CPU backends, the device projector on GPU backends (`ProjectorKind::AutoSvd`);
+    /// `device_projector` forces the device projector everywhere.
+    #[config(default = false)]
+    pub host_svd: bool,
     /// Power iterations of the device projector per refresh.
     #[config(default = 1)]
     pub power_iters: usize,
@@ -89,8 +94,10 @@ impl FiraConfig {
                     proj_type: self.proj_type,
                     power_iters: self.power_iters,
                 }
-            } else {
+            } else if self.host_svd {
                 ProjectorKind::ExactSvd(self.proj_type)
+            } else {
+                ProjectorKind::AutoSvd(self.proj_type)
             },
             refresh: RefreshPolicy::Every {
                 gap: self.update_proj_gap,

@@ -127,6 +127,11 @@ pub struct FrugalConfig {
     /// SVD on the host.
     #[config(default = false)]
     pub device_projector: bool,
+    /// Refresh with the exact SVD on the host on every backend. Default (`false`): the exact SVD
+    /// on CPU backends, the device projector on GPU backends (`ProjectorKind::AutoSvd`);
+    /// `device_projector` forces the device projector everywhere.
+    #[config(default = false)]
+    pub host_svd: bool,
     /// Power iterations of the device projector per refresh.
     #[config(default = 1)]
     pub power_iters: usize,
@@ -155,8 +160,12 @@ impl FrugalConfig {
                 },
                 RankRule::Density(self.density),
             ),
-            FrugalProjection::Svd => (
+            FrugalProjection::Svd if self.host_svd => (
                 ProjectorKind::ExactSvd(self.proj_side),
+                RankRule::Density(self.density),
+            ),
+            FrugalProjection::Svd => (
+                ProjectorKind::AutoSvd(self.proj_side),
                 RankRule::Density(self.density),
             ),
             FrugalProjection::Random => (

@@ -210,6 +210,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             layerwise: c.layerwise,
             int8_weights: c.int8_weights,
             device_projector: false,
+            host_svd: false,
             groups: groups.clone(),
         };
         let mut rows = vec![];
@@ -224,6 +225,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             };
             let opts = MeasureOptions {
                 device_projector,
+                host_svd: r.projector == ProjectorChoice::Svd,
                 ..opts.clone()
             };
             let device = r.device;
