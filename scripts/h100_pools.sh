@@ -5,7 +5,8 @@
 # allocation in exact-size pages, reused by size, instead of sliced pages); `measure` reports
 # NVML's device peak and burn's own figures (bytes of live tensors, bytes its pools reserved).
 # As in scripts/h100_memory.sh: one concurrent step of each first (kernel compilation), then the
-# measurements one at a time. Raw output: $OUT/pools.jsonl.
+# measurements one at a time; Q-GaLore with INT8 weights on LLaMA-7B first (issue 14's ≤ 15 GiB).
+# Raw output: $OUT/pools.jsonl.
 set -u
 B=$(pwd)/.device/ember-bench
 chmod +x $B
@@ -16,7 +17,9 @@ mkdir -p /tmp/enforced && printf '[memory]\npersistent_memory = "enforced"\n' > 
 L7="--model 7b --optimizer galore --rank 1024 --weights-dtype bf16 --state-dtype int8 --layerwise --batch 1 --seq 256"
 E1="--model 1b --optimizer galore --rank 512 --weights-dtype bf16 --state-dtype int8 --batch 4 --seq 256"
 A1="--model 1b --optimizer adamw --weights-dtype bf16 --state-dtype bf16 --batch 4 --seq 256"
-for a in "$L7" "$E1" "$A1"; do
+# Q-GaLore, INT8 attention/MLP weights, its projector fitted on the device (`--projector auto`)
+Q7="--model 7b --optimizer qgalore --rank 1024 --weights-dtype bf16 --state-dtype int8 --int8-weights --layerwise --batch 1 --seq 256 --exact-pools"
+for a in "$L7" "$E1" "$A1" "$Q7"; do
   timeout ${PASS1_S:-150} $B measure --device cuda --json --quiet --steps 1 --warmup 0 $a > /dev/null 2>&1 &
 done
 wait
@@ -40,6 +43,7 @@ print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) /
 PY
   echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
 }
+run 7b-qgalore-int8-lw . 150 $Q7 --steps 3 --warmup 1
 run 7b-galore8-lw . 120 $L7 --steps 3 --warmup 1
 run 7b-galore8-lw-enforced /tmp/enforced 120 $L7 --steps 3 --warmup 1
 run 1b-galore8-bf16 . 60 $E1 --steps 5 --warmup 2

@@ -1,11 +1,19 @@
-//! `kernels`: every fused kernel against the portable path on a device.
+//! `kernels`: every fused kernel against the portable path on a device, and one GaLore step on
+//! bf16 weights against the f32 step on the same values.
+
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Distribution};
+use ember::galore::GaloreConfig;
 
 use crate::Device;
 
 pub fn run(device: Device, seed: u64) -> Result<(), String> {
-    use burn::tensor::backend::{AutodiffBackend, Backend};
+    use burn::tensor::backend::Backend;
     use ember_kernels::{selfcheck, EmberBackend};
-    let failed = on_device!(device, B => {
+    let (failed, bf16) = on_device!(device, B => {
         type I = <B as AutodiffBackend>::InnerBackend;
         let dev = Default::default();
         println!(
@@ -13,10 +21,88 @@ pub fn run(device: Device, seed: u64) -> Result<(), String> {
             <I as Backend>::name(&dev),
             <I as EmberBackend>::fused_kernels()
         );
-        selfcheck::report(&selfcheck::run_all::<I>(&dev, seed))
+        let failed = selfcheck::report(&selfcheck::run_all::<I>(&dev, seed));
+        (failed, bf16_step::<B>(&dev, seed))
     });
-    if failed > 0 {
-        return Err(format!("{failed} kernel checks failed"));
+    let (err, mismatched, total) = bf16?;
+    let ok = err <= 1e-2;
+    println!(
+        "bf16 step: GaLore (rank 8) on 96x160 bf16 weights vs the f32 step on the same values: \
+         relative error {err:.2e} (≤ 1e-2: {}); {mismatched} of {total} weights differ from the \
+         f32 result rounded once to bf16",
+        if ok { "ok" } else { "FAILED" }
+    );
+    if failed > 0 || !ok {
+        return Err(format!(
+            "{failed} kernel checks failed{}",
+            if ok { "" } else { ", and the bf16 step" }
+        ));
     }
     Ok(())
+}
+
+#[derive(Module, Debug)]
+struct One<B: Backend> {
+    weight: Param<Tensor<B, 2>>,
+}
+
+/// One GaLore step on a bf16 weight and on the same values in f32 with the same gradient:
+/// (max |bf16 result − f32 result| / max |f32 result|, weights whose bf16 result is not the f32
+/// result rounded to bf16, weights).
+fn bf16_step<B: AutodiffBackend>(
+    device: &B::Device,
+    seed: u64,
+) -> Result<(f32, usize, usize), String>
+where
+    B::InnerBackend: ember_core::EmberBackend,
+{
+    B::seed(device, seed);
+    let shape = [96, 160];
+    let round = |t: Tensor<B, 2>| t.cast(DType::BF16).cast(DType::F32);
+    let w = round(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, 1.0),
+        device,
+    ));
+    let g = round(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, 1.0),
+        device,
+    ));
+    let step = |dtype: DType| -> Result<Vec<f32>, String> {
+        let model = One {
+            weight: Param::from_tensor(w.clone().cast(dtype)),
+        };
+        let mut grads = GradientsParams::new();
+        grads.register::<B::InnerBackend, 2>(model.weight.id, g.clone().inner().cast(dtype));
+        let mut optim = GaloreConfig::new()
+            .with_rank(8)
+            .try_init::<B, One<B>>()
+            .map_err(|e| e.to_string())?;
+        let model = optim
+            .try_step(1e-2, model, grads)
+            .map_err(|e| e.to_string())?;
+        model
+            .weight
+            .val()
+            .cast(DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    };
+    let a = step(DType::BF16)?;
+    let b = step(DType::F32)?;
+    let scale = b.iter().fold(0f32, |s, x| s.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |e, (x, y)| e.max((x - y).abs()))
+        / scale;
+    let rounded = |x: f32| burn::tensor::bf16::from_f32(x).to_f32();
+    let mismatched = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| **x != rounded(**y))
+        .count();
+    Ok((err, mismatched, a.len()))
 }
