@@ -88,7 +88,7 @@ impl<B: Backend> SharedBases<B> {
             .lock()
             .unwrap()
             .values()
-            .map(crate::projector::tensor_bytes)
+            .map(crate::state::tensor_bytes)
             .sum::<usize>()
             + DynamicMaps::<B>::BYTES * self.maps.lock().unwrap().len()
     }

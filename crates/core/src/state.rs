@@ -125,7 +125,7 @@ impl<B: Backend> Moment<B> {
     /// Bytes held on the device.
     pub fn bytes(&self) -> usize {
         match self {
-            Moment::F32(t) => crate::projector::tensor_bytes(t),
+            Moment::F32(t) => tensor_bytes(t),
             // counted as stored, whatever a loaded checkpoint widened it to
             Moment::Bf16(t) => 2 * t.shape().num_elements(),
             Moment::Int8(q) => Blockwise8::<B>::bytes_for(q.shape.iter().product(), q.block),
@@ -345,4 +345,11 @@ impl StateStorage {
             }
         }
     }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes<B: Backend, const D: usize, K: burn::tensor::BasicOps<B>>(
+    t: &Tensor<B, D, K>,
+) -> usize {
+    t.shape().num_elements() * t.dtype().size()
 }
