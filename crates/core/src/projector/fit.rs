@@ -11,6 +11,18 @@ use crate::error::EmberError;
 use crate::rng::SplitMix64;
 use crate::svd::truncated_svd;
 
+/// Whether a one-sided projector acts on the left of an `m × n` gradient; `Full` is an error
+/// naming `what`.
+fn left_side(proj_type: ProjType, m: usize, n: usize, what: &str) -> Result<bool, EmberError> {
+    match proj_type.side(m, n) {
+        Side::Left => Ok(true),
+        Side::Right => Ok(false),
+        Side::Both => Err(EmberError::InvalidConfig(format!(
+            "{what} has no two-sided (`full`) mode"
+        ))),
+    }
+}
+
 /// `(left side?, size of the projected dimension)` of a one-sided projector (`Full` is treated as
 /// left; callers that cannot do two-sided reject it in `EngineConfig::validate`).
 fn one_side(proj_type: ProjType, [m, n]: [usize; 2]) -> (bool, usize) {
@@ -65,15 +77,7 @@ impl ProjectorKind {
         } = self
         {
             let [m, n] = g.dims();
-            let left = match proj_type.side(m, n) {
-                Side::Left => true,
-                Side::Right => false,
-                Side::Both => {
-                    return Err(EmberError::InvalidConfig(
-                        "the device projector has no two-sided (`full`) mode".into(),
-                    ))
-                }
-            };
+            let left = left_side(*proj_type, m, n, "the device projector")?;
             let dim = if left { m } else { n };
             let warm = match prev {
                 Some(ProjectorState::Left(p)) if left && p.dims() == [m, rank] => {
@@ -156,15 +160,7 @@ impl ProjectorKind {
             ProjectorKind::Identity => Ok(ProjectorState::Identity(())),
             ProjectorKind::Dct(proj_type) => {
                 let [m, n] = g.dims();
-                let left = match proj_type.side(m, n) {
-                    Side::Left => true,
-                    Side::Right => false,
-                    Side::Both => {
-                        return Err(EmberError::InvalidConfig(
-                            "the DCT projector has no two-sided (`full`) mode".into(),
-                        ))
-                    }
-                };
+                let left = left_side(*proj_type, m, n, "the DCT projector")?;
                 let size = if left { m } else { n };
                 let indices = if crate::dct::is_host_backend::<B>(&g.device()) {
                     // CPU backends: FFT scoring on the host beats the dense product at every
