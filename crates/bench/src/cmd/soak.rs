@@ -47,9 +47,18 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
     }
     let list = methods(&a.optimizer)?;
     let mut results: Vec<SoakResult> = vec![];
+    // with --json, each method's line as soon as it is done (a long soak that is stopped keeps
+    // the methods it finished)
+    let emit = |r: &SoakResult| {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap());
+        }
+    };
     for method in list.iter().copied() {
         if list.len() > 1 && !a.in_process {
-            results.push(child(a, method.name())?);
+            let r = child(a, method.name())?;
+            emit(&r);
+            results.push(r);
             continue;
         }
         let s = Settings {
@@ -68,12 +77,10 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
             &Default::default(),
             !a.json,
         )?;
+        emit(&r);
         results.push(r);
     }
     if a.json {
-        for r in &results {
-            println!("{}", serde_json::to_string(r).unwrap());
-        }
         return Ok(());
     }
     let header = [
