@@ -70,6 +70,10 @@ pub struct GroupSpec {
     /// Refresh on the device (GaLore, Fira, FRUGAL, Q-GaLore).
     #[serde(default)]
     pub device_projector: Option<bool>,
+    /// Exact SVD on the host on every backend (GaLore, Fira, FRUGAL; default: on CPU backends,
+    /// the device projector on GPU backends).
+    #[serde(default)]
+    pub host_svd: Option<bool>,
     /// Every parameter of the group on the method's AdamW (no projection; e.g. a no-decay
     /// group of the method's dense parameters).
     #[serde(default)]
@@ -212,6 +216,7 @@ impl GroupSpec {
                 (self.scale.is_some(), "scale"),
                 (self.update_proj_gap.is_some(), "update_proj_gap"),
                 (self.device_projector.is_some(), "device_projector"),
+                (self.host_svd.is_some(), "host_svd"),
             ] {
                 if set {
                     v.push(name);
@@ -233,6 +238,9 @@ impl GroupSpec {
         }
         if self.device_projector == Some(true) && !m.has_device_projector() {
             v.push("device_projector");
+        }
+        if self.host_svd.is_some() && !matches!(m, Method::Galore | Method::Fira | Method::Frugal) {
+            v.push("host_svd");
         }
         v
     }
@@ -264,6 +272,7 @@ impl GroupSpec {
         }
         let state = self.state()?;
         let dp = self.device_projector.unwrap_or(false);
+        let hs = self.host_svd.unwrap_or(false);
         macro_rules! set {
             ($c:expr, $($field:ident <- $value:expr),*) => {{
                 let mut c = $c;
@@ -281,20 +290,20 @@ impl GroupSpec {
                 let c = set!(crate::galore::GaloreConfig::new(), rank <- self.rank,
                     scale <- self.scale, weight_decay <- wd, state_dtype <- state,
                     update_proj_gap <- self.update_proj_gap);
-                let c = c.with_device_projector(dp);
+                let c = c.with_device_projector(dp).with_host_svd(hs);
                 (c.engine(), c.dense_engine())
             }
             Method::Fira => {
                 let c = set!(crate::fira::FiraConfig::new(), rank <- self.rank,
                     alpha <- self.scale, weight_decay <- wd, state_dtype <- state,
                     update_proj_gap <- self.update_proj_gap);
-                let c = c.with_device_projector(dp);
+                let c = c.with_device_projector(dp).with_host_svd(hs);
                 (c.engine(), c.dense_engine())
             }
             Method::Frugal => {
                 let c = set!(crate::frugal::FrugalConfig::new(), density <- self.density,
                     weight_decay <- wd, state_dtype <- state, update_gap <- self.update_proj_gap);
-                let c = c.with_device_projector(dp);
+                let c = c.with_device_projector(dp).with_host_svd(hs);
                 (c.engine(), c.dense_engine())
             }
             Method::Dct => {
