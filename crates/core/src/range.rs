@@ -10,25 +10,74 @@
 //! P = Zᵀ
 //! ```
 //!
-//! and symmetrically for the left side. `orth` normalizes by the Frobenius norm and runs
-//! `X ← X·(1.5·I − 0.5·XᵀX)`, which drives every singular value of `X` to 1 (cubic convergence
-//! near 1, ×1.5 per step for small ones). The subspace, not the individual singular vectors, is
-//! what this returns: a rotation inside the subspace differs from the exact SVD's.
+//! and symmetrically for the left side. `Z₀` is not orthonormalized: only the span of `G·Z₀`
+//! matters, and `orth` normalizes what it is given. The subspace, not the individual singular
+//! vectors, is what this returns: a rotation inside the subspace differs from the exact SVD's.
+//!
+//! `orth` ([`orthonormalize_fast`]) divides by the Frobenius norm (every singular value in
+//! (0, 1]) and runs two kinds of Newton–Schulz steps, each a polynomial applied to every singular
+//! value at once through `A = XᵀX`:
+//!
+//! ```text
+//! quintic, 8 steps:  X ← 3.4445·X − 4.7750·X·A + 2.0315·X·A²   (×3.44 per step for small σ,
+//!                                                                  lands σ in about [0.68, 1.2])
+//! cubic,   5 steps:  X ← 1.5·X − 0.5·X·A                        (converges to 1, cubically)
+//! ```
+//!
+//! Every singular value ≥ 2.4·10⁻⁵ of the largest ends within 10⁻⁵ of 1 — what 30 cubic steps
+//! ([`orthonormalize`], the plain iteration) reach from ≥ 2·10⁻⁵ — for 13 steps whose matmuls cost
+//! `8·(4kr² + 2r³) + 5·4kr²` instead of `30·4kr²` FLOPs (`X` is k×r): 2.1× fewer for the MLP
+//! shapes of LLaMA (k ≫ r). The quintic coefficients are the ones Muon's orthogonalization uses;
+//! the cubic steps then finish the convergence that those coefficients leave at about ±30 %.
 
 use burn::prelude::*;
 
-/// Newton–Schulz orthonormalization of the columns of `x` (k ≤ rows).
+/// Quintic steps of [`orthonormalize_fast`].
+const QUINTIC_STEPS: usize = 8;
+/// Cubic steps of [`orthonormalize_fast`] after the quintic ones.
+const CUBIC_STEPS: usize = 5;
+
+/// Plain Newton–Schulz orthonormalization of the columns of `x` (k ≤ rows): `iters` cubic steps
+/// `X ← X·(1.5·I − 0.5·XᵀX)` after dividing by the Frobenius norm (×1.5 per step for small
+/// singular values, cubic convergence near 1). The reference the fast schedule is checked against.
 pub fn orthonormalize<B: Backend>(x: Tensor<B, 2>, iters: usize) -> Tensor<B, 2> {
-    let [_, k] = x.dims();
-    let device = x.device();
-    let norm = x.clone().powi_scalar(2).sum().sqrt().add_scalar(1e-30);
-    let mut x = x.div(norm.unsqueeze());
-    let eye = Tensor::<B, 2>::eye(k, &device);
+    let mut x = frobenius_normalized(x);
     for _ in 0..iters {
-        let gram = x.clone().transpose().matmul(x.clone());
-        x = x.matmul(eye.clone().mul_scalar(1.5).sub(gram.mul_scalar(0.5)));
+        x = cubic_step(x);
     }
     x
+}
+
+/// Newton–Schulz orthonormalization of the columns of `x` (k ≤ rows) in 13 steps: 8 quintic
+/// steps that lift small singular values ×3.44 per step, then 5 cubic steps that converge
+/// (module docs).
+pub fn orthonormalize_fast<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let mut x = frobenius_normalized(x);
+    for _ in 0..QUINTIC_STEPS {
+        let gram = x.clone().transpose().matmul(x.clone());
+        let poly = gram
+            .clone()
+            .mul_scalar(-4.7750)
+            .add(gram.clone().matmul(gram).mul_scalar(2.0315));
+        x = x.clone().mul_scalar(3.4445).add(x.matmul(poly));
+    }
+    for _ in 0..CUBIC_STEPS {
+        x = cubic_step(x);
+    }
+    x
+}
+
+fn frobenius_normalized<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().powi_scalar(2).sum().sqrt().add_scalar(1e-30);
+    x.div(norm.unsqueeze())
+}
+
+/// `X ← 1.5·X − 0.5·X·(XᵀX)`.
+fn cubic_step<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let gram = x.clone().transpose().matmul(x.clone());
+    x.clone()
+        .mul_scalar(1.5)
+        .sub(x.matmul(gram).mul_scalar(0.5))
 }
 
 /// Top-`r` right singular subspace of `g` as `r × n` rows (`left = false`) or left singular
@@ -38,7 +87,6 @@ pub fn subspace_iteration<B: Backend>(
     start: Tensor<B, 2>,
     left: bool,
     power_iters: usize,
-    ns_iters: usize,
 ) -> Tensor<B, 2> {
     let gt = g.clone().transpose();
     let (a, at) = if left {
@@ -47,10 +95,10 @@ pub fn subspace_iteration<B: Backend>(
         (g.clone(), gt)
     };
     // right side: a = G (m×n), z in ℝ^{n×r}; left side: a = Gᵀ (n×m), z in ℝ^{m×r}
-    let mut z = orthonormalize(start, ns_iters);
+    let mut z = start;
     for _ in 0..power_iters.max(1) {
-        let y = orthonormalize(a.clone().matmul(z), ns_iters);
-        z = orthonormalize(at.clone().matmul(y), ns_iters);
+        let y = orthonormalize_fast(a.clone().matmul(z));
+        z = orthonormalize_fast(at.clone().matmul(y));
     }
     if left {
         z
@@ -82,15 +130,15 @@ pub fn fit<B: Backend>(
     };
     let was_warm = warm.is_some();
     let mut p = match warm {
-        Some(w) => subspace_iteration(g, w, left, power_iters, 30),
-        None => subspace_iteration(g, gaussian(0), left, power_iters + 2, 30),
+        Some(w) => subspace_iteration(g, w, left, power_iters),
+        None => subspace_iteration(g, gaussian(0), left, power_iters + 2),
     };
     if !collapsed(&p) {
         return p;
     }
     if was_warm {
         log::info!("device projector: the warm start lost directions; re-seeding");
-        p = subspace_iteration(g, gaussian(0), left, power_iters + 2, 30);
+        p = subspace_iteration(g, gaussian(0), left, power_iters + 2);
         if !collapsed(&p) {
             return p;
         }
@@ -98,7 +146,7 @@ pub fn fit<B: Backend>(
     // the gradient has rank < r: complete the frame
     let z = if left { p } else { p.transpose() };
     let [dim, _] = z.dims();
-    let filled = orthonormalize(z + gaussian(1).mul_scalar(1e-2 / (dim as f64).sqrt()), 30);
+    let filled = orthonormalize_fast(z + gaussian(1).mul_scalar(1e-2 / (dim as f64).sqrt()));
     if left {
         filled
     } else {
@@ -185,6 +233,27 @@ mod tests {
         proj.powi_scalar(2).sum().into_scalar() as f64
     }
 
+    /// The fast schedule (8 quintic + 5 cubic steps) orthonormalizes a matrix whose singular
+    /// values span 1 … 3·10⁻⁵ and spans the same subspace as 60 plain cubic steps.
+    #[test]
+    fn fast_schedule_orthonormalizes_ill_conditioned_columns() {
+        let x = decaying(96, 16, 0.5, 3); // σᵢ = 0.5^i, i < 16, plus noise 1e-4
+        let plain = orthonormalize(x.clone(), 60);
+        let fast = orthonormalize_fast(x);
+        let off = fast
+            .clone()
+            .transpose()
+            .matmul(fast.clone())
+            .sub(Tensor::eye(16, &Default::default()))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(off < 1e-4, "fast schedule: max |XᵀX − I| = {off}");
+        let span = |p: Tensor<B, 2>| p.clone().matmul(p.transpose());
+        let diff = span(fast).sub(span(plain)).abs().max().into_scalar();
+        assert!(diff < 1e-3, "fast and plain spans differ by {diff}");
+    }
+
     /// Captures ≥ 99% of the exact top-r energy `‖Pᵀ G‖² / ‖Uᵣᵀ G‖²` on decaying spectra, on both
     /// sides, from a cold start — and from a warm start after the gradient rotated a little.
     #[test]
@@ -210,7 +279,7 @@ mod tests {
             let start: Vec<f32> = (0..dim * r).map(|_| rng.normal() as f32).collect();
             let start =
                 Tensor::<B, 2>::from_data(TensorData::new(start, [dim, r]), &Default::default());
-            let p = subspace_iteration(&g, start, left, 4, 30);
+            let p = subspace_iteration(&g, start, left, 4);
             // orthonormal
             let gram = if left {
                 p.clone().transpose().matmul(p.clone())
@@ -243,7 +312,7 @@ mod tests {
             } else {
                 p.clone().transpose()
             };
-            let p2 = subspace_iteration(&g2, warm, left, 1, 30);
+            let p2 = subspace_iteration(&g2, warm, left, 1);
             let ratio = energy(&g2, &p2, left) / energy(&g2, &exact2, left);
             assert!(
                 ratio >= 0.99,
@@ -274,7 +343,7 @@ mod tests {
         };
         // zero gradient, cold: an orthonormal frame anyway (subspace iteration alone gives P = 0)
         let zero = Tensor::<B, 2>::zeros([m, n], &device);
-        let bare = subspace_iteration(&zero, gaussian(0), false, 3, 30);
+        let bare = subspace_iteration(&zero, gaussian(0), false, 3);
         assert!(
             bare.clone().abs().max().into_scalar() < 1e-6,
             "premise: P = 0"
