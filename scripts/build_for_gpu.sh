@@ -12,6 +12,10 @@ CARGO_TARGET_DIR=target/cuda cargo build --release --features "${FEATURES:-cuda}
 mkdir -p .device/whl .git/info
 # symbols kept (debug info dropped): the stack samples of scripts/h100_first_step.sh name functions
 strip --strip-debug -o .device/ember-bench target/cuda/release/ember-bench
+# the carried tree is limited to 64 MiB: a larger binary (FEATURES=cuda-fusion holds both CUDA
+# backends) travels gzipped; the run scripts unpack .device/ember-bench.gz
+rm -f .device/ember-bench.gz
+if [ "$(stat -c %s .device/ember-bench)" -gt 40000000 ]; then gzip -6 .device/ember-bench; fi
 cp scripts/anchors/torch_anchor.py scripts/anchors/hf_anchor.py .device/
 [ -f .device/whl/galore_torch-1.0-py3-none-any.whl ] || pip download --no-deps galore-torch==1.0 -d .device/whl
 # bitsandbytes for GaLoreAdamW8bit (torch 2.11 there, Python 3.12, x86-64)
@@ -28,6 +32,7 @@ cp scripts/h100_kernels.sh .device/run_kernels.sh
 cp scripts/h100_diag.sh .device/run_diag.sh
 cp scripts/step_summary.py .device/
 cp scripts/h100_qgalore.sh .device/run_qgalore.sh
+cp scripts/h100_fusion.sh .device/run_fusion.sh
 cp scripts/h100_side_by_side.sh .device/run1.sh
 cp scripts/h100_measure.sh .device/run2.sh
 grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude

@@ -5,8 +5,14 @@
 //! Without a Vulkan driver the test prints why and skips, unless `EMBER_REQUIRE_WGPU` is set
 //! (`.ci/run` sets it): then a missing driver is a failure, not a silent pass.
 
-use burn::backend::wgpu::{Wgpu, WgpuDevice};
+use burn::backend::wgpu::{CubeBackend, Wgpu, WgpuDevice, WgpuRuntime};
 use ember_kernels::{selfcheck, EmberBackend};
+
+/// burn's wgpu backend without operation fusion.
+type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
+/// What `burn::backend::Wgpu` is with burn's default features (the dev-dependencies turn on
+/// `fusion`): `Fusion<Bare>`, where each Ember op is a custom operation of the fusion stream.
+type Fused = Wgpu;
 
 fn vulkan_driver() -> Option<String> {
     let dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
@@ -35,8 +41,8 @@ fn setup() {
     });
 }
 
-#[test]
-fn fused_kernels_equal_the_portable_path_on_wgpu() {
+/// Skips (with the reason) when there is no Vulkan driver, unless `EMBER_REQUIRE_WGPU` is set.
+fn driver_or_skip(test: &str) -> bool {
     setup();
     if vulkan_driver().is_none() {
         let reason = "no Vulkan driver (no ICD file in /usr/share/vulkan/icd.d or \
@@ -45,14 +51,36 @@ fn fused_kernels_equal_the_portable_path_on_wgpu() {
             std::env::var_os("EMBER_REQUIRE_WGPU").is_none(),
             "EMBER_REQUIRE_WGPU is set but {reason}"
         );
-        println!("SKIPPED fused_kernels_equal_the_portable_path_on_wgpu: {reason}");
+        println!("SKIPPED {test}: {reason}");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn fused_kernels_equal_the_portable_path_on_wgpu() {
+    if !driver_or_skip("fused_kernels_equal_the_portable_path_on_wgpu") {
         return;
     }
-    assert!(<Wgpu as EmberBackend>::fused_kernels());
+    assert!(<Bare as EmberBackend>::fused_kernels());
     let device = WgpuDevice::default();
-    let checks = selfcheck::run_all::<Wgpu>(&device, 2026);
+    let checks = selfcheck::run_all::<Bare>(&device, 2026);
     let failed = selfcheck::report(&checks);
     assert_eq!(failed, 0, "{failed} kernel checks failed");
+}
+
+/// The same checks on `Fusion<Bare>`: the fused kernels, run as custom operations of burn's
+/// fusion stream, against the portable path as burn's fuser runs it.
+#[test]
+fn fused_kernels_equal_the_portable_path_under_burn_fusion() {
+    if !driver_or_skip("fused_kernels_equal_the_portable_path_under_burn_fusion") {
+        return;
+    }
+    assert!(<Fused as EmberBackend>::fused_kernels());
+    let device = WgpuDevice::default();
+    let checks = selfcheck::run_all::<Fused>(&device, 2027);
+    let failed = selfcheck::report(&checks);
+    assert_eq!(failed, 0, "{failed} kernel checks failed under fusion");
 }
 
 mod common;
@@ -75,8 +103,9 @@ where
     flat(&model)
 }
 
-/// The whole optimizer (engine + fused kernels) on wgpu against the same optimizer on flex
-/// (portable path): every method, 5 steps with a projector refresh, the same weights.
+/// The whole optimizer (engine + fused kernels) on burn's default wgpu backend (`Fusion<…>`)
+/// against the same optimizer on flex (portable path): every method, 5 steps with a projector
+/// refresh, the same weights.
 #[test]
 fn every_method_on_wgpu_equals_flex() {
     setup();
@@ -85,7 +114,7 @@ fn every_method_on_wgpu_equals_flex() {
         println!("SKIPPED every_method_on_wgpu_equals_flex: no Vulkan driver");
         return;
     }
-    type W = Autodiff<Wgpu>;
+    type W = Autodiff<Fused>;
     type F = Autodiff<Flex>;
     let (dw, df) = (WgpuDevice::default(), Default::default());
     let t = || vec!["mlp".to_string()];

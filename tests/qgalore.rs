@@ -409,6 +409,66 @@ fn int8_weights_train_close_to_f32_and_are_reproducible() {
     assert_ne!(codes(&m1), codes(&m3));
 }
 
+/// One INT8 layer (with a bias), for the bf16 test.
+#[derive(Module, Debug)]
+struct OneQ<B: Backend> {
+    l: QLinear<B>,
+}
+
+/// bf16 activations through INT8 weights (a bf16 model with `QLinear`s): `Ŵ` is rounded once to
+/// bf16, the output is within bf16 rounding of the f32 forward, and Q-GaLore steps the INT8
+/// weight from the bf16 gradient. (Before: a dtype-mismatch panic inside flex's matmul, and NaN
+/// on CUDA.)
+#[test]
+fn int8_weights_with_bf16_activations() {
+    use burn::tensor::DType;
+    let device = Default::default();
+    let f = FMlp::<B>::new(&device);
+    let mut model = OneQ {
+        l: QLinear::from_linear(f.up, 16).unwrap(),
+    };
+    // a bf16 weight quantizes with f32 scales and zero points
+    let from_bf16 = QLinear::<B>::from_weight(
+        tensor([Q_IN, Q_HIDDEN], 21, &device).cast(DType::BF16),
+        None,
+        16,
+    );
+    assert_eq!(from_bf16.qparams.val().dtype(), DType::F32);
+    let x = tensor([BATCH, Q_IN], 500, &device);
+    let reference = model.l.forward(x.clone());
+    let out = model.l.forward(x.clone().cast(DType::BF16));
+    assert_eq!(out.dtype(), DType::BF16);
+    let diff: f32 = (out.cast(DType::F32) - reference.clone())
+        .abs()
+        .max()
+        .into_scalar();
+    let scale: f32 = reference.abs().max().into_scalar();
+    assert!(
+        diff <= 2e-2 * scale,
+        "bf16 forward off by {diff} (scale {scale})"
+    );
+
+    let mut optim = QGaloreConfig::new()
+        .with_rank(8)
+        .with_targets(vec!["l".into()])
+        .init::<B, OneQ<B>>();
+    let before: Vec<i32> = model.l.codes.val().into_data().to_vec().unwrap();
+    let mut losses = vec![];
+    for _ in 0..3 {
+        let y = model
+            .l
+            .forward(x.clone().cast(DType::BF16))
+            .cast(DType::F32);
+        let loss = y.powi_scalar(2).mean();
+        losses.push(loss.clone().into_scalar());
+        let grads = quantized_grads(loss.backward(), &model);
+        model = optim.try_step(2e-2, model, grads).unwrap();
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let after: Vec<i32> = model.l.codes.val().into_data().to_vec().unwrap();
+    assert_ne!(before, after, "the INT8 weight was not updated");
+}
+
 /// Save model and optimizer after k steps, load both into fresh ones, continue: bit-exact.
 #[test]
 fn int8_weights_resume_bit_exact() {

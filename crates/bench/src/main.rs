@@ -139,8 +139,11 @@ pub enum Device {
     Flex,
     /// burn's wgpu backend (CubeCL).
     Wgpu,
-    /// burn's CUDA backend (CubeCL).
+    /// burn's CUDA backend (CubeCL), without operation fusion.
     Cuda,
+    /// burn's CUDA backend under burn's operation fusion (`Fusion<…>`: what `burn::backend::Cuda`
+    /// is with burn's default features); built with `--features cuda-fusion`.
+    CudaFusion,
 }
 
 impl Device {
@@ -149,9 +152,19 @@ impl Device {
             Device::Flex => "flex",
             Device::Wgpu => "wgpu",
             Device::Cuda => "cuda",
+            Device::CudaFusion => "cuda-fusion",
         }
     }
+
+    /// A CUDA device (NVML and burn's CUDA memory report apply).
+    fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda | Device::CudaFusion)
+    }
 }
+
+/// burn's CUDA backend without operation fusion, whatever burn's `fusion` feature.
+#[cfg(feature = "cuda")]
+pub type BareCuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// Runs `$body` with `$B` bound to the autodiff backend of `$device`; a device this binary was
 /// built without returns an error from the enclosing function.
@@ -169,6 +182,11 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             $crate::Device::Cuda => {
+                type $B = burn::backend::Autodiff<$crate::BareCuda>;
+                $body
+            }
+            #[cfg(feature = "cuda-fusion")]
+            $crate::Device::CudaFusion => {
                 type $B = burn::backend::Autodiff<burn::backend::Cuda>;
                 $body
             }

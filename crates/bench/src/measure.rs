@@ -188,12 +188,18 @@ where
     };
     // the weights in CubeCL's persistent pool (exact-size pages, reused by later allocations of
     // the same sizes) rather than in its sliced pages; a no-op on other backends
-    let mut model =
-        B::memory_persistent_allocations(device, (), |_| shape.init_with::<B>(device, dtype));
+    // with INT8 weights each block is quantized as soon as it is built (`init_int8`): the model
+    // never holds all its projections in `dtype`
     if o.int8_weights {
-        phase("weights to INT8".into());
-        model = model.into_int8(256)?;
+        phase("(INT8 attention/MLP weights, each block quantized as it is built)".into());
     }
+    let mut model = B::memory_persistent_allocations(device, (), |_| {
+        if o.int8_weights {
+            shape.init_int8::<B>(device, dtype, 256)
+        } else {
+            Ok(shape.init_with::<B>(device, dtype))
+        }
+    })?;
     let optim = match &o.groups {
         Some(g) => g.build::<B, Llama<B>>()?,
         None => recipe(s, vec!["attn".to_string(), "mlp".to_string()], 200, None)

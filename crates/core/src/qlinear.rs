@@ -172,8 +172,17 @@ impl<B: Backend> QLinear<B> {
 
     /// `y = x·Ŵ + b` over the last dimension of `x`. With an autodiff backend, `Ŵ` is a leaf
     /// whose gradient [`quantized_grads`] collects.
+    ///
+    /// `Ŵ` is dequantized in f32 and rounded once to the dtype of `input` (bf16 activations of a
+    /// bf16 model get a bf16 `Ŵ`, and its gradient is bf16 like every other weight's).
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.weight().set_require_grad(false).require_grad();
+        let w = self.weight();
+        let w = if w.dtype() == input.dtype() {
+            w
+        } else {
+            w.cast(input.dtype())
+        };
+        let w = w.set_require_grad(false).require_grad();
         if w.is_require_grad() {
             leaves::push(self.codes.id, &w);
         }
@@ -183,6 +192,10 @@ impl<B: Backend> QLinear<B> {
         let n: usize = dims[..D - 1].iter().product();
         let out = input.reshape([n, dims[D - 1]]).matmul(w);
         let out = match &self.bias {
+            Some(b) if b.val().dtype() != out.dtype() => {
+                let b = b.val().cast(out.dtype());
+                out + b.unsqueeze()
+            }
             Some(b) => out + b.val().unsqueeze(),
             None => out,
         };

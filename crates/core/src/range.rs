@@ -5,7 +5,7 @@
 //! For the right side (`P` is r×n, the top right singular subspace of `G`):
 //!
 //! ```text
-//! Z₀ = previous Pᵀ (warm start) or a seeded Gaussian n×r
+//! Z₀ = previous Pᵀ (warm start) or a seeded random sign matrix n×r (Rademacher)
 //! repeat q times:  Y = orth(G·Z),  Z = orth(Gᵀ·Y)
 //! P = Zᵀ
 //! ```
@@ -108,18 +108,18 @@ pub fn subspace_iteration<B: Backend>(
 }
 
 /// The device projector's refresh: subspace iteration from the previous projector `warm`
-/// (`dim × r`, `power_iters` iterations) or, without one, from the Gaussian `gaussian(0)` with 2
+/// (`dim × r`, `power_iters` iterations) or, without one, from the random `random(0)` with 2
 /// more iterations. It **re-seeds** when the result has lost directions (`‖P‖²_F < r − ½`, an
 /// orthonormal frame has `r`): a zero or rank-deficient gradient leaves `G·Z` rank-deficient, and
 /// a warm start from a collapsed `P` would stay collapsed for every later refresh. Then it starts
-/// again from a fresh Gaussian, and if the gradient itself has rank < r, fills the missing
-/// directions from the Gaussian `gaussian(1)` (`orth(P + 10⁻²·Ω/√dim)`), so `P` is always an
+/// again from a fresh random start, and if the gradient itself has rank < r, fills the missing
+/// directions from the random `random(1)` (`orth(P + 10⁻²·Ω/√dim)`), so `P` is always an
 /// orthonormal frame that contains the gradient's dominant subspace. The check reads one scalar
 /// to the host, at refresh steps only.
 pub fn fit<B: Backend>(
     g: &Tensor<B, 2>,
     warm: Option<Tensor<B, 2>>,
-    gaussian: impl Fn(u64) -> Tensor<B, 2>,
+    random: impl Fn(u64) -> Tensor<B, 2>,
     left: bool,
     power_iters: usize,
 ) -> Tensor<B, 2> {
@@ -131,14 +131,14 @@ pub fn fit<B: Backend>(
     let was_warm = warm.is_some();
     let mut p = match warm {
         Some(w) => subspace_iteration(g, w, left, power_iters),
-        None => subspace_iteration(g, gaussian(0), left, power_iters + 2),
+        None => subspace_iteration(g, random(0), left, power_iters + 2),
     };
     if !collapsed(&p) {
         return p;
     }
     if was_warm {
         log::info!("device projector: the warm start lost directions; re-seeding");
-        p = subspace_iteration(g, gaussian(0), left, power_iters + 2);
+        p = subspace_iteration(g, random(0), left, power_iters + 2);
         if !collapsed(&p) {
             return p;
         }
@@ -146,7 +146,7 @@ pub fn fit<B: Backend>(
     // the gradient has rank < r: complete the frame
     let z = if left { p } else { p.transpose() };
     let [dim, _] = z.dims();
-    let filled = orthonormalize_fast(z + gaussian(1).mul_scalar(1e-2 / (dim as f64).sqrt()));
+    let filled = orthonormalize_fast(z + random(1).mul_scalar(1e-2 / (dim as f64).sqrt()));
     if left {
         filled
     } else {

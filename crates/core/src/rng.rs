@@ -37,6 +37,20 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// `len` random signs (±1, Rademacher), 64 from each draw: the random start of the device
+    /// projector's subspace iteration (a random sign matrix sketches a range as well as a Gaussian
+    /// one) at a fraction of the cost of `len` Box–Muller normals (a 4096×1024 start: ~1 ms
+    /// instead of ~150 ms on one core).
+    pub fn signs(&mut self, len: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            let bits = self.next_u64();
+            let take = (len - v.len()).min(64);
+            v.extend((0..take).map(|b| if (bits >> b) & 1 == 1 { 1.0 } else { -1.0 }));
+        }
+        v
+    }
+
     /// Uniform integer in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
         (self.uniform() * n as f64) as usize % n.max(1)
@@ -62,4 +76,23 @@ pub fn hash_str(s: &str) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Signs are ±1, balanced, reproducible per stream and different across streams.
+    #[test]
+    fn signs_are_balanced_and_reproducible() {
+        let a = SplitMix64::new(7, &[1, 2]).signs(10_000);
+        assert_eq!(a.len(), 10_000);
+        assert!(a.iter().all(|x| *x == 1.0 || *x == -1.0));
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert_eq!(a, SplitMix64::new(7, &[1, 2]).signs(10_000));
+        assert_ne!(a, SplitMix64::new(7, &[1, 3]).signs(10_000));
+        // lengths that are not multiples of 64 continue the same stream
+        assert_eq!(SplitMix64::new(7, &[1, 2]).signs(100)[..], a[..100]);
+    }
 }

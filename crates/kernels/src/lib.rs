@@ -20,13 +20,15 @@
 //! | [`dct_scores`](EmberBackend::dct_scores) | DCT column scores `‖(G·Q)₍:,j₎‖₁` (after burn's matmul), then top-r by burn's `topk` |
 //!
 //! The device-side projector (randomized range finder warm-started from the previous projector,
-//! orthonormalized on the device) lives in `ember-core`'s `range` module and is built from burn
-//! ops only: matmuls and a Cholesky-QR, nothing to fuse.
+//! orthonormalized with Newton–Schulz steps on the device) lives in `ember-core`'s `range` module
+//! and is built from burn ops only: matmuls, nothing to fuse.
 //!
 //! Implementations: `flex` (portable); `CubeBackend<R, F, I, BT>` with feature `cubecl` (turned on
 //! by `cuda` or `wgpu`: fused for f32 floats and 32-bit ints, portable otherwise); burn's
-//! `Fusion<B>` with feature `fusion` (portable, burn fuses the element-wise chains) — needed when
-//! burn's own `fusion` feature (on by default) wraps `Cuda`/`Wgpu`. A backend without an
+//! `Fusion<B>` with feature `fusion` — what `Cuda`/`Wgpu` are with burn's default features: each
+//! op is one custom operation of burn's fusion stream that runs `B`'s fused kernel (the portable
+//! path on `Fusion<B>` itself, where burn fuses the element-wise chains, when `B` has no kernels or
+//! a float input is not f32). A backend without an
 //! implementation gets the portable defaults with one line:
 //! `impl ember_kernels::EmberBackend for MyBackend {}`.
 //!
@@ -47,6 +49,8 @@ pub mod selfcheck;
 pub mod cache;
 #[cfg(feature = "cubecl")]
 mod cube;
+#[cfg(feature = "fusion")]
+mod fusion;
 
 static BLOCK_ELEMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(1 << 23);
@@ -280,7 +284,8 @@ pub trait EmberBackend: Backend {
 
     /// Quantizes `w` (`rows×cols`) to INT8 per group of `group` along rows: round to nearest
     /// without a key, else stochastic rounding with the counter-based uniforms of `key`. Returns
-    /// `(codes [rows, cols/4], qparams [rows, cols/group, 2])` (scale, zero point).
+    /// `(codes [rows, cols/4], qparams [rows, cols/group, 2])` (scale, zero point; f32 whatever the
+    /// dtype of `w`).
     fn quantize_int8(
         w: Tensor<Self, 2>,
         group: usize,
@@ -305,8 +310,3 @@ pub trait EmberBackend: Backend {
 }
 
 impl EmberBackend for burn::backend::Flex {}
-
-/// burn's operation-fusion backend (`burn` with its `fusion` feature, on by default) fuses the
-/// portable path's element-wise chains itself (feature `fusion`).
-#[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend> EmberBackend for burn_fusion::Fusion<B> {}

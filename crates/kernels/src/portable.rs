@@ -262,6 +262,12 @@ pub fn quantize_int8<B: Backend>(
     let [rows, cols] = w.dims();
     let groups = cols / group;
     let device = w.device();
+    // scales and zero points are f32 whatever the weight's dtype (a bf16 weight is widened)
+    let w = if w.dtype() == burn::tensor::DType::F32 {
+        w
+    } else {
+        w.cast(burn::tensor::DType::F32)
+    };
     let x = w.reshape([rows, groups, group]);
     let lo = x.clone().min_dim(2);
     let hi = x.clone().max_dim(2);

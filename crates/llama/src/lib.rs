@@ -161,18 +161,42 @@ impl LlamaShape {
     /// values of only one block exist at once (a bf16 LLaMA-7B does not pass through 27 GB of
     /// f32 weights). The values are those of `init` rounded to `dtype`.
     pub fn init_with<B: Backend>(&self, device: &B::Device, dtype: DType) -> Llama<B> {
+        self.init_blocks(device, dtype, None)
+            .expect("no INT8 conversion, nothing to fail")
+    }
+
+    /// [`init_with`](Self::init_with) with the attention and MLP projections in INT8
+    /// ([`Llama::into_int8`], groups of `group_size`), each block converted as soon as it is
+    /// built: the model never holds more than one block's projections in `dtype` (building in
+    /// `dtype` and then calling `into_int8` holds all of them, and on CUDA leaves their freed
+    /// pages in the allocator's pools).
+    pub fn init_int8<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        group_size: i64,
+    ) -> Result<Llama<B>, String> {
+        self.init_blocks(device, dtype, Some(group_size))
+    }
+
+    fn init_blocks<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+        int8: Option<i64>,
+    ) -> Result<Llama<B>, String> {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let mut cast = CastParams(dtype);
         let head_dim = h / self.num_attention_heads;
         let lin = |a, b| LinearConfig::new(a, b).with_bias(false).init(device);
         let proj = |a, b| Proj::F32(lin(a, b));
-        Llama {
+        Ok(Llama {
             embed: EmbeddingConfig::new(self.vocab_size, h)
                 .init(device)
                 .map(&mut cast),
             layers: (0..self.num_hidden_layers)
                 .map(|_| {
-                    Block {
+                    let block = Block {
                         attn_norm: RmsNormConfig::new(h).init(device),
                         attn: Attention {
                             query: proj(h, h),
@@ -188,13 +212,17 @@ impl LlamaShape {
                             down: proj(i, h),
                         },
                     }
-                    .map(&mut cast)
+                    .map(&mut cast);
+                    match int8 {
+                        Some(g) => block.into_int8(g),
+                        None => Ok(block),
+                    }
                 })
-                .collect(),
+                .collect::<Result<_, _>>()?,
             norm: RmsNormConfig::new(h).init(device).map(&mut cast),
             lm_head: lin(h, self.vocab_size).map(&mut cast),
             rope: RotaryEncodingConfig::new(self.max_sequence_length, head_dim).init(device),
-        }
+        })
     }
 }
 
@@ -310,40 +338,47 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+impl<B: Backend> Block<B> {
+    /// The block with its attention and MLP projections in INT8 (see [`Llama::into_int8`]).
+    fn into_int8(self, group_size: i64) -> Result<Self, String> {
+        let Attention {
+            query,
+            key,
+            value,
+            output,
+            heads,
+        } = self.attn;
+        let SwiGlu { gate, up, down } = self.mlp;
+        Ok(Block {
+            attn_norm: self.attn_norm,
+            attn: Attention {
+                query: query.into_int8(group_size)?,
+                key: key.into_int8(group_size)?,
+                value: value.into_int8(group_size)?,
+                output: output.into_int8(group_size)?,
+                heads,
+            },
+            mlp_norm: self.mlp_norm,
+            mlp: SwiGlu {
+                gate: gate.into_int8(group_size)?,
+                up: up.into_int8(group_size)?,
+                down: down.into_int8(group_size)?,
+            },
+        })
+    }
+}
+
 impl<B: Backend> Llama<B> {
     /// The same model with every attention and MLP projection stored in INT8 (`QLinear`, groups
     /// of `group_size` along a row where that divides the row, else one group per row), for
     /// Q-GaLore's INT8-weight mode. Train it
     /// with gradients from `ember_core::quantized_grads`.
     pub fn into_int8(mut self, group_size: i64) -> Result<Self, String> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for b in self.layers {
-            let Attention {
-                query,
-                key,
-                value,
-                output,
-                heads,
-            } = b.attn;
-            let SwiGlu { gate, up, down } = b.mlp;
-            layers.push(Block {
-                attn_norm: b.attn_norm,
-                attn: Attention {
-                    query: query.into_int8(group_size)?,
-                    key: key.into_int8(group_size)?,
-                    value: value.into_int8(group_size)?,
-                    output: output.into_int8(group_size)?,
-                    heads,
-                },
-                mlp_norm: b.mlp_norm,
-                mlp: SwiGlu {
-                    gate: gate.into_int8(group_size)?,
-                    up: up.into_int8(group_size)?,
-                    down: down.into_int8(group_size)?,
-                },
-            });
-        }
-        self.layers = layers;
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|b| b.into_int8(group_size))
+            .collect::<Result<_, _>>()?;
         Ok(self)
     }
 

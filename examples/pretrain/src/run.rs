@@ -190,11 +190,10 @@ impl Run {
         &self,
         device: &B::Device,
     ) -> Result<ember_llama::Llama<B>, String> {
-        let llama = self.shape.init_with::<B>(device, self.weights()?);
         if self.int8_weights {
-            llama.into_int8(256)
+            self.shape.init_int8::<B>(device, self.weights()?, 256)
         } else {
-            Ok(llama)
+            Ok(self.shape.init_with::<B>(device, self.weights()?))
         }
     }
 }

@@ -231,8 +231,8 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             let device = r.device;
             let m: Measured = on_device!(device, B => {
                 // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
-                let nvml = matches!(device, Device::Cuda).then(|| Nvml::open(0));
-                let cuda = matches!(device, Device::Cuda);
+                let nvml = device.is_cuda().then(|| Nvml::open(0));
+                let cuda = device.is_cuda();
                 let mut peak = || {
                     if cuda {
                         if let Some(u) = ember_kernels::nvml::cuda_pool_usage(0) {

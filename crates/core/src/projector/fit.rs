@@ -89,15 +89,14 @@ impl ProjectorKind {
                 _ => None,
             };
             let device = g.device();
-            let gaussian = |stream: u64| {
+            let random = |stream: u64| {
                 let mut rng = match stream {
                     0 => SplitMix64::new(0x5eed, &[salt, refreshes as u64]),
                     k => SplitMix64::new(0x5eed, &[salt, refreshes as u64, k]),
                 };
-                let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
-                Tensor::from_data(TensorData::new(v, [dim, rank]), &device)
+                Tensor::from_data(TensorData::new(rng.signs(dim * rank), [dim, rank]), &device)
             };
-            let p = crate::range::fit(g, warm, gaussian, left, *power_iters);
+            let p = crate::range::fit(g, warm, random, left, *power_iters);
             return Ok((
                 if left {
                     ProjectorState::Left(p)
@@ -137,13 +136,12 @@ impl ProjectorKind {
                 _ => None,
             };
             let device = g.device();
-            let gaussian = |stream: u64| {
+            let random = |stream: u64| {
                 let mut rng = SplitMix64::new(0x5eed, &[salt, refreshes as u64, stream]);
-                let v: Vec<f32> = (0..dim * rank).map(|_| rng.normal() as f32).collect();
-                Tensor::from_data(TensorData::new(v, [dim, rank]), &device)
+                Tensor::from_data(TensorData::new(rng.signs(dim * rank), [dim, rank]), &device)
             };
             let g32 = g.clone().cast(burn::tensor::DType::F32);
-            let p = crate::range::fit(&g32, warm, gaussian, left, *power_iters);
+            let p = crate::range::fit(&g32, warm, random, left, *power_iters);
             let first = crate::range::top_vector(&g32, &p, left, 30);
             let (rows, cols) = if left { (m, rank) } else { (rank, n) };
             let data = p.into_data().convert::<f32>();

@@ -1,0 +1,598 @@
+//! [`EmberBackend`] for burn's operation-fusion backend, `Fusion<B>` — what `burn::backend::Cuda`
+//! and `burn::backend::Wgpu` are with burn's default features: each op of the trait is registered
+//! in the fusion stream as one **custom operation** that runs `B`'s own implementation (the fused
+//! CubeCL kernels when `B` is a CubeCL backend) on the inner tensors. burn's fuser sees the op's
+//! inputs and outputs and ends its element-wise fusion there, as for any custom kernel (the
+//! pattern of burn's own custom ops, e.g. `burn-vision`'s connected components).
+//!
+//! An op goes through the custom operation when `B` runs fused kernels and every float input is
+//! f32 — then its outputs are known before it runs: the shapes of the trait's contract and f32
+//! (the dtype of every output of a fused kernel, and of the portable path on f32 inputs, which `B`
+//! may still take for shapes its kernels do not cover). Otherwise the portable path runs on
+//! `Fusion<B>` itself, where burn fuses its element-wise chains.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use burn::tensor::{DType, Int, Shape, TensorPrimitive};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use crate::{
+    portable, AdamCoefficients, Basis, Blockwise8, DynamicMaps, EmberBackend, ResidualUpdate,
+    RoundingKey, UpdateCoefficients,
+};
+
+type FTensor<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
+
+/// An inner-backend tensor handed to or returned by a custom operation.
+enum Prim<B: Backend> {
+    Float(B::FloatTensorPrimitive),
+    Int(B::IntTensorPrimitive),
+}
+
+impl<B: Backend> Prim<B> {
+    fn float<const D: usize>(self) -> Tensor<B, D> {
+        match self {
+            Prim::Float(t) => Tensor::from_primitive(TensorPrimitive::Float(t)),
+            Prim::Int(_) => unreachable!("declared float"),
+        }
+    }
+
+    fn int<const D: usize>(self) -> Tensor<B, D, Int> {
+        match self {
+            Prim::Int(t) => Tensor::from_primitive(t),
+            Prim::Float(_) => unreachable!("declared int"),
+        }
+    }
+
+    fn from_float<const D: usize>(t: Tensor<B, D>) -> Self {
+        Prim::Float(t.into_primitive().tensor())
+    }
+
+    fn from_int<const D: usize>(t: Tensor<B, D, Int>) -> Self {
+        Prim::Int(t.into_primitive())
+    }
+}
+
+type Body<B> = dyn Fn(Vec<Prim<B>>) -> Vec<Prim<B>> + Send + Sync;
+
+/// The operation the fusion server runs: takes the inner tensors of `desc.inputs`, calls `body`,
+/// registers its results under `desc.outputs`.
+struct Custom<B: FusionBackend> {
+    desc: CustomOpIr,
+    body: Arc<Body<B>>,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: FusionBackend> std::fmt::Debug for Custom<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ember custom op {}", self.desc.id)
+    }
+}
+
+fn is_int(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::I64
+            | DType::I32
+            | DType::I16
+            | DType::I8
+            | DType::U64
+            | DType::U32
+            | DType::U16
+            | DType::U8
+    )
+}
+
+impl<B: FusionBackend> Operation<B::FusionRuntime> for Custom<B> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
+        let inputs = self
+            .desc
+            .inputs
+            .iter()
+            .map(|t| {
+                if is_int(t.dtype) {
+                    Prim::Int(handles.get_int_tensor::<B>(t))
+                } else {
+                    Prim::Float(handles.get_float_tensor::<B>(t))
+                }
+            })
+            .collect();
+        let outputs = (self.body)(inputs);
+        assert_eq!(
+            outputs.len(),
+            self.desc.outputs.len(),
+            "{}: outputs",
+            self.desc.id
+        );
+        for (ir, out) in self.desc.outputs.iter().zip(outputs) {
+            match out {
+                Prim::Float(t) => handles.register_float_tensor::<B>(&ir.id, t),
+                Prim::Int(t) => handles.register_int_tensor::<B>(&ir.id, t),
+            }
+        }
+    }
+}
+
+/// Registers `body` as one custom operation on `inputs` (all on one device) with outputs of the
+/// given shapes and dtypes; returns the (lazy) outputs.
+fn custom<B: FusionBackend>(
+    name: &'static str,
+    inputs: Vec<FTensor<B>>,
+    outputs: &[(Vec<usize>, DType)],
+    body: impl Fn(Vec<Prim<B>>) -> Vec<Prim<B>> + Send + Sync + 'static,
+) -> Vec<FTensor<B>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs: Vec<TensorIr> = outputs
+        .iter()
+        .map(|(shape, dtype)| {
+            TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::from(shape.clone()),
+                *dtype,
+            )
+        })
+        .collect();
+    let ins: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &ins, &outs);
+    let op = Custom::<B> {
+        desc: desc.clone(),
+        body: Arc::new(body),
+        _backend: PhantomData,
+    };
+    client.register(streams, OperationIr::Custom(desc), op)
+}
+
+fn fin<B: FusionBackend, const D: usize>(t: Tensor<Fusion<B>, D>) -> FTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn iin<B: FusionBackend, const D: usize>(t: Tensor<Fusion<B>, D, Int>) -> FTensor<B> {
+    t.into_primitive()
+}
+
+fn fout<B: FusionBackend, const D: usize>(t: FTensor<B>) -> Tensor<Fusion<B>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn iout<B: FusionBackend, const D: usize>(t: FTensor<B>) -> Tensor<Fusion<B>, D, Int> {
+    Tensor::from_primitive(t)
+}
+
+/// Whether the custom operation runs: `B` has fused kernels and every float input is f32.
+fn fused<B: FusionBackend + EmberBackend>(dtypes: &[DType]) -> bool {
+    B::fused_kernels() && dtypes.iter().all(|d| *d == DType::F32)
+}
+
+fn f32_of(shape: &[usize]) -> (Vec<usize>, DType) {
+    (shape.to_vec(), DType::F32)
+}
+
+/// The (codes, absmax) tensors of blockwise 8-bit moments and their shapes.
+fn blockwise_in<B: FusionBackend>(
+    q: Blockwise8<Fusion<B>>,
+) -> ([FTensor<B>; 2], [(Vec<usize>, DType); 2], (usize, usize)) {
+    let codes_shape = (q.codes.dims().to_vec(), q.codes.dtype());
+    let absmax_shape = f32_of(&q.absmax.dims());
+    (
+        [iin(q.codes), fin(q.absmax)],
+        [codes_shape, absmax_shape],
+        (q.len, q.block),
+    )
+}
+
+fn blockwise_out<B: FusionBackend>(
+    codes: FTensor<B>,
+    absmax: FTensor<B>,
+    (len, block): (usize, usize),
+) -> Blockwise8<Fusion<B>> {
+    Blockwise8 {
+        codes: iout(codes),
+        absmax: fout(absmax),
+        len,
+        block,
+    }
+}
+
+fn inner_blockwise<B: Backend>(
+    codes: Prim<B>,
+    absmax: Prim<B>,
+    (len, block): (usize, usize),
+) -> Blockwise8<B> {
+    Blockwise8 {
+        codes: codes.int(),
+        absmax: absmax.float(),
+        len,
+        block,
+    }
+}
+
+impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
+    fn fused_kernels() -> bool {
+        B::fused_kernels()
+    }
+
+    fn subspace_adam(
+        r: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        if !fused::<B>(&[r.dtype(), m.dtype(), v.dtype()]) {
+            return portable::subspace_adam(r, m, v, c);
+        }
+        let shape = r.dims().to_vec();
+        let mut out = custom::<B>(
+            "ember.subspace_adam",
+            vec![fin(r), fin(m), fin(v)],
+            &[f32_of(&shape), f32_of(&shape), f32_of(&shape)],
+            move |i| {
+                let [r, m, v]: [Prim<B>; 3] = vec_array(i);
+                let (n, m, v) = B::subspace_adam(r.float(), m.float(), v.float(), c);
+                vec![
+                    Prim::from_float(n),
+                    Prim::from_float(m),
+                    Prim::from_float(v),
+                ]
+            },
+        )
+        .into_iter();
+        let mut next = || fout(out.next().expect("output"));
+        (next(), next(), next())
+    }
+
+    fn adam_8bit(
+        r: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        c: AdamCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let dtypes = [
+            r.dtype(),
+            m.absmax.dtype(),
+            v.absmax.dtype(),
+            maps.signed.dtype(),
+            maps.unsigned.dtype(),
+        ];
+        if !fused::<B>(&dtypes) {
+            return portable::adam_8bit(r, m, v, maps, c);
+        }
+        let shape = r.dims().to_vec();
+        let ([mc, ma], [mcs, mas], mlen) = blockwise_in(m);
+        let ([vc, va], [vcs, vas], vlen) = blockwise_in(v);
+        let inputs = vec![
+            fin(r),
+            mc,
+            ma,
+            vc,
+            va,
+            fin(maps.signed.clone()),
+            fin(maps.unsigned.clone()),
+        ];
+        let outs = [f32_of(&shape), mcs, mas, vcs, vas];
+        let out = custom::<B>("ember.adam_8bit", inputs, &outs, move |i| {
+            let [r, mc, ma, vc, va, s, u]: [Prim<B>; 7] = vec_array(i);
+            let maps = DynamicMaps {
+                signed: s.float(),
+                unsigned: u.float(),
+            };
+            let (n, m, v) = B::adam_8bit(
+                r.float(),
+                inner_blockwise(mc, ma, mlen),
+                inner_blockwise(vc, va, vlen),
+                &maps,
+                c,
+            );
+            vec![
+                Prim::from_float(n),
+                Prim::from_int(m.codes),
+                Prim::from_float(m.absmax),
+                Prim::from_int(v.codes),
+                Prim::from_float(v.absmax),
+            ]
+        });
+        let [n, mc, ma, vc, va]: [FTensor<B>; 5] = vec_array(out);
+        (
+            fout(n),
+            blockwise_out(mc, ma, mlen),
+            blockwise_out(vc, va, vlen),
+        )
+    }
+
+    fn projected_update(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        basis: &Basis<Self>,
+        n: Tensor<Self, 2>,
+        r: Tensor<Self, 2>,
+        coef: UpdateCoefficients,
+        residual: ResidualUpdate,
+        zeta: Option<Tensor<Self, 1>>,
+    ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
+        let mut dtypes = vec![w.dtype(), g.dtype(), basis.p.dtype(), n.dtype(), r.dtype()];
+        dtypes.extend(zeta.as_ref().map(|z| z.dtype()));
+        if !fused::<B>(&dtypes) {
+            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
+        }
+        let shape = w.dims().to_vec();
+        let left = basis.left;
+        let fira = matches!(residual, ResidualUpdate::Fira { .. });
+        let has_zeta = zeta.is_some();
+        let mut inputs = vec![fin(w), fin(g), fin(basis.p.clone()), fin(n), fin(r)];
+        inputs.extend(zeta.map(fin));
+        let mut outs = vec![f32_of(&shape)];
+        if fira {
+            outs.push(f32_of(&[1]));
+        }
+        let out = custom::<B>("ember.projected_update", inputs, &outs, move |i| {
+            let mut i = i.into_iter();
+            let mut next = || i.next().expect("input");
+            let (w, g, p, n, r) = (next(), next(), next(), next(), next());
+            let zeta = has_zeta.then(|| next().float());
+            let basis = Basis { p: p.float(), left };
+            let (w, zeta) = B::projected_update(
+                w.float(),
+                g.float(),
+                &basis,
+                n.float(),
+                r.float(),
+                coef,
+                residual,
+                zeta,
+            );
+            let mut out = vec![Prim::from_float(w)];
+            if fira {
+                out.push(Prim::from_float(zeta.expect("Fira's norm")));
+            }
+            out
+        });
+        let mut out = out.into_iter();
+        let w = fout(out.next().expect("weight"));
+        (w, out.next().map(fout))
+    }
+
+    fn adam_full_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        if !fused::<B>(&[w.dtype(), g.dtype(), m.dtype(), v.dtype()]) {
+            return portable::adam_full_step(w, g, m, v, adam, coef);
+        }
+        let shape = w.dims().to_vec();
+        let out = custom::<B>(
+            "ember.adam_full_step",
+            vec![fin(w), fin(g), fin(m), fin(v)],
+            &[f32_of(&shape), f32_of(&shape), f32_of(&shape)],
+            move |i| {
+                let [w, g, m, v]: [Prim<B>; 4] = vec_array(i);
+                let (w, m, v) =
+                    B::adam_full_step(w.float(), g.float(), m.float(), v.float(), adam, coef);
+                vec![
+                    Prim::from_float(w),
+                    Prim::from_float(m),
+                    Prim::from_float(v),
+                ]
+            },
+        );
+        let [w, m, v]: [FTensor<B>; 3] = vec_array(out);
+        (fout(w), fout(m), fout(v))
+    }
+
+    fn adam_full_step_8bit(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        adam: AdamCoefficients,
+        coef: UpdateCoefficients,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let dtypes = [
+            w.dtype(),
+            g.dtype(),
+            m.absmax.dtype(),
+            v.absmax.dtype(),
+            maps.signed.dtype(),
+            maps.unsigned.dtype(),
+        ];
+        if !fused::<B>(&dtypes) {
+            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef);
+        }
+        let shape = w.dims().to_vec();
+        let ([mc, ma], [mcs, mas], mlen) = blockwise_in(m);
+        let ([vc, va], [vcs, vas], vlen) = blockwise_in(v);
+        let inputs = vec![
+            fin(w),
+            fin(g),
+            mc,
+            ma,
+            vc,
+            va,
+            fin(maps.signed.clone()),
+            fin(maps.unsigned.clone()),
+        ];
+        let outs = [f32_of(&shape), mcs, mas, vcs, vas];
+        let out = custom::<B>("ember.adam_full_step_8bit", inputs, &outs, move |i| {
+            let [w, g, mc, ma, vc, va, s, u]: [Prim<B>; 8] = vec_array(i);
+            let maps = DynamicMaps {
+                signed: s.float(),
+                unsigned: u.float(),
+            };
+            let (w, m, v) = B::adam_full_step_8bit(
+                w.float(),
+                g.float(),
+                inner_blockwise(mc, ma, mlen),
+                inner_blockwise(vc, va, vlen),
+                &maps,
+                adam,
+                coef,
+            );
+            vec![
+                Prim::from_float(w),
+                Prim::from_int(m.codes),
+                Prim::from_float(m.absmax),
+                Prim::from_int(v.codes),
+                Prim::from_float(v.absmax),
+            ]
+        });
+        let [w, mc, ma, vc, va]: [FTensor<B>; 5] = vec_array(out);
+        (
+            fout(w),
+            blockwise_out(mc, ma, mlen),
+            blockwise_out(vc, va, vlen),
+        )
+    }
+
+    fn state_free_step(
+        w: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+        rule: ResidualUpdate,
+        coef: UpdateCoefficients,
+    ) -> Tensor<Self, 2> {
+        if !fused::<B>(&[w.dtype(), g.dtype()]) {
+            return portable::state_free_step(w, g, rule, coef);
+        }
+        let shape = w.dims().to_vec();
+        let out = custom::<B>(
+            "ember.state_free_step",
+            vec![fin(w), fin(g)],
+            &[f32_of(&shape)],
+            move |i| {
+                let [w, g]: [Prim<B>; 2] = vec_array(i);
+                vec![Prim::from_float(B::state_free_step(
+                    w.float(),
+                    g.float(),
+                    rule,
+                    coef,
+                ))]
+            },
+        );
+        let [w]: [FTensor<B>; 1] = vec_array(out);
+        fout(w)
+    }
+
+    fn dequantize_packed(
+        packed: Tensor<Self, 1, Int>,
+        scales: Tensor<Self, 1>,
+        zeros: Tensor<Self, 1>,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Tensor<Self, 2> {
+        if !fused::<B>(&[scales.dtype(), zeros.dtype()]) {
+            return portable::dequantize_packed(packed, scales, zeros, bits, group, rows, cols);
+        }
+        let out = custom::<B>(
+            "ember.dequantize_packed",
+            vec![iin(packed), fin(scales), fin(zeros)],
+            &[f32_of(&[rows, cols])],
+            move |i| {
+                let [packed, scales, zeros]: [Prim<B>; 3] = vec_array(i);
+                vec![Prim::from_float(B::dequantize_packed(
+                    packed.int(),
+                    scales.float(),
+                    zeros.float(),
+                    bits,
+                    group,
+                    rows,
+                    cols,
+                ))]
+            },
+        );
+        let [x]: [FTensor<B>; 1] = vec_array(out);
+        fout(x)
+    }
+
+    fn quantize_int8(
+        w: Tensor<Self, 2>,
+        group: usize,
+        key: Option<RoundingKey>,
+    ) -> (Tensor<Self, 2, Int>, Tensor<Self, 3>) {
+        let [rows, cols] = w.dims();
+        // the shapes of the fused kernel's outputs (other groupings take the portable path)
+        if !fused::<B>(&[w.dtype()])
+            || group == 0
+            || !group.is_multiple_of(4)
+            || !cols.is_multiple_of(group)
+        {
+            return portable::quantize_int8(w, group, key);
+        }
+        // the codes' dtype is the inner backend's int type (what both its paths return)
+        let int =
+            <<B as burn::tensor::backend::BackendTypes>::IntElem as burn::tensor::Element>::dtype();
+        let out = custom::<B>(
+            "ember.quantize_int8",
+            vec![fin(w)],
+            &[
+                (vec![rows, cols / 4], int),
+                f32_of(&[rows, cols / group, 2]),
+            ],
+            move |i| {
+                let [w]: [Prim<B>; 1] = vec_array(i);
+                let (codes, qparams) = B::quantize_int8(w.float(), group, key);
+                vec![Prim::from_int(codes), Prim::from_float(qparams)]
+            },
+        );
+        let [codes, qparams]: [FTensor<B>; 2] = vec_array(out);
+        (iout(codes), fout(qparams))
+    }
+
+    fn non_finite_flags(grads: Vec<Tensor<Self, 2>>, device: &Device<Self>) -> Tensor<Self, 1> {
+        let dtypes: Vec<DType> = grads.iter().map(|g| g.dtype()).collect();
+        if grads.is_empty() || !fused::<B>(&dtypes) || grads.iter().any(|g| g.device() != *device) {
+            return portable::non_finite_flags(grads, device);
+        }
+        let count = grads.len();
+        let out = custom::<B>(
+            "ember.non_finite_flags",
+            grads.into_iter().map(fin).collect(),
+            &[f32_of(&[count])],
+            move |i| {
+                let grads: Vec<Tensor<B, 2>> = i.into_iter().map(|g| g.float()).collect();
+                let device = grads[0].device();
+                vec![Prim::from_float(B::non_finite_flags(grads, &device))]
+            },
+        );
+        let [flags]: [FTensor<B>; 1] = vec_array(out);
+        fout(flags)
+    }
+
+    fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
+        if !fused::<B>(&[g.dtype(), q.dtype()]) {
+            return portable::dct_scores(g, q, left);
+        }
+        // left: rows of Qᵀ·G, right: columns of G·Q — one per column of Q
+        let count = q.dims()[1];
+        let out = custom::<B>(
+            "ember.dct_scores",
+            vec![fin(g), fin(q)],
+            &[f32_of(&[count])],
+            move |i| {
+                let [g, q]: [Prim<B>; 2] = vec_array(i);
+                vec![Prim::from_float(B::dct_scores(g.float(), q.float(), left))]
+            },
+        );
+        let [scores]: [FTensor<B>; 1] = vec_array(out);
+        fout(scores)
+    }
+}
+
+/// A vector of known length as an array (the inputs and outputs of a custom op).
+fn vec_array<T, const N: usize>(v: Vec<T>) -> [T; N] {
+    let len = v.len();
+    v.try_into()
+        .unwrap_or_else(|_| panic!("expected {N} tensors, got {len}"))
+}
