@@ -10,6 +10,8 @@
 #  4. LLaMA-1B f32 GaLore train step and single-matrix steps on `cuda` and on `cuda-fusion`.
 # As in scripts/h100_memory.sh: one concurrent step of each configuration first (kernel
 # compilation), then the measurements one at a time. Raw output: $OUT/fusion.jsonl, $OUT/*.txt.
+# ONLY_MEMORY=1: only the layer-wise memory runs (7B Q-GaLore both pools, 1B and 7B GaLore-8bit
+# with exact pools).
 set -u
 if [ -f .device/ember-bench.gz ]; then
   gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
@@ -23,13 +25,20 @@ export EMBER_KERNEL_CACHE=/tmp/ember-kc CUDA_CACHE_PATH=/tmp/nv-cache CUDA_CACHE
 Q7="--device cuda --model 7b --optimizer qgalore --rank 1024 --weights-dtype bf16 --state-dtype int8 --int8-weights --layerwise --batch 1 --seq 256"
 L7="--device cuda --model 7b --optimizer galore --rank 1024 --weights-dtype bf16 --state-dtype int8 --layerwise --batch 1 --seq 256"
 G1="--model 1b --optimizer galore --rank 512 --batch 4 --seq 256"
-for a in "$Q7 --exact-pools" "$L7" "--device cuda $G1" "--device cuda-fusion $G1"; do
-  timeout ${PASS1_S:-200} $B measure --json --quiet --steps 1 --warmup 0 $a > /dev/null 2>&1 &
-done
-timeout 200 $B kernels --device cuda-fusion > $OUT/kernels_fusion.txt 2>&1 &
+L1="--device cuda --model 1b --optimizer galore --rank 512 --weights-dtype bf16 --state-dtype int8 --layerwise --batch 4 --seq 256 --exact-pools"
+if [ -n "${ONLY_MEMORY:-}" ]; then
+  for a in "$Q7 --exact-pools" "$L1" "$L7 --exact-pools"; do
+    timeout ${PASS1_S:-200} $B measure --json --quiet --steps 1 --warmup 0 $a > /dev/null 2>&1 &
+  done
+else
+  for a in "$Q7 --exact-pools" "$L7" "--device cuda $G1" "--device cuda-fusion $G1"; do
+    timeout ${PASS1_S:-200} $B measure --json --quiet --steps 1 --warmup 0 $a > /dev/null 2>&1 &
+  done
+  timeout 200 $B kernels --device cuda-fusion > $OUT/kernels_fusion.txt 2>&1 &
+fi
 wait
 echo "pass 1 done at $(( $(date +%s) - T0 )) s" | tee $OUT/summary.txt
-tail -3 $OUT/kernels_fusion.txt | tee -a $OUT/summary.txt
+[ -f $OUT/kernels_fusion.txt ] && tail -3 $OUT/kernels_fusion.txt | tee -a $OUT/summary.txt
 run() {  # name, limit, args...
   local name=$1 lim=$2; shift 2
   local l=$(left); [ $lim -gt $((l - 20)) ] && lim=$((l - 20))
@@ -51,6 +60,13 @@ PY
 }
 run 7b-qgalore-int8-lw-exact 200 $Q7 --exact-pools --steps 3 --warmup 1
 run 7b-qgalore-int8-lw 150 $Q7 --steps 3 --warmup 1
+if [ -n "${ONLY_MEMORY:-}" ]; then
+  run 1b-galore8-lw-exact 90 $L1 --steps 5 --warmup 2
+  run 7b-galore8-lw-exact 120 $L7 --exact-pools --steps 3 --warmup 1
+  tar -C /tmp -czf $OUT/raw.tgz $(cd /tmp && ls *.json *.err 2>/dev/null)
+  cat $OUT/summary.txt
+  exit 0
+fi
 run 7b-galore8-lw 120 $L7 --steps 3 --warmup 1
 run 1b-galore-f32-cuda 60 --device cuda $G1 --steps 5 --warmup 2
 run 1b-galore-f32-fusion 60 --device cuda-fusion $G1 --steps 5 --warmup 2

@@ -2,10 +2,10 @@
 """Markdown table of `ember-bench soak --json` output (one JSON object per line), with the
 issue's criteria: heap flat (growth ≤ 1%), orthonormality ≤ 1e-5, no non-finite step.
 
-Usage: python3 scripts/soak_table.py docs/results/soak/tiny_10000.jsonl"""
+Usage: python3 scripts/soak_table.py docs/results/soak/tiny_10000_*.jsonl (one or more files)"""
 import json, sys
 
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [json.loads(l) for path in sys.argv[1:] for l in open(path) if l.strip()]
 print("| optimizer | steps | refreshes | peak heap at 10% | peak heap at the end | growth | max ‖PᵀP − I‖ | non-finite steps | loss first → last (tail mean) | seconds | criteria |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:

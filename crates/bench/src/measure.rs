@@ -7,7 +7,8 @@
 //!   median over the timed steps (warm-up steps excluded), for the optimizer step alone and for
 //!   the whole train step (forward + backward + optimizer);
 //! * peak device memory (CUDA only): the largest "used" figure NVML reports for the device while
-//!   the steps run — the CUDA context plus everything burn's allocator has reserved, like
+//!   the steps run (polled every 2 ms on a thread of its own, and at each step's end) — the CUDA
+//!   context plus everything burn's allocator has reserved, like
 //!   `torch.cuda.max_memory_reserved` plus the context.
 
 use std::time::Instant;

@@ -95,6 +95,12 @@ pub struct LayerwiseConfig {
     /// global norm is not available layer-wise.
     #[config(default = "None")]
     pub clip_block_norm: Option<f64>,
+    /// Return the allocator's free pages to the device after the output stage's update (and
+    /// after the input stage's): the output and input stages (LM head, embedding: vocabulary ×
+    /// hidden) leave temporaries of sizes no block uses, which burn's pools would otherwise keep
+    /// reserved while the blocks run. One `Backend::memory_cleanup` per stage; a no-op on the CPU.
+    #[config(default = true)]
+    pub release_stage_memory: bool,
 }
 
 /// Trains a [`BlockModel`] layer by layer with an Ember optimizer (see the [module docs](self)).
@@ -335,6 +341,10 @@ where
         let mut upstream = x.grad_remove(&mut grads);
         let stage_grads = quantized_grads(grads, &model);
         model = self.apply(lr, model, 0, stage_grads, acc, last, accumulating)?;
+        let device = loss_value.device();
+        if self.config.release_stage_memory {
+            B::memory_cleanup(&device);
+        }
 
         // 3. blocks from the top
         for k in (0..blocks).rev() {
@@ -356,6 +366,9 @@ where
             let surrogate = (e * Tensor::<B, 3>::from_inner(dx)).sum();
             let stage_grads = quantized_grads(surrogate.backward(), &model);
             model = self.apply(lr, model, blocks + 1, stage_grads, acc, last, accumulating)?;
+            if self.config.release_stage_memory {
+                B::memory_cleanup(&device);
+            }
         }
         Ok((model, loss_value))
     }

@@ -125,7 +125,7 @@ impl<B: FusionBackend> Operation<B::FusionRuntime> for Custom<B> {
 fn custom<B: FusionBackend>(
     name: &'static str,
     inputs: Vec<FTensor<B>>,
-    outputs: &[(Vec<usize>, DType)],
+    outputs: &[OutSpec],
     body: impl Fn(Vec<Prim<B>>) -> Vec<Prim<B>> + Send + Sync + 'static,
 ) -> Vec<FTensor<B>> {
     let client = inputs[0].client.clone();
@@ -171,14 +171,17 @@ fn fused<B: FusionBackend + EmberBackend>(dtypes: &[DType]) -> bool {
     B::fused_kernels() && dtypes.iter().all(|d| *d == DType::F32)
 }
 
-fn f32_of(shape: &[usize]) -> (Vec<usize>, DType) {
+fn f32_of(shape: &[usize]) -> OutSpec {
     (shape.to_vec(), DType::F32)
 }
 
-/// The (codes, absmax) tensors of blockwise 8-bit moments and their shapes.
+/// A custom operation's output: shape and dtype.
+type OutSpec = (Vec<usize>, DType);
+
+/// The (codes, absmax) tensors of blockwise 8-bit moments, their output specs, (len, block).
 fn blockwise_in<B: FusionBackend>(
     q: Blockwise8<Fusion<B>>,
-) -> ([FTensor<B>; 2], [(Vec<usize>, DType); 2], (usize, usize)) {
+) -> ([FTensor<B>; 2], [OutSpec; 2], (usize, usize)) {
     let codes_shape = (q.codes.dims().to_vec(), q.codes.dtype());
     let absmax_shape = f32_of(&q.absmax.dims());
     (

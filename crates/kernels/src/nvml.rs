@@ -66,6 +66,64 @@ impl Nvml {
     }
 }
 
+/// NVML's used memory of one GPU, polled every `period` on a thread of its own; keeps the
+/// largest value since the last [`reset`](Self::reset). Catches the device peak of a step even
+/// when memory is returned before the step ends (layer-wise training releases the pools' free
+/// pages after its output and input stages), for allocations that live a period or longer.
+pub struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakSampler {
+    /// Starts polling GPU `index` (`None` where NVML is not available).
+    pub fn start(index: u32, period: std::time::Duration) -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let nvml = Nvml::open(index);
+        let first = nvml.used()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicUsize::new(first));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = std::thread::Builder::new()
+            .name("nvml-peak".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    if let Some(u) = nvml.used() {
+                        p.fetch_max(u, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(period);
+                }
+            })
+            .ok()?;
+        Some(Self {
+            stop,
+            peak,
+            handle: Some(handle),
+        })
+    }
+
+    /// Forgets the values seen so far (the next poll starts the new maximum).
+    pub fn reset(&self) {
+        self.peak.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest used memory seen since the start or the last reset.
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// burn's own report of device memory (CubeCL's memory management): bytes held by live tensors
 /// and bytes reserved in its pools (what the driver sees, less the CUDA context).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

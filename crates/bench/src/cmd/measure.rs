@@ -120,10 +120,13 @@ pub struct MeasureRow {
     state_bytes: usize,
     /// weights + grads + state (tensors held).
     total_bytes: usize,
-    /// Measured: the largest device-memory use NVML reported during the steps (CUDA).
+    /// Measured: the largest device-memory use NVML reported during the steps (CUDA; polled every
+    /// 2 ms and at each step's end).
     peak_device_bytes: Option<usize>,
     /// Measured (CUDA): burn's own memory report — the largest bytes held by live tensors at a
-    /// step's end (before the model: after it was built), and the largest bytes its pools reserved.
+    /// step's end (before the model: after it was built), and the largest bytes its pools reserved
+    /// at a step's end (layer-wise training returns free pages after its input stage, so there
+    /// this is not the step's peak; NVML's polled figure is).
     #[serde(default)]
     burn_in_use_bytes: Option<usize>,
     #[serde(default)]
@@ -233,14 +236,28 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 // device memory from NVML where there is an NVIDIA driver (CUDA); none elsewhere
                 let nvml = device.is_cuda().then(|| Nvml::open(0));
                 let cuda = device.is_cuda();
+                // NVML polled every 2 ms during the steps (the first call below starts them):
+                // a step's peak even where memory is returned before the step ends
+                let sampler = cuda
+                    .then(|| ember_kernels::nvml::PeakSampler::start(0, std::time::Duration::from_millis(2)))
+                    .flatten();
+                let mut started = false;
                 let mut peak = || {
+                    if let (Some(s), false) = (&sampler, started) {
+                        s.reset();
+                    }
+                    started = true;
                     if cuda {
                         if let Some(u) = ember_kernels::nvml::cuda_pool_usage(0) {
                             let p = pool.get_or_insert((0, 0));
                             *p = (p.0.max(u.in_use), p.1.max(u.reserved));
                         }
                     }
-                    nvml.as_ref().and_then(Nvml::used)
+                    let now = nvml.as_ref().and_then(Nvml::used);
+                    match (now, sampler.as_ref().map(|s| s.peak())) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    }
                 };
                 ember_bench::measure::try_measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
             })?;
