@@ -33,6 +33,7 @@ cp scripts/h100_diag.sh .device/run_diag.sh
 cp scripts/step_summary.py .device/
 cp scripts/h100_qgalore.sh .device/run_qgalore.sh
 cp scripts/h100_fusion.sh .device/run_fusion.sh
+cp scripts/h100_first_step_again.sh .device/run_first_step_again.sh
 cp scripts/h100_side_by_side.sh .device/run1.sh
 cp scripts/h100_measure.sh .device/run2.sh
 grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
