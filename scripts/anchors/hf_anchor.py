@@ -66,11 +66,18 @@ def groups(model, name, params=None):
 
 def run(optim_name):
     torch.manual_seed(0)
-    torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+    torch.cuda.empty_cache()
     cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_attention_heads=heads, num_key_value_heads=heads,
                       num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=max(seq, 1024),
                       tie_word_embeddings=False, attn_implementation="sdpa")
-    model = LlamaForCausalLM(cfg).to(dev, dtype=dtype)
+    # built on the GPU in its dtype (a 7B model initialized on the CPU in f32 takes minutes); the
+    # peak counts from here: the weights stay allocated, construction temporaries do not count
+    torch.set_default_dtype(dtype)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg)
+    torch.set_default_dtype(torch.float32)
+    model = model.to(dev, dtype=dtype)
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     if layerwise:
         # one optimizer per parameter, stepped as soon as its gradient is accumulated
         per_param = {}
