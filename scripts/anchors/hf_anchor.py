@@ -110,7 +110,7 @@ def run(optim_name):
            "train_step_ms": statistics.median(train),
            "optimizer_step_ms": None if layerwise else statistics.median(step),
            "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
-           "loss_last": float(loss)}
+           "loss_last": float(loss.detach())}
     del model, opt, loss
     return row
 
