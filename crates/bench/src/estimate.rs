@@ -189,6 +189,47 @@ pub fn estimate(shape: &LlamaShape, s: Settings) -> Result<Breakdown, String> {
 
 /// Bytes of one INT8 (`QLinear`) weight `d_in × d_out`: one byte per weight (packed codes) and
 /// an f32 `(scale, zero)` per group of 256 along a row (one group per row when 256 does not
+/// Bytes of temporaries while one `rows × cols` parameter is updated (weights of `wb` bytes,
+/// `int8`: an INT8 `QLinear` weight). The engine computes in f32: on the whole parameter, an f32
+/// copy of the weight and of the gradient and the f32 result (`12·n`), plus the new weight for a
+/// low-precision one (`8·n` counted with the casts); a parameter above
+/// `StateStorage::update_chunk_elements` whose update is row-local (`row_local`: not a Fira or
+/// FRUGAL target) is stepped in place one row chunk at a time (`ember_core::chunked`): the same
+/// per element for its largest chunk (weights below f32 only). An INT8 weight is dequantized whole to f32 first and
+/// re-quantized from it (codes and scales: `n + 8·n/256`).
+pub fn update_temporaries(
+    rows: usize,
+    cols: usize,
+    wb: usize,
+    int8: bool,
+    row_local: bool,
+) -> usize {
+    let numel = rows * cols;
+    let chunk = ember_core::StateStorage::default().update_chunk_elements;
+    let per_element = 12 + if wb < 4 || int8 { 8 } else { 0 };
+    let worked = match largest_chunk_rows(rows, cols, chunk) {
+        // only weights below f32 are chunked (an f32 one has no working copies to save)
+        Some(k) if row_local && wb < 4 => k * cols,
+        _ => numel,
+    };
+    let int8_extra = if int8 {
+        4 * numel + numel + 8 * numel.div_ceil(256)
+    } else {
+        0
+    };
+    worked * per_element + int8_extra
+}
+
+/// Rows of the largest chunk `ember_core::chunked` cuts a `rows × cols` parameter into (`None`:
+/// one piece): chunks of `max(1, chunk / cols)` rows, a short last one joined to the one before.
+fn largest_chunk_rows(rows: usize, cols: usize, chunk: usize) -> Option<usize> {
+    if chunk == 0 || cols == 0 || rows * cols <= chunk {
+        return None;
+    }
+    let k = (chunk / cols).max(1);
+    (rows / k >= 2).then_some(k + rows % k)
+}
+
 /// divide it) — the grouping `ember_llama::Llama::into_int8(256)` uses.
 pub fn int8_weight_bytes(d_in: usize, d_out: usize) -> usize {
     let group = if d_out.is_multiple_of(256) {
@@ -366,7 +407,7 @@ fn estimate_with(
     let (h, i, v) = (shape.hidden_size, shape.intermediate_size, shape.vocab_size);
     let mut weight_bytes = 0;
     let mut stage_grads: std::collections::BTreeMap<String, usize> = Default::default();
-    let mut largest_param = 0usize;
+    let mut largest_temporaries = 0usize;
     for (path, dims, target) in shape.parameters() {
         let numel: usize = dims.iter().product();
         let int8 = run.int8_weights && target;
@@ -381,7 +422,16 @@ fn estimate_with(
             _ => "output".into(),
         };
         *stage_grads.entry(stage).or_default() += numel * if int8 { 4 } else { wb };
-        largest_param = largest_param.max(numel);
+        // Fira's and FRUGAL's residual reads the whole gradient: their targets are not chunked
+        let method = route(&path, &dims, target)?.method;
+        let row_local = !target || !matches!(method, Method::Fira | Method::Frugal);
+        largest_temporaries = largest_temporaries.max(update_temporaries(
+            dims[0],
+            dims.get(1).copied().unwrap_or(1),
+            wb,
+            int8,
+            row_local,
+        ));
     }
     b.weight_bytes = weight_bytes;
     b.grad_bytes = if run.layerwise {
@@ -419,9 +469,8 @@ fn estimate_with(
         } else {
             layers * (block + block_int8) + output
         };
-        // the optimizer step: the largest parameter's new weight and moments before the old
-        // are freed (f32 compute copies of a low-precision weight and its gradient as well)
-        let temporaries = largest_param * (3 * 4 + if wb < 4 { 8 } else { 0 });
+        // the optimizer step: the largest working set of one parameter's update
+        let temporaries = largest_temporaries;
         b.activation_bytes = Some(activations);
         b.temporary_bytes = Some(temporaries);
     }

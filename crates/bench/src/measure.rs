@@ -53,6 +53,34 @@ pub struct MeasureOptions {
     pub host_svd: bool,
     /// Parameter groups: the optimizer (instead of the settings' method).
     pub groups: Option<ember::groups::GroupsConfig>,
+    /// Layer-wise: a JSON line per stage event appended to this file ([`StageTrace`]).
+    pub stage_trace: Option<std::path::PathBuf>,
+}
+
+/// One line of `measure --stage-trace`: memory at a layer-wise stage event, read after a
+/// synchronization of the device.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTrace {
+    /// Method (or `groups`).
+    pub method: String,
+    /// Step (0-based, warm-up included).
+    pub step: usize,
+    /// `forward`, `backward` or `updated`.
+    pub event: &'static str,
+    /// `input`, `block k`, `output` (empty for `forward`).
+    pub stage: String,
+    /// Milliseconds since the step began.
+    pub ms: f64,
+    /// CUDA: bytes of live allocations in burn's pools.
+    pub pool_in_use_bytes: Option<u64>,
+    /// CUDA: bytes reserved by burn's pools.
+    pub pool_reserved_bytes: Option<u64>,
+    /// CUDA: NVML's used memory of the GPU (the context included).
+    pub nvml_used_bytes: Option<usize>,
+    /// CPU: heap bytes live (counting allocator).
+    pub heap_live_bytes: Option<usize>,
+    /// CPU: the heap's peak since the step began.
+    pub heap_peak_bytes: Option<usize>,
 }
 
 /// What was measured.
@@ -216,9 +244,54 @@ where
     // what building the model left in the allocator's pool is not part of the step's peak
     B::sync(device).ok();
     B::memory_cleanup(device);
+    let trace_step = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let trace_t0 = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
     let mut trainer = if o.layerwise {
         let mut t = LayerwiseTrainer::new(optim, LayerwiseConfig::new());
         t.check(&model).map_err(|e| e.to_string())?;
+        if let Some(path) = &o.stage_trace {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let method = match &o.groups {
+                Some(_) => "groups".to_string(),
+                None => s.method.name().to_string(),
+            };
+            let (dev, step, t0) = (device.clone(), trace_step.clone(), trace_t0.clone());
+            let nvml = ember_kernels::nvml::cuda_pool_usage(0).map(|_| Nvml::open(0));
+            t.set_observer(move |e| {
+                use std::io::Write;
+                B::sync(&dev).ok();
+                let (event, stage) = match e {
+                    ember_core::StageEvent::Forward => ("forward", String::new()),
+                    ember_core::StageEvent::Backward(s) => ("backward", stage_name(s)),
+                    ember_core::StageEvent::Updated(s) => ("updated", stage_name(s)),
+                };
+                let pool = ember_kernels::nvml::cuda_pool_usage(0);
+                let line = StageTrace {
+                    method: method.clone(),
+                    step: step.load(std::sync::atomic::Ordering::Relaxed),
+                    event,
+                    stage,
+                    ms: t0
+                        .lock()
+                        .map(|t| t.elapsed().as_secs_f64() * 1e3)
+                        .unwrap_or(0.0),
+                    pool_in_use_bytes: pool.map(|p| p.in_use),
+                    pool_reserved_bytes: pool.map(|p| p.reserved),
+                    nvml_used_bytes: nvml.as_ref().and_then(|n| n.used()),
+                    heap_live_bytes: crate::heap::live(),
+                    heap_peak_bytes: crate::heap::peak(),
+                };
+                let _ = writeln!(
+                    file,
+                    "{}",
+                    serde_json::to_string(&line).expect("plain data")
+                );
+            });
+        }
         Stepper::Layerwise(Box::new(t))
     } else {
         Stepper::Ordinary(Box::new(optim))
@@ -250,6 +323,10 @@ where
         B::sync(device).ok();
         crate::heap::reset_peak();
         let t0 = Instant::now();
+        trace_step.store(step, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut t) = trace_t0.lock() {
+            *t = t0;
+        }
         let l = match &mut trainer {
             Stepper::Ordinary(optim) => {
                 let loss = model.loss(tokens.tensor(device));
@@ -342,6 +419,14 @@ where
 enum Stepper<B: AutodiffBackend> {
     Ordinary(Box<EmberOptimizer<Llama<B>, B>>),
     Layerwise(Box<LayerwiseTrainer<Llama<B>, B>>),
+}
+
+fn stage_name(s: Stage) -> String {
+    match s {
+        Stage::Input => "input".into(),
+        Stage::Block(k) => format!("block {k}"),
+        Stage::Output => "output".into(),
+    }
 }
 
 /// `numel × dtype size` of every float and int parameter.

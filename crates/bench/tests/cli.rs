@@ -63,6 +63,7 @@ fn estimate_equals_tensors_held_on_flex() {
             device_projector: false,
             host_svd: false,
             groups: None,
+            stage_trace: None,
         };
         let run = RunShape {
             layerwise,
@@ -91,6 +92,64 @@ fn estimate_equals_tensors_held_on_flex() {
             }
             assert!(m.loss_last.is_finite() && m.train_step_ms > 0.0);
         }
+    }
+}
+
+/// `measure --stage-trace` on a layer-wise run: one line per stage event of every step, in the
+/// order of the segmented backward (forward; output, blocks from the top, input: backward, then
+/// updated), each with the heap's live bytes (the counting allocator is not installed in a test
+/// binary: absent, not zero).
+#[test]
+fn a_layerwise_stage_trace_follows_the_backward() {
+    let shape = LlamaShape::resolve("tiny").unwrap();
+    let path = std::env::temp_dir().join(format!("ember-trace-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let opts = MeasureOptions {
+        steps: 1,
+        warmup: 1,
+        batch: 1,
+        seq: 8,
+        lr: 1e-3,
+        progress: false,
+        weights: Dtype::F32,
+        layerwise: true,
+        int8_weights: false,
+        device_projector: false,
+        host_svd: false,
+        groups: None,
+        stage_trace: Some(path.clone()),
+    };
+    let s = Settings {
+        method: Method::Galore,
+        rank: 16,
+        density: 0.5,
+        weights: Dtype::F32,
+        state: Dtype::F32,
+    };
+    measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let blocks = shape.num_hidden_layers;
+    let mut want = vec![("forward".to_string(), String::new())];
+    let mut stages = vec!["output".to_string()];
+    stages.extend((0..blocks).rev().map(|k| format!("block {k}")));
+    stages.push("input".into());
+    for st in stages {
+        want.push(("backward".into(), st.clone()));
+        want.push(("updated".into(), st));
+    }
+    assert_eq!(lines.len(), 2 * want.len(), "{text}");
+    for (i, l) in lines.iter().enumerate() {
+        let (event, stage) = &want[i % want.len()];
+        assert_eq!(l["event"], event.as_str(), "line {i}: {l}");
+        assert_eq!(l["stage"], stage.as_str(), "line {i}: {l}");
+        assert_eq!(l["step"], (i / want.len()) as u64, "line {i}: {l}");
+        assert_eq!(l["method"], "galore");
+        assert!(l["heap_live_bytes"].is_null() && l["pool_in_use_bytes"].is_null());
     }
 }
 
@@ -136,6 +195,7 @@ fn a_groups_file_is_estimated_to_the_byte() {
         device_projector: false,
         host_svd: false,
         groups: Some(groups),
+        stage_trace: None,
     };
     let s = Settings {
         method: Method::Adamw,
@@ -292,6 +352,27 @@ fn measure_and_plan_outputs_parse() {
         .map(|r| r["rank"].as_u64().unwrap())
         .collect();
     assert!(galore.windows(2).all(|w| w[0] >= w[1]), "{galore:?}");
+
+    // at the paper's rank: Q-GaLore with INT8 weights is listed too, every row at rank 1024
+    let (code, out, err) = bench(&[
+        "plan", "--model", "7b", "--budget", "24GiB", "--rank", "1024", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        rows.iter().any(|r| r["optimizer"] == "qgalore"
+            && r["int8_weights"] == true
+            && r["state_dtype"] == "int8"
+            && r["layerwise"] == true),
+        "{out}"
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["rank"] == 1024 || r["rank"].is_null()));
+    // the reserve (CUDA context) comes off the budget
+    assert!(rows
+        .iter()
+        .all(|r| r["peak_bytes"].as_u64().unwrap() <= 23 << 30));
 }
 
 fn assert_one_clear_line(args: &[&str], needle: &str) {
@@ -324,8 +405,12 @@ fn bad_input_gets_one_clear_line() {
         "does not fit layer",
     );
     assert_one_clear_line(
-        &["plan", "--model", "7b", "--budget", "1GiB"],
+        &["plan", "--model", "7b", "--budget", "2GiB"],
         "fits no setting",
+    );
+    assert_one_clear_line(
+        &["plan", "--model", "7b", "--budget", "1GiB"],
+        "leaves nothing",
     );
     assert_one_clear_line(
         &["plan", "--model", "7b", "--budget", "lots"],

@@ -399,14 +399,28 @@ impl EngineConfig {
         ctx: &StepContext<'_, B>,
         allow_refresh: bool,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
-        let g = g.cast(DType::F32);
         let mut p = Parts::unpack(state, &self.refresh);
         if allow_refresh || p.projector.is_none() {
             self.refresh_parts(&mut p, &g, ctx)?;
         }
         let projector = p.projector.take().expect("projector set above");
         let device = g.device();
-        let r = projector.materialize(ctx.bases).down(g, ctx.bases);
+        let active = projector.materialize(ctx.bases);
+        let [rows, cols] = g.dims();
+        let basis = match &active {
+            ProjectorState::Left(p) => Some((p, true)),
+            ProjectorState::Right(p) => Some((p, false)),
+            _ => None,
+        };
+        let low_precision = g.dtype() != DType::F32;
+        let r = match (basis, self.update_chunks(rows, cols, true, low_precision)) {
+            // a large gradient: one row chunk in f32 at a time
+            (Some((p, left)), Some(chunks)) => {
+                let basis = Basis { p: p.clone(), left };
+                crate::chunked::down(&basis, g, &chunks)
+            }
+            _ => active.down(g.cast(DType::F32), ctx.bases),
+        };
         let [a, b] = r.dims();
         let (m1, m2) = p
             .moments
@@ -438,7 +452,7 @@ impl EngineConfig {
         let identity = self.projector == ProjectorKind::Identity;
         if p.projector.is_none() || (!identity && self.refresh.is_due(p.step, &p.refresh)) {
             let (fresh, first) = self.projector.fit_warm(
-                g,
+                &g.clone().cast(DType::F32),
                 self.rank_for(m, n),
                 ctx.bases,
                 ctx.salt,
@@ -472,14 +486,13 @@ impl EngineConfig {
             .check_device::<B>(&w.device())
             .map_err(EmberError::InvalidConfig)?;
         let w_dtype = w.dtype();
-        let w = w.cast(DType::F32);
         let identity = self.projector == ProjectorKind::Identity;
         let mut p = Parts::unpack(state, &self.refresh);
-        // the full gradient `g` and, when given, the projected one `r`
+        // the full gradient `g` (stored dtype) or the projected one `r` (f32)
         let (g, r_given) = match grad {
-            Gradient::Full(g) => (g.cast(DType::F32), None),
+            Gradient::Full(g) => (Some(g), None),
             // identity: R is G
-            Gradient::Projected(r) if identity => (r.cast(DType::F32), None),
+            Gradient::Projected(r) if identity => (Some(r), None),
             Gradient::Projected(r) => {
                 if !self.residual.is_discard() || p.projector.is_none() {
                     return Err(EmberError::Internal(
@@ -487,11 +500,11 @@ impl EngineConfig {
                     ));
                 }
                 // the residual is discarded: `g` is never read
-                (w.clone(), Some(r.cast(DType::F32)))
+                (None, Some(r.cast(DType::F32)))
             }
         };
-        if r_given.is_none() {
-            self.refresh_parts(&mut p, &g, ctx)?;
+        if let Some(g) = &g {
+            self.refresh_parts(&mut p, g, ctx)?;
         }
         // (a loaded checkpoint may hold a bf16 projector widened to the backend's float)
         let projector = p
@@ -519,6 +532,77 @@ impl EngineConfig {
             }),
             _ => None,
         };
+        // large parameters whose update is row-local: one row chunk in f32 at a time
+        let [rows, cols] = w.dims();
+        let low_precision =
+            w_dtype != DType::F32 || g.as_ref().is_some_and(|g| g.dtype() != DType::F32);
+        if let Some(chunks) =
+            self.update_chunks(rows, cols, basis.is_some() || identity, low_precision)
+        {
+            let (w, m1, m2) = match basis {
+                Some(basis) => {
+                    let r = match (r_given, g) {
+                        (Some(r), _) => r,
+                        (None, Some(g)) => crate::chunked::down(&basis, g, &chunks),
+                        (None, None) => unreachable!("a gradient is given"),
+                    };
+                    let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
+                    let mut out = w;
+                    for k in chunks {
+                        let (basis_k, n_k) = crate::chunked::basis_rows(&basis, &n_low, k.clone());
+                        let w_k = crate::chunked::rows_of(&out, k.clone()).cast(DType::F32);
+                        // the residual is discarded: `G` and `R` are not read
+                        let (w_k, _) = B::projected_update(
+                            w_k,
+                            n_k.clone(),
+                            &basis_k,
+                            n_k,
+                            r.clone(),
+                            coef,
+                            rule,
+                            None,
+                        );
+                        out = out.slice_assign([k, 0..cols], w_k.cast(w_dtype));
+                    }
+                    (out, m1, m2)
+                }
+                None => {
+                    let g = g.expect("identity: the full gradient");
+                    let (m, v) = match moments {
+                        Some((m, v)) => (m.stored(), v.stored()),
+                        None => self.state.zeros([rows, cols], &g.device()),
+                    };
+                    let (mut out, mut m, mut v) = (w, m, v);
+                    for k in chunks {
+                        let w_k = crate::chunked::rows_of(&out, k.clone()).cast(DType::F32);
+                        let g_k = crate::chunked::rows_of(&g, k.clone()).cast(DType::F32);
+                        let moments_k = Some((m.rows(k.clone()), v.rows(k.clone())));
+                        let (w_k, m_k, v_k) =
+                            self.state.adam_full(w_k, g_k, moments_k, adam, coef, bases);
+                        out = out.slice_assign([k.clone(), 0..cols], w_k.cast(w_dtype));
+                        m = m.assign_rows(k.clone(), m_k);
+                        v = v.assign_rows(k, v_k);
+                    }
+                    (out, m, v)
+                }
+            };
+            return Ok((
+                w,
+                ParamState {
+                    shape: shape.to_vec(),
+                    step,
+                    adam_step,
+                    moment_1: m1,
+                    moment_2: m2,
+                    projector,
+                    refresh: p.refresh,
+                    residual_norm: None,
+                },
+            ));
+        }
+        let w = w.cast(DType::F32);
+        // the residual is discarded when only `r` is given: `g` is never read then
+        let g = g.map(|g| g.cast(DType::F32)).unwrap_or_else(|| w.clone());
         let (w, m1, m2, residual_norm) = match basis {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
@@ -577,6 +661,34 @@ impl EngineConfig {
                 residual_norm,
             },
         ))
+    }
+
+    /// Row chunks for a step of an `rows × cols` parameter ([`crate::chunked`]): `None` unless
+    /// the parameter is larger than [`StateStorage::update_chunk_elements`] and its update is
+    /// row-local (`row_local`: a dense projection or the identity; the residual discarded).
+    ///
+    /// Only a parameter stored below f32 (`low_precision`: its weight or gradient) is chunked:
+    /// an f32 one has no working copies to save, and its chunks would be written back by an
+    /// extra copy (measured on the H100: AdamW on 4096×11008 f32, 0.73 → 1.23 ms).
+    fn update_chunks(
+        &self,
+        rows: usize,
+        cols: usize,
+        row_local: bool,
+        low_precision: bool,
+    ) -> Option<Vec<std::ops::Range<usize>>> {
+        if !row_local || !low_precision || !self.residual.is_discard() {
+            return None;
+        }
+        let numel = rows * cols;
+        let identity = self.projector == ProjectorKind::Identity;
+        // the full-rank moments are cut with the rows: whole 8-bit blocks, chunks that stay 8-bit
+        let (min, align) = if identity && self.state.uses_maps(numel) {
+            (self.state.min_8bit_size, self.state.block_size)
+        } else {
+            (0, 1)
+        };
+        crate::chunked::row_chunks(rows, cols, self.state.update_chunk_elements, min, align)
     }
 
     /// Decay and step coefficients of one update at learning rate `lr` and Adam step size `c`.
@@ -830,5 +942,91 @@ mod tests {
             (reset.step, reset.adam_step, reset.refresh.refreshes),
             (3, 1, 2)
         );
+    }
+
+    /// A parameter larger than `update_chunk_elements` is stepped in row chunks
+    /// ([`crate::chunked`]): the same weights and state as the whole-tensor step — bit for bit
+    /// for the full-rank AdamW (f32 and 8-bit moments, f32 and bf16 weights) and a right
+    /// projection, within f32 rounding for a left one (`R` summed over chunks).
+    #[test]
+    fn chunked_steps_equal_whole_tensor_steps() {
+        use crate::state::StateDtype;
+        let galore = |proj: crate::projector::ProjType| EngineConfig {
+            rank: RankRule::Fixed(8),
+            projector: ProjectorKind::ExactSvd(proj),
+            refresh: RefreshPolicy::Every { gap: 2 },
+            ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.1)
+        };
+        let cases = [
+            (
+                "adamw",
+                identity(AdamFlavor::Torch, DecayTiming::BeforeUpdate, 0.1),
+                [96, 160],
+                true,
+            ),
+            (
+                "left",
+                galore(crate::projector::ProjType::Std),
+                [96, 160],
+                false,
+            ),
+            (
+                "right",
+                galore(crate::projector::ProjType::Std),
+                [160, 96],
+                true,
+            ),
+        ];
+        for (name, base, shape, exact) in cases {
+            for state_dtype in [StateDtype::F32, StateDtype::Int8Blockwise] {
+                for w_dtype in [DType::F32, DType::BF16] {
+                    let run = |chunk: usize| {
+                        let mut engine = base.clone();
+                        engine.state.dtype = state_dtype;
+                        engine.state.update_chunk_elements = chunk;
+                        let bases = SharedBases::new();
+                        let mut w = random(shape, 3).cast(w_dtype);
+                        let mut state = None;
+                        for t in 0..3 {
+                            let g = random(shape, 40 + t).cast(w_dtype);
+                            let (nw, s) = engine
+                                .step(1e-2, w, g, state, &StepContext::new(&shape, &bases))
+                                .unwrap();
+                            (w, state) = (nw, Some(s));
+                        }
+                        let s = state.unwrap();
+                        let m = s.moment_1.to_f32(&bases, true);
+                        let v = s.moment_2.to_f32(&bases, false);
+                        (w, m, v, s.bytes())
+                    };
+                    let mut chunked = base.clone();
+                    chunked.state.dtype = state_dtype;
+                    chunked.state.update_chunk_elements = 4096;
+                    let chunks = chunked
+                        .update_chunks(shape[0], shape[1], true, true)
+                        .unwrap();
+                    assert!(chunks.len() >= 3, "{name}: {chunks:?}");
+                    // f32 weights and gradients are stepped whole
+                    assert!(chunked
+                        .update_chunks(shape[0], shape[1], true, false)
+                        .is_none());
+                    let (w0, m0, v0, b0) = run(0);
+                    let (w1, m1, v1, b1) = run(4096);
+                    let what = format!("{name}, {state_dtype:?} state, {w_dtype:?} weights");
+                    assert_eq!(w1.dtype(), w_dtype, "{what}");
+                    assert_eq!(b0, b1, "{what}: state bytes");
+                    let (w0, w1) = (w0.cast(DType::F32), w1.cast(DType::F32));
+                    if exact {
+                        w0.into_data().assert_eq(&w1.into_data(), true);
+                        m0.into_data().assert_eq(&m1.into_data(), true);
+                        v0.into_data().assert_eq(&v1.into_data(), true);
+                    } else {
+                        let tol = if w_dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+                        let rel = max_diff(&w0, &w1) / w0.abs().max().into_scalar();
+                        assert!(rel < tol, "{what}: {rel}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod adam;
 pub mod blocks;
+pub mod chunked;
 pub mod dct;
 pub mod engine;
 pub mod error;
@@ -39,7 +40,7 @@ pub use burn as __burn;
 /// The projection kernels (`ember-kernels`): the backend extension trait and its implementations.
 pub use ember_kernels as kernels;
 pub use groups::{Clipping, Group};
-pub use layerwise::{BlockModel, LayerwiseConfig, LayerwiseTrainer, Stage};
+pub use layerwise::{BlockModel, LayerwiseConfig, LayerwiseTrainer, Stage, StageEvent};
 pub use optimizer::{
     Accumulated, EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy, PlanEntry,
 };

@@ -1101,18 +1101,12 @@ where
             bases: self.bases,
             salt: crate::rng::hash_str(&p.path),
         };
-        match engine.step_with(lr, w, p.grad, state.clone(), &ctx) {
-            Ok((w, state)) => {
-                self.states.insert(id, state);
-                Ok(w)
-            }
-            Err(e) => {
-                if let Some(s) = state {
-                    self.states.insert(id, s);
-                }
-                Err(e)
-            }
-        }
+        // the state moves into the step (not a copy): a large parameter's moments are then
+        // updated in place, chunk by chunk (`crate::chunked`). A failed step discards the module
+        // with the error (`step_common`), so nothing is kept for it.
+        let (w, state) = engine.step_with(lr, w, p.grad, state, &ctx)?;
+        self.states.insert(id, state);
+        Ok(w)
     }
 }
 
@@ -1135,11 +1129,12 @@ where
         let require_grad = tensor.is_require_grad();
         let dims: [usize; D] = tensor.dims();
         let device = tensor.device();
-        let w = as_2d(tensor.clone().inner());
-        let out = self.update(id, p, w);
-        match out {
+        let dtype = tensor.dtype();
+        // the value moves into the step (not a copy): a large parameter is then updated in its
+        // own buffer, chunk by chunk (`crate::chunked`)
+        let w = as_2d(tensor.inner());
+        match self.update(id, p, w) {
             Ok(w) => {
-                drop(tensor); // the old value goes as the new one arrives
                 let mut t = Tensor::<B, D>::from_inner(w.reshape(dims).to_device(&device));
                 if require_grad {
                     t = t.require_grad();
@@ -1147,8 +1142,10 @@ where
                 Param::from_mapped_value(id, t, mapper)
             }
             Err(e) => {
+                // `step_common` returns the error and drops the module: a placeholder value
                 self.error = Some(e);
-                Param::from_mapped_value(id, tensor, mapper)
+                let t = Tensor::<B, D>::empty(dims, &device).cast(dtype);
+                Param::from_mapped_value(id, t, mapper)
             }
         }
     }

@@ -56,6 +56,17 @@ pub struct StateStorage {
     pub block_size: usize,
     /// Moments of fewer elements stay f32 under `Int8Blockwise` (default 4096).
     pub min_8bit_size: usize,
+    /// A parameter of more elements than this is updated in row chunks of about this many
+    /// elements (`crate::chunked`), where its pipeline allows (the full-rank AdamW and dense
+    /// projections whose residual is discarded: GaLore, Q-GaLore, the AdamW of the other
+    /// parameters): the f32 working copies — of bf16 weights and gradients, of the update — are
+    /// then a chunk's, not the whole parameter's. Default 2²⁴ (64 MiB of f32); 0: never.
+    #[serde(default = "default_update_chunk")]
+    pub update_chunk_elements: usize,
+}
+
+fn default_update_chunk() -> usize {
+    1 << 24
 }
 
 impl Default for StateStorage {
@@ -64,6 +75,7 @@ impl Default for StateStorage {
             dtype: StateDtype::F32,
             block_size: ember_kernels::blockwise::DEFAULT_BLOCK,
             min_8bit_size: 4096,
+            update_chunk_elements: default_update_chunk(),
         }
     }
 }
@@ -166,6 +178,82 @@ impl<B: Backend> Moment<B> {
                 q.clone().into_blockwise().dequantize(map, dims)
             }
         }
+    }
+}
+
+impl<B: Backend> Moment<B> {
+    /// The moment as stored: a bf16 moment a checkpoint widened is rounded back to bf16.
+    pub(crate) fn stored(self) -> Self {
+        match self {
+            Moment::Bf16(t) if t.dtype() != DType::BF16 => Moment::Bf16(t.cast(DType::BF16)),
+            m => m,
+        }
+    }
+
+    /// Rows `rows` of the moment (of `[rows, cols]` values). An 8-bit moment is cut at block
+    /// boundaries: `rows.start · cols` must be a multiple of its block, and so must
+    /// `rows.end · cols` unless `rows` ends at the last row (the padding goes with the last rows).
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        match self {
+            Moment::F32(t) => Moment::F32(t.clone().slice([rows, 0..t.dims()[1]])),
+            Moment::Bf16(t) => Moment::Bf16(t.clone().slice([rows, 0..t.dims()[1]])),
+            Moment::Int8(q) => {
+                let (words, blocks) = q.ranges(&rows);
+                Moment::Int8(Int8Moment {
+                    codes: q.codes.clone().slice(words),
+                    absmax: q.absmax.clone().slice(blocks),
+                    shape: vec![rows.len(), q.shape.get(1).copied().unwrap_or(1)],
+                    block: q.block,
+                })
+            }
+        }
+    }
+
+    /// Writes `chunk` (what [`rows`](Self::rows) cut, stepped) back at rows `rows`: in place
+    /// where this moment's buffers are not shared.
+    pub(crate) fn assign_rows(self, rows: std::ops::Range<usize>, chunk: Self) -> Self {
+        match (self, chunk) {
+            (Moment::F32(t), Moment::F32(c)) => {
+                let cols = t.dims()[1];
+                Moment::F32(t.slice_assign([rows, 0..cols], c))
+            }
+            (Moment::Bf16(t), Moment::Bf16(c)) => {
+                let cols = t.dims()[1];
+                let c = c.cast(t.dtype());
+                Moment::Bf16(t.slice_assign([rows, 0..cols], c))
+            }
+            (Moment::Int8(mut q), Moment::Int8(c)) => {
+                let (words, blocks) = q.ranges(&rows);
+                q.codes = q.codes.slice_assign([words], c.codes);
+                q.absmax = q.absmax.slice_assign([blocks], c.absmax);
+                Moment::Int8(q)
+            }
+            (m, c) => unreachable!(
+                "a moment chunk is stored as its moment ({:?} and {:?})",
+                m.dtype(),
+                c.dtype()
+            ),
+        }
+    }
+}
+
+impl<B: Backend> Int8Moment<B> {
+    /// The code words and absmax blocks of rows `rows`.
+    fn ranges(
+        &self,
+        rows: &std::ops::Range<usize>,
+    ) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let cols = self.shape.get(1).copied().unwrap_or(1);
+        let (start, end) = (rows.start * cols, rows.end * cols);
+        debug_assert!(start.is_multiple_of(self.block));
+        let last = rows.end == self.shape[0];
+        let words = start / 4..if last { self.codes.dims()[0] } else { end / 4 };
+        let blocks = start / self.block..if last {
+            self.absmax.dims()[0]
+        } else {
+            end / self.block
+        };
+        (words, blocks)
     }
 }
 
@@ -289,7 +377,7 @@ impl StateStorage {
         let shape = r.dims();
         let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &r.device()));
         match (m, v) {
-            (Moment::Int8(m), Moment::Int8(v)) if self.uses_maps(shape[0] * shape[1]) => {
+            (Moment::Int8(m), Moment::Int8(v)) => {
                 let maps = shared.dynamic_maps(&r.device());
                 let (n, m, v) = B::adam_8bit(r, m.into_blockwise(), v.into_blockwise(), &maps, c);
                 (
@@ -320,7 +408,7 @@ impl StateStorage {
         let shape = g.dims();
         let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &g.device()));
         match (m, v) {
-            (Moment::Int8(m), Moment::Int8(v)) if self.uses_maps(shape[0] * shape[1]) => {
+            (Moment::Int8(m), Moment::Int8(v)) => {
                 let maps = shared.dynamic_maps(&g.device());
                 let (w, m, v) = B::adam_full_step_8bit(
                     w,

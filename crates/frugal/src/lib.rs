@@ -213,6 +213,7 @@ impl FrugalConfig {
                 dtype: self.state_dtype,
                 block_size: self.state_block_size,
                 min_8bit_size: self.min_8bit_size,
+                ..StateStorage::default()
             },
         }
     }

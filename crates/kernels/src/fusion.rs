@@ -217,6 +217,66 @@ fn inner_blockwise<B: Backend>(
     }
 }
 
+/// What an 8-bit Adam step returns: `N` or the new weight (f32), and the new moments.
+type Adam8Out<B> = (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>);
+
+/// An Adam step with blockwise 8-bit moments as one custom operation: `leading` float inputs
+/// (the gradient, or the weight and the gradient), the moments and the maps in; an f32 tensor of
+/// `shape` and the new moments out. `step` runs the inner backend's kernel on the leading inputs.
+fn adam_8bit_op<B: FusionBackend + EmberBackend>(
+    name: &'static str,
+    leading: Vec<FTensor<B>>,
+    shape: &[usize],
+    m: Blockwise8<Fusion<B>>,
+    v: Blockwise8<Fusion<B>>,
+    maps: &DynamicMaps<Fusion<B>>,
+    step: impl Fn(Vec<Prim<B>>, Blockwise8<B>, Blockwise8<B>, &DynamicMaps<B>) -> Adam8Out<B>
+        + Send
+        + Sync
+        + 'static,
+) -> Adam8Out<Fusion<B>> {
+    let lead = leading.len();
+    let ([mc, ma], [mcs, mas], mlen) = blockwise_in(m);
+    let ([vc, va], [vcs, vas], vlen) = blockwise_in(v);
+    let mut inputs = leading;
+    inputs.extend([
+        mc,
+        ma,
+        vc,
+        va,
+        fin(maps.signed.clone()),
+        fin(maps.unsigned.clone()),
+    ]);
+    let outs = [f32_of(shape), mcs, mas, vcs, vas];
+    let out = custom::<B>(name, inputs, &outs, move |mut i| {
+        let rest = i.split_off(lead);
+        let [mc, ma, vc, va, s, u]: [Prim<B>; 6] = vec_array(rest);
+        let maps = DynamicMaps {
+            signed: s.float(),
+            unsigned: u.float(),
+        };
+        let (x, m, v) = step(
+            i,
+            inner_blockwise(mc, ma, mlen),
+            inner_blockwise(vc, va, vlen),
+            &maps,
+        );
+        vec![
+            Prim::from_float(x),
+            Prim::from_int(m.codes),
+            Prim::from_float(m.absmax),
+            Prim::from_int(v.codes),
+            Prim::from_float(v.absmax),
+        ]
+    });
+    let [x, mc, ma, vc, va]: [FTensor<B>; 5] = vec_array(out);
+    (
+        fout(x),
+        blockwise_out(mc, ma, mlen),
+        blockwise_out(vc, va, vlen),
+    )
+}
+
 impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
     fn fused_kernels() -> bool {
         B::fused_kernels()
@@ -269,44 +329,17 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
             return portable::adam_8bit(r, m, v, maps, c);
         }
         let shape = r.dims().to_vec();
-        let ([mc, ma], [mcs, mas], mlen) = blockwise_in(m);
-        let ([vc, va], [vcs, vas], vlen) = blockwise_in(v);
-        let inputs = vec![
-            fin(r),
-            mc,
-            ma,
-            vc,
-            va,
-            fin(maps.signed.clone()),
-            fin(maps.unsigned.clone()),
-        ];
-        let outs = [f32_of(&shape), mcs, mas, vcs, vas];
-        let out = custom::<B>("ember.adam_8bit", inputs, &outs, move |i| {
-            let [r, mc, ma, vc, va, s, u]: [Prim<B>; 7] = vec_array(i);
-            let maps = DynamicMaps {
-                signed: s.float(),
-                unsigned: u.float(),
-            };
-            let (n, m, v) = B::adam_8bit(
-                r.float(),
-                inner_blockwise(mc, ma, mlen),
-                inner_blockwise(vc, va, vlen),
-                &maps,
-                c,
-            );
-            vec![
-                Prim::from_float(n),
-                Prim::from_int(m.codes),
-                Prim::from_float(m.absmax),
-                Prim::from_int(v.codes),
-                Prim::from_float(v.absmax),
-            ]
-        });
-        let [n, mc, ma, vc, va]: [FTensor<B>; 5] = vec_array(out);
-        (
-            fout(n),
-            blockwise_out(mc, ma, mlen),
-            blockwise_out(vc, va, vlen),
+        adam_8bit_op::<B>(
+            "ember.adam_8bit",
+            vec![fin(r)],
+            &shape,
+            m,
+            v,
+            maps,
+            move |i, m, v, maps| {
+                let [r]: [Prim<B>; 1] = vec_array(i);
+                B::adam_8bit(r.float(), m, v, maps, c)
+            },
         )
     }
 
@@ -414,47 +447,17 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
             return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef);
         }
         let shape = w.dims().to_vec();
-        let ([mc, ma], [mcs, mas], mlen) = blockwise_in(m);
-        let ([vc, va], [vcs, vas], vlen) = blockwise_in(v);
-        let inputs = vec![
-            fin(w),
-            fin(g),
-            mc,
-            ma,
-            vc,
-            va,
-            fin(maps.signed.clone()),
-            fin(maps.unsigned.clone()),
-        ];
-        let outs = [f32_of(&shape), mcs, mas, vcs, vas];
-        let out = custom::<B>("ember.adam_full_step_8bit", inputs, &outs, move |i| {
-            let [w, g, mc, ma, vc, va, s, u]: [Prim<B>; 8] = vec_array(i);
-            let maps = DynamicMaps {
-                signed: s.float(),
-                unsigned: u.float(),
-            };
-            let (w, m, v) = B::adam_full_step_8bit(
-                w.float(),
-                g.float(),
-                inner_blockwise(mc, ma, mlen),
-                inner_blockwise(vc, va, vlen),
-                &maps,
-                adam,
-                coef,
-            );
-            vec![
-                Prim::from_float(w),
-                Prim::from_int(m.codes),
-                Prim::from_float(m.absmax),
-                Prim::from_int(v.codes),
-                Prim::from_float(v.absmax),
-            ]
-        });
-        let [w, mc, ma, vc, va]: [FTensor<B>; 5] = vec_array(out);
-        (
-            fout(w),
-            blockwise_out(mc, ma, mlen),
-            blockwise_out(vc, va, vlen),
+        adam_8bit_op::<B>(
+            "ember.adam_full_step_8bit",
+            vec![fin(w), fin(g)],
+            &shape,
+            m,
+            v,
+            maps,
+            move |i, m, v, maps| {
+                let [w, g]: [Prim<B>; 2] = vec_array(i);
+                B::adam_full_step_8bit(w.float(), g.float(), m, v, maps, adam, coef)
+            },
         )
     }
 

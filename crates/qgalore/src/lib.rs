@@ -157,6 +157,7 @@ impl QGaloreConfig {
                 dtype: self.state_dtype,
                 block_size: self.state_block_size,
                 min_8bit_size: self.min_8bit_size,
+                ..StateStorage::default()
             },
         }
     }

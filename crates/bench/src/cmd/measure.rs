@@ -42,6 +42,12 @@ pub struct RunArgs {
     /// 24.2 instead of 28.9 GB), a little more for ordinary steps.
     #[arg(long)]
     pub exact_pools: bool,
+    /// Layer-wise runs: append one JSON line per stage event (forward, each stage's backward and
+    /// update) to this file — device memory in use and reserved by burn's pools and NVML's
+    /// reading (CUDA; after a synchronization), heap bytes live and their peak so far (CPU):
+    /// where a step's memory goes.
+    #[arg(long)]
+    pub stage_trace: Option<std::path::PathBuf>,
 }
 
 /// Where projectors are refreshed.
@@ -76,6 +82,7 @@ impl RunArgs {
             in_process: false,
             projector: ProjectorChoice::Auto,
             exact_pools: false,
+            stage_trace: None,
         }
     }
 }
@@ -215,6 +222,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             device_projector: false,
             host_svd: false,
             groups: groups.clone(),
+            stage_trace: r.stage_trace.clone(),
         };
         let mut rows = vec![];
         for (s, est) in list.iter().zip(estimates) {
@@ -335,6 +343,9 @@ fn child(c: &Common, r: &RunArgs, method: &str) -> Result<Vec<MeasureRow>, Strin
     ];
     if let Some(rank) = c.rank {
         args.extend(["--rank".into(), rank.to_string()]);
+    }
+    if let Some(t) = &r.stage_trace {
+        args.extend(["--stage-trace".into(), t.display().to_string()]);
     }
     for (on, flag) in [
         (r.quiet, "--quiet"),

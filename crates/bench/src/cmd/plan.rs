@@ -36,6 +36,15 @@ pub struct PlanArgs {
     /// layer-wise or not) instead of every method.
     #[arg(long)]
     pub groups: Option<std::path::PathBuf>,
+    /// Only this rank (GaLore, Fira, DCT, Q-GaLore; e.g. the paper's 1024 for 7B) instead of
+    /// the largest rank that fits.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// Device memory the tensors cannot use, taken from the budget first: the CUDA context
+    /// (1.07 GB measured on the H100 with CUDA 12; less on smaller GPUs) and what the
+    /// allocator's pools keep beyond the estimated peak. `0` to compare the estimate alone.
+    #[arg(long, default_value = "1GiB")]
+    pub reserve: String,
 }
 
 #[derive(Serialize)]
@@ -58,14 +67,15 @@ struct PlanRow {
     measure: String,
 }
 
-/// Ranks (or densities) of a method, largest first.
-fn candidates(method: Method, min_dim: usize) -> Vec<(usize, f64)> {
+/// Ranks (or densities) of a method, largest first (`rank`: only that one).
+fn candidates(method: Method, min_dim: usize, rank: Option<usize>) -> Vec<(usize, f64)> {
     match method {
         Method::Adamw => vec![(0, 0.0)],
         Method::Frugal => [1.0, 0.5, 0.25, 0.125, 0.0625]
             .iter()
             .map(|&d| (0, d))
             .collect(),
+        _ if rank.is_some() => rank.into_iter().map(|r| (r, 0.0)).collect(),
         _ => (4..=20)
             .rev()
             .map(|p| 1usize << p)
@@ -114,7 +124,20 @@ fn row(b: Breakdown, model: &str, batch: usize, seq: usize) -> PlanRow {
 
 pub fn run(args: &PlanArgs) -> Result<(), String> {
     let shape = LlamaShape::resolve(&args.model)?;
-    let budget = parse_bytes(&args.budget)?;
+    let total_budget = parse_bytes(&args.budget)?;
+    let reserve = match args.reserve.trim() {
+        "0" => 0,
+        r => parse_bytes(r)?,
+    };
+    if reserve >= total_budget {
+        return Err(format!(
+            "--reserve {} leaves nothing of --budget {}",
+            human(reserve),
+            human(total_budget)
+        ));
+    }
+    // what the tensors may use
+    let budget = total_budget - reserve;
     if args.batch == 0 || args.seq < 2 {
         return Err("--batch must be positive and --seq at least 2".into());
     }
@@ -169,21 +192,20 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
                             tokens: Some((args.batch, args.seq)),
                         };
                         // the largest rank (or density) that fits
-                        let best =
-                            candidates(method, min_dim)
-                                .into_iter()
-                                .find_map(|(rank, density)| {
-                                    let s = Settings {
-                                        method,
-                                        rank,
-                                        density,
-                                        weights,
-                                        state,
-                                    };
-                                    estimate_run(&shape, s, run)
-                                        .ok()
-                                        .filter(|b| b.peak_bytes.unwrap_or(usize::MAX) <= budget)
-                                });
+                        let best = candidates(method, min_dim, args.rank).into_iter().find_map(
+                            |(rank, density)| {
+                                let s = Settings {
+                                    method,
+                                    rank,
+                                    density,
+                                    weights,
+                                    state,
+                                };
+                                estimate_run(&shape, s, run)
+                                    .ok()
+                                    .filter(|b| b.peak_bytes.unwrap_or(usize::MAX) <= budget)
+                            },
+                        );
                         if let Some(b) = best {
                             rows.push(row(b, &args.model, args.batch, args.seq));
                         }
@@ -194,8 +216,10 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
     }
     if rows.is_empty() {
         return Err(format!(
-            "a budget of {} fits no setting for {} at {}×{} tokens (bf16 weights alone take {})",
-            human(budget),
+            "a budget of {} ({} of it reserved) fits no setting for {} at {}×{} tokens (bf16 \
+             weights alone take {})",
+            human(total_budget),
+            human(reserve),
             shape.name,
             args.batch,
             args.seq,
@@ -265,15 +289,21 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
         print!("{}", csv(&header, &cells));
     } else {
         println!(
-            "Settings of {} that fit {} by the estimated peak of a training step at {}×{} tokens: \
-             weights + gradients held at once (layer-wise: one stage's) + optimizer state + the \
-             larger of the activations (layer-wise: block inputs and one block) and the optimizer \
-             step's temporaries (docs/memory.md); largest rank first. `--json` gives each row's \
+            "Settings of {} that fit {} ({} of it reserved for the CUDA context and the \
+             allocator's slack, `--reserve`) by the estimated peak of a training step at {}×{} \
+             tokens: weights + gradients held at once (layer-wise: one stage's) + optimizer state \
+             + the larger of the activations (layer-wise: block inputs and one block) and the \
+             optimizer step's temporaries (docs/memory.md); {}. `--json` gives each row's \
              `ember-bench measure` command.\n",
             shape.name,
-            human(budget),
+            human(total_budget),
+            human(reserve),
             args.batch,
-            args.seq
+            args.seq,
+            match args.rank {
+                Some(r) => format!("rank {r}"),
+                None => "largest rank first".into(),
+            }
         );
         print!("{}", markdown(&header, &cells));
     }

@@ -1,0 +1,36 @@
+# Shared helpers of the device-call scripts (source it from the repository root on the GPU
+# machine, after `FEATURES=cuda-fusion bash scripts/build_for_gpu.sh` and carrying [".device"]).
+#   B          the unpacked ember-bench binary
+#   left       seconds left before the call's deadline (BUDGET_S, default 550)
+#   run NAME LIMIT ARGS...   `ember-bench measure --json ARGS` with a time limit; appends
+#              {"name","exit","wall_s","args","rows"} to $OUT/$JSONL and a line to $OUT/summary.txt
+set -u
+if [ -f .device/ember-bench.gz ]; then
+  gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
+else
+  B=$(pwd)/.device/ember-bench
+fi
+chmod +x "$B"
+T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET_S:-550}))
+JSONL=${JSONL:-measure.jsonl}
+left() { echo $((DEADLINE - $(date +%s))); }
+export EMBER_KERNEL_CACHE=/tmp/ember-kc CUDA_CACHE_PATH=/tmp/nv-cache CUDA_CACHE_MAXSIZE=4294967296
+run() {  # name, limit, args...
+  local name=$1 lim=$2; shift 2
+  local l=$(left); [ $lim -gt $((l - 20)) ] && lim=$((l - 20))
+  [ $lim -lt 20 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
+  local t0=$(date +%s%N)
+  timeout $lim $B measure --json "$@" > /tmp/$name.json 2> /tmp/$name.err
+  local rc=$? t1=$(date +%s%N)
+  python3 - "$name" "$rc" "$t0" "$t1" "$*" >> $OUT/$JSONL <<'PY'
+import json, sys
+name, rc, t0, t1, args = sys.argv[1:]
+try:
+    rows = json.load(open("/tmp/" + name + ".json"))
+except Exception:
+    rows = None
+print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) / 1e9, "args": args,
+                  "rows": rows}))
+PY
+  echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(grep -m1 'step 1/' /tmp/$name.err); $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
+}
