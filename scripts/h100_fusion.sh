@@ -12,16 +12,8 @@
 # compilation), then the measurements one at a time. Raw output: $OUT/fusion.jsonl, $OUT/*.txt.
 # ONLY_MEMORY=1: only the layer-wise memory runs (7B Q-GaLore both pools, 1B and 7B GaLore-8bit
 # with exact pools).
-set -u
-if [ -f .device/ember-bench.gz ]; then
-  gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
-else
-  B=$(pwd)/.device/ember-bench
-fi
-chmod +x $B
-T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET_S:-550}))
-left() { echo $((DEADLINE - $(date +%s))); }
-export EMBER_KERNEL_CACHE=/tmp/ember-kc CUDA_CACHE_PATH=/tmp/nv-cache CUDA_CACHE_MAXSIZE=4294967296
+JSONL=fusion.jsonl
+. scripts/lib_device.sh
 Q7="--device cuda --model 7b --optimizer qgalore --rank 1024 --weights-dtype bf16 --state-dtype int8 --int8-weights --layerwise --batch 1 --seq 256"
 L7="--device cuda --model 7b --optimizer galore --rank 1024 --weights-dtype bf16 --state-dtype int8 --layerwise --batch 1 --seq 256"
 G1="--model 1b --optimizer galore --rank 512 --batch 4 --seq 256"
@@ -39,25 +31,6 @@ fi
 wait
 echo "pass 1 done at $(( $(date +%s) - T0 )) s" | tee $OUT/summary.txt
 [ -f $OUT/kernels_fusion.txt ] && tail -3 $OUT/kernels_fusion.txt | tee -a $OUT/summary.txt
-run() {  # name, limit, args...
-  local name=$1 lim=$2; shift 2
-  local l=$(left); [ $lim -gt $((l - 20)) ] && lim=$((l - 20))
-  [ $lim -lt 20 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
-  local t0=$(date +%s%N)
-  timeout $lim $B measure --json "$@" > /tmp/$name.json 2> /tmp/$name.err
-  local rc=$? t1=$(date +%s%N)
-  python3 - "$name" "$rc" "$t0" "$t1" "$*" >> $OUT/fusion.jsonl <<'PY'
-import json, sys
-name, rc, t0, t1, args = sys.argv[1:]
-try:
-    rows = json.load(open("/tmp/" + name + ".json"))
-except Exception:
-    rows = None
-print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) / 1e9, "args": args,
-                  "rows": rows}))
-PY
-  echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(grep -m1 'step 1/' /tmp/$name.err); $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
-}
 run 7b-qgalore-int8-lw-exact 200 $Q7 --exact-pools --steps 3 --warmup 1
 run 7b-qgalore-int8-lw 150 $Q7 --steps 3 --warmup 1
 if [ -n "${ONLY_MEMORY:-}" ]; then

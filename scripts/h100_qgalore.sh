@@ -9,12 +9,8 @@
 # GaLore-8bit with exact-size pools.
 # As in scripts/h100_memory.sh: one concurrent step first (kernel compilation), then the
 # measurement alone on the GPU. Raw output: $OUT/qgalore.jsonl (both 7B runs), $OUT/kernels.txt, $OUT/anchor.jsonl.
-set -u
-B=$(pwd)/.device/ember-bench
-chmod +x $B
-T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET_S:-540}))
-left() { echo $((DEADLINE - $(date +%s))); }
-export EMBER_KERNEL_CACHE=/tmp/ember-kc CUDA_CACHE_PATH=/tmp/nv-cache CUDA_CACHE_MAXSIZE=4294967296
+JSONL=qgalore.jsonl RUN_MARGIN=60 RUN_MIN=30 MEASURE_PREFIX="--device cuda" BUDGET_S=${BUDGET_S:-540}
+. scripts/lib_device.sh
 L7="--model 7b --optimizer galore --rank 1024 --weights-dtype bf16 --state-dtype int8 --layerwise --batch 1 --seq 256"
 Q7="--model 7b --optimizer qgalore --rank 1024 --weights-dtype bf16 --state-dtype int8 --int8-weights --layerwise --batch 1 --seq 256 --exact-pools"
 timeout ${PASS1_S:-200} $B measure --device cuda --json --steps 1 --warmup 0 $Q7 > /tmp/pass1.json 2> /tmp/pass1.err &
@@ -28,25 +24,6 @@ L1="--model 1b --optimizer galore --rank 512 --weights-dtype bf16 --state-dtype 
 wait
 echo "pass 1 done at $(( $(date +%s) - T0 )) s; $(tail -1 /tmp/pass1.err)" | tee $OUT/summary.txt
 [ -f $OUT/kernels.txt ] && tail -3 $OUT/kernels.txt | tee -a $OUT/summary.txt
-run() {  # name, limit, args...
-  local name=$1 lim=$2; shift 2
-  local l=$(left); [ $lim -gt $((l - 60)) ] && lim=$((l - 60))
-  [ $lim -lt 30 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
-  local t0=$(date +%s%N)
-  timeout $lim $B measure --device cuda --json "$@" > /tmp/$name.json 2> /tmp/$name.err
-  local rc=$? t1=$(date +%s%N)
-  python3 - "$name" "$rc" "$t0" "$t1" "$*" >> $OUT/qgalore.jsonl <<'PY'
-import json, sys
-name, rc, t0, t1, args = sys.argv[1:]
-try:
-    rows = json.load(open("/tmp/" + name + ".json"))
-except Exception:
-    rows = None
-print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) / 1e9, "args": args,
-                  "rows": rows}))
-PY
-  echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(grep -m1 'step 1/' /tmp/$name.err); $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
-}
 run 7b-qgalore-int8-lw 240 $Q7 --steps 3 --warmup 1
 [ -z "${SKIP_L7:-}" ] && run 7b-galore8-lw 150 $L7 --steps 3 --warmup 1
 [ -n "${WITH_L1:-}" ] && run 1b-galore8-lw-exact 90 $L1 --steps 5 --warmup 2

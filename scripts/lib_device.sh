@@ -2,8 +2,10 @@
 # machine, after `FEATURES=cuda-fusion bash scripts/build_for_gpu.sh` and carrying [".device"]).
 #   B          the unpacked ember-bench binary
 #   left       seconds left before the call's deadline (BUDGET_S, default 550)
-#   run NAME LIMIT ARGS...   `ember-bench measure --json ARGS` with a time limit; appends
-#              {"name","exit","wall_s","args","rows"} to $OUT/$JSONL and a line to $OUT/summary.txt
+#   run NAME LIMIT ARGS...   `ember-bench measure --json $MEASURE_PREFIX ARGS` with a time limit
+#              (at most `left` − RUN_MARGIN seconds, skipped under RUN_MIN; both default 20);
+#              appends {"name","exit","wall_s","args","rows"} to $OUT/$JSONL and a line to
+#              $OUT/summary.txt
 set -u
 if [ -f .device/ember-bench.gz ]; then
   gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
@@ -13,14 +15,15 @@ fi
 chmod +x "$B"
 T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET_S:-550}))
 JSONL=${JSONL:-measure.jsonl}
+RUN_MARGIN=${RUN_MARGIN:-20}; RUN_MIN=${RUN_MIN:-20}; MEASURE_PREFIX=${MEASURE_PREFIX:-}
 left() { echo $((DEADLINE - $(date +%s))); }
 export EMBER_KERNEL_CACHE=/tmp/ember-kc CUDA_CACHE_PATH=/tmp/nv-cache CUDA_CACHE_MAXSIZE=4294967296
 run() {  # name, limit, args...
   local name=$1 lim=$2; shift 2
-  local l=$(left); [ $lim -gt $((l - 20)) ] && lim=$((l - 20))
-  [ $lim -lt 20 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
+  local l=$(left); [ $lim -gt $((l - RUN_MARGIN)) ] && lim=$((l - RUN_MARGIN))
+  [ $lim -lt $RUN_MIN ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
   local t0=$(date +%s%N)
-  timeout $lim $B measure --json "$@" > /tmp/$name.json 2> /tmp/$name.err
+  timeout $lim $B measure $MEASURE_PREFIX --json "$@" > /tmp/$name.json 2> /tmp/$name.err
   local rc=$? t1=$(date +%s%N)
   python3 - "$name" "$rc" "$t0" "$t1" "$*" >> $OUT/$JSONL <<'PY'
 import json, sys

@@ -536,9 +536,8 @@ impl EngineConfig {
         let [rows, cols] = w.dims();
         let low_precision =
             w_dtype != DType::F32 || g.as_ref().is_some_and(|g| g.dtype() != DType::F32);
-        if let Some(chunks) =
-            self.update_chunks(rows, cols, basis.is_some() || identity, low_precision)
-        {
+        let chunks = self.update_chunks(rows, cols, basis.is_some() || identity, low_precision);
+        let (w, m1, m2, residual_norm) = if let Some(chunks) = chunks {
             let (w, m1, m2) = match basis {
                 Some(basis) => {
                     let r = match (r_given, g) {
@@ -586,24 +585,53 @@ impl EngineConfig {
                     (out, m, v)
                 }
             };
-            return Ok((
-                w,
-                ParamState {
-                    shape: shape.to_vec(),
-                    step,
-                    adam_step,
-                    moment_1: m1,
-                    moment_2: m2,
-                    projector,
-                    refresh: p.refresh,
-                    residual_norm: None,
-                },
-            ));
-        }
-        let w = w.cast(DType::F32);
-        // the residual is discarded when only `r` is given: `g` is never read then
-        let g = g.map(|g| g.cast(DType::F32)).unwrap_or_else(|| w.clone());
-        let (w, m1, m2, residual_norm) = match basis {
+            // already in the stored dtype
+            (w, m1, m2, None)
+        } else {
+            let w = w.cast(DType::F32);
+            // the residual is discarded when only `r` is given: `g` is never read then
+            let g = g.map(|g| g.cast(DType::F32)).unwrap_or_else(|| w.clone());
+            self.whole_update(
+                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases,
+            )
+        };
+
+        Ok((
+            w.cast(w_dtype),
+            ParamState {
+                shape: shape.to_vec(),
+                step,
+                adam_step,
+                moment_1: m1,
+                moment_2: m2,
+                projector,
+                refresh: p.refresh,
+                residual_norm,
+            },
+        ))
+    }
+
+    /// The whole-tensor update: `w` and `g` in f32; returns the new weight (f32), the moments
+    /// and the residual rule's new memory.
+    #[allow(clippy::too_many_arguments)]
+    fn whole_update<B: EmberBackend>(
+        &self,
+        w: Tensor<B, 2>,
+        g: Tensor<B, 2>,
+        r_given: Option<Tensor<B, 2>>,
+        basis: Option<Basis<B>>,
+        active: &ProjectorState<B>,
+        moments: Option<(Moment<B>, Moment<B>)>,
+        prev_norm: Option<Tensor<B, 1>>,
+        adam: ember_kernels::AdamCoefficients,
+        c: f64,
+        lr: f64,
+        bases: &SharedBases<B>,
+    ) -> (Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>) {
+        let coef = self.update_coefficients(lr, c);
+        let rule = self.residual.to_update(lr);
+        let identity = self.projector == ProjectorKind::Identity;
+        match basis {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
                 let r = r_given.unwrap_or_else(|| basis.down(g.clone()));
@@ -646,21 +674,7 @@ impl EngineConfig {
                 }
                 (w, m1, m2, residual_norm)
             }
-        };
-
-        Ok((
-            w.cast(w_dtype),
-            ParamState {
-                shape: shape.to_vec(),
-                step,
-                adam_step,
-                moment_1: m1,
-                moment_2: m2,
-                projector,
-                refresh: p.refresh,
-                residual_norm,
-            },
-        ))
+        }
     }
 
     /// Row chunks for a step of an `rows × cols` parameter ([`crate::chunked`]): `None` unless
