@@ -65,6 +65,20 @@ enum Command {
         #[arg(long)]
         block_elements: Option<usize>,
     },
+    /// CUDA builds: GaLore's projection matmuls through cuBLAS on burn's buffers beside burn's
+    /// matmul (f32/TF32 and bf16), JSON lines.
+    #[cfg(feature = "cuda")]
+    Cublas {
+        /// Shapes, e.g. 4096x11008.
+        #[arg(long, default_value = "4096x4096,4096x11008")]
+        shapes: String,
+        /// Ranks.
+        #[arg(long, default_value = "512,1024")]
+        ranks: String,
+        /// Timed calls.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
     /// Checks every fused kernel against the portable path on a device (exit status 1 if any
     /// check fails).
     Kernels {
@@ -255,6 +269,13 @@ fn main() -> ExitCode {
                 (iters, warmup, refreshes),
             )
         }
+        #[cfg(feature = "cuda")]
+        Some(Command::Cublas {
+            shapes,
+            ranks,
+            iters,
+        }) => cmd::step::parse_shapes(&shapes)
+            .and_then(|s| cmd::cublas::run(&s, &cmd::parse_list(&ranks, "rank")?, iters.max(1))),
         Some(Command::Kernels { device, seed }) => cmd::kernels::run(device, seed),
         Some(Command::Plan(args)) => cmd::plan::run(&args),
         Some(Command::Soak(args)) => cmd::soak::run(&args),

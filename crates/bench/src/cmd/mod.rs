@@ -1,5 +1,7 @@
 //! The subcommands, one module each, and what they share.
 
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod estimate;
 pub mod kernels;
 pub mod measure;

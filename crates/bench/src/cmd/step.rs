@@ -12,19 +12,7 @@ pub fn run(
     (iters, warmup, refreshes): (usize, usize, usize),
 ) -> Result<(), String> {
     use ember_bench::steptime::time_step;
-    let shapes: Vec<(usize, usize)> = shapes
-        .split(',')
-        .map(|s| {
-            let (a, b) = s
-                .trim()
-                .split_once('x')
-                .ok_or(format!("shape `{s}` is not MxN"))?;
-            Ok((
-                a.parse().map_err(|_| format!("shape `{s}`"))?,
-                b.parse().map_err(|_| format!("shape `{s}`"))?,
-            ))
-        })
-        .collect::<Result<_, String>>()?;
+    let shapes = parse_shapes(shapes)?;
     let ranks: Vec<usize> = parse_list(ranks, "rank")?;
     if iters == 0 {
         return Err("--iters must be positive".into());
@@ -47,4 +35,21 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// `4096x11008,2048x2048` → `[(4096, 11008), (2048, 2048)]`.
+pub fn parse_shapes(shapes: &str) -> Result<Vec<(usize, usize)>, String> {
+    shapes
+        .split(',')
+        .map(|s| {
+            let (a, b) = s
+                .trim()
+                .split_once('x')
+                .ok_or(format!("shape `{s}` is not MxN"))?;
+            Ok((
+                a.parse().map_err(|_| format!("shape `{s}`"))?,
+                b.parse().map_err(|_| format!("shape `{s}`"))?,
+            ))
+        })
+        .collect()
 }
