@@ -55,6 +55,8 @@ pub struct MeasureOptions {
     pub groups: Option<ember::groups::GroupsConfig>,
     /// Layer-wise: a JSON line per stage event appended to this file ([`StageTrace`]).
     pub stage_trace: Option<std::path::PathBuf>,
+    /// The device is CUDA: the stage trace reads burn's CUDA pools and NVML.
+    pub cuda: bool,
 }
 
 /// One line of `measure --stage-trace`: memory at a layer-wise stage event, read after a
@@ -250,47 +252,12 @@ where
         let mut t = LayerwiseTrainer::new(optim, LayerwiseConfig::new());
         t.check(&model).map_err(|e| e.to_string())?;
         if let Some(path) = &o.stage_trace {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("opening {}: {e}", path.display()))?;
             let method = match &o.groups {
-                Some(_) => "groups".to_string(),
-                None => s.method.name().to_string(),
+                Some(_) => "groups",
+                None => s.method.name(),
             };
-            let (dev, step, t0) = (device.clone(), trace_step.clone(), trace_t0.clone());
-            let nvml = ember_kernels::nvml::cuda_pool_usage(0).map(|_| Nvml::open(0));
-            t.set_observer(move |e| {
-                use std::io::Write;
-                B::sync(&dev).ok();
-                let (event, stage) = match e {
-                    ember_core::StageEvent::Forward => ("forward", String::new()),
-                    ember_core::StageEvent::Backward(s) => ("backward", stage_name(s)),
-                    ember_core::StageEvent::Updated(s) => ("updated", stage_name(s)),
-                };
-                let pool = ember_kernels::nvml::cuda_pool_usage(0);
-                let line = StageTrace {
-                    method: method.clone(),
-                    step: step.load(std::sync::atomic::Ordering::Relaxed),
-                    event,
-                    stage,
-                    ms: t0
-                        .lock()
-                        .map(|t| t.elapsed().as_secs_f64() * 1e3)
-                        .unwrap_or(0.0),
-                    pool_in_use_bytes: pool.map(|p| p.in_use),
-                    pool_reserved_bytes: pool.map(|p| p.reserved),
-                    nvml_used_bytes: nvml.as_ref().and_then(|n| n.used()),
-                    heap_live_bytes: crate::heap::live(),
-                    heap_peak_bytes: crate::heap::peak(),
-                };
-                let _ = writeln!(
-                    file,
-                    "{}",
-                    serde_json::to_string(&line).expect("plain data")
-                );
-            });
+            let clock = (trace_step.clone(), trace_t0.clone());
+            t.set_observer(stage_tracer::<B>(path, method, device, o.cuda, clock)?);
         }
         Stepper::Layerwise(Box::new(t))
     } else {
@@ -419,6 +386,62 @@ where
 enum Stepper<B: AutodiffBackend> {
     Ordinary(Box<EmberOptimizer<Llama<B>, B>>),
     Layerwise(Box<LayerwiseTrainer<Llama<B>, B>>),
+}
+
+/// The layer-wise observer of `measure --stage-trace`: after a synchronization, one
+/// [`StageTrace`] line per event appended to `path` (`cuda`: burn's CUDA pools and NVML are read,
+/// never on other devices). `clock`: the current step and its start, set by the step loop.
+fn stage_tracer<B: AutodiffBackend>(
+    path: &std::path::Path,
+    method: &str,
+    device: &B::Device,
+    cuda: bool,
+    (step, t0): (
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        std::sync::Arc<std::sync::Mutex<Instant>>,
+    ),
+) -> Result<impl FnMut(ember_core::StageEvent) + Send + 'static, String> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let (method, dev) = (method.to_string(), device.clone());
+    let nvml = cuda.then(|| Nvml::open(0));
+    Ok(move |e| {
+        B::sync(&dev).ok();
+        let (event, stage) = match e {
+            ember_core::StageEvent::Forward => ("forward", String::new()),
+            ember_core::StageEvent::Backward(s) => ("backward", stage_name(s)),
+            ember_core::StageEvent::Updated(s) => ("updated", stage_name(s)),
+        };
+        let pool = if cuda {
+            ember_kernels::nvml::cuda_pool_usage(0)
+        } else {
+            None
+        };
+        let line = StageTrace {
+            method: method.clone(),
+            step: step.load(std::sync::atomic::Ordering::Relaxed),
+            event,
+            stage,
+            ms: t0
+                .lock()
+                .map(|t| t.elapsed().as_secs_f64() * 1e3)
+                .unwrap_or(0.0),
+            pool_in_use_bytes: pool.map(|p| p.in_use),
+            pool_reserved_bytes: pool.map(|p| p.reserved),
+            nvml_used_bytes: nvml.as_ref().and_then(|n| n.used()),
+            heap_live_bytes: crate::heap::live(),
+            heap_peak_bytes: crate::heap::peak(),
+        };
+        let _ = writeln!(
+            file,
+            "{}",
+            serde_json::to_string(&line).expect("plain data")
+        );
+    })
 }
 
 fn stage_name(s: Stage) -> String {

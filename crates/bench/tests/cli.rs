@@ -64,6 +64,7 @@ fn estimate_equals_tensors_held_on_flex() {
             host_svd: false,
             groups: None,
             stage_trace: None,
+            cuda: false,
         };
         let run = RunShape {
             layerwise,
@@ -118,6 +119,7 @@ fn a_layerwise_stage_trace_follows_the_backward() {
         host_svd: false,
         groups: None,
         stage_trace: Some(path.clone()),
+        cuda: false,
     };
     let s = Settings {
         method: Method::Galore,
@@ -196,6 +198,7 @@ fn a_groups_file_is_estimated_to_the_byte() {
         host_svd: false,
         groups: Some(groups),
         stage_trace: None,
+        cuda: false,
     };
     let s = Settings {
         method: Method::Adamw,

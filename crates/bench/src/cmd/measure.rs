@@ -223,6 +223,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             host_svd: false,
             groups: groups.clone(),
             stage_trace: r.stage_trace.clone(),
+            cuda: r.device.is_cuda(),
         };
         let mut rows = vec![];
         for (s, est) in list.iter().zip(estimates) {
