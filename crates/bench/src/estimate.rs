@@ -207,7 +207,11 @@ pub fn update_temporaries(
     let numel = rows * cols;
     let chunk = ember_core::StateStorage::default().update_chunk_elements;
     let per_element = 12 + if wb < 4 || int8 { 8 } else { 0 };
-    let worked = match largest_chunk_rows(rows, cols, chunk) {
+    // the chunk geometry is the engine's own (`ember_core::chunked::row_chunks`; f32 moments: no
+    // block alignment, the 8-bit embedding's 256-element blocks divide its rows anyway)
+    let largest = ember_core::chunked::row_chunks(rows, cols, chunk, 0, 1)
+        .and_then(|c| c.into_iter().map(|r| r.len()).max());
+    let worked = match largest {
         // only weights below f32 are chunked (an f32 one has no working copies to save)
         Some(k) if row_local && wb < 4 => k * cols,
         _ => numel,
@@ -218,16 +222,6 @@ pub fn update_temporaries(
         0
     };
     worked * per_element + int8_extra
-}
-
-/// Rows of the largest chunk `ember_core::chunked` cuts a `rows × cols` parameter into (`None`:
-/// one piece): chunks of `max(1, chunk / cols)` rows, a short last one joined to the one before.
-fn largest_chunk_rows(rows: usize, cols: usize, chunk: usize) -> Option<usize> {
-    if chunk == 0 || cols == 0 || rows * cols <= chunk {
-        return None;
-    }
-    let k = (chunk / cols).max(1);
-    (rows / k >= 2).then_some(k + rows % k)
 }
 
 /// divide it) — the grouping `ember_llama::Llama::into_int8(256)` uses.

@@ -246,8 +246,8 @@ where
     // what building the model left in the allocator's pool is not part of the step's peak
     B::sync(device).ok();
     B::memory_cleanup(device);
-    let trace_step = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let trace_t0 = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
+    // the step and its start, read by the stage tracer
+    let trace_clock = std::sync::Arc::new(std::sync::Mutex::new((0usize, Instant::now())));
     let mut trainer = if o.layerwise {
         let mut t = LayerwiseTrainer::new(optim, LayerwiseConfig::new());
         t.check(&model).map_err(|e| e.to_string())?;
@@ -256,7 +256,7 @@ where
                 Some(_) => "groups",
                 None => s.method.name(),
             };
-            let clock = (trace_step.clone(), trace_t0.clone());
+            let clock = trace_clock.clone();
             t.set_observer(stage_tracer::<B>(path, method, device, o.cuda, clock)?);
         }
         Stepper::Layerwise(Box::new(t))
@@ -290,9 +290,8 @@ where
         B::sync(device).ok();
         crate::heap::reset_peak();
         let t0 = Instant::now();
-        trace_step.store(step, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut t) = trace_t0.lock() {
-            *t = t0;
+        if let Ok(mut c) = trace_clock.lock() {
+            *c = (step, t0);
         }
         let l = match &mut trainer {
             Stepper::Ordinary(optim) => {
@@ -396,10 +395,7 @@ fn stage_tracer<B: AutodiffBackend>(
     method: &str,
     device: &B::Device,
     cuda: bool,
-    (step, t0): (
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        std::sync::Arc<std::sync::Mutex<Instant>>,
-    ),
+    clock: std::sync::Arc<std::sync::Mutex<(usize, Instant)>>,
 ) -> Result<impl FnMut(ember_core::StageEvent) + Send + 'static, String> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -421,15 +417,16 @@ fn stage_tracer<B: AutodiffBackend>(
         } else {
             None
         };
+        let (step, ms) = clock
+            .lock()
+            .map(|c| (c.0, c.1.elapsed().as_secs_f64() * 1e3))
+            .unwrap_or((0, 0.0));
         let line = StageTrace {
             method: method.clone(),
-            step: step.load(std::sync::atomic::Ordering::Relaxed),
+            step,
             event,
             stage,
-            ms: t0
-                .lock()
-                .map(|t| t.elapsed().as_secs_f64() * 1e3)
-                .unwrap_or(0.0),
+            ms,
             pool_in_use_bytes: pool.map(|p| p.in_use),
             pool_reserved_bytes: pool.map(|p| p.reserved),
             nvml_used_bytes: nvml.as_ref().and_then(|n| n.used()),

@@ -50,14 +50,6 @@ pub struct StepTiming {
     pub down_ms: Option<f64>,
     /// Median of the whole back-projection `up(N)` alone (one burn matmul, `m×n` output).
     pub up_ms: Option<f64>,
-    /// `down(G)` with `G` and `P` in bf16 (burn's bf16 matmul: what bf16 tensor cores give at
-    /// this shape), where the device has bf16. Measured for the choice of the projections'
-    /// precision; the engine's projections run in f32.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub down_bf16_ms: Option<f64>,
-    /// `up(N)` with `N` and `P` in bf16.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub up_bf16_ms: Option<f64>,
     /// Relative error `‖C − C₆₄‖/‖C₆₄‖` of burn's `down(G)` matmul on 512 sampled entries, against
     /// f64 dot products on the host: ~1e-7 in f32, ~1e-4 when the matmul ran in TF32.
     pub down_rel_err: Option<f64>,
@@ -170,22 +162,6 @@ where
             )
         }
         None => (None, None),
-    };
-    let bf16 = burn::tensor::DType::BF16;
-    let (down_bf16_ms, up_bf16_ms) = match &basis {
-        Some(b) if <B::InnerBackend as Backend>::supports_dtype(device, bf16) => {
-            let b16 = ember_kernels::Basis {
-                p: b.p.clone().cast(bf16),
-                left: b.left,
-            };
-            let g16 = g.clone().cast(bf16);
-            let low16 = b16.down(g16.clone());
-            (
-                Some(time_op(&|| b16.down(g16.clone()))),
-                Some(time_op(&|| b16.up(low16.clone()))),
-            )
-        }
-        _ => (None, None),
     };
     let (down_rel_err, up_rel_err) = match &basis {
         Some(b) => {
@@ -300,8 +276,6 @@ where
         engine_ms: median(engine_times),
         down_ms,
         up_ms,
-        down_bf16_ms,
-        up_bf16_ms,
         down_rel_err,
         up_rel_err,
         matmul_precision,

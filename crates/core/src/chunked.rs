@@ -34,7 +34,7 @@ use ember_kernels::Basis;
 /// Row ranges covering `rows` rows of `cols` columns in chunks of about `max_elements`
 /// (at least `min_elements` each, a multiple of `align` elements except the last), or `None`
 /// when the whole tensor is one chunk (`max_elements == 0`: never chunk).
-pub(crate) fn row_chunks(
+pub fn row_chunks(
     rows: usize,
     cols: usize,
     max_elements: usize,
@@ -83,11 +83,10 @@ pub(crate) fn down<B: Backend>(
     chunks: &[Range<usize>],
 ) -> Tensor<B, 2> {
     if basis.left {
-        let r = basis.p.dims()[1];
         let mut sum: Option<Tensor<B, 2>> = None;
         for rows in chunks {
             let g_k = rows_of(&g, rows.clone()).cast(DType::F32);
-            let p_k = basis.p.clone().slice([rows.clone(), 0..r]);
+            let p_k = rows_of(&basis.p, rows.clone());
             let part = p_k.transpose().matmul(g_k);
             sum = Some(match sum {
                 Some(s) => s + part,

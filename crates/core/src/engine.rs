@@ -568,7 +568,8 @@ impl EngineConfig {
                 None => {
                     let g = g.expect("identity: the full gradient");
                     let (m, v) = match moments {
-                        Some((m, v)) => (m.stored(), v.stored()),
+                        // `to_device` also rounds a checkpoint's widened bf16 moment back to bf16
+                        Some((m, v)) => (m.to_device(&g.device()), v.to_device(&g.device())),
                         None => self.state.zeros([rows, cols], &g.device()),
                     };
                     let (mut out, mut m, mut v) = (w, m, v);

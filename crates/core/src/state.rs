@@ -182,21 +182,13 @@ impl<B: Backend> Moment<B> {
 }
 
 impl<B: Backend> Moment<B> {
-    /// The moment as stored: a bf16 moment a checkpoint widened is rounded back to bf16.
-    pub(crate) fn stored(self) -> Self {
-        match self {
-            Moment::Bf16(t) if t.dtype() != DType::BF16 => Moment::Bf16(t.cast(DType::BF16)),
-            m => m,
-        }
-    }
-
     /// Rows `rows` of the moment (of `[rows, cols]` values). An 8-bit moment is cut at block
     /// boundaries: `rows.start · cols` must be a multiple of its block, and so must
     /// `rows.end · cols` unless `rows` ends at the last row (the padding goes with the last rows).
     pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Self {
         match self {
-            Moment::F32(t) => Moment::F32(t.clone().slice([rows, 0..t.dims()[1]])),
-            Moment::Bf16(t) => Moment::Bf16(t.clone().slice([rows, 0..t.dims()[1]])),
+            Moment::F32(t) => Moment::F32(crate::chunked::rows_of(t, rows)),
+            Moment::Bf16(t) => Moment::Bf16(crate::chunked::rows_of(t, rows)),
             Moment::Int8(q) => {
                 let (words, blocks) = q.ranges(&rows);
                 Moment::Int8(Int8Moment {
