@@ -65,8 +65,8 @@ enum Command {
         #[arg(long)]
         block_elements: Option<usize>,
     },
-    /// CUDA builds: GaLore's projection matmuls through cuBLAS on burn's buffers beside burn's
-    /// matmul (f32/TF32 and bf16), JSON lines.
+    /// CUDA builds: GaLore's projection products as the optimizer runs them (cuBLAS on burn's
+    /// buffers, ordered by `EMBER_CUBLAS`) beside burn's matmul (f32/TF32 and bf16), JSON lines.
     #[cfg(feature = "cuda")]
     Cublas {
         /// Shapes, e.g. 4096x11008.
@@ -218,7 +218,40 @@ macro_rules! on_device {
 
 mod cmd;
 
+/// Ember's warnings on stderr (the fallbacks of `ember-kernels` and `ember-core` are logged:
+/// without a logger they would be silent). `RUST_LOG=info` or `debug` shows more.
+struct StderrLog(log::LevelFilter);
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.0 && m.target().starts_with("ember")
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_log() {
+    let level = match std::env::var("RUST_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("error") => log::LevelFilter::Error,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Warn,
+    };
+    static LOG: std::sync::OnceLock<StderrLog> = std::sync::OnceLock::new();
+    if log::set_logger(LOG.get_or_init(|| StderrLog(level))).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
 fn main() -> ExitCode {
+    init_log();
     // a panic is a bug: one line, no backtrace
     std::panic::set_hook(Box::new(|info| {
         eprintln!("ember-bench: internal error: {info}");

@@ -67,6 +67,9 @@ pub struct StepTiming {
     pub refresh_device_ms: Option<f64>,
     /// Energy captured by the device projector relative to the exact one, `‖down(G)‖²` ratio.
     pub device_energy_ratio: Option<f64>,
+    /// CUDA builds on a CUDA device: how the projection products ran
+    /// (`ember_kernels::cublas::status`: `flags`, `sync`, `off`, `failed: …`).
+    pub cublas: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -263,6 +266,7 @@ where
     StepTiming {
         refresh_device_ms: device_refresh.map(|d| d.0),
         device_energy_ratio: device_refresh.map(|d| d.1),
+        cublas: None,
         optimizer: method.name(),
         kernels: if <B::InnerBackend as ember_kernels::EmberBackend>::fused_kernels() {
             "fused"

@@ -77,7 +77,7 @@ pub(crate) fn rows_of<B: Backend>(t: &Tensor<B, 2>, rows: Range<usize>) -> Tenso
 }
 
 /// `R = down(G)` (f32) with `G` in any float dtype, one row chunk of `G` in f32 at a time.
-pub(crate) fn down<B: Backend>(
+pub(crate) fn down<B: ember_kernels::EmberBackend>(
     basis: &Basis<B>,
     g: Tensor<B, 2>,
     chunks: &[Range<usize>],
@@ -87,7 +87,7 @@ pub(crate) fn down<B: Backend>(
         for rows in chunks {
             let g_k = rows_of(&g, rows.clone()).cast(DType::F32);
             let p_k = rows_of(&basis.p, rows.clone());
-            let part = p_k.transpose().matmul(g_k);
+            let part = B::projection_matmul(p_k.transpose(), g_k);
             sum = Some(match sum {
                 Some(s) => s + part,
                 None => part,
@@ -98,9 +98,10 @@ pub(crate) fn down<B: Backend>(
         let parts = chunks
             .iter()
             .map(|rows| {
-                rows_of(&g, rows.clone())
-                    .cast(DType::F32)
-                    .matmul(basis.p.clone().transpose())
+                B::projection_matmul(
+                    rows_of(&g, rows.clone()).cast(DType::F32),
+                    basis.p.clone().transpose(),
+                )
             })
             .collect();
         Tensor::cat(parts, 0)

@@ -282,6 +282,23 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         B::fused_kernels()
     }
 
+    fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !fused::<B>(&[a.dtype(), b.dtype()]) {
+            return a.matmul(b);
+        }
+        let shape = [a.dims()[0], b.dims()[1]];
+        let mut out = custom::<B>(
+            "ember.projection_matmul",
+            vec![fin(a), fin(b)],
+            &[f32_of(&shape)],
+            move |i| {
+                let [a, b]: [Prim<B>; 2] = vec_array(i);
+                vec![Prim::from_float(B::projection_matmul(a.float(), b.float()))]
+            },
+        );
+        fout(out.pop().expect("product"))
+    }
+
     fn subspace_adam(
         r: Tensor<Self, 2>,
         m: Tensor<Self, 2>,

@@ -10,6 +10,7 @@
 //!
 //! | op | fused kernel (CubeCL backends) |
 //! |---|---|
+//! | [`projection_matmul`](EmberBackend::projection_matmul) | `A·B` of the projections: cuBLAS on burn's CUDA buffers (TF32 / bf16 tensor cores), burn's matmul elsewhere |
 //! | [`subspace_adam`](EmberBackend::subspace_adam) | moments, bias correction and normalization in one pass over `R` |
 //! | [`projected_update`](EmberBackend::projected_update) | back-projection `P·N` by row blocks (burn's matmul), each block folded into `W` in place with decay, `α`, the step size and the residual rule (FRUGAL's signSGD/SGD, Fira's scaled and limited residual): no `m×n` temporary |
 //! | [`adam_full_step`](EmberBackend::adam_full_step) | full-rank AdamW (non-targeted parameters) in one pass: `W`, `M`, `V` updated in place |
@@ -49,6 +50,8 @@ pub mod selfcheck;
 pub mod cache;
 #[cfg(feature = "cubecl")]
 mod cube;
+#[cfg(feature = "cuda")]
+pub use cube::cublas;
 #[cfg(feature = "fusion")]
 mod fusion;
 
@@ -66,6 +69,38 @@ pub fn block_elements() -> usize {
 /// blocks so that every code path runs on small matrices.
 pub fn set_block_elements(n: usize) {
     BLOCK_ELEMENTS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `usize::MAX`: not read from the environment yet.
+static VENDOR_GEMM_MIN_MACS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Smallest product, in multiply-adds `m·k·n`, that [`EmberBackend::projection_matmul`] hands to
+/// the vendor's GEMM (cuBLAS on CUDA; default `2²⁹`, environment `EMBER_CUBLAS_MIN_MACS`): each
+/// cuBLAS product costs three round trips to CubeCL's server thread and two one-thread kernels,
+/// which a small product does not win back. On the H100: 2048×2048 r512 (2.1·10⁹ multiply-adds)
+/// is faster on cuBLAS (GaLore step 0.41 → 0.31 ms); in the pretraining run (products of 512×512
+/// to 512×1376 at r128, ≤ 9·10⁷) Fira trained at 55k tokens/s with every product on cuBLAS and at
+/// 66k with this threshold (`docs/benchmarks.md`). Smaller products run on burn's matmul.
+pub fn vendor_gemm_min_macs() -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    match VENDOR_GEMM_MIN_MACS.load(Relaxed) {
+        usize::MAX => {
+            let n = std::env::var("EMBER_CUBLAS_MIN_MACS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 29);
+            VENDOR_GEMM_MIN_MACS.store(n, Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
+/// Sets [`vendor_gemm_min_macs`] (the kernel checks set 0, so that their small products reach
+/// cuBLAS).
+pub fn set_vendor_gemm_min_macs(n: usize) {
+    VENDOR_GEMM_MIN_MACS.store(n.min(usize::MAX - 1), std::sync::atomic::Ordering::Relaxed);
 }
 
 static FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
@@ -145,22 +180,22 @@ pub struct Basis<B: Backend> {
     pub left: bool,
 }
 
-impl<B: Backend> Basis<B> {
+impl<B: EmberBackend> Basis<B> {
     /// `R = down(G)`.
     pub fn down(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
         if self.left {
-            self.p.clone().transpose().matmul(g)
+            B::projection_matmul(self.p.clone().transpose(), g)
         } else {
-            g.matmul(self.p.clone().transpose())
+            B::projection_matmul(g, self.p.clone().transpose())
         }
     }
 
     /// `up(X)`.
     pub fn up(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if self.left {
-            self.p.clone().matmul(x)
+            B::projection_matmul(self.p.clone(), x)
         } else {
-            x.matmul(self.p.clone())
+            B::projection_matmul(x, self.p.clone())
         }
     }
 
@@ -168,10 +203,10 @@ impl<B: Backend> Basis<B> {
     pub fn up_rows(&self, x: &Tensor<B, 2>, rows: std::ops::Range<usize>) -> Tensor<B, 2> {
         if self.left {
             let r = self.p.dims()[1];
-            self.p.clone().slice([rows, 0..r]).matmul(x.clone())
+            B::projection_matmul(self.p.clone().slice([rows, 0..r]), x.clone())
         } else {
             let r = x.dims()[1];
-            x.clone().slice([rows, 0..r]).matmul(self.p.clone())
+            B::projection_matmul(x.clone().slice([rows, 0..r]), self.p.clone())
         }
     }
 }
@@ -186,6 +221,16 @@ pub trait EmberBackend: Backend {
     /// Whether this backend runs the fused kernels (`false`: the portable defaults).
     fn fused_kernels() -> bool {
         false
+    }
+
+    /// `A·B`, the product of every projection (`down`, `up` of [`Basis`] and of the engine's
+    /// projectors): the same product as burn's `matmul`, whose operands may be transposed views
+    /// (`p.transpose()`) or row slices. CUDA (feature `cuda`): cuBLAS on burn's buffers, read in
+    /// place, TF32 tensor cores for f32 operands (the precision of burn's f32 matmul there), f32
+    /// accumulation for bf16/f16 (the `cube::cublas` module; `EMBER_CUBLAS=off` keeps burn's
+    /// matmul). Elsewhere burn's matmul.
+    fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        a.matmul(b)
     }
 
     /// Adam on the low-rank gradient `r`: returns `(N, M, V)` (see [`AdamCoefficients`]).

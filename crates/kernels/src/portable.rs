@@ -137,7 +137,7 @@ pub fn residual_term<B: Backend>(
 
 /// See [`EmberBackend::projected_update`](crate::EmberBackend::projected_update).
 #[allow(clippy::too_many_arguments)]
-pub fn projected_update<B: Backend>(
+pub fn projected_update<B: crate::EmberBackend>(
     w: Tensor<B, 2>,
     g: Tensor<B, 2>,
     basis: &Basis<B>,

@@ -42,6 +42,16 @@ fn compare<B: Backend, const D: usize>(
     fused: Tensor<B, D>,
     reference: Tensor<B, D>,
 ) {
+    compare_within(out, name, fused, reference, TOLERANCE)
+}
+
+fn compare_within<B: Backend, const D: usize>(
+    out: &mut Vec<Check>,
+    name: String,
+    fused: Tensor<B, D>,
+    reference: Tensor<B, D>,
+    tolerance: f64,
+) {
     assert_eq!(fused.dims(), reference.dims(), "{name}: shapes differ");
     let a: Vec<f32> = fused.into_data().convert::<f32>().to_vec().unwrap();
     let b: Vec<f32> = reference.into_data().convert::<f32>().to_vec().unwrap();
@@ -61,7 +71,7 @@ fn compare<B: Backend, const D: usize>(
     out.push(Check {
         name,
         error,
-        tolerance: TOLERANCE,
+        tolerance,
     });
 }
 
@@ -73,9 +83,13 @@ fn normal<B: Backend>(shape: [usize; 2], std: f64, device: &B::Device) -> Tensor
 pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     B::seed(device, seed);
     let saved = crate::block_elements();
+    let saved_min = crate::vendor_gemm_min_macs();
     // blocks of 3 rows of 130 or 40 columns: many blocks, a ragged last one
     crate::set_block_elements(400);
+    // every product on the vendor's GEMM where there is one (cuBLAS), however small
+    crate::set_vendor_gemm_min_macs(0);
     let mut out = vec![];
+    projection_products::<B>(&mut out, device);
     adam::<B>(&mut out, device);
     adam_8bit::<B>(&mut out, device);
     projected::<B>(&mut out, device);
@@ -85,6 +99,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     dct::<B>(&mut out, device);
     non_finite::<B>(&mut out, device);
     crate::set_block_elements(saved);
+    crate::set_vendor_gemm_min_macs(saved_min);
     out
 }
 
@@ -99,6 +114,44 @@ fn adam<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         compare(out, format!("subspace_adam[{i}] N"), f.0, p.0);
         compare(out, format!("subspace_adam[{i}] M"), f.1, p.1);
         compare(out, format!("subspace_adam[{i}] V"), f.2, p.2);
+    }
+}
+
+/// Tolerance of [`EmberBackend::projection_matmul`] against burn's matmul: on CUDA both run on
+/// TF32 tensor cores (10-bit mantissas) with different summation orders.
+pub const PRODUCT_TOLERANCE: f64 = 2e-3;
+
+/// The projection product against burn's matmul, for each layout the engine hands it: plain,
+/// transposed views of either operand (`Pᵀ`), a row slice (a chunk of `P`), column slices (rows
+/// with a pitch larger than their length).
+fn projection_products<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let (m, k, n) = (67, 301, 45);
+    let a = || normal::<B>([m, k], 1.0, device);
+    let b = || normal::<B>([k, n], 1.0, device);
+    let cases = [
+        ("plain", a(), b()),
+        ("Aᵀ view", normal::<B>([k, m], 1.0, device).transpose(), b()),
+        ("Bᵀ view", a(), normal::<B>([n, k], 1.0, device).transpose()),
+        (
+            "A row slice",
+            normal::<B>([m + 9, k], 1.0, device).slice([5..5 + m, 0..k]),
+            b(),
+        ),
+        (
+            "pitched A and B",
+            normal::<B>([m, k + 13], 1.0, device).slice([0..m, 3..3 + k]),
+            normal::<B>([k, n + 7], 1.0, device).slice([0..k, 0..n]),
+        ),
+    ];
+    for (name, a, b) in cases {
+        let f = B::projection_matmul(a.clone(), b.clone());
+        compare_within(
+            out,
+            format!("projection_matmul {m}x{k}·{k}x{n} {name}"),
+            f,
+            a.matmul(b),
+            PRODUCT_TOLERANCE,
+        );
     }
 }
 
@@ -210,8 +263,10 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                     };
                     // a previous ζ small enough for the limiter to act
                     let zeta = with_zeta.then(|| Tensor::<B, 1>::from_floats([1e-3], device));
+                    // a weight of its own (not shared with the reference's): the fused path may
+                    // update it in place (cuBLAS's GEMM accumulating into `W` on CUDA)
                     let f = B::projected_update(
-                        w.clone(),
+                        w.clone().add_scalar(0.0),
                         g.clone(),
                         &basis,
                         nn.clone(),

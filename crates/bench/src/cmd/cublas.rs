@@ -1,23 +1,23 @@
-//! `cublas` (CUDA builds): GaLore's projection matmuls through cuBLAS on burn's own CUDA buffers,
-//! beside burn's matmul — issue 18 item 1's measurement of the cuBLAS route.
+//! `cublas` (CUDA builds): GaLore's projection products as the optimizer runs them,
+//! [`EmberBackend::projection_matmul`] (cuBLAS on burn's buffers, `ember_kernels::cublas`), beside
+//! burn's `matmul` of the same operands — issue 18 item 1.
 //!
-//! The buffers are burn's: `ComputeClient::get_resource` gives each tensor's device pointer, the
-//! output is a tensor burn allocated. CubeCL does not expose its CUDA stream, so each cuBLAS call
-//! is bracketed by synchronizations — burn's queue drained before (`client.sync()`), the context
-//! synchronized after — and the figures include that cost. `cublasGemmEx` runs on the legacy
-//! stream of the primary context (the one CubeCL retains), f32 operands with TF32 tensor cores
-//! (`CUBLAS_COMPUTE_32F_FAST_TF32`) or bf16 operands with f32 accumulation. Each result is
-//! compared with burn's matmul of the same operands (relative Frobenius error).
+//! The down projection is `Pᵀ·G` with `Pᵀ` a transposed view of `P` (read in place), the up
+//! projection `P·N`. Two timings per product, medians over `iters` rounds:
+//! - `*_ms`: one call bracketed by two host synchronizations (latency of one product alone);
+//! - `*_queued_ms`: `iters` calls queued back to back, one synchronization at the end, divided by
+//!   `iters` — what a step's chain of products costs when nothing waits on the host (the
+//!   optimizer's case; with `EMBER_CUBLAS=flags` the cuBLAS calls are ordered on the device).
 //!
-//! Output: one JSON line per (shape, rank, precision, projection).
+//! f32 operands run on TF32 tensor cores on both sides, bf16 operands with f32 accumulation. Each
+//! product is compared with burn's (relative Frobenius error). Output: one JSON line per (shape,
+//! rank, precision, projection), with the ordering mode (`EMBER_CUBLAS`).
 
-use std::ffi::c_void;
 use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
-use cudarc::cublas::{result as blas, sys as bsys};
-use cudarc::driver::result as drv;
+use ember_kernels::EmberBackend;
 use serde::Serialize;
 
 use crate::BareCuda as B;
@@ -29,93 +29,25 @@ struct Row {
     rank: usize,
     precision: &'static str,
     projection: &'static str,
+    ordering: String,
+    /// `ember_kernels::cublas::status()` after the row's runs
+    cublas: String,
     burn_ms: f64,
-    cublas_ms: f64,
+    ember_ms: f64,
+    burn_queued_ms: f64,
+    ember_queued_ms: f64,
     rel_err_vs_burn: f64,
 }
 
-/// The device pointer of a burn CUDA tensor (contiguous, offset included).
-fn ptr(t: &Tensor<B, 2>) -> u64 {
-    let c = t.clone().into_primitive().tensor();
-    let res = c
-        .client
-        .get_resource(c.handle.clone())
-        .expect("a CUDA resource");
-    res.resource().ptr
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Row-major `C[M,N] = op(A)·B` by cuBLAS (column-major: `Cᵀ = Bᵀ·op(A)ᵀ`); `a_t`: `A` is
-/// stored `[K,M]` and read transposed.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
-    h: bsys::cublasHandle_t,
-    a: u64,
-    a_t: bool,
-    b: u64,
-    c: u64,
-    (m, n, k): (usize, usize, usize),
-    bf16: bool,
-) {
-    let (dt, compute) = if bf16 {
-        (
-            bsys::cudaDataType::CUDA_R_16BF,
-            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        )
-    } else {
-        (
-            bsys::cudaDataType::CUDA_R_32F,
-            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-        )
-    };
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let (op_a, lda) = if a_t {
-        (bsys::cublasOperation_t::CUBLAS_OP_T, m)
-    } else {
-        (bsys::cublasOperation_t::CUBLAS_OP_N, k)
-    };
-    unsafe {
-        blas::gemm_ex(
-            h,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            op_a,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const c_void,
-            b as *const c_void,
-            dt,
-            n as i32,
-            a as *const c_void,
-            dt,
-            lda as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            dt,
-            n as i32,
-            compute,
-            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-        )
-        .expect("cublasGemmEx");
-    }
 }
 
 pub fn run(shapes: &[(usize, usize)], ranks: &[usize], iters: usize) -> Result<(), String> {
     let device = cubecl::cuda::CudaDevice::new(0);
-    // burn first (CubeCL retains the primary context), then the same context on this thread
-    let _ = Tensor::<B, 1>::zeros([1], &device).into_data();
-    let h = unsafe {
-        drv::init().map_err(|e| format!("cuInit: {e:?}"))?;
-        let dev = drv::device::get(0).map_err(|e| format!("cuDeviceGet: {e:?}"))?;
-        let ctx = drv::primary_ctx::retain(dev).map_err(|e| format!("retain: {e:?}"))?;
-        drv::ctx::set_current(ctx).map_err(|e| format!("set_current: {e:?}"))?;
-        blas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?
-    };
-    let sync = || B::sync(&device).ok();
+    let sync = || B::sync(&device).map_err(|e| format!("sync: {e:?}"));
+    let ordering = format!("{:?}", ember_kernels::cublas::mode());
     for &(m, n) in shapes {
         for &r in ranks {
             for (precision, dtype) in [("tf32", DType::F32), ("bf16", DType::BF16)] {
@@ -124,42 +56,35 @@ pub fn run(shapes: &[(usize, usize)], ranks: &[usize], iters: usize) -> Result<(
                 };
                 let (g, p, low) = (rnd([m, n]), rnd([m, r]), rnd([r, n]));
                 // down: R[r,n] = Pᵀ·G; up: U[m,n] = P·N
-                for (projection, a, a_t, b, (mm, nn, kk)) in [
-                    ("down", &p, true, &g, (r, n, m)),
-                    ("up", &p, false, &low, (m, n, r)),
-                ] {
-                    let burn_op = || {
-                        if a_t {
-                            a.clone().transpose().matmul(b.clone())
-                        } else {
-                            a.clone().matmul(b.clone())
+                for (projection, a, b) in
+                    [("down", p.clone().transpose(), &g), ("up", p.clone(), &low)]
+                {
+                    let burn_op = || a.clone().matmul(b.clone());
+                    let ember_op = || B::projection_matmul(a.clone(), b.clone());
+                    let time = |op: &dyn Fn() -> Tensor<B, 2>| -> Result<(f64, f64), String> {
+                        let (mut one, mut queued) = (vec![], vec![]);
+                        for i in 0..iters + 3 {
+                            sync()?;
+                            let t = Instant::now();
+                            drop(op());
+                            sync()?;
+                            let e = t.elapsed().as_secs_f64() * 1e3;
+                            let t = Instant::now();
+                            for _ in 0..iters {
+                                drop(op());
+                            }
+                            sync()?;
+                            let q = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
+                            if i >= 3 {
+                                one.push(e);
+                                queued.push(q);
+                            }
                         }
+                        Ok((median(one), median(queued)))
                     };
-                    let reference = burn_op();
-                    let out = Tensor::<B, 2>::zeros([mm, nn], &device).cast(dtype);
-                    let mut burn_t = vec![];
-                    let mut blas_t = vec![];
-                    for i in 0..iters + 3 {
-                        sync();
-                        let t = Instant::now();
-                        let x = burn_op();
-                        sync();
-                        let e = t.elapsed().as_secs_f64() * 1e3;
-                        drop(x);
-                        let t = Instant::now();
-                        sync();
-                        let (pa, pb, pc) = (ptr(a), ptr(b), ptr(&out));
-                        unsafe {
-                            gemm(h, pa, a_t, pb, pc, (mm, nn, kk), dtype == DType::BF16);
-                        }
-                        drv::ctx::synchronize().map_err(|e| format!("sync: {e:?}"))?;
-                        let f = t.elapsed().as_secs_f64() * 1e3;
-                        if i >= 3 {
-                            burn_t.push(e);
-                            blas_t.push(f);
-                        }
-                    }
-                    let (x, y) = (out.clone().cast(DType::F32), reference.cast(DType::F32));
+                    let (burn_ms, burn_queued_ms) = time(&burn_op)?;
+                    let (ember_ms, ember_queued_ms) = time(&ember_op)?;
+                    let (x, y) = (ember_op().cast(DType::F32), burn_op().cast(DType::F32));
                     let num: f32 = (x - y.clone()).powi_scalar(2).sum().sqrt().into_scalar();
                     let den: f32 = y.powi_scalar(2).sum().sqrt().into_scalar();
                     let row = Row {
@@ -168,8 +93,12 @@ pub fn run(shapes: &[(usize, usize)], ranks: &[usize], iters: usize) -> Result<(
                         rank: r,
                         precision,
                         projection,
-                        burn_ms: median(burn_t),
-                        cublas_ms: median(blas_t),
+                        ordering: ordering.clone(),
+                        cublas: ember_kernels::cublas::status(),
+                        burn_ms,
+                        ember_ms,
+                        burn_queued_ms,
+                        ember_queued_ms,
                         rel_err_vs_burn: (num / den) as f64,
                     };
                     println!("{}", serde_json::to_string(&row).unwrap());

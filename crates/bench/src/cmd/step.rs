@@ -24,9 +24,14 @@ pub fn run(
                     return Err(format!("rank {r} does not fit a {m}x{n} matrix"));
                 }
                 let cfg = (warmup, iters, refreshes);
-                let t = on_device!(device, B => {
+                #[allow(unused_mut)]
+                let mut t = on_device!(device, B => {
                     time_step::<B>(method, (m, n), r, cfg, &Default::default())
                 });
+                #[cfg(feature = "cuda")]
+                if device.is_cuda() {
+                    t.cublas = Some(ember_kernels::cublas::status());
+                }
                 println!("{}", serde_json::to_string(&t).unwrap());
                 if method == Method::Adamw {
                     break; // rank does not matter

@@ -87,27 +87,27 @@ impl<B: EmberBackend> ProjectorState<B> {
     /// `R = down(G)`.
     pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
-            ProjectorState::Quantized(q) if q.left => q.dequantize().transpose().matmul(g),
-            ProjectorState::Quantized(q) => g.matmul(q.dequantize().transpose()),
+            ProjectorState::Quantized(q) if q.left => {
+                B::projection_matmul(q.dequantize().transpose(), g)
+            }
+            ProjectorState::Quantized(q) => B::projection_matmul(g, q.dequantize().transpose()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 g.select(if sel.left { 0 } else { 1 }, sel.indices.clone())
             }
             ProjectorState::Selected(sel) => {
                 let p = sel.columns(bases, &g.device());
                 if sel.left {
-                    p.transpose().matmul(g)
+                    B::projection_matmul(p.transpose(), g)
                 } else {
-                    g.matmul(p)
+                    B::projection_matmul(g, p)
                 }
             }
-            ProjectorState::Left(p) => p.clone().transpose().matmul(g),
-            ProjectorState::Right(p) => g.matmul(p.clone().transpose()),
-            ProjectorState::Both(t) => t
-                .left
-                .clone()
-                .transpose()
-                .matmul(g)
-                .matmul(t.right.clone().transpose()),
+            ProjectorState::Left(p) => B::projection_matmul(p.clone().transpose(), g),
+            ProjectorState::Right(p) => B::projection_matmul(g, p.clone().transpose()),
+            ProjectorState::Both(t) => B::projection_matmul(
+                B::projection_matmul(t.left.clone().transpose(), g),
+                t.right.clone().transpose(),
+            ),
             ProjectorState::Identity(()) => g,
         }
     }
@@ -115,8 +115,8 @@ impl<B: EmberBackend> ProjectorState<B> {
     /// `up(N)`, without any scale.
     pub fn up(&self, low: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
-            ProjectorState::Quantized(q) if q.left => q.dequantize().matmul(low),
-            ProjectorState::Quantized(q) => low.matmul(q.dequantize()),
+            ProjectorState::Quantized(q) if q.left => B::projection_matmul(q.dequantize(), low),
+            ProjectorState::Quantized(q) => B::projection_matmul(low, q.dequantize()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 let [a, b] = low.dims();
                 let (dim, shape) = if sel.left {
@@ -134,14 +134,16 @@ impl<B: EmberBackend> ProjectorState<B> {
             ProjectorState::Selected(sel) => {
                 let p = sel.columns(bases, &low.device());
                 if sel.left {
-                    p.matmul(low)
+                    B::projection_matmul(p, low)
                 } else {
-                    low.matmul(p.transpose())
+                    B::projection_matmul(low, p.transpose())
                 }
             }
-            ProjectorState::Left(p) => p.clone().matmul(low),
-            ProjectorState::Right(p) => low.matmul(p.clone()),
-            ProjectorState::Both(t) => t.left.clone().matmul(low).matmul(t.right.clone()),
+            ProjectorState::Left(p) => B::projection_matmul(p.clone(), low),
+            ProjectorState::Right(p) => B::projection_matmul(low, p.clone()),
+            ProjectorState::Both(t) => {
+                B::projection_matmul(B::projection_matmul(t.left.clone(), low), t.right.clone())
+            }
             ProjectorState::Identity(()) => low,
         }
     }

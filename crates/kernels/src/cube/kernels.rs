@@ -522,3 +522,35 @@ pub fn adam_8bit(
         codes_2_out[word] = packed_2;
     }
 }
+
+/// Writes `value` to `flags[0]` (one unit): queued after the kernels that wrote a cuBLAS GEMM's
+/// operands, it tells cuBLAS's stream that they are ready (`cublas` module). `a`, `b`, `c` (the
+/// GEMM's buffers, any dtype) are bound and never read: CubeCL then orders this kernel after
+/// their writers on its other streams too.
+#[cube(launch)]
+pub fn signal_flag(
+    flags: &mut Array<Atomic<u32>>,
+    _a: &Array<u32>,
+    _b: &Array<u32>,
+    _c: &Array<u32>,
+    value: u32,
+) {
+    if ABSOLUTE_POS == 0 {
+        flags[0].store(value);
+    }
+}
+
+/// Spins until `flags[1] ≥ value` (one unit; compared as sequence numbers, through wrap-around):
+/// burn's stream goes on once cuBLAS's stream has written the product (`cublas` module). `c`, the
+/// product, is bound and never read: its readers on CubeCL's other streams wait for this kernel.
+#[cube(launch)]
+pub fn wait_flag(flags: &mut Array<Atomic<u32>>, _c: &Array<u32>, value: u32) {
+    if ABSOLUTE_POS == 0 {
+        loop {
+            // `flags[1] − value` wraps below zero to ≥ 2³¹
+            if flags[1].load() - value < 0x8000_0000u32 {
+                break;
+            }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! [`kernels`]. Tensors of another float type than f32, or 64-bit integers, take the portable
 //! path (logged once).
 
+#[cfg(feature = "cuda")]
+pub mod cublas;
 mod kernels;
 
 use burn::prelude::*;
@@ -233,6 +235,20 @@ where
         supported::<F, I>()
     }
 
+    fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled() {
+            let (pa, pb) = (
+                a.clone().into_primitive().tensor(),
+                b.clone().into_primitive().tensor(),
+            );
+            if let Some(out) = cublas::matmul::<R>(&pa, &pb) {
+                return float_out(out);
+            }
+        }
+        a.matmul(b)
+    }
+
     fn subspace_adam(
         r: Tensor<Self, 2>,
         m: Tensor<Self, 2>,
@@ -326,6 +342,27 @@ where
         {
             return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
         }
+        // no residual: the back-projection and the update are one GEMM accumulating into `W`
+        #[cfg(feature = "cuda")]
+        let w = match residual {
+            ResidualUpdate::None => {
+                let keep = 1.0 - coef.decay_after;
+                let (a, b) = if basis.left {
+                    (basis.p.clone(), n.clone())
+                } else {
+                    (n.clone(), basis.p.clone())
+                };
+                let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+                let w = w.into_primitive().tensor();
+                let alpha = (-keep * coef.step * coef.scale) as f32;
+                let beta = (keep * (1.0 - coef.decay_before)) as f32;
+                if cublas::accumulate(&a, &b, &w, alpha, beta) {
+                    return (float_out(w), None);
+                }
+                float_out::<R, Self, 2>(w)
+            }
+            _ => w,
+        };
         let device = w.device();
         let w = float_in(w);
         let w_out = empty(&w, vec![rows, cols], DType::F32);

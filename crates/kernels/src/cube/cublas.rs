@@ -1,0 +1,505 @@
+//! The projection matmuls on cuBLAS (burn's CUDA backend): `cublasGemmEx` on burn's own buffers,
+//! loaded at run time through `cudarc` (nothing CUDA at build time).
+//!
+//! **Operands** are read in place: a row-major tensor (rows possibly pitched, `ld ≥ cols`) is
+//! cuBLAS's `N`, a transposed view (`p.transpose()`: strides `[1, ld]`) its `T`, a row slice
+//! (`p.slice([rows, ..])`) a pointer offset; anything else falls back to burn's matmul. f32
+//! operands run on TF32 tensor cores (`CUBLAS_COMPUTE_32F_FAST_TF32`, the precision of burn's
+//! own f32 matmul on CUDA), bf16/f16 operands with f32 accumulation; the product has the operands'
+//! dtype, as burn's. Products smaller than [`crate::vendor_gemm_min_macs`] multiply-adds stay on
+//! burn's matmul (the ordering's fixed cost is not won back there).
+//!
+//! **Ordering.** CubeCL keeps its CUDA stream private, so cuBLAS runs on a stream of ours and the
+//! two are ordered on the device, without the host (mode `flags`, the default):
+//! 1. a one-thread CubeCL kernel on burn's stream writes the sequence number `s` to `flags[0]`
+//!    once the operands are written (it is queued after the kernels that wrote them);
+//! 2. on our stream a one-thread kernel of ours (PTX, loaded with the driver API) spins until
+//!    `flags[0] ≥ s`, then the GEMM runs, then `cuMemsetD32Async` writes `s` to `flags[1]`;
+//! 3. a one-thread CubeCL kernel on burn's stream spins until `flags[1] ≥ s`: whatever burn
+//!    queues next (reads of the product, reuse of the operands' memory) runs after the GEMM.
+//!
+//! Every wait is on work already queued when the wait is queued, so the two streams cannot wait
+//! on each other. (The driver's stream memory operations, `cuStreamWaitValue32`/`WriteValue32`,
+//! would do steps 2 and 3's writes without kernels; a first version built on them fell back to
+//! burn's matmul on every product on the H100 we measure on.) Mode `sync`
+//! (`EMBER_CUBLAS=sync`, and the fallback when the waiter cannot be loaded) orders by the host
+//! instead — burn's queue drained before, our stream synchronized after — and `EMBER_CUBLAS=off`
+//! keeps burn's matmul. An error of the driver or of cuBLAS is logged once and turns cuBLAS off
+//! for the process (that product and every later one take burn's matmul; [`status`] says why).
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::cuda::CudaRuntime;
+use cubecl::prelude::CubeCount;
+use cubecl::CubeDim;
+use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::driver::{result as drv, sys as dsys};
+
+use super::{empty, kernels};
+
+/// How cuBLAS is ordered with burn's stream ([module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// burn's matmul.
+    Off,
+    /// Host synchronizations around each GEMM.
+    HostSync,
+    /// Device-side flags (the default).
+    DeviceFlags,
+}
+
+/// The mode of this process: `EMBER_CUBLAS` = `off`, `sync` or `flags` (default).
+pub fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("EMBER_CUBLAS").as_deref() {
+        Ok("off") | Ok("0") => Mode::Off,
+        Ok("sync") => Mode::HostSync,
+        Ok("flags") | Ok("") | Err(_) => Mode::DeviceFlags,
+        Ok(other) => {
+            log::warn!("EMBER_CUBLAS={other}: expected off, sync or flags; using flags");
+            Mode::DeviceFlags
+        }
+    })
+}
+
+static FAILED: AtomicBool = AtomicBool::new(false);
+static REASON: Mutex<Option<String>> = Mutex::new(None);
+
+fn fail(what: &str) {
+    if !FAILED.swap(true, AtomicOrdering::Relaxed) {
+        log::warn!("ember-kernels: cuBLAS off for this process ({what}); burn's matmul instead");
+        *REASON.lock().unwrap_or_else(|e| e.into_inner()) = Some(what.to_string());
+    }
+}
+
+/// Where cuBLAS stands in this process: `"off"`, `"unused"` (no product yet), `"flags"`,
+/// `"sync"` (the ordering in use; `"sync (…)"` says why the device flags could not be used), or
+/// `"failed: …"` with the error that turned it off.
+pub fn status() -> String {
+    if let Some(reason) = REASON.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return format!("failed: {reason}");
+    }
+    if mode() == Mode::Off {
+        return "off".into();
+    }
+    let state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    match state.first() {
+        None => "unused".into(),
+        Some(b) => match &b.waiter {
+            Ok(_) => "flags".into(),
+            Err(e) if mode() == Mode::DeviceFlags => format!("sync ({e})"),
+            Err(_) => "sync".into(),
+        },
+    }
+}
+
+/// The waiter of step 2 ([module docs](self)): spins until `*flag − value ≥ 0` as sequence
+/// numbers (acquire loads at GPU scope; `sm_70` and later).
+const WAITER_PTX: &str = "
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry ember_wait_geq(.param .u64 flag, .param .u32 value)
+{
+    .reg .pred %p;
+    .reg .b32 %r<3>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd0, [flag];
+    cvta.to.global.u64 %rd1, %rd0;
+    ld.param.u32 %r0, [value];
+SPIN:
+    ld.acquire.gpu.global.u32 %r1, [%rd1];
+    sub.s32 %r2, %r1, %r0;
+    setp.lt.s32 %p, %r2, 0;
+    @%p bra SPIN;
+    ret;
+}
+\0";
+
+/// Queues the waiter on `stream`: it returns once `*flag ≥ value` (sequence numbers).
+unsafe fn launch_waiter(
+    waiter: dsys::CUfunction,
+    stream: dsys::CUstream,
+    mut flag: u64,
+    mut value: u32,
+) -> Result<(), String> {
+    let mut params = [
+        &mut flag as *mut u64 as *mut c_void,
+        &mut value as *mut u32 as *mut c_void,
+    ];
+    check(
+        unsafe {
+            dsys::cuLaunchKernel(
+                waiter,
+                1,
+                1,
+                1,
+                1,
+                1,
+                1,
+                0,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        },
+        "launching the waiter",
+    )
+}
+
+fn load_waiter() -> Result<dsys::CUfunction, String> {
+    unsafe {
+        let module = drv::module::load_data(WAITER_PTX.as_ptr() as *const c_void)
+            .map_err(|e| format!("loading the waiter: {e:?}"))?;
+        let name = c"ember_wait_geq";
+        drv::module::get_function(module, name.to_owned())
+            .map_err(|e| format!("the waiter's function: {e:?}"))
+    }
+}
+
+/// One device's cuBLAS handle, stream and flags.
+struct Blas {
+    device: usize,
+    context: dsys::CUcontext,
+    handle: bsys::cublasHandle_t,
+    stream: dsys::CUstream,
+    /// `[u32; 4]` on the device: `flags[0]` written by burn's stream, `flags[1]` by ours.
+    flags: CubeTensor<CudaRuntime>,
+    flags_ptr: u64,
+    seq: u32,
+    /// The waiter kernel of step 2, or why the device flags are not used (host-sync ordering).
+    waiter: Result<dsys::CUfunction, String>,
+}
+
+// the raw CUDA handles are used under the mutex only
+unsafe impl Send for Blas {}
+
+static STATE: Mutex<Vec<Blas>> = Mutex::new(Vec::new());
+
+fn resource(t: &CubeTensor<CudaRuntime>) -> Option<u64> {
+    match t.client.get_resource(t.handle.clone()) {
+        Ok(r) => Some(r.resource().ptr),
+        Err(e) => {
+            fail(&format!("device pointer: {e:?}"));
+            None
+        }
+    }
+}
+
+fn open(like: &CubeTensor<CudaRuntime>) -> Result<Blas, String> {
+    let index = like.device.index;
+    let flags = CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(vec![4]),
+        like.client.create_from_slice(&[0u8; 16]),
+        DType::U32,
+    );
+    let flags_ptr = resource(&flags).ok_or("flags pointer")?;
+    unsafe {
+        drv::init().map_err(|e| format!("cuInit: {e:?}"))?;
+        let dev = drv::device::get(index as i32).map_err(|e| format!("cuDeviceGet: {e:?}"))?;
+        // CubeCL runs on the device's primary context
+        let context = drv::primary_ctx::retain(dev).map_err(|e| format!("retain: {e:?}"))?;
+        drv::ctx::set_current(context).map_err(|e| format!("set_current: {e:?}"))?;
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
+            .map_err(|e| format!("stream: {e:?}"))?;
+        let handle = blas::create_handle().map_err(|e| format!("cublasCreate: {e:?}"))?;
+        blas::set_stream(handle, stream as _).map_err(|e| format!("cublasSetStream: {e:?}"))?;
+        let waiter = match mode() {
+            Mode::DeviceFlags => load_waiter(),
+            _ => Err("EMBER_CUBLAS=sync".into()),
+        };
+        // every kernel of the protocol loaded before any waiter spins: run each once with
+        // sequence number 0 (nothing waits), then drain both streams
+        if let Ok(w) = waiter {
+            let one = || CubeCount::Static(1, 1, 1);
+            let arg = || flags.clone().into_array_arg();
+            // the operand slots bound to a tensor of the caller's (never read)
+            let any = || like.clone().into_array_arg();
+            kernels::signal_flag::launch::<CudaRuntime>(
+                &like.client,
+                one(),
+                CubeDim::new_single(),
+                arg(),
+                any(),
+                any(),
+                any(),
+                0,
+            );
+            kernels::wait_flag::launch::<CudaRuntime>(
+                &like.client,
+                one(),
+                CubeDim::new_single(),
+                arg(),
+                any(),
+                0,
+            );
+            cubecl::future::block_on(like.client.sync()).map_err(|e| format!("sync: {e:?}"))?;
+            launch_waiter(w, stream, flags_ptr, 0)?;
+            drv::stream::synchronize(stream).map_err(|e| format!("stream sync: {e:?}"))?;
+        }
+        if let Err(e) = &waiter {
+            if mode() == Mode::DeviceFlags {
+                log::warn!("ember-kernels: cuBLAS ordered by host synchronizations ({e})");
+            }
+        }
+        Ok(Blas {
+            waiter,
+            device: index,
+            context,
+            handle,
+            stream,
+            flags,
+            flags_ptr,
+            seq: 0,
+        })
+    }
+}
+
+/// How cuBLAS reads a row-major `rows × cols` operand: `(transposed, ld)`.
+fn layout(t: &CubeTensor<CudaRuntime>) -> Option<(bool, usize)> {
+    let shape = t.meta.shape().to_vec();
+    let strides = t.meta.strides().to_vec();
+    let (rows, cols) = (shape[0], shape[1]);
+    let (s0, s1) = (strides[0], strides[1]);
+    if (s1 == 1 || cols == 1) && s0 >= cols.max(1) {
+        Some((false, s0))
+    } else if (s0 == 1 || rows == 1) && s1 >= rows.max(1) {
+        Some((true, s1))
+    } else {
+        None
+    }
+}
+
+fn types(dtype: DType) -> Option<(bsys::cudaDataType, bsys::cublasComputeType_t)> {
+    use bsys::cublasComputeType_t as C;
+    use bsys::cudaDataType as T;
+    match dtype {
+        DType::F32 => Some((T::CUDA_R_32F, C::CUBLAS_COMPUTE_32F_FAST_TF32)),
+        DType::BF16 => Some((T::CUDA_R_16BF, C::CUBLAS_COMPUTE_32F)),
+        DType::F16 => Some((T::CUDA_R_16F, C::CUBLAS_COMPUTE_32F)),
+        _ => None,
+    }
+}
+
+/// `A·B` (row-major `[m,k]·[k,n]`) on cuBLAS, or `None` where it does not apply (another
+/// runtime, dtypes, layouts, sizes, cuBLAS off or failed): the caller then runs burn's matmul.
+pub(super) fn matmul<R: CubeRuntime>(
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let (a, b) = (cuda(a)?, cuda(b)?);
+    let [m, _, n] = shapes(a, b)?;
+    let out = empty(a, vec![m, n], a.dtype);
+    gemm(a, b, &out, 1.0, 0.0).then_some(())?;
+    (Box::new(out) as Box<dyn Any>)
+        .downcast::<CubeTensor<R>>()
+        .ok()
+        .map(|t| *t)
+}
+
+/// `C ← α·A·B + β·C` in `C`'s own buffer (one pass over `C`: the back-projection and the weight
+/// update in one GEMM); `true` if it ran. `C` must be dense, row-major, of the operands' dtype
+/// and not shared (`can_mut`); otherwise, or where [`matmul`] would not apply, nothing is written
+/// and the caller falls back.
+pub(super) fn accumulate<R: CubeRuntime>(
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+    c: &CubeTensor<R>,
+    alpha: f32,
+    beta: f32,
+) -> bool {
+    let (Some(a), Some(b), Some(c)) = (cuda(a), cuda(b), cuda(c)) else {
+        return false;
+    };
+    let Some([m, _, n]) = shapes(a, b) else {
+        return false;
+    };
+    let fits = c.meta.shape().to_vec() == [m, n]
+        && c.dtype == a.dtype
+        && c.is_contiguous()
+        && c.can_mut()
+        && c.device == a.device;
+    fits && gemm(a, b, c, alpha, beta)
+}
+
+/// `t` as a CUDA tensor, if cuBLAS is on and `t` is one.
+fn cuda<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<&CubeTensor<CudaRuntime>> {
+    if mode() == Mode::Off || FAILED.load(AtomicOrdering::Relaxed) {
+        return None;
+    }
+    (t as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()
+}
+
+/// `[m, k, n]` of `A·B` where cuBLAS can run it.
+fn shapes(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<[usize; 3]> {
+    let (sa, sb) = (a.meta.shape().to_vec(), b.meta.shape().to_vec());
+    if sa.len() != 2 || sb.len() != 2 || sa[1] != sb[0] || a.dtype != b.dtype {
+        return None;
+    }
+    if a.device != b.device || a.qparams.is_some() || b.qparams.is_some() {
+        return None;
+    }
+    let fits = |x: usize| x > 0 && x < i32::MAX as usize;
+    (sa.iter().chain(&sb).all(|&x| fits(x))).then_some([sa[0], sa[1], sb[1]])
+}
+
+/// `C ← α·A·B + β·C` on cuBLAS, ordered with burn's stream; `false` if it did not run (the
+/// caller falls back).
+fn gemm(
+    a: &CubeTensor<CudaRuntime>,
+    b: &CubeTensor<CudaRuntime>,
+    c: &CubeTensor<CudaRuntime>,
+    alpha: f32,
+    beta: f32,
+) -> bool {
+    let Some([m, k, n]) = shapes(a, b) else {
+        return false;
+    };
+    if m.saturating_mul(k).saturating_mul(n) < crate::vendor_gemm_min_macs() {
+        return false;
+    }
+    let Some((dtype, compute)) = types(a.dtype) else {
+        return false;
+    };
+    let (Some((a_t, lda)), Some((b_t, ldb))) = (layout(a), layout(b)) else {
+        return false;
+    };
+    if [lda, ldb].iter().any(|&ld| ld >= i32::MAX as usize) {
+        return false;
+    }
+
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let index = a.device.index;
+    if !state.iter().any(|s| s.device == index) {
+        match open(a) {
+            Ok(s) => state.push(s),
+            Err(e) => {
+                fail(&e);
+                return false;
+            }
+        }
+    }
+    let Some(blas_state) = state.iter_mut().find(|s| s.device == index) else {
+        return false;
+    };
+    let waiter = blas_state.waiter.as_ref().ok().copied();
+    let flags = waiter.is_some();
+    let one = CubeCount::Static(1, 1, 1);
+    let seq = blas_state.seq.wrapping_add(1);
+    blas_state.seq = seq;
+    if flags {
+        kernels::signal_flag::launch::<CudaRuntime>(
+            &a.client,
+            one.clone(),
+            CubeDim::new_single(),
+            blas_state.flags.clone().into_array_arg(),
+            a.clone().into_array_arg(),
+            b.clone().into_array_arg(),
+            c.clone().into_array_arg(),
+            seq,
+        );
+    } else if let Err(e) = cubecl::future::block_on(a.client.sync()) {
+        fail(&format!("sync: {e:?}"));
+        return false;
+    }
+
+    // The device pointers: each a blocking round trip to CubeCL's server, which handles its
+    // requests in order — so the signal kernel is on the device's queue before our waiter is.
+    // (Our waiter must never wait on a kernel that CubeCL has yet to launch: loading a kernel's
+    // module can wait for the device to go idle, which a spinning waiter prevents.)
+    let (Some(pa), Some(pb), Some(pc)) = (resource(a), resource(b), resource(c)) else {
+        return false;
+    };
+
+    // row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is B
+    let op = |t: bool| {
+        if t {
+            bsys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            bsys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    // `released`: flags[1] will reach `seq` (the waiter may be queued)
+    let mut released = false;
+    let result: Result<(), String> = unsafe {
+        let mut run = || -> Result<(), String> {
+            drv::ctx::set_current(blas_state.context).map_err(|e| format!("set_current: {e:?}"))?;
+            if let Some(waiter) = waiter {
+                launch_waiter(waiter, blas_state.stream, blas_state.flags_ptr, seq)?;
+            }
+            let gemm = blas::gemm_ex(
+                blas_state.handle,
+                op(b_t),
+                op(a_t),
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                pb as *const c_void,
+                dtype,
+                ldb as i32,
+                pa as *const c_void,
+                dtype,
+                lda as i32,
+                &beta as *const f32 as *const c_void,
+                pc as *mut c_void,
+                dtype,
+                n as i32,
+                compute,
+                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+            .map_err(|e| format!("cublasGemmEx: {e:?}"));
+            if flags {
+                // written whatever the GEMM did, so that burn's stream is released
+                let written = check(
+                    dsys::cuMemsetD32Async(blas_state.flags_ptr + 4, seq, 1, blas_state.stream),
+                    "cuMemsetD32Async",
+                );
+                released = written.is_ok();
+                written?;
+            }
+            if !released {
+                drv::stream::synchronize(blas_state.stream)
+                    .map_err(|e| format!("stream sync: {e:?}"))?;
+            }
+            gemm
+        };
+        run()
+    };
+    if released {
+        kernels::wait_flag::launch::<CudaRuntime>(
+            &a.client,
+            one,
+            CubeDim::new_single(),
+            blas_state.flags.clone().into_array_arg(),
+            c.clone().into_array_arg(),
+            seq,
+        );
+    } else if flags {
+        // the product is not ordered with burn's stream: nothing of it is used
+        let _ = unsafe { drv::stream::synchronize(blas_state.stream) };
+    }
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            fail(&e);
+            false
+        }
+    }
+}
+
+fn check(r: dsys::CUresult, what: &str) -> Result<(), String> {
+    if r == dsys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{what}: {r:?}"))
+    }
+}
