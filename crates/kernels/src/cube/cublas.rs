@@ -18,8 +18,11 @@
 //! 3. a one-thread CubeCL kernel on burn's stream spins until `flags[1] ≥ s`: whatever burn
 //!    queues next (reads of the product, reuse of the operands' memory) runs after the GEMM.
 //!
-//! Every wait is on work already queued when the wait is queued, so the two streams cannot wait
-//! on each other. (The driver's stream memory operations, `cuStreamWaitValue32`/`WriteValue32`,
+//! Every wait is on work already on the device's queues when the wait is queued, so the two
+//! streams cannot wait on each other: CubeCL launches from a server thread, so our waiter is
+//! launched only after a blocking round trip to that thread (fetching the device pointers), and
+//! every kernel of the protocol is loaded once before any waiter spins (a module load can wait
+//! for the device to go idle). (The driver's stream memory operations, `cuStreamWaitValue32`/`WriteValue32`,
 //! would do steps 2 and 3's writes without kernels; a first version built on them fell back to
 //! burn's matmul on every product on the H100 we measure on.) Mode `sync`
 //! (`EMBER_CUBLAS=sync`, and the fallback when the waiter cannot be loaded) orders by the host
