@@ -46,17 +46,19 @@ pub struct StepTiming {
     /// (projection, Adam, back-projection and apply: the kernels), without the optimizer's
     /// plumbing.
     pub engine_ms: f64,
-    /// Median of the projection `down(G)` alone (one burn matmul), if the projector is dense.
+    /// Median of the projection `down(G)` alone (one `EmberBackend::projection_matmul`: cuBLAS on
+    /// CUDA above `ember_kernels::vendor_gemm_min_macs`, else burn's matmul), if the projector is
+    /// dense.
     pub down_ms: Option<f64>,
-    /// Median of the whole back-projection `up(N)` alone (one burn matmul, `m×n` output).
+    /// Median of the whole back-projection `up(N)` alone (one product, `m×n` output).
     pub up_ms: Option<f64>,
-    /// Relative error `‖C − C₆₄‖/‖C₆₄‖` of burn's `down(G)` matmul on 512 sampled entries, against
+    /// Relative error `‖C − C₆₄‖/‖C₆₄‖` of the `down(G)` product on 512 sampled entries, against
     /// f64 dot products on the host: ~1e-7 in f32, ~1e-4 when the matmul ran in TF32.
     pub down_rel_err: Option<f64>,
     /// The same for `up(N)`.
     pub up_rel_err: Option<f64>,
     /// The precision the projection matmuls ran in, read off those errors (`f32` below 2e-5,
-    /// else `tf32`): burn's autotuner picks tensor-core (TF32) kernels for some shapes.
+    /// else `tf32`): cuBLAS runs f32 products on TF32 tensor cores, as burn's CUDA matmul does.
     pub matmul_precision: Option<&'static str>,
     /// Median of the non-finite check alone (ms): the pass over `G` and the read-back of its
     /// flag, one device sync (part of `step_ms`).
@@ -134,7 +136,7 @@ where
         drop(w1);
         state = Some(s);
     }
-    // the two projection matmuls alone (burn's matmul), for the FLOP count in the notes
+    // the two projection products alone, for the FLOP count in the notes
     let basis = state
         .as_ref()
         .and_then(|s| match s.projector.materialize(optim.shared_bases()) {
