@@ -299,9 +299,10 @@ pub(super) fn matmul<R: CubeRuntime>(
     b: &CubeTensor<R>,
 ) -> Option<CubeTensor<R>> {
     let (a, b) = (cuda(a)?, cuda(b)?);
-    let [m, _, n] = shapes(a, b)?;
-    let out = empty(a, vec![m, n], a.dtype);
-    gemm(a, b, &out, 1.0, 0.0).then_some(())?;
+    // decided before the output is allocated: a product left to burn allocates nothing here
+    let plan = plan(a, b)?;
+    let out = empty(a, vec![plan.m, plan.n], a.dtype);
+    gemm(&plan, a, b, &out, 1.0, 0.0).then_some(())?;
     (Box::new(out) as Box<dyn Any>)
         .downcast::<CubeTensor<R>>()
         .ok()
@@ -322,15 +323,15 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let (Some(a), Some(b), Some(c)) = (cuda(a), cuda(b), cuda(c)) else {
         return false;
     };
-    let Some([m, _, n]) = shapes(a, b) else {
+    let Some(plan) = plan(a, b) else {
         return false;
     };
-    let fits = c.meta.shape().to_vec() == [m, n]
+    let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
         && c.dtype == a.dtype
         && c.is_contiguous()
         && c.can_mut()
         && c.device == a.device;
-    fits && gemm(a, b, c, alpha, beta)
+    fits && gemm(&plan, a, b, c, alpha, beta)
 }
 
 /// `t` as a CUDA tensor, if cuBLAS is on and `t` is one.
@@ -341,8 +342,21 @@ fn cuda<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<&CubeTensor<CudaRuntime>> {
     (t as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()
 }
 
-/// `[m, k, n]` of `A·B` where cuBLAS can run it.
-fn shapes(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<[usize; 3]> {
+/// How cuBLAS runs `A·B`: sizes, types and each operand's `(transposed, ld)`.
+struct Plan {
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: bsys::cudaDataType,
+    compute: bsys::cublasComputeType_t,
+    a: (bool, usize),
+    b: (bool, usize),
+}
+
+/// The [`Plan`] of `A·B`, or `None` where cuBLAS does not take it: shapes or dtypes that do not
+/// match, sizes beyond `i32`, layouts other than row-major/transposed, products under
+/// [`crate::vendor_gemm_min_macs`].
+fn plan(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<Plan> {
     let (sa, sb) = (a.meta.shape().to_vec(), b.meta.shape().to_vec());
     if sa.len() != 2 || sb.len() != 2 || sa[1] != sb[0] || a.dtype != b.dtype {
         return None;
@@ -350,34 +364,46 @@ fn shapes(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<[u
     if a.device != b.device || a.qparams.is_some() || b.qparams.is_some() {
         return None;
     }
+    let (m, k, n) = (sa[0], sa[1], sb[1]);
+    if m.saturating_mul(k).saturating_mul(n) < crate::vendor_gemm_min_macs() {
+        return None;
+    }
+    let (dtype, compute) = types(a.dtype)?;
+    let (la, lb) = (layout(a)?, layout(b)?);
     let fits = |x: usize| x > 0 && x < i32::MAX as usize;
-    (sa.iter().chain(&sb).all(|&x| fits(x))).then_some([sa[0], sa[1], sb[1]])
+    [m, k, n, la.1, lb.1]
+        .iter()
+        .all(|&x| fits(x))
+        .then_some(Plan {
+            m,
+            k,
+            n,
+            dtype,
+            compute,
+            a: la,
+            b: lb,
+        })
 }
 
-/// `C ← α·A·B + β·C` on cuBLAS, ordered with burn's stream; `false` if it did not run (the
-/// caller falls back).
+/// `C ← α·A·B + β·C` on cuBLAS as `plan` says, ordered with burn's stream; `false` if it did not
+/// run (the caller falls back).
 fn gemm(
+    plan: &Plan,
     a: &CubeTensor<CudaRuntime>,
     b: &CubeTensor<CudaRuntime>,
     c: &CubeTensor<CudaRuntime>,
     alpha: f32,
     beta: f32,
 ) -> bool {
-    let Some([m, k, n]) = shapes(a, b) else {
-        return false;
-    };
-    if m.saturating_mul(k).saturating_mul(n) < crate::vendor_gemm_min_macs() {
-        return false;
-    }
-    let Some((dtype, compute)) = types(a.dtype) else {
-        return false;
-    };
-    let (Some((a_t, lda)), Some((b_t, ldb))) = (layout(a), layout(b)) else {
-        return false;
-    };
-    if [lda, ldb].iter().any(|&ld| ld >= i32::MAX as usize) {
-        return false;
-    }
+    let &Plan {
+        m,
+        k,
+        n,
+        dtype,
+        compute,
+        a: (a_t, lda),
+        b: (b_t, ldb),
+    } = plan;
 
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let index = a.device.index;
