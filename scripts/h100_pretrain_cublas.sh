@@ -6,7 +6,8 @@
 # (issue 18 items 1 and "pretraining"). Usage:
 #   CHECKS=1 METHODS="adamw galore fira" bash scripts/h100_pretrain_cublas.sh   # first call
 #   METHODS="frugal dct qgalore galore:off" bash scripts/h100_pretrain_cublas.sh   # second call
-# `NAME:off` runs NAME with EMBER_CUBLAS=off (burn's matmul), for a same-binary comparison.
+# `NAME:off` runs NAME with EMBER_CUBLAS=off (burn's matmul), for a same-binary comparison;
+# `NAME+FLAG…` adds `--FLAG` to its command line (e.g. `galore+host-svd+check-on-device`).
 # With CHECKS=1 the kernel checks on CUDA (bare and under burn's fusion) and the GaLore r512 steps
 # run first. Output:
 # $OUT/res.tgz (every method's summary.json and log; packed after each run), $OUT/summary.txt.
@@ -28,10 +29,11 @@ if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretra
 chmod +x $P
 COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
 for m in ${METHODS:-adamw galore}; do
-  o=${m%%:*}; name=${m/:/-}
+  o=${m%%:*}; o=${o%%+*}; name=${m/:/-}; name=${name//+/-}
+  flags=""; rest=${m%%:*}; [ "$rest" != "$o" ] && for f in $(echo ${rest#*+} | tr '+' ' '); do flags="$flags --$f"; done
   lim=$(( $(left) - 15 )); [ $lim -lt 60 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; continue; }
-  if [ "$m" != "$o" ]; then export EMBER_CUBLAS=${m##*:}; else unset EMBER_CUBLAS; fi
-  timeout $lim $P train $COMMON --optimizer $o --out $OUT/$name > $OUT/$name.log 2>&1
+  if [ "$m" != "${m%%:*}" ]; then export EMBER_CUBLAS=${m##*:}; else unset EMBER_CUBLAS; fi
+  timeout $lim $P train $COMMON --optimizer $o $flags --out $OUT/$name > $OUT/$name.log 2>&1
   echo "$name: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/$name.log)" | tee -a $OUT/summary.txt
   rm -rf $OUT/$name/checkpoint
   pack

@@ -42,6 +42,11 @@ pub struct StepTiming {
     /// Median optimizer step (ms), no refresh: burn's `Optimizer::step` on a module, everything
     /// included (gradient collection, the non-finite check, the update, the module mapping).
     pub step_ms: f64,
+    /// The same median with `NonFinitePolicy::SkipStepOnDevice` (`step_ms` runs burn's
+    /// `Optimizer::step` under the default policy, which reads the NaN/Inf flags back to the host
+    /// every step): the check stays on the device, the step only enqueues work. Same method: the
+    /// device synchronized before and after each step.
+    pub step_on_device_ms: f64,
     /// Median of the engine's step alone (ms): the same update on the parameter's tensors
     /// (projection, Adam, back-projection and apply: the kernels), without the optimizer's
     /// plumbing.
@@ -103,19 +108,37 @@ where
         weights: Dtype::F32,
         state: Dtype::F32,
     };
-    let mut optim = crate::measure::optimizer_with_gap::<B, Single<B>>(&s, vec![], 1_000_000);
-    let mut times = vec![];
-    for i in 0..1 + warmup + iters {
-        let mut grads = GradientsParams::new();
-        grads.register(model.w.id, g.clone());
-        B::sync(device).ok();
-        let t = Instant::now();
-        model = optim.step(1e-3, model, grads);
-        B::sync(device).ok();
-        if i > warmup {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+    let build = |policy| {
+        crate::measure::recipe(&s, vec![], 1_000_000, None)
+            .with_non_finite(policy)
+            .build::<B, Single<B>>()
+            .unwrap_or_else(|e| panic!("optimizer: {e}"))
+    };
+    // the step through burn's `Optimizer::step`, medians of `iters` after the first step (which
+    // fits the projector) and `warmup` steps
+    let time_steps = |optim: &mut ember_core::EmberOptimizer<Single<B>, B>,
+                      mut model: Single<B>| {
+        let mut times = vec![];
+        for i in 0..1 + warmup + iters {
+            let mut grads = GradientsParams::new();
+            grads.register(model.w.id, g.clone());
+            B::sync(device).ok();
+            let t = Instant::now();
+            model = optim.step(1e-3, model, grads);
+            B::sync(device).ok();
+            if i > warmup {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
-    }
+        (median(times), model)
+    };
+    let step_on_device_ms = {
+        let mut optim = build(ember_core::NonFinitePolicy::SkipStepOnDevice);
+        time_steps(&mut optim, model.clone()).0
+    };
+    let mut optim = build(ember_core::NonFinitePolicy::Error);
+    let (step_ms, stepped) = time_steps(&mut optim, model);
+    model = stepped;
     // the engine alone, from the optimizer's state (no refresh: the gap exceeds the run)
     let engine = optim.target_engine().clone();
     let mut state = optim.param_state(model.w.id).cloned();
@@ -278,7 +301,8 @@ where
         m,
         n,
         rank,
-        step_ms: median(times),
+        step_ms,
+        step_on_device_ms,
         engine_ms: median(engine_times),
         down_ms,
         up_ms,

@@ -59,15 +59,20 @@ pub struct StepContext<'a, B: Backend> {
     pub bases: &'a SharedBases<B>,
     /// Identifies the parameter for seeded projectors (hash of its module path).
     pub salt: u64,
+    /// The step's skip flag on the device ([`ember_kernels::Skip`]): where it is 1 the step
+    /// changes neither the weight nor the moments (its gradients were not finite). `None`: the
+    /// gradients were checked on the host. A step that refreshes its projector needs `None`.
+    pub skip: Option<&'a Tensor<B, 1>>,
 }
 
 impl<'a, B: Backend> StepContext<'a, B> {
-    /// A context with no seeded salt.
+    /// A context with no seeded salt and no skip flag.
     pub fn new(shape: &'a [usize], bases: &'a SharedBases<B>) -> Self {
         Self {
             shape,
             bases,
             salt: 0,
+            skip: None,
         }
     }
 }
@@ -441,6 +446,25 @@ impl EngineConfig {
         ))
     }
 
+    /// Whether the next step of a parameter with state `state` fits a projector from its
+    /// gradient (its first step, or a refresh the policy schedules): such a step reads the
+    /// gradient on the host or fits on it, so the optimizer checks that gradient on the host
+    /// first. Never for the identity projector.
+    pub fn refreshes_next<B: Backend>(&self, state: Option<&ParamState<B>>) -> bool {
+        if self.projector == ProjectorKind::Identity {
+            return false;
+        }
+        match state {
+            None => true,
+            Some(s) => self.refresh.is_due(s.step, &s.refresh),
+        }
+    }
+
+    fn refresh_due<B: Backend>(&self, p: &Parts<B>) -> bool {
+        self.projector != ProjectorKind::Identity
+            && (p.projector.is_none() || self.refresh.is_due(p.step, &p.refresh))
+    }
+
     /// Refreshes the projector of `p` if it has none or the refresh policy says so.
     fn refresh_parts<B: EmberBackend>(
         &self,
@@ -481,7 +505,9 @@ impl EngineConfig {
         state: Option<ParamState<B>>,
         ctx: &StepContext<'_, B>,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
-        let StepContext { shape, bases, .. } = *ctx;
+        let StepContext {
+            shape, bases, skip, ..
+        } = *ctx;
         self.state
             .check_device::<B>(&w.device())
             .map_err(EmberError::InvalidConfig)?;
@@ -504,6 +530,12 @@ impl EngineConfig {
             }
         };
         if let Some(g) = &g {
+            if skip.is_some() && self.refresh_due(&p) {
+                return Err(EmberError::Internal(
+                    "a projector refresh on a step whose gradients were not checked on the host"
+                        .into(),
+                ));
+            }
             self.refresh_parts(&mut p, g, ctx)?;
         }
         // (a loaded checkpoint may hold a bf16 projector widened to the backend's float)
@@ -545,7 +577,9 @@ impl EngineConfig {
                         (None, Some(g)) => crate::chunked::down(&basis, g, &chunks),
                         (None, None) => unreachable!("a gradient is given"),
                     };
-                    let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
+                    let (n_low, m1, m2) =
+                        self.state
+                            .adam(r.clone(), moments, adam, bases, skip.cloned());
                     let mut out = w;
                     for k in chunks {
                         let (basis_k, n_k) = crate::chunked::basis_rows(&basis, &n_low, k.clone());
@@ -560,6 +594,7 @@ impl EngineConfig {
                             coef,
                             rule,
                             None,
+                            skip.cloned(),
                         );
                         out = out.slice_assign([k, 0..cols], w_k.cast(w_dtype));
                     }
@@ -577,8 +612,15 @@ impl EngineConfig {
                         let w_k = crate::chunked::rows_of(&out, k.clone()).cast(DType::F32);
                         let g_k = crate::chunked::rows_of(&g, k.clone()).cast(DType::F32);
                         let moments_k = Some((m.rows(k.clone()), v.rows(k.clone())));
-                        let (w_k, m_k, v_k) =
-                            self.state.adam_full(w_k, g_k, moments_k, adam, coef, bases);
+                        let (w_k, m_k, v_k) = self.state.adam_full(
+                            w_k,
+                            g_k,
+                            moments_k,
+                            adam,
+                            coef,
+                            bases,
+                            skip.cloned(),
+                        );
                         out = out.slice_assign([k.clone(), 0..cols], w_k.cast(w_dtype));
                         m = m.assign_rows(k.clone(), m_k);
                         v = v.assign_rows(k, v_k);
@@ -593,7 +635,7 @@ impl EngineConfig {
             // the residual is discarded when only `r` is given: `g` is never read then
             let g = g.map(|g| g.cast(DType::F32)).unwrap_or_else(|| w.clone());
             self.whole_update(
-                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases,
+                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip,
             )
         };
 
@@ -628,7 +670,9 @@ impl EngineConfig {
         c: f64,
         lr: f64,
         bases: &SharedBases<B>,
+        skip: Option<&Tensor<B, 1>>,
     ) -> (Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>) {
+        let skip = skip.cloned();
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
         let identity = self.projector == ProjectorKind::Identity;
@@ -636,19 +680,26 @@ impl EngineConfig {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
                 let r = r_given.unwrap_or_else(|| basis.down(g.clone()));
-                let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
-                let (w, zeta) = B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm);
+                let (n_low, m1, m2) =
+                    self.state
+                        .adam(r.clone(), moments, adam, bases, skip.clone());
+                let (w, zeta) =
+                    B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm, skip);
                 (w, m1, m2, zeta)
             }
             // full rank (non-targeted parameters): AdamW in one kernel
             None if identity && self.residual.is_discard() => {
-                let (w, m1, m2) = self.state.adam_full(w, g, moments, adam, coef, bases);
+                let (w, m1, m2) = self.state.adam_full(w, g, moments, adam, coef, bases, skip);
                 (w, m1, m2, None)
             }
             // coordinate selection, two-sided projection: composed from burn ops
             None => {
                 let r = r_given.unwrap_or_else(|| active.down(g.clone(), bases));
-                let (n_low, m1, m2) = self.state.adam(r.clone(), moments, adam, bases);
+                let (n_low, m1, m2) =
+                    self.state
+                        .adam(r.clone(), moments, adam, bases, skip.clone());
+                // held where the skip flag is set: the weight and the residual's memory
+                let held = skip.as_ref().map(|_| (w.clone(), prev_norm.clone()));
                 let mut w = w;
                 if coef.decay_before != 0.0 {
                     w = w.mul_scalar(1.0 - coef.decay_before);
@@ -672,6 +723,11 @@ impl EngineConfig {
                 }
                 if coef.decay_after != 0.0 {
                     w = w.clone().sub(w.mul_scalar(coef.decay_after));
+                }
+                if let Some((w_old, norm_old)) = held {
+                    w = ember_kernels::portable::hold(&skip, w_old, w);
+                    residual_norm =
+                        ember_kernels::portable::hold_zeta(&skip, norm_old, residual_norm);
                 }
                 (w, m1, m2, residual_norm)
             }
@@ -727,15 +783,22 @@ impl EngineConfig {
 
     /// A state-free update with `rule` on the whole gradient (FRUGAL's inactive blocks): decay
     /// as configured, then `W ← W − lr·s·sign(G)` (signSGD), `W ← W − lr·s·G` (SGD) or nothing
-    /// (`Discard`).
+    /// (`Discard`). `skip`: the step's skip flag ([`StepContext::skip`]).
     pub fn state_free_step<B: EmberBackend>(
         &self,
         lr: f64,
         w: Tensor<B, 2>,
         g: Tensor<B, 2>,
         rule: &ResidualRule,
+        skip: Option<&Tensor<B, 1>>,
     ) -> Tensor<B, 2> {
-        B::state_free_step(w, g, rule.to_update(lr), self.update_coefficients(lr, 0.0))
+        B::state_free_step(
+            w,
+            g,
+            rule.to_update(lr),
+            self.update_coefficients(lr, 0.0),
+            skip.cloned(),
+        )
     }
 
     /// Bytes of optimizer state this pipeline holds for an `m × n` parameter (moments as the

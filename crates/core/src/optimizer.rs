@@ -30,6 +30,21 @@ pub enum NonFinitePolicy {
     Error,
     /// The whole step is skipped (no parameter or state changes) and a warning is logged.
     SkipStep,
+    /// As `SkipStep`, with the check kept on the device: a step only enqueues work, nothing is
+    /// read back to the host. One fused pass flags the gradients; the update kernels (and
+    /// cuBLAS's accumulating GEMM, through device-side scalars) read the flag and, where it is
+    /// set, leave every weight and moment as it was. The host learns of a skipped step later:
+    /// at the next step that checks on the host (below), where the warning is logged, and from
+    /// [`EmberOptimizer::skipped_steps`], which reads the count back.
+    ///
+    /// Differences from `SkipStep`: the per-parameter step counters advance on a skipped step
+    /// (Adam's bias correction and the refresh schedule count it; the weights and moments do
+    /// not change). A step checks on the host instead, exactly as `SkipStep`, where a parameter
+    /// fits its projector from the gradient (its first step, a scheduled refresh), for INT8
+    /// weights ([`QLinear`](crate::QLinear): their stochastic requantization), for gradients on
+    /// several devices, and for accumulated micro-batches
+    /// ([`try_accumulate`](EmberOptimizer::try_accumulate)).
+    SkipStepOnDevice,
 }
 
 /// An Ember optimizer for module `M` on autodiff backend `B`.
@@ -53,6 +68,11 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     step: usize,
     bases: SharedBases<B::InnerBackend>,
     skipped_steps: usize,
+    /// Steps skipped on the device ([`NonFinitePolicy::SkipStepOnDevice`]): f32 `[1]`, never read
+    /// on an ordinary step; `skipped_steps` counts the ones already read back.
+    device_skips: Option<Tensor<B::InnerBackend, 1>>,
+    /// Steps (and parts) whose gradients were checked on the host.
+    host_checks: usize,
     rounding_seed: u64,
     /// The targets were checked against a module (at the first step).
     targets_checked: bool,
@@ -166,6 +186,8 @@ where
             step: 0,
             bases: SharedBases::new(),
             skipped_steps: 0,
+            device_skips: None,
+            host_checks: 0,
             rounding_seed: 0,
             targets_checked: false,
             _module: PhantomData,
@@ -246,9 +268,46 @@ where
         self.blocks.is_some()
     }
 
-    /// Steps skipped because of non-finite gradients ([`NonFinitePolicy::SkipStep`]).
+    /// Steps (or, layer-wise, parts of steps) skipped because of non-finite gradients. Under
+    /// [`NonFinitePolicy::SkipStepOnDevice`] this reads the device's count back (a host
+    /// synchronization).
     pub fn skipped_steps(&self) -> usize {
-        self.skipped_steps
+        self.skipped_steps + self.unreported_device_skips()
+    }
+
+    /// Steps (and parts of steps, layer-wise) whose gradients were checked for NaN/Inf on the
+    /// host — one synchronization with the device each. Every step under `Error` and
+    /// `SkipStep`; under [`NonFinitePolicy::SkipStepOnDevice`] only the steps that need it
+    /// (its docs say which).
+    pub fn host_checks(&self) -> usize {
+        self.host_checks
+    }
+
+    /// Skips counted on the device and not yet read back.
+    fn unreported_device_skips(&self) -> usize {
+        self.device_skips.as_ref().map_or(0, |t| {
+            let v: Vec<f32> = t
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
+            v.first().copied().unwrap_or(0.0).round() as usize
+        })
+    }
+
+    /// Reads the device's skip count back into `skipped_steps` (at a step that synchronizes
+    /// anyway) and logs the skips it finds.
+    fn report_device_skips(&mut self) {
+        let n = self.unreported_device_skips();
+        self.device_skips = None;
+        if n > 0 {
+            log::warn!(
+                "ember: {n} optimizer step(s) skipped on the device since the last check: \
+                 non-finite gradients (NaN/±Inf)"
+            );
+            self.skipped_steps += n;
+        }
     }
 
     /// Which parameters of `module` are projected: `(path, id, shape, is_target)` in module
@@ -433,6 +492,15 @@ where
         )
     }
 
+    /// The policy of burn's `Optimizer::step`, which cannot return an error: the configured one
+    /// if it skips, else `SkipStep`.
+    fn skipping_policy(&self) -> NonFinitePolicy {
+        match self.non_finite {
+            NonFinitePolicy::Error => NonFinitePolicy::SkipStep,
+            p => p,
+        }
+    }
+
     /// Ends a step made of [`try_step_part`](Self::try_step_part) calls.
     pub fn finish_step(&mut self) {
         self.step += 1;
@@ -458,7 +526,7 @@ where
             };
             match self.non_finite {
                 NonFinitePolicy::Error => return Err(err),
-                NonFinitePolicy::SkipStep => {
+                NonFinitePolicy::SkipStep | NonFinitePolicy::SkipStepOnDevice => {
                     log::warn!("ember: {err}; skipping this micro-batch");
                     self.skipped_steps += 1;
                     return Ok(());
@@ -479,6 +547,7 @@ where
                         shape: &p.shape,
                         bases: &self.bases,
                         salt: crate::rng::hash_str(&p.path),
+                        skip: None,
                     };
                     let (r, state) = engine.project(g, state, &ctx, first)?;
                     self.states.insert(id, state);
@@ -502,6 +571,31 @@ where
     ) -> Result<M, EmberError> {
         let mode = if finish { Mode::Whole } else { Mode::Part };
         self.step_common(lr, module, Grads::Accumulated(acc), mode, self.non_finite)
+    }
+
+    /// Whether this step can keep its NaN/Inf check on the device
+    /// ([`NonFinitePolicy::SkipStepOnDevice`]): one device, no INT8 weight, no parameter that
+    /// fits its projector from this gradient.
+    fn checks_on_device(
+        &self,
+        order: &[ParamId],
+        pending: &HashMap<ParamId, Pending<B::InnerBackend>>,
+    ) -> bool {
+        let mut device = None;
+        order.iter().all(|id| {
+            let p = &pending[id];
+            if p.empty {
+                return true;
+            }
+            let same = match &device {
+                None => {
+                    device = Some(p.device.clone());
+                    true
+                }
+                Some(d) => *d == p.device,
+            };
+            same && p.quant.is_none() && !self.engine_of(*id, p).refreshes_next(self.states.get(id))
+        })
     }
 
     fn engine_of(&self, id: ParamId, p: &Pending<B::InnerBackend>) -> &EngineConfig {
@@ -633,16 +727,36 @@ where
         }
         let (order, pending) = self.collect(&module, grads)?;
         self.targets_checked = true;
-        if let Some(bad) = first_non_finite(&order, &pending) {
-            let err = EmberError::NonFiniteGradient {
-                param: pending[&bad].path.clone(),
-            };
-            match non_finite {
-                NonFinitePolicy::Error => return Err(err),
-                NonFinitePolicy::SkipStep => {
-                    log::warn!("ember: {err}; skipping this optimizer step");
-                    self.skipped_steps += 1;
-                    return Ok(module);
+        // the step's skip flag on the device, or the check on the host
+        let skip = if non_finite == NonFinitePolicy::SkipStepOnDevice
+            && self.checks_on_device(&order, &pending)
+        {
+            device_skip_flag(&order, &pending)
+        } else {
+            None
+        };
+        if let Some(flag) = &skip {
+            self.device_skips = Some(match self.device_skips.take() {
+                Some(count) => {
+                    let device = count.device();
+                    count.add(flag.clone().to_device(&device))
+                }
+                None => flag.clone(),
+            });
+        } else {
+            self.report_device_skips();
+            self.host_checks += 1;
+            if let Some(bad) = first_non_finite(&order, &pending) {
+                let err = EmberError::NonFiniteGradient {
+                    param: pending[&bad].path.clone(),
+                };
+                match non_finite {
+                    NonFinitePolicy::Error => return Err(err),
+                    NonFinitePolicy::SkipStep | NonFinitePolicy::SkipStepOnDevice => {
+                        log::warn!("ember: {err}; skipping this optimizer step");
+                        self.skipped_steps += 1;
+                        return Ok(module);
+                    }
                 }
             }
         }
@@ -710,6 +824,7 @@ where
             rounding_seed: self.rounding_seed,
             step: self.step,
             qparams: HashMap::new(),
+            skip,
             error: None,
         };
         let module = module.map(&mut stepper);
@@ -741,29 +856,20 @@ where
 
     /// A step for burn's `Learner` and hand-written loops. `Optimizer::step` cannot return an
     /// error, so a non-finite gradient **skips the step** (logged with the parameter's name,
-    /// counted by [`EmberOptimizer::skipped_steps`]) whatever the [`NonFinitePolicy`];
+    /// counted by [`EmberOptimizer::skipped_steps`]) whatever the [`NonFinitePolicy`] (with
+    /// `SkipStepOnDevice`, on the device);
     /// [`EmberOptimizer::try_step`] returns it as an error instead. Other bad input panics with
     /// the error's message.
     fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
-        self.step_common(
-            lr,
-            module,
-            Grads::Single(grads),
-            Mode::Whole,
-            NonFinitePolicy::SkipStep,
-        )
-        .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+        let policy = self.skipping_policy();
+        self.step_common(lr, module, Grads::Single(grads), Mode::Whole, policy)
+            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
     }
 
     fn step_multi(&mut self, lr: f64, module: M, grads: MultiGradientsParams) -> M {
-        self.step_common(
-            lr,
-            module,
-            Grads::Multi(grads),
-            Mode::Whole,
-            NonFinitePolicy::SkipStep,
-        )
-        .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
+        let policy = self.skipping_policy();
+        self.step_common(lr, module, Grads::Multi(grads), Mode::Whole, policy)
+            .unwrap_or_else(|e| panic!("ember optimizer step failed: {e}"))
     }
 
     fn to_record(&self) -> Self::Record {
@@ -1037,6 +1143,23 @@ fn first_non_finite<B: EmberBackend>(
     order.iter().find(|id| bad.contains(id)).copied()
 }
 
+/// The skip flag of a step on one device ([`NonFinitePolicy::SkipStepOnDevice`]): the fused
+/// flags of every gradient reduced on the device, never read back. `None` without gradients.
+fn device_skip_flag<B: EmberBackend>(
+    order: &[ParamId],
+    pending: &HashMap<ParamId, Pending<B>>,
+) -> Option<Tensor<B, 1>> {
+    let ids: Vec<&ParamId> = order.iter().filter(|id| !pending[*id].empty).collect();
+    let device = pending[*ids.first()?].device.clone();
+    let grads = ids
+        .iter()
+        .map(|id| pending[*id].grad_tensor().clone())
+        .collect();
+    Some(ember_kernels::skip_flag(B::non_finite_flags(
+        grads, &device,
+    )))
+}
+
 /// Pass 2: computes each parameter's update while the module is mapped, so that its old value
 /// is freed as soon as the new one exists.
 struct Stepper<'a, B: AutodiffBackend> {
@@ -1053,6 +1176,8 @@ struct Stepper<'a, B: AutodiffBackend> {
     step: usize,
     /// New `(scale, zero)` of INT8 weights, applied when their `qparams` is mapped.
     qparams: HashMap<ParamId, Tensor<B::InnerBackend, 3>>,
+    /// The step's skip flag on the device (`None`: checked on the host).
+    skip: Option<Tensor<B::InnerBackend, 1>>,
     error: Option<EmberError>,
 }
 
@@ -1077,7 +1202,7 @@ where
             let dense = &group.dense;
             if !is_active {
                 self.states.remove(&id);
-                return Ok(dense.state_free_step(lr, w, g, &blocks.inactive));
+                return Ok(dense.state_free_step(lr, w, g, &blocks.inactive, self.skip.as_ref()));
             }
             let state = if self.reselect {
                 self.states.remove(&id);
@@ -1085,8 +1210,11 @@ where
             } else {
                 self.states.remove(&id).map(|s| s.to_device(&p.device))
             };
-            let (w, state) =
-                dense.step(lr, w, g, state, &StepContext::new(&p.shape, self.bases))?;
+            let ctx = StepContext {
+                skip: self.skip.as_ref(),
+                ..StepContext::new(&p.shape, self.bases)
+            };
+            let (w, state) = dense.step(lr, w, g, state, &ctx)?;
             self.states.insert(id, state);
             return Ok(w);
         }
@@ -1100,6 +1228,7 @@ where
             shape: &p.shape,
             bases: self.bases,
             salt: crate::rng::hash_str(&p.path),
+            skip: self.skip.as_ref(),
         };
         // the state moves into the step (not a copy): a large parameter's moments are then
         // updated in place, chunk by chunk (`crate::chunked`). A failed step discards the module

@@ -365,13 +365,15 @@ impl StateStorage {
         moments: Option<(Moment<B>, Moment<B>)>,
         c: AdamCoefficients,
         shared: &SharedBases<B>,
+        skip: ember_kernels::Skip<B>,
     ) -> (Tensor<B, 2>, Moment<B>, Moment<B>) {
         let shape = r.dims();
         let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &r.device()));
         match (m, v) {
             (Moment::Int8(m), Moment::Int8(v)) => {
                 let maps = shared.dynamic_maps(&r.device());
-                let (n, m, v) = B::adam_8bit(r, m.into_blockwise(), v.into_blockwise(), &maps, c);
+                let (n, m, v) =
+                    B::adam_8bit(r, m.into_blockwise(), v.into_blockwise(), &maps, c, skip);
                 (
                     n,
                     Moment::Int8(Int8Moment::from_blockwise(m, shape)),
@@ -380,7 +382,7 @@ impl StateStorage {
             }
             (m, v) => {
                 let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
-                let (n, m, v) = B::subspace_adam(r, m, v, c);
+                let (n, m, v) = B::subspace_adam(r, m, v, c, skip);
                 let (m, v) = self.store(m, v);
                 (n, m, v)
             }
@@ -388,6 +390,7 @@ impl StateStorage {
     }
 
     /// Full-rank AdamW on `w` (f32) with gradient `g` (f32): `(W, M, V)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn adam_full<B: EmberBackend>(
         &self,
         w: Tensor<B, 2>,
@@ -396,6 +399,7 @@ impl StateStorage {
         c: AdamCoefficients,
         coef: UpdateCoefficients,
         shared: &SharedBases<B>,
+        skip: ember_kernels::Skip<B>,
     ) -> (Tensor<B, 2>, Moment<B>, Moment<B>) {
         let shape = g.dims();
         let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &g.device()));
@@ -410,6 +414,7 @@ impl StateStorage {
                     &maps,
                     c,
                     coef,
+                    skip,
                 );
                 (
                     w,
@@ -419,7 +424,7 @@ impl StateStorage {
             }
             (m, v) => {
                 let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
-                let (w, m, v) = B::adam_full_step(w, g, m, v, c, coef);
+                let (w, m, v) = B::adam_full_step(w, g, m, v, c, coef, skip);
                 let (m, v) = self.store(m, v);
                 (w, m, v)
             }

@@ -22,8 +22,33 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{
     portable, AdamCoefficients, Basis, Blockwise8, DynamicMaps, EmberBackend, ResidualUpdate,
-    RoundingKey, UpdateCoefficients,
+    RoundingKey, Skip, UpdateCoefficients,
 };
+
+/// The skip flag's dtype, if any (it joins the op's float inputs).
+fn skip_dtype<B: Backend>(skip: &Skip<B>) -> Vec<DType> {
+    skip.iter().map(|s| s.dtype()).collect()
+}
+
+/// Appends the skip flag (if any) to a custom operation's inputs.
+fn with_skip<B: FusionBackend>(
+    mut inputs: Vec<FTensor<B>>,
+    skip: Skip<Fusion<B>>,
+) -> Vec<FTensor<B>> {
+    inputs.extend(skip.map(fin));
+    inputs
+}
+
+/// Splits a custom operation's inputs into the op's own and the skip flag (the last input when
+/// `has_skip`).
+fn split_skip<B: Backend>(mut inputs: Vec<Prim<B>>, has_skip: bool) -> (Vec<Prim<B>>, Skip<B>) {
+    let skip = if has_skip {
+        inputs.pop().map(|s| s.float())
+    } else {
+        None
+    };
+    (inputs, skip)
+}
 
 type FTensor<B> = FusionTensor<<B as FusionBackend>::FusionRuntime>;
 
@@ -304,18 +329,23 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         m: Tensor<Self, 2>,
         v: Tensor<Self, 2>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-        if !fused::<B>(&[r.dtype(), m.dtype(), v.dtype()]) {
-            return portable::subspace_adam(r, m, v, c);
+        let mut dtypes = vec![r.dtype(), m.dtype(), v.dtype()];
+        dtypes.extend(skip_dtype(&skip));
+        if !fused::<B>(&dtypes) {
+            return portable::subspace_adam(r, m, v, c, skip);
         }
         let shape = r.dims().to_vec();
+        let has_skip = skip.is_some();
         let mut out = custom::<B>(
             "ember.subspace_adam",
-            vec![fin(r), fin(m), fin(v)],
+            with_skip(vec![fin(r), fin(m), fin(v)], skip),
             &[f32_of(&shape), f32_of(&shape), f32_of(&shape)],
             move |i| {
+                let (i, skip) = split_skip(i, has_skip);
                 let [r, m, v]: [Prim<B>; 3] = vec_array(i);
-                let (n, m, v) = B::subspace_adam(r.float(), m.float(), v.float(), c);
+                let (n, m, v) = B::subspace_adam(r.float(), m.float(), v.float(), c, skip);
                 vec![
                     Prim::from_float(n),
                     Prim::from_float(m),
@@ -334,28 +364,32 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         v: Blockwise8<Self>,
         maps: &DynamicMaps<Self>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
-        let dtypes = [
+        let mut dtypes = vec![
             r.dtype(),
             m.absmax.dtype(),
             v.absmax.dtype(),
             maps.signed.dtype(),
             maps.unsigned.dtype(),
         ];
+        dtypes.extend(skip_dtype(&skip));
         if !fused::<B>(&dtypes) {
-            return portable::adam_8bit(r, m, v, maps, c);
+            return portable::adam_8bit(r, m, v, maps, c, skip);
         }
         let shape = r.dims().to_vec();
+        let has_skip = skip.is_some();
         adam_8bit_op::<B>(
             "ember.adam_8bit",
-            vec![fin(r)],
+            with_skip(vec![fin(r)], skip),
             &shape,
             m,
             v,
             maps,
             move |i, m, v, maps| {
+                let (i, skip) = split_skip(i, has_skip);
                 let [r]: [Prim<B>; 1] = vec_array(i);
-                B::adam_8bit(r.float(), m, v, maps, c)
+                B::adam_8bit(r.float(), m, v, maps, c, skip)
             },
         )
     }
@@ -369,23 +403,28 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         coef: UpdateCoefficients,
         residual: ResidualUpdate,
         zeta: Option<Tensor<Self, 1>>,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
         let mut dtypes = vec![w.dtype(), g.dtype(), basis.p.dtype(), n.dtype(), r.dtype()];
         dtypes.extend(zeta.as_ref().map(|z| z.dtype()));
+        dtypes.extend(skip_dtype(&skip));
         if !fused::<B>(&dtypes) {
-            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
+            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta, skip);
         }
+        let has_skip = skip.is_some();
         let shape = w.dims().to_vec();
         let left = basis.left;
         let fira = matches!(residual, ResidualUpdate::Fira { .. });
         let has_zeta = zeta.is_some();
         let mut inputs = vec![fin(w), fin(g), fin(basis.p.clone()), fin(n), fin(r)];
         inputs.extend(zeta.map(fin));
+        let inputs = with_skip(inputs, skip);
         let mut outs = vec![f32_of(&shape)];
         if fira {
             outs.push(f32_of(&[1]));
         }
         let out = custom::<B>("ember.projected_update", inputs, &outs, move |i| {
+            let (i, skip) = split_skip(i, has_skip);
             let mut i = i.into_iter();
             let mut next = || i.next().expect("input");
             let (w, g, p, n, r) = (next(), next(), next(), next(), next());
@@ -400,6 +439,7 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
                 coef,
                 residual,
                 zeta,
+                skip,
             );
             let mut out = vec![Prim::from_float(w)];
             if fira {
@@ -419,19 +459,24 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         v: Tensor<Self, 2>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-        if !fused::<B>(&[w.dtype(), g.dtype(), m.dtype(), v.dtype()]) {
-            return portable::adam_full_step(w, g, m, v, adam, coef);
+        let mut dtypes = vec![w.dtype(), g.dtype(), m.dtype(), v.dtype()];
+        dtypes.extend(skip_dtype(&skip));
+        if !fused::<B>(&dtypes) {
+            return portable::adam_full_step(w, g, m, v, adam, coef, skip);
         }
         let shape = w.dims().to_vec();
+        let has_skip = skip.is_some();
         let out = custom::<B>(
             "ember.adam_full_step",
-            vec![fin(w), fin(g), fin(m), fin(v)],
+            with_skip(vec![fin(w), fin(g), fin(m), fin(v)], skip),
             &[f32_of(&shape), f32_of(&shape), f32_of(&shape)],
             move |i| {
+                let (i, skip) = split_skip(i, has_skip);
                 let [w, g, m, v]: [Prim<B>; 4] = vec_array(i);
                 let (w, m, v) =
-                    B::adam_full_step(w.float(), g.float(), m.float(), v.float(), adam, coef);
+                    B::adam_full_step(w.float(), g.float(), m.float(), v.float(), adam, coef, skip);
                 vec![
                     Prim::from_float(w),
                     Prim::from_float(m),
@@ -451,8 +496,9 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         maps: &DynamicMaps<Self>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
-        let dtypes = [
+        let mut dtypes = vec![
             w.dtype(),
             g.dtype(),
             m.absmax.dtype(),
@@ -460,20 +506,23 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
             maps.signed.dtype(),
             maps.unsigned.dtype(),
         ];
+        dtypes.extend(skip_dtype(&skip));
         if !fused::<B>(&dtypes) {
-            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef);
+            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef, skip);
         }
         let shape = w.dims().to_vec();
+        let has_skip = skip.is_some();
         adam_8bit_op::<B>(
             "ember.adam_full_step_8bit",
-            vec![fin(w), fin(g)],
+            with_skip(vec![fin(w), fin(g)], skip),
             &shape,
             m,
             v,
             maps,
             move |i, m, v, maps| {
+                let (i, skip) = split_skip(i, has_skip);
                 let [w, g]: [Prim<B>; 2] = vec_array(i);
-                B::adam_full_step_8bit(w.float(), g.float(), m, v, maps, adam, coef)
+                B::adam_full_step_8bit(w.float(), g.float(), m, v, maps, adam, coef, skip)
             },
         )
     }
@@ -483,22 +532,28 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         g: Tensor<Self, 2>,
         rule: ResidualUpdate,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> Tensor<Self, 2> {
-        if !fused::<B>(&[w.dtype(), g.dtype()]) {
-            return portable::state_free_step(w, g, rule, coef);
+        let mut dtypes = vec![w.dtype(), g.dtype()];
+        dtypes.extend(skip_dtype(&skip));
+        if !fused::<B>(&dtypes) {
+            return portable::state_free_step(w, g, rule, coef, skip);
         }
         let shape = w.dims().to_vec();
+        let has_skip = skip.is_some();
         let out = custom::<B>(
             "ember.state_free_step",
-            vec![fin(w), fin(g)],
+            with_skip(vec![fin(w), fin(g)], skip),
             &[f32_of(&shape)],
             move |i| {
+                let (i, skip) = split_skip(i, has_skip);
                 let [w, g]: [Prim<B>; 2] = vec_array(i);
                 vec![Prim::from_float(B::state_free_step(
                     w.float(),
                     g.float(),
                     rule,
                     coef,
+                    skip,
                 ))]
             },
         );

@@ -34,6 +34,14 @@
 //! `impl ember_kernels::EmberBackend for MyBackend {}`.
 //!
 //! [`set_fused`] turns the fused kernels off process-wide (to time both paths on one device).
+//!
+//! **The skip flag.** The ops that change a weight or a moment take a `skip`
+//! ([`Skip`]): `None`, or a one-element f32 tensor on the device that holds 1 where the step must
+//! change nothing (its gradients hold a NaN or ±Inf: [`skip_flag`] of
+//! [`non_finite_flags`](EmberBackend::non_finite_flags)) and 0 otherwise. Where it is 1 the op
+//! returns its inputs unchanged (`W`, the moments, Fira's norm) and `N = 0`, so the product
+//! that follows adds nothing. The kernels read the flag on the device: the optimizer checks
+//! gradients without reading anything back to the host (`NonFinitePolicy::SkipStepOnDevice`).
 
 use burn::prelude::*;
 use burn::tensor::Int;
@@ -211,6 +219,20 @@ impl<B: EmberBackend> Basis<B> {
     }
 }
 
+/// A step's skip flag on the device (see the [crate docs](crate)): `None`, or f32 `[1]`, 1 where
+/// the op must change nothing.
+pub type Skip<B> = Option<Tensor<B, 1>>;
+
+/// The skip flag of a step from its gradients' [`EmberBackend::non_finite_flags`] (one device):
+/// 1 if any flag is set, else 0. Stays on the device.
+pub fn skip_flag<B: Backend>(flags: Tensor<B, 1>) -> Tensor<B, 1> {
+    let device = flags.device();
+    if flags.dims()[0] == 0 {
+        return Tensor::<B, 1>::zeros([1], &device).cast(burn::tensor::DType::F32);
+    }
+    flags.max().clamp(0.0, 1.0).cast(burn::tensor::DType::F32)
+}
+
 /// Key of the counter-based generator behind stochastic rounding: the uniform of element `i` is
 /// [`rng::uniform`]`(key, i)`, the same on every backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,8 +261,9 @@ pub trait EmberBackend: Backend {
         m: Tensor<Self, 2>,
         v: Tensor<Self, 2>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-        portable::subspace_adam(r, m, v, c)
+        portable::subspace_adam(r, m, v, c, skip)
     }
 
     /// Adam on the low-rank gradient `r` with **blockwise 8-bit moments** ([`blockwise`]):
@@ -253,8 +276,9 @@ pub trait EmberBackend: Backend {
         v: Blockwise8<Self>,
         maps: &DynamicMaps<Self>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
-        portable::adam_8bit(r, m, v, maps, c)
+        portable::adam_8bit(r, m, v, maps, c, skip)
     }
 
     /// `W ← (1−λ_after)·(W·(1−λ_before) − c·α·up(N) − residual)` where the residual term uses
@@ -270,8 +294,9 @@ pub trait EmberBackend: Backend {
         coef: UpdateCoefficients,
         residual: ResidualUpdate,
         zeta: Option<Tensor<Self, 1>>,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
-        portable::projected_update(w, g, basis, n, r, coef, residual, zeta)
+        portable::projected_update(w, g, basis, n, r, coef, residual, zeta, skip)
     }
 
     /// Full-rank AdamW on `W` with gradient `g`: returns `(W, M, V)`.
@@ -282,8 +307,9 @@ pub trait EmberBackend: Backend {
         v: Tensor<Self, 2>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
-        portable::adam_full_step(w, g, m, v, adam, coef)
+        portable::adam_full_step(w, g, m, v, adam, coef, skip)
     }
 
     /// Full-rank AdamW with blockwise 8-bit moments (AdamW-8bit): returns `(W, M, V)`.
@@ -296,8 +322,9 @@ pub trait EmberBackend: Backend {
         maps: &DynamicMaps<Self>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
-        portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef)
+        portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef, skip)
     }
 
     /// A state-free step on the whole gradient: `W ← W − step·sign(G)` or `W ← W − step·G`
@@ -308,8 +335,9 @@ pub trait EmberBackend: Backend {
         g: Tensor<Self, 2>,
         rule: ResidualUpdate,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> Tensor<Self, 2> {
-        portable::state_free_step(w, g, rule, coef)
+        portable::state_free_step(w, g, rule, coef, skip)
     }
 
     /// Dequantizes `bits`-bit codes packed `32/bits` per word (lowest bits first) into a

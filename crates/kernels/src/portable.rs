@@ -7,7 +7,50 @@ use burn::tensor::DType;
 use burn::tensor::{ElementConversion, Int};
 
 use crate::blockwise::{Blockwise8, DynamicMaps};
-use crate::{AdamCoefficients, Basis, ResidualUpdate, RoundingKey, UpdateCoefficients};
+use crate::{AdamCoefficients, Basis, ResidualUpdate, RoundingKey, Skip, UpdateCoefficients};
+
+/// `new` where the skip flag is 0 (or absent), `old` where it is 1 (see the [crate docs](crate)).
+pub fn hold<B: Backend, const D: usize, K>(
+    skip: &Skip<B>,
+    old: Tensor<B, D, K>,
+    new: Tensor<B, D, K>,
+) -> Tensor<B, D, K>
+where
+    K: burn::tensor::BasicOps<B>,
+    K::Elem: burn::tensor::Element,
+{
+    match skip {
+        None => new,
+        Some(skip) => {
+            let shape = new.shape();
+            let mask = skip.clone().greater_elem(0.0).reshape([1; D]).expand(shape);
+            new.mask_where(mask, old)
+        }
+    }
+}
+
+/// Blockwise 8-bit moments: the new ones where the skip flag is 0, the old ones where it is 1.
+fn hold_8bit<B: Backend>(skip: &Skip<B>, old: Blockwise8<B>, new: Blockwise8<B>) -> Blockwise8<B> {
+    match skip {
+        None => new,
+        Some(_) => Blockwise8 {
+            codes: hold(skip, old.codes, new.codes),
+            absmax: hold(skip, old.absmax, new.absmax),
+            ..new
+        },
+    }
+}
+
+/// `N = 0` where the skip flag is 1.
+fn zero_held<B: Backend>(skip: &Skip<B>, n: Tensor<B, 2>) -> Tensor<B, 2> {
+    match skip {
+        None => n,
+        Some(_) => {
+            let zeros = n.zeros_like();
+            hold(skip, zeros, n)
+        }
+    }
+}
 
 /// See [`EmberBackend::subspace_adam`](crate::EmberBackend::subspace_adam).
 pub fn subspace_adam<B: Backend>(
@@ -15,19 +58,28 @@ pub fn subspace_adam<B: Backend>(
     m: Tensor<B, 2>,
     v: Tensor<B, 2>,
     c: AdamCoefficients,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-    let m = m
+    let old = skip.as_ref().map(|_| (m.clone(), v.clone()));
+    let m_new = m
         .mul_scalar(c.beta_1)
         .add(r.clone().mul_scalar(1.0 - c.beta_1));
-    let v = v
+    let v_new = v
         .mul_scalar(c.beta_2)
         .add(r.clone().mul(r).mul_scalar(1.0 - c.beta_2));
-    let mut root = v.clone().sqrt();
+    let mut root = v_new.clone().sqrt();
     if c.sqrt_v_divisor != 1.0 {
         root = root.div_scalar(c.sqrt_v_divisor);
     }
-    let n = m.clone().div(root.add_scalar(c.epsilon));
-    (n, m, v)
+    let n = m_new.clone().div(root.add_scalar(c.epsilon));
+    match old {
+        None => (n, m_new, v_new),
+        Some((m, v)) => (
+            zero_held(&skip, n),
+            hold(&skip, m, m_new),
+            hold(&skip, v, v_new),
+        ),
+    }
 }
 
 /// See [`EmberBackend::adam_8bit`](crate::EmberBackend::adam_8bit): dequantize, the f32 Adam
@@ -38,21 +90,27 @@ pub fn adam_8bit<B: Backend>(
     v: Blockwise8<B>,
     maps: &DynamicMaps<B>,
     c: AdamCoefficients,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
     let shape = r.dims();
     let (m32, v32) = (
         m.dequantize(&maps.signed, shape),
         v.dequantize(&maps.unsigned, shape),
     );
-    let (n, m32, v32) = subspace_adam(r, m32, v32, c);
-    (
-        n,
+    let (n, m32, v32) = subspace_adam(r, m32, v32, c, None);
+    let (m_new, v_new) = (
         Blockwise8::quantize(m32, &maps.signed, m.block),
         Blockwise8::quantize(v32, &maps.unsigned, v.block),
+    );
+    (
+        zero_held(&skip, n),
+        hold_8bit(&skip, m, m_new),
+        hold_8bit(&skip, v, v_new),
     )
 }
 
 /// See [`EmberBackend::adam_full_step_8bit`](crate::EmberBackend::adam_full_step_8bit).
+#[allow(clippy::too_many_arguments)]
 pub fn adam_full_step_8bit<B: Backend>(
     w: Tensor<B, 2>,
     g: Tensor<B, 2>,
@@ -61,18 +119,19 @@ pub fn adam_full_step_8bit<B: Backend>(
     maps: &DynamicMaps<B>,
     adam: AdamCoefficients,
     coef: UpdateCoefficients,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
     let shape = g.dims();
     let (m32, v32) = (
         m.dequantize(&maps.signed, shape),
         v.dequantize(&maps.unsigned, shape),
     );
-    let (w, m32, v32) = adam_full_step(w, g, m32, v32, adam, coef);
-    (
-        w,
+    let (w, m32, v32) = adam_full_step(w, g, m32, v32, adam, coef, skip.clone());
+    let (m_new, v_new) = (
         Blockwise8::quantize(m32, &maps.signed, m.block),
         Blockwise8::quantize(v32, &maps.unsigned, v.block),
-    )
+    );
+    (w, hold_8bit(&skip, m, m_new), hold_8bit(&skip, v, v_new))
 }
 
 /// Fira's `φ = ‖N‖/(‖R‖ + 1e-8)`, norms along the low-rank shape's shorter side: `[1, cols]`
@@ -146,7 +205,10 @@ pub fn projected_update<B: crate::EmberBackend>(
     coef: UpdateCoefficients,
     residual: ResidualUpdate,
     zeta: Option<Tensor<B, 1>>,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+    let w_old = skip.as_ref().map(|_| w.clone());
+    let zeta_old = skip.as_ref().map(|_| zeta.clone());
     let mut w = decay_before(w, coef);
     let term = match residual {
         ResidualUpdate::None => None,
@@ -165,7 +227,23 @@ pub fn projected_update<B: crate::EmberBackend>(
         w = w.sub(t);
         zeta = z;
     }
-    (decay_after(w, coef), zeta)
+    let w = decay_after(w, coef);
+    match (w_old, zeta_old) {
+        (Some(w_old), Some(zeta_old)) => (hold(&skip, w_old, w), hold_zeta(&skip, zeta_old, zeta)),
+        _ => (w, zeta),
+    }
+}
+
+/// Fira's norm where the skip flag is 1: the previous one, or `+∞` before the first step (the
+/// limiter of the next step is then 1 and its norm becomes `ζ`, as on a first step).
+pub fn hold_zeta<B: Backend>(
+    skip: &Skip<B>,
+    old: Option<Tensor<B, 1>>,
+    new: Option<Tensor<B, 1>>,
+) -> Option<Tensor<B, 1>> {
+    let new = new?;
+    let old = old.unwrap_or_else(|| new.ones_like().mul_scalar(f32::INFINITY));
+    Some(hold(skip, old, new))
 }
 
 /// See [`EmberBackend::adam_full_step`](crate::EmberBackend::adam_full_step).
@@ -176,15 +254,21 @@ pub fn adam_full_step<B: Backend>(
     v: Tensor<B, 2>,
     adam: AdamCoefficients,
     coef: UpdateCoefficients,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-    let w = decay_before(w, coef);
-    let (n, m, v) = subspace_adam(g, m, v, adam);
+    let w_old = skip.as_ref().map(|_| w.clone());
+    let w_new = decay_before(w, coef);
+    let (n, m, v) = subspace_adam(g, m, v, adam, skip.clone());
     let mut delta = n;
     if coef.scale != 1.0 {
         delta = delta.mul_scalar(coef.scale);
     }
-    let w = w.sub(delta.mul_scalar(coef.step));
-    (decay_after(w, coef), m, v)
+    let w_new = decay_after(w_new.sub(delta.mul_scalar(coef.step)), coef);
+    let w = match w_old {
+        Some(w_old) => hold(&skip, w_old, w_new),
+        None => w_new,
+    };
+    (w, m, v)
 }
 
 /// See [`EmberBackend::state_free_step`](crate::EmberBackend::state_free_step).
@@ -193,14 +277,20 @@ pub fn state_free_step<B: Backend>(
     g: Tensor<B, 2>,
     rule: ResidualUpdate,
     coef: UpdateCoefficients,
+    skip: Skip<B>,
 ) -> Tensor<B, 2> {
+    let w_old = skip.as_ref().map(|_| w.clone());
     let mut w = decay_before(w, coef);
     match rule {
         ResidualUpdate::Sign { step } => w = w.sub(g.sign().mul_scalar(step)),
         ResidualUpdate::Sgd { step } => w = w.sub(g.mul_scalar(step)),
         ResidualUpdate::None | ResidualUpdate::Fira { .. } => {}
     }
-    decay_after(w, coef)
+    let w = decay_after(w, coef);
+    match w_old {
+        Some(w_old) => hold(&skip, w_old, w),
+        None => w,
+    }
 }
 
 fn decay_before<B: Backend>(w: Tensor<B, 2>, coef: UpdateCoefficients) -> Tensor<B, 2> {

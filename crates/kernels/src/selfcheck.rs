@@ -98,6 +98,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     stochastic_rounding::<B>(&mut out, device);
     dct::<B>(&mut out, device);
     non_finite::<B>(&mut out, device);
+    skip_flag::<B>(&mut out, device);
     crate::set_block_elements(saved);
     crate::set_vendor_gemm_min_macs(saved_min);
     out
@@ -109,8 +110,8 @@ fn adam<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let r = normal::<B>(shape, 1.0, device);
         let m = normal::<B>(shape, 0.1, device);
         let v = normal::<B>(shape, 0.1, device).abs();
-        let f = B::subspace_adam(r.clone(), m.clone(), v.clone(), c);
-        let p = portable::subspace_adam(r, m, v, c);
+        let f = B::subspace_adam(r.clone(), m.clone(), v.clone(), c, None);
+        let p = portable::subspace_adam(r, m, v, c, None);
         compare(out, format!("subspace_adam[{i}] N"), f.0, p.0);
         compare(out, format!("subspace_adam[{i}] M"), f.1, p.1);
         compare(out, format!("subspace_adam[{i}] V"), f.2, p.2);
@@ -168,8 +169,8 @@ fn adam_8bit<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             let v =
                 Blockwise8::quantize(normal::<B>(shape, 0.1, device).abs(), &maps.unsigned, block);
             let name = format!("adam_8bit[{i}] block {block}");
-            let f = B::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c);
-            let p = portable::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c);
+            let f = B::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c, None);
+            let p = portable::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c, None);
             compare(out, format!("{name} N"), f.0, p.0);
             blockwise_checks(out, &name, (&f.1, &f.2), (&p.1, &p.2), len);
 
@@ -180,9 +181,17 @@ fn adam_8bit<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 decay_after: 1e-3 * (1 - i) as f64,
             };
             let w = normal::<B>(shape, 1.0, device);
-            let f =
-                B::adam_full_step_8bit(w.clone(), r.clone(), m.clone(), v.clone(), &maps, c, coef);
-            let p = portable::adam_full_step_8bit(w, r, m, v, &maps, c, coef);
+            let f = B::adam_full_step_8bit(
+                w.clone(),
+                r.clone(),
+                m.clone(),
+                v.clone(),
+                &maps,
+                c,
+                coef,
+                None,
+            );
+            let p = portable::adam_full_step_8bit(w, r, m, v, &maps, c, coef, None);
             let name = format!("adam_full_step_8bit[{i}] block {block}");
             compare(out, format!("{name} W"), f.0, p.0);
             blockwise_checks(out, &name, (&f.1, &f.2), (&p.1, &p.2), len);
@@ -274,8 +283,10 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                         coef,
                         rule,
                         zeta.clone(),
+                        None,
                     );
-                    let p = portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta);
+                    let p =
+                        portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta, None);
                     let name = format!(
                         "projected_update {m}x{n} r{r} {} {rule:?} decay({decay_before},{decay_after}) ζ={with_zeta}",
                         if left { "left" } else { "right" }
@@ -309,8 +320,8 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         let g = normal::<B>(shape, 1.0, device);
         let m = normal::<B>(shape, 0.1, device);
         let v = normal::<B>(shape, 0.1, device).abs();
-        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef);
-        let p = portable::adam_full_step(w, g, m, v, adam, coef);
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef, None);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef, None);
         compare(out, format!("adam_full_step[{i}] W"), f.0, p.0);
         compare(out, format!("adam_full_step[{i}] M"), f.1, p.1);
         compare(out, format!("adam_full_step[{i}] V"), f.2, p.2);
@@ -328,8 +339,8 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         );
         let t = |seed: f64| normal::<B>([29, 41], seed, device).transpose();
         let (w, g, m, v) = (t(1.0), t(1.0), t(0.1), t(0.1).abs());
-        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef);
-        let p = portable::adam_full_step(w, g, m, v, adam, coef);
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef, None);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef, None);
         compare(out, "adam_full_step transposed inputs W".into(), f.0, p.0);
         compare(out, "adam_full_step transposed inputs M".into(), f.1, p.1);
     }
@@ -345,8 +356,8 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         };
         let w = normal::<B>([19, 263], 1.0, device);
         let g = normal::<B>([19, 263], 1.0, device);
-        let f = B::state_free_step(w.clone(), g.clone(), rule, coef);
-        let p = portable::state_free_step(w, g, rule, coef);
+        let f = B::state_free_step(w.clone(), g.clone(), rule, coef, None);
+        let p = portable::state_free_step(w, g, rule, coef, None);
         compare(out, format!("state_free_step {rule:?}"), f, p);
     }
 }
@@ -559,6 +570,158 @@ pub fn report(checks: &[Check]) -> usize {
         checks.len() - failed
     );
     failed
+}
+
+/// The ops under the step's skip flag ([`crate::Skip`]), fused against portable: with the flag
+/// at 0 the step as without it; at 1 on gradients holding NaN and ±Inf, the inputs returned
+/// unchanged and `N = 0` (a NaN reaching an output fails the comparison).
+fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let maps = DynamicMaps::<B>::new(device);
+    let adam = coefficient_sets()[1];
+    let coef = UpdateCoefficients {
+        decay_before: 2e-3,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    };
+    // a gradient with NaN and ±Inf where the flag is 1
+    let grad = |shape: [usize; 2], set: bool| {
+        let g = normal::<B>(shape, 1.0, device);
+        if !set {
+            return g;
+        }
+        let bad =
+            Tensor::<B, 2>::from_floats([[f32::NAN, f32::INFINITY, f32::NEG_INFINITY]], device);
+        g.slice_assign([1..2, 3..6], bad)
+    };
+    for set in [false, true] {
+        let skip = || {
+            Some(Tensor::<B, 1>::from_floats(
+                [if set { 1.0 } else { 0.0 }],
+                device,
+            ))
+        };
+        let tag = format!("skip={}", u8::from(set));
+        let shape = [37, 301];
+        let (m, v) = (
+            normal::<B>(shape, 0.1, device),
+            normal::<B>(shape, 0.1, device).abs(),
+        );
+        let r = grad(shape, set);
+        let f = B::subspace_adam(r.clone(), m.clone(), v.clone(), adam, skip());
+        let p = portable::subspace_adam(r.clone(), m.clone(), v.clone(), adam, skip());
+        compare(out, format!("subspace_adam {tag} N"), f.0, p.0);
+        compare(out, format!("subspace_adam {tag} M"), f.1, p.1);
+        compare(out, format!("subspace_adam {tag} V"), f.2, p.2);
+
+        let w = normal::<B>(shape, 1.0, device);
+        let f = B::adam_full_step(
+            w.clone(),
+            r.clone(),
+            m.clone(),
+            v.clone(),
+            adam,
+            coef,
+            skip(),
+        );
+        let p = portable::adam_full_step(w.clone(), r.clone(), m.clone(), v, adam, coef, skip());
+        compare(out, format!("adam_full_step {tag} W"), f.0, p.0);
+        compare(out, format!("adam_full_step {tag} M"), f.1, p.1);
+
+        let len = shape[0] * shape[1];
+        let m8 = Blockwise8::quantize(m, &maps.signed, 256);
+        let v8 = Blockwise8::quantize(normal::<B>(shape, 0.1, device).abs(), &maps.unsigned, 256);
+        let f = B::adam_8bit(r.clone(), m8.clone(), v8.clone(), &maps, adam, skip());
+        let p = portable::adam_8bit(r.clone(), m8.clone(), v8.clone(), &maps, adam, skip());
+        compare(out, format!("adam_8bit {tag} N"), f.0, p.0);
+        blockwise_checks(
+            out,
+            &format!("adam_8bit {tag}"),
+            (&f.1, &f.2),
+            (&p.1, &p.2),
+            len,
+        );
+        let f = B::adam_full_step_8bit(
+            w.clone(),
+            r.clone(),
+            m8.clone(),
+            v8.clone(),
+            &maps,
+            adam,
+            coef,
+            skip(),
+        );
+        let p =
+            portable::adam_full_step_8bit(w.clone(), r.clone(), m8, v8, &maps, adam, coef, skip());
+        compare(out, format!("adam_full_step_8bit {tag} W"), f.0, p.0);
+        blockwise_checks(
+            out,
+            &format!("adam_full_step_8bit {tag}"),
+            (&f.1, &f.2),
+            (&p.1, &p.2),
+            len,
+        );
+
+        let rule = ResidualUpdate::Sign { step: 1e-2 };
+        let f = B::state_free_step(w.clone(), r.clone(), rule, coef, skip());
+        let p = portable::state_free_step(w, r, rule, coef, skip());
+        compare(out, format!("state_free_step {tag}"), f, p);
+
+        // the projected update: `N` finite (the engine passes `N = 0` on a skipped step), `G` and
+        // `R` not; every residual rule, Fira with and without a previous norm
+        for (m, n, r, left) in [(70, 130, 9, true), (150, 40, 7, false)] {
+            let basis = Basis {
+                p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
+                left,
+            };
+            let low = if left { [r, n] } else { [m, r] };
+            for (rule, zeta) in [
+                (ResidualUpdate::None, None),
+                (ResidualUpdate::Sgd { step: 2e-2 }, None),
+                (ResidualUpdate::Fira { gamma: 1.01 }, None),
+                (ResidualUpdate::Fira { gamma: 1.01 }, Some(1e-3f32)),
+            ] {
+                let w = normal::<B>([m, n], 1.0, device);
+                let g = grad([m, n], set);
+                let nn = normal::<B>(low, 1.0, device);
+                let rr = basis.down(g.clone());
+                let zeta = zeta.map(|z| Tensor::<B, 1>::from_floats([z], device));
+                let f = B::projected_update(
+                    w.clone().add_scalar(0.0),
+                    g.clone(),
+                    &basis,
+                    nn.clone(),
+                    rr.clone(),
+                    coef,
+                    rule,
+                    zeta.clone(),
+                    skip(),
+                );
+                let p = portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta, skip());
+                let name = format!(
+                    "projected_update {tag} {m}x{n} {} {rule:?}",
+                    if left { "left" } else { "right" }
+                );
+                compare(out, format!("{name} W"), f.0, p.0);
+                if let (Some(a), Some(b)) = (f.1, p.1) {
+                    // `+∞` (no previous norm, skipped) compares as a failure: check it as such
+                    let (a, b): (Vec<f32>, Vec<f32>) = (
+                        a.into_data().convert::<f32>().to_vec().unwrap(),
+                        b.into_data().convert::<f32>().to_vec().unwrap(),
+                    );
+                    let same = a.len() == b.len()
+                        && a.iter().zip(&b).all(|(x, y)| {
+                            x == y || (x - y).abs() as f64 <= TOLERANCE * y.abs().max(1.0) as f64
+                        });
+                    out.push(Check {
+                        name: format!("{name} ζ"),
+                        error: if same { 0.0 } else { f64::INFINITY },
+                        tolerance: TOLERANCE,
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

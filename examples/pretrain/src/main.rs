@@ -118,6 +118,14 @@ struct TrainArgs {
     /// Record every replica's weight checksum every N steps (0: off).
     #[arg(long, default_value_t = 0)]
     checksum_every: usize,
+    /// Refresh the projectors with the exact SVD on the host (default on GPU backends: the
+    /// device projector).
+    #[arg(long)]
+    host_svd: bool,
+    /// Keep the NaN/Inf check of the gradients on the device (`NonFinitePolicy::SkipStepOnDevice`:
+    /// no read-back per step) instead of reading its flags back every step.
+    #[arg(long)]
+    check_on_device: bool,
 }
 
 fn shape(name: &str) -> Result<LlamaShape, String> {
@@ -168,6 +176,8 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         state_dtype: a.state_dtype.clone(),
         layerwise: a.layerwise,
         weight_decay: a.weight_decay,
+        host_svd: a.host_svd,
+        check_on_device: a.check_on_device,
     };
     if a.devices == 0 {
         return Err("--devices must be at least 1".into());
@@ -197,7 +207,14 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
         }
         #[cfg(feature = "cuda")]
         Device::Cuda => {
-            type B = burn::backend::Autodiff<burn::backend::Cuda>;
+            // burn's CUDA backend without its operation fusion, named explicitly: a build that
+            // unifies burn's `fusion` feature in (e.g. together with `ember-bench/cuda-fusion`)
+            // would otherwise turn `burn::backend::Cuda` into `Fusion<…>`, a different backend
+            // (on which this model's first step failed to compile a fused kernel on the H100:
+            // "Invalid vector size. Got 16 which should not be >8", 2026-11-24)
+            type B = burn::backend::Autodiff<
+                burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>,
+            >;
             let devices = (0..a.devices)
                 .map(burn::backend::cuda::CudaDevice::new)
                 .collect();

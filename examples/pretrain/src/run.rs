@@ -73,6 +73,13 @@ pub struct Run {
     /// parameters and the embedding get none (the usual LLM recipe).
     #[serde(default)]
     pub weight_decay: f64,
+    /// Refresh the projectors with the exact SVD on the host on every backend (default: the
+    /// device projector on GPU backends).
+    #[serde(default)]
+    pub host_svd: bool,
+    /// `NonFinitePolicy::SkipStepOnDevice`: the NaN/Inf check stays on the device.
+    #[serde(default)]
+    pub check_on_device: bool,
 }
 
 fn f32_name() -> String {
@@ -115,6 +122,8 @@ impl Run {
             state_dtype: f32_name(),
             layerwise: false,
             weight_decay: 0.0,
+            host_svd: false,
+            check_on_device: false,
         }
     }
 
@@ -157,6 +166,9 @@ impl Run {
         if let Some(a) = self.scale {
             projected = projected.with_scale(a);
         }
+        if self.host_svd && method != Method::Adamw {
+            projected.host_svd = Some(true);
+        }
         let dense = |name: &str, params: &[&str], wd: f64| {
             GroupSpec::new(name, method, params)
                 .with_dense(true)
@@ -173,7 +185,12 @@ impl Run {
     pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
     ) -> Result<EmberOptimizer<M, B>, String> {
-        self.groups()?.build()
+        let policy = if self.check_on_device {
+            ember::core::NonFinitePolicy::SkipStepOnDevice
+        } else {
+            ember::core::NonFinitePolicy::Error
+        };
+        self.groups()?.build_with(policy)
     }
 
     /// The weights' dtype.

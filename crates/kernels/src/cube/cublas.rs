@@ -234,7 +234,19 @@ fn open(like: &CubeTensor<CudaRuntime>) -> Result<Blas, String> {
                 any(),
                 any(),
                 any(),
+                any(),
                 0,
+            );
+            // the device-side scalars of a skip-guarded GEMM (`accumulate`)
+            let scalars = empty(like, vec![2], DType::F32);
+            kernels::guarded_scalars::launch::<CudaRuntime>(
+                &like.client,
+                one(),
+                CubeDim::new_single(),
+                flags.clone().into_array_arg(),
+                scalars.into_array_arg(),
+                1.0,
+                0.0,
             );
             kernels::wait_flag::launch::<CudaRuntime>(
                 &like.client,
@@ -302,7 +314,7 @@ pub(super) fn matmul<R: CubeRuntime>(
     // decided before the output is allocated: a product left to burn allocates nothing here
     let plan = plan(a, b)?;
     let out = empty(a, vec![plan.m, plan.n], a.dtype);
-    gemm(&plan, a, b, &out, 1.0, 0.0).then_some(())?;
+    gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
     (Box::new(out) as Box<dyn Any>)
         .downcast::<CubeTensor<R>>()
         .ok()
@@ -312,16 +324,26 @@ pub(super) fn matmul<R: CubeRuntime>(
 /// `C ← α·A·B + β·C` in `C`'s own buffer (one pass over `C`: the back-projection and the weight
 /// update in one GEMM); `true` if it ran. `C` must be dense, row-major, of the operands' dtype
 /// and not shared (`can_mut`); otherwise, or where [`matmul`] would not apply, nothing is written
-/// and the caller falls back.
+/// and the caller falls back. With the step's skip flag (f32 `[1]` on the device) the scalars are
+/// made on the device — `α = 0, β = 1` where the flag is set — and cuBLAS reads them there
+/// (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes through the host.
 pub(super) fn accumulate<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
     c: &CubeTensor<R>,
     alpha: f32,
     beta: f32,
+    skip: Option<&CubeTensor<R>>,
 ) -> bool {
     let (Some(a), Some(b), Some(c)) = (cuda(a), cuda(b), cuda(c)) else {
         return false;
+    };
+    let skip = match skip {
+        None => None,
+        Some(s) => match cuda(s) {
+            Some(s) if s.dtype == DType::F32 && s.device == a.device => Some(s),
+            _ => return false,
+        },
     };
     let Some(plan) = plan(a, b) else {
         return false;
@@ -331,7 +353,32 @@ pub(super) fn accumulate<R: CubeRuntime>(
         && c.is_contiguous()
         && c.can_mut()
         && c.device == a.device;
-    fits && gemm(&plan, a, b, c, alpha, beta)
+    if !fits {
+        return false;
+    }
+    let scalars = match skip {
+        None => Scalars::Host(alpha, beta),
+        Some(skip) => {
+            let out = empty(c, vec![2], DType::F32);
+            kernels::guarded_scalars::launch::<CudaRuntime>(
+                &c.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_single(),
+                skip.clone().into_array_arg(),
+                out.clone().into_array_arg(),
+                alpha,
+                beta,
+            );
+            Scalars::Device(out)
+        }
+    };
+    gemm(&plan, a, b, c, scalars)
+}
+
+/// The `α`, `β` of a GEMM: on the host, or `[α, β]` (f32) in a device buffer.
+enum Scalars {
+    Host(f32, f32),
+    Device(CubeTensor<CudaRuntime>),
 }
 
 /// `t` as a CUDA tensor, if cuBLAS is on and `t` is one.
@@ -392,8 +439,7 @@ fn gemm(
     a: &CubeTensor<CudaRuntime>,
     b: &CubeTensor<CudaRuntime>,
     c: &CubeTensor<CudaRuntime>,
-    alpha: f32,
-    beta: f32,
+    scalars: Scalars,
 ) -> bool {
     let &Plan {
         m,
@@ -424,6 +470,10 @@ fn gemm(
     let one = CubeCount::Static(1, 1, 1);
     let seq = blas_state.seq.wrapping_add(1);
     blas_state.seq = seq;
+    let scalars_buffer = match &scalars {
+        Scalars::Device(t) => t,
+        Scalars::Host(..) => c,
+    };
     if flags {
         kernels::signal_flag::launch::<CudaRuntime>(
             &a.client,
@@ -433,6 +483,7 @@ fn gemm(
             a.clone().into_array_arg(),
             b.clone().into_array_arg(),
             c.clone().into_array_arg(),
+            scalars_buffer.clone().into_array_arg(),
             seq,
         );
     } else if let Err(e) = cubecl::future::block_on(a.client.sync()) {
@@ -446,6 +497,24 @@ fn gemm(
     // module can wait for the device to go idle, which a spinning waiter prevents.)
     let (Some(pa), Some(pb), Some(pc)) = (resource(a), resource(b), resource(c)) else {
         return false;
+    };
+    // the scalars' addresses: on the host, or in the device buffer (read by cuBLAS there)
+    let (host_alpha, host_beta) = match scalars {
+        Scalars::Host(alpha, beta) => (alpha, beta),
+        Scalars::Device(_) => (0.0, 0.0),
+    };
+    let (p_alpha, p_beta, on_device) = match &scalars {
+        Scalars::Host(..) => (
+            &host_alpha as *const f32 as *const c_void,
+            &host_beta as *const f32 as *const c_void,
+            false,
+        ),
+        Scalars::Device(t) => {
+            let Some(p) = resource(t) else {
+                return false;
+            };
+            (p as *const c_void, (p + 4) as *const c_void, true)
+        }
     };
 
     // row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is B
@@ -464,28 +533,54 @@ fn gemm(
             if let Some(waiter) = waiter {
                 launch_waiter(waiter, blas_state.stream, blas_state.flags_ptr, seq)?;
             }
-            let gemm = blas::gemm_ex(
-                blas_state.handle,
-                op(b_t),
-                op(a_t),
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha as *const f32 as *const c_void,
-                pb as *const c_void,
-                dtype,
-                ldb as i32,
-                pa as *const c_void,
-                dtype,
-                lda as i32,
-                &beta as *const f32 as *const c_void,
-                pc as *mut c_void,
-                dtype,
-                n as i32,
-                compute,
-                bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-            .map_err(|e| format!("cublasGemmEx: {e:?}"));
+            let pointer_mode = |device: bool| {
+                let mode = if device {
+                    bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE
+                } else {
+                    bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST
+                };
+                let status = bsys::cublasSetPointerMode_v2(blas_state.handle, mode);
+                if status == bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    Ok(())
+                } else {
+                    Err(format!("cublasSetPointerMode: {status:?}"))
+                }
+            };
+            let mode_set = if on_device {
+                pointer_mode(true)
+            } else {
+                Ok(())
+            };
+            let gemm = mode_set.and_then(|()| {
+                blas::gemm_ex(
+                    blas_state.handle,
+                    op(b_t),
+                    op(a_t),
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    p_alpha,
+                    pb as *const c_void,
+                    dtype,
+                    ldb as i32,
+                    pa as *const c_void,
+                    dtype,
+                    lda as i32,
+                    p_beta,
+                    pc as *mut c_void,
+                    dtype,
+                    n as i32,
+                    compute,
+                    bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .map_err(|e| format!("cublasGemmEx: {e:?}"))
+            });
+            // back to host scalars (the handle's default) whatever the GEMM did
+            let gemm = match (gemm, on_device) {
+                (Ok(()), true) => pointer_mode(false),
+                (Err(e), true) => pointer_mode(false).and(Err(e)),
+                (r, false) => r,
+            };
             if flags {
                 // written whatever the GEMM did, so that burn's stream is released
                 let written = check(

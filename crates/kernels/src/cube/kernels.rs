@@ -41,6 +41,16 @@ fn normalized(m: f32, v: f32, inv_divisor: f32, epsilon: f32) -> f32 {
     m / (f32::sqrt(v) * inv_divisor + epsilon)
 }
 
+/// Whether the step's skip flag (`skip[0]`, read only when `guarded`) says to change nothing.
+#[cube]
+fn held(skip: &Array<f32>, #[comptime] guarded: bool) -> bool {
+    let mut h = false;
+    if comptime![guarded] {
+        h = skip[0] != 0.0;
+    }
+    h
+}
+
 /// Adam: reads `M`, `V`, writes the new moments to `m_out`, `v_out` and `N` to `n`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -51,20 +61,28 @@ pub fn subspace_adam(
     m_out: &mut Array<f32>,
     v_out: &mut Array<f32>,
     n: &mut Array<f32>,
+    skip: &Array<f32>,
     len: u32,
     beta_1: f32,
     beta_2: f32,
     inv_divisor: f32,
     epsilon: f32,
+    #[comptime] guarded: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
-        let x = r[i];
-        let m1 = ema(m[i], x, beta_1);
-        let v1 = ema(v[i], x * x, beta_2);
-        m_out[i] = m1;
-        v_out[i] = v1;
-        n[i] = normalized(m1, v1, inv_divisor, epsilon);
+        if held(skip, guarded) {
+            m_out[i] = m[i];
+            v_out[i] = v[i];
+            n[i] = 0.0;
+        } else {
+            let x = r[i];
+            let m1 = ema(m[i], x, beta_1);
+            let v1 = ema(v[i], x * x, beta_2);
+            m_out[i] = m1;
+            v_out[i] = v1;
+            n[i] = normalized(m1, v1, inv_divisor, epsilon);
+        }
     }
 }
 
@@ -79,6 +97,7 @@ pub fn adam_full(
     w_out: &mut Array<f32>,
     m_out: &mut Array<f32>,
     v_out: &mut Array<f32>,
+    skip: &Array<f32>,
     len: u32,
     beta_1: f32,
     beta_2: f32,
@@ -87,16 +106,23 @@ pub fn adam_full(
     pre: f32,
     step: f32,
     post: f32,
+    #[comptime] guarded: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
-        let x = g[i];
-        let m1 = ema(m[i], x, beta_1);
-        let v1 = ema(v[i], x * x, beta_2);
-        m_out[i] = m1;
-        v_out[i] = v1;
-        let n = normalized(m1, v1, inv_divisor, epsilon);
-        w_out[i] = (w[i] * pre - n * step) * post;
+        if held(skip, guarded) {
+            m_out[i] = m[i];
+            v_out[i] = v[i];
+            w_out[i] = w[i];
+        } else {
+            let x = g[i];
+            let m1 = ema(m[i], x, beta_1);
+            let v1 = ema(v[i], x * x, beta_2);
+            m_out[i] = m1;
+            v_out[i] = v1;
+            let n = normalized(m1, v1, inv_divisor, epsilon);
+            w_out[i] = (w[i] * pre - n * step) * post;
+        }
     }
 }
 
@@ -113,6 +139,7 @@ pub fn apply_update(
     u_r: &Array<f32>,
     phi: &Array<f32>,
     limiter: &Array<f32>,
+    skip: &Array<f32>,
     offset: u32,
     len: u32,
     cols: u32,
@@ -124,9 +151,13 @@ pub fn apply_update(
     post: f32,
     #[comptime] mode: u32,
     #[comptime] phi_per_column: bool,
+    #[comptime] guarded: bool,
 ) {
     let i = ABSOLUTE_POS;
-    if i < len as usize {
+    if i < len as usize && held(skip, guarded) {
+        let k = offset as usize + i;
+        w_out[k] = w[k];
+    } else if i < len as usize {
         let k = offset as usize + i;
         let mut x = w[k] * pre - u_n[i] * step;
         if comptime![mode == MODE_SIGN] {
@@ -182,14 +213,18 @@ pub fn state_free(
     w: &Array<f32>,
     w_out: &mut Array<f32>,
     g: &Array<f32>,
+    skip: &Array<f32>,
     len: u32,
     pre: f32,
     step: f32,
     post: f32,
     #[comptime] sign: bool,
+    #[comptime] guarded: bool,
 ) {
     let i = ABSOLUTE_POS;
-    if i < len as usize {
+    if i < len as usize && held(skip, guarded) {
+        w_out[i] = w[i];
+    } else if i < len as usize {
         let mut d = g[i];
         if comptime![sign] {
             d = sign_of(d);
@@ -415,6 +450,7 @@ pub fn adam_8bit(
     absmax_2_out: &mut Array<f32>,
     map_1: &Array<f32>,
     map_2: &Array<f32>,
+    skip: &Array<f32>,
     len: u32,
     blocks: u32,
     beta_1: f32,
@@ -428,6 +464,7 @@ pub fn adam_8bit(
     post: f32,
     #[comptime] words_per_block: u32,
     #[comptime] update_weight: bool,
+    #[comptime] guarded: bool,
 ) {
     let wpb = comptime![words_per_block as usize];
     let b = CUBE_POS;
@@ -487,7 +524,26 @@ pub fn adam_8bit(
             block_2 = s2;
         }
     }
-    if valid {
+    if valid && held(skip, guarded) {
+        // the step is skipped: the moments as they were, `N = 0` (or `W` as it was)
+        if u == 0 {
+            absmax_1_out[b] = a1;
+            absmax_2_out[b] = a2;
+        }
+        codes_1_out[word] = cw1;
+        codes_2_out[word] = cw2;
+        #[unroll]
+        for k in 0..4u32 {
+            let i = word * 4usize + k as usize;
+            if i < len as usize {
+                if comptime![update_weight] {
+                    out[i] = w[i];
+                } else {
+                    out[i] = 0.0;
+                }
+            }
+        }
+    } else if valid {
         if u == 0 {
             absmax_1_out[b] = block_1;
             absmax_2_out[b] = block_2;
@@ -524,8 +580,8 @@ pub fn adam_8bit(
 }
 
 /// Writes `value` to `flags[0]` (one unit): queued after the kernels that wrote a cuBLAS GEMM's
-/// operands, it tells cuBLAS's stream that they are ready (`cublas` module). `a`, `b`, `c` (the
-/// GEMM's buffers, any dtype) are bound and never read: CubeCL then orders this kernel after
+/// operands, it tells cuBLAS's stream that they are ready (`cublas` module). `a`, `b`, `c`, `d` (the
+/// GEMM's buffers and its device-side scalars, any dtype; a buffer may repeat) are bound and never read: CubeCL then orders this kernel after
 /// their writers on its other streams too.
 #[cube(launch)]
 pub fn signal_flag(
@@ -533,6 +589,7 @@ pub fn signal_flag(
     _a: &Array<u32>,
     _b: &Array<u32>,
     _c: &Array<u32>,
+    _d: &Array<u32>,
     value: u32,
 ) {
     if ABSOLUTE_POS == 0 {
@@ -552,5 +609,22 @@ pub fn wait_flag(flags: &mut Array<Atomic<u32>>, _c: &Array<u32>, value: u32) {
                 break;
             }
         }
+    }
+}
+
+/// The `α`, `β` of an accumulating GEMM (`C ← α·A·B + β·C`) under the step's skip flag:
+/// `out = [α, β]`, or `[0, 1]` where the step is skipped (`C` stays as it was). One unit; cuBLAS
+/// reads `out` on the device (`cublas` module).
+#[cube(launch)]
+pub fn guarded_scalars(skip: &Array<f32>, out: &mut Array<f32>, alpha: f32, beta: f32) {
+    if ABSOLUTE_POS == 0 {
+        let mut a = alpha;
+        let mut b = beta;
+        if skip[0] != 0.0 {
+            a = 0.0;
+            b = 1.0;
+        }
+        out[0] = a;
+        out[1] = b;
     }
 }

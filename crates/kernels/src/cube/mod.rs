@@ -19,7 +19,7 @@ use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 use crate::{
     portable, AdamCoefficients, Basis, Blockwise8, DynamicMaps, EmberBackend, ResidualUpdate,
-    RoundingKey, UpdateCoefficients,
+    RoundingKey, Skip, UpdateCoefficients,
 };
 
 use crate::block_elements;
@@ -90,6 +90,31 @@ fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, C
     )
 }
 
+/// The skip flag of a guarded op as the kernel's `(skip, guarded)` arguments; without a flag the
+/// slot is bound to `like` and never read.
+fn skip_arg<R: CubeRuntime>(
+    skip: &Option<CubeTensor<R>>,
+    like: &CubeTensor<R>,
+) -> (ArrayArg<R>, bool) {
+    match skip {
+        Some(s) => (arg(s), true),
+        None => (arg(like), false),
+    }
+}
+
+/// The skip flag's tensor, if any (f32 `[1]`, checked by [`skip_ok`]).
+fn skip_in<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
+    skip: Skip<B>,
+) -> Option<CubeTensor<R>> {
+    skip.map(float_in)
+}
+
+/// Whether the kernels can read the skip flag: none, or f32 with one element.
+fn skip_ok<B: Backend>(skip: &Skip<B>) -> bool {
+    skip.as_ref()
+        .is_none_or(|s| s.dtype() == DType::F32 && s.dims() == [1])
+}
+
 /// Lengths are passed to the kernels as u32.
 fn fits(len: usize) -> bool {
     len < u32::MAX as usize
@@ -135,9 +160,11 @@ fn launch_adam_8bit<
     v: Blockwise8<B>,
     maps: &DynamicMaps<B>,
     c: AdamCoefficients,
+    skip: Skip<B>,
 ) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
     let shape = g.dims().to_vec();
     let len = m.len;
+    let skip = skip_in(skip);
     let blocks = m.blocks();
     let words_per_block = m.block / 4;
     let g = float_in(g);
@@ -168,6 +195,7 @@ fn launch_adam_8bit<
     let dim = CubeDim::new_1d(words_per_block as u32);
     let count = calculate_cube_count_elemwise(&g.client, blocks * words_per_block, dim);
     let w_arg = w.as_ref().map(arg).unwrap_or_else(|| arg(&g));
+    let (skip_arg, guarded) = skip_arg(&skip, &g);
     kernels::adam_8bit::launch::<R>(
         &g.client,
         count,
@@ -185,6 +213,7 @@ fn launch_adam_8bit<
         arg(&a2_out),
         arg(&map_1),
         arg(&map_2),
+        skip_arg,
         len as u32,
         blocks as u32,
         c.beta_1 as f32,
@@ -198,6 +227,7 @@ fn launch_adam_8bit<
         (1.0 - coef.decay_after) as f32,
         words_per_block as u32,
         w.is_some(),
+        guarded,
     );
     let q = |codes, absmax, block| Blockwise8 {
         codes: Tensor::from_primitive(codes),
@@ -254,11 +284,13 @@ where
         m: Tensor<Self, 2>,
         v: Tensor<Self, 2>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = r.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) || !all_f32(&[&r, &m, &v]) {
-            return portable::subspace_adam(r, m, v, c);
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&r, &m, &v]) || !skip_ok(&skip) {
+            return portable::subspace_adam(r, m, v, c, skip);
         }
+        let skip = skip_in(skip);
         let shape = r.dims().to_vec();
         let r = float_in(r);
         let (m, v) = (float_in(m), float_in(v));
@@ -266,6 +298,7 @@ where
         let m_out = empty(&r, shape.clone(), DType::F32);
         let v_out = empty(&r, shape, DType::F32);
         let (count, dim) = launch_dims(&r, len);
+        let (skip_arg, guarded) = skip_arg(&skip, &r);
         kernels::subspace_adam::launch::<R>(
             &r.client,
             count,
@@ -276,11 +309,13 @@ where
             arg(&m_out),
             arg(&v_out),
             arg(&n),
+            skip_arg,
             len as u32,
             c.beta_1 as f32,
             c.beta_2 as f32,
             (1.0 / c.sqrt_v_divisor) as f32,
             c.epsilon as f32,
+            guarded,
         );
         (float_out(n), float_out(m_out), float_out(v_out))
     }
@@ -291,12 +326,13 @@ where
         v: Blockwise8<Self>,
         maps: &DynamicMaps<Self>,
         c: AdamCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
         let len = r.shape().num_elements();
-        if !supported::<F, I>() || !all_f32(&[&r]) || !fits_8bit(len, &m, &v) {
-            return portable::adam_8bit(r, m, v, maps, c);
+        if !supported::<F, I>() || !all_f32(&[&r]) || !fits_8bit(len, &m, &v) || !skip_ok(&skip) {
+            return portable::adam_8bit(r, m, v, maps, c, skip);
         }
-        launch_adam_8bit(r, None, m, v, maps, c)
+        launch_adam_8bit(r, None, m, v, maps, c, skip)
     }
 
     fn adam_full_step_8bit(
@@ -307,12 +343,14 @@ where
         maps: &DynamicMaps<Self>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
         let len = g.shape().num_elements();
-        if !supported::<F, I>() || !all_f32(&[&w, &g]) || !fits_8bit(len, &m, &v) {
-            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef);
+        if !supported::<F, I>() || !all_f32(&[&w, &g]) || !fits_8bit(len, &m, &v) || !skip_ok(&skip)
+        {
+            return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef, skip);
         }
-        launch_adam_8bit(g, Some((w, coef)), m, v, maps, adam)
+        launch_adam_8bit(g, Some((w, coef)), m, v, maps, adam, skip)
     }
 
     fn projected_update(
@@ -324,6 +362,7 @@ where
         coef: UpdateCoefficients,
         residual: ResidualUpdate,
         zeta: Option<Tensor<Self, 1>>,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
         let [rows, cols] = w.dims();
         // Fira's φ scales the columns (`[1, cols]`) or the rows (`[rows, 1]`) of the residual
@@ -339,8 +378,9 @@ where
             || cols == 0
             || !phi_ok
             || !all_f32(&[&w, &g, &basis.p, &n, &r])
+            || !skip_ok(&skip)
         {
-            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta);
+            return portable::projected_update(w, g, basis, n, r, coef, residual, zeta, skip);
         }
         // no residual: the back-projection and the update are one GEMM accumulating into `W`
         #[cfg(feature = "cuda")]
@@ -356,7 +396,9 @@ where
                 let w = w.into_primitive().tensor();
                 let alpha = (-keep * coef.step * coef.scale) as f32;
                 let beta = (keep * (1.0 - coef.decay_before)) as f32;
-                if cublas::accumulate(&a, &b, &w, alpha, beta) {
+                // skipped: `N = 0` and the flag turns the scalars into `α = 0, β = 1` on the device
+                let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
+                if cublas::accumulate(&a, &b, &w, alpha, beta, skip_t.as_ref()) {
                     return (float_out(w), None);
                 }
                 float_out::<R, Self, 2>(w)
@@ -364,6 +406,8 @@ where
             _ => w,
         };
         let device = w.device();
+        let zeta_old = skip.as_ref().map(|_| zeta.clone());
+        let skip_t = skip_in(skip.clone());
         let w = float_in(w);
         let w_out = empty(&w, vec![rows, cols], DType::F32);
         let block = (block_elements() / cols).clamp(1, rows.max(1));
@@ -406,7 +450,10 @@ where
                 sum = sum.add(float_out::<R, Self, 2>(u_r).sum());
             }
             let (limiter, zeta) = portable::fira_limiter(sum.sqrt(), zeta, gamma);
-            new_zeta = Some(zeta);
+            new_zeta = match zeta_old {
+                Some(old) => portable::hold_zeta(&skip, old, Some(zeta)),
+                None => Some(zeta),
+            };
             let limiter = limiter.unwrap_or_else(|| Tensor::ones([1], &device));
             fira = Some((phi, float_in(limiter), per_column));
         }
@@ -432,6 +479,7 @@ where
                 Some((phi, limiter, per_column)) => (arg(phi), arg(limiter), *per_column),
                 None => (arg(&u_n), arg(&u_n), true),
             };
+            let (skip_arg, guarded) = skip_arg(&skip_t, &u_n);
             kernels::apply_update::launch::<R>(
                 &w.client,
                 count,
@@ -443,6 +491,7 @@ where
                 u_r_arg,
                 phi_arg,
                 limiter_arg,
+                skip_arg,
                 (rows_k.start * cols) as u32,
                 len as u32,
                 cols as u32,
@@ -454,6 +503,7 @@ where
                 (1.0 - coef.decay_after) as f32,
                 mode,
                 per_column,
+                guarded,
             );
         }
         (float_out(w_out), new_zeta)
@@ -466,17 +516,20 @@ where
         v: Tensor<Self, 2>,
         adam: AdamCoefficients,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = w.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g, &m, &v]) {
-            return portable::adam_full_step(w, g, m, v, adam, coef);
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g, &m, &v]) || !skip_ok(&skip) {
+            return portable::adam_full_step(w, g, m, v, adam, coef, skip);
         }
+        let skip = skip_in(skip);
         let shape = w.dims().to_vec();
         let (w, g, m, v) = (float_in(w), float_in(g), float_in(m), float_in(v));
         let w_out = empty(&w, shape.clone(), DType::F32);
         let m_out = empty(&w, shape.clone(), DType::F32);
         let v_out = empty(&w, shape, DType::F32);
         let (count, dim) = launch_dims(&w, len);
+        let (skip_arg, guarded) = skip_arg(&skip, &w);
         kernels::adam_full::launch::<R>(
             &w.client,
             count,
@@ -488,6 +541,7 @@ where
             arg(&w_out),
             arg(&m_out),
             arg(&v_out),
+            skip_arg,
             len as u32,
             adam.beta_1 as f32,
             adam.beta_2 as f32,
@@ -496,6 +550,7 @@ where
             (1.0 - coef.decay_before) as f32,
             (coef.step * coef.scale) as f32,
             (1.0 - coef.decay_after) as f32,
+            guarded,
         );
         (float_out(w_out), float_out(m_out), float_out(v_out))
     }
@@ -505,20 +560,23 @@ where
         g: Tensor<Self, 2>,
         rule: ResidualUpdate,
         coef: UpdateCoefficients,
+        skip: Skip<Self>,
     ) -> Tensor<Self, 2> {
         let len = w.shape().num_elements();
         let (step, sign) = match rule {
             ResidualUpdate::Sign { step } => (step, true),
             ResidualUpdate::Sgd { step } => (step, false),
-            _ => return portable::state_free_step(w, g, rule, coef),
+            _ => return portable::state_free_step(w, g, rule, coef, skip),
         };
-        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g]) {
-            return portable::state_free_step(w, g, rule, coef);
+        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g]) || !skip_ok(&skip) {
+            return portable::state_free_step(w, g, rule, coef, skip);
         }
+        let skip = skip_in(skip);
         let shape = w.dims().to_vec();
         let (w, g) = (float_in(w), float_in(g));
         let w_out = empty(&w, shape, DType::F32);
         let (count, dim) = launch_dims(&w, len);
+        let (skip_arg, guarded) = skip_arg(&skip, &w);
         kernels::state_free::launch::<R>(
             &w.client,
             count,
@@ -526,11 +584,13 @@ where
             arg(&w),
             arg(&w_out),
             arg(&g),
+            skip_arg,
             len as u32,
             (1.0 - coef.decay_before) as f32,
             step as f32,
             (1.0 - coef.decay_after) as f32,
             sign,
+            guarded,
         );
         float_out(w_out)
     }
