@@ -6,7 +6,10 @@
 #     portable path, with the skip flag at 0 and at 1 on NaN/±Inf gradients among them);
 #  2. `ember-bench step` GaLore r512 and AdamW at every shape: `step_ms` (the default policy,
 #     flags read back every step) beside `step_on_device_ms` (the check on the device);
-#  3. the PyTorch anchor (galore-torch, torch fused AdamW, TF32) for the side-by-side ratios.
+#  3. the PyTorch anchor (galore-torch, torch fused AdamW, TF32) for the side-by-side ratios
+#     (ANCHOR=0: left out);
+#  4. with METHODS="…", the pretraining runs of scripts/h100_pretrain_cublas.sh in the time left
+#     (carry [".device", ".device4"] then).
 # Raw output: $OUT/res.tgz (kernels_*.log, step_*.jsonl, anchor_tf32.json; packed after every
 # stage: a call returns at most 8 files) and summary.txt.
 JSONL=unused.jsonl
@@ -29,9 +32,13 @@ for o in galore adamw; do
   echo "step $o: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
   pack
 done
-if [ $(left) -gt 100 ]; then
+if [ "${ANCHOR:-1}" = 1 ] && [ $(left) -gt 100 ]; then
   TF32=1 PYTHONUNBUFFERED=1 timeout $(( $(left) - 15 )) python3 .device/torch_anchor.py .device/whl $OUT/anchor_tf32.json > $OUT/anchor.log 2>&1
   echo "anchor: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 fi
 pack
+# then, if asked, the pretraining runs of scripts/h100_pretrain_cublas.sh in the time left
+if [ -n "${METHODS:-}" ]; then
+  OUT=$REAL_OUT BUDGET_S=$(left) bash scripts/h100_pretrain_cublas.sh
+fi
 cat $OUT/summary.txt

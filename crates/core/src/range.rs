@@ -11,8 +11,16 @@
 //! ```
 //!
 //! and symmetrically for the left side. `Z₀` is not orthonormalized: only the span of `G·Z₀`
-//! matters, and `orth` normalizes what it is given. The subspace, not the individual singular
-//! vectors, is what this returns: a rotation inside the subspace differs from the exact SVD's.
+//! matters, and `orth` normalizes what it is given.
+//!
+//! The iteration finds a subspace; its frame is rotated arbitrarily inside it. A final
+//! **Rayleigh–Ritz** step ([`rayleigh_ritz`]) turns that frame into the singular vectors of `G`
+//! restricted to the subspace — ordered by singular value and signed as the exact SVD signs its
+//! pairs — from the eigendecomposition of the `r × r` matrix `(G·Pᵀ)ᵀ(G·Pᵀ)` on the host. The
+//! span (and the captured energy) is unchanged; the coordinates are the exact projector's where
+//! the subspace is exact. This matters for GaLore: Adam's moments are per coordinate, and a
+//! rotated frame gave a worse pretraining loss than the exact SVD on the same subspace quality
+//! (`docs/perf-notes.md`, "The device projector's frame").
 //!
 //! `orth` ([`orthonormalize_fast`]) divides by the Frobenius norm (every singular value in
 //! (0, 1]) and runs two kinds of Newton–Schulz steps, each a polynomial applied to every singular
@@ -134,24 +142,81 @@ pub fn fit<B: Backend>(
         None => subspace_iteration(g, random(0), left, power_iters + 2),
     };
     if !collapsed(&p) {
-        return p;
+        return rayleigh_ritz(g, p, left);
     }
     if was_warm {
         log::info!("device projector: the warm start lost directions; re-seeding");
         p = subspace_iteration(g, random(0), left, power_iters + 2);
         if !collapsed(&p) {
-            return p;
+            return rayleigh_ritz(g, p, left);
         }
     }
     // the gradient has rank < r: complete the frame
     let z = if left { p } else { p.transpose() };
     let [dim, _] = z.dims();
     let filled = orthonormalize_fast(z + random(1).mul_scalar(1e-2 / (dim as f64).sqrt()));
-    if left {
-        filled
+    rayleigh_ritz(g, if left { filled } else { filled.transpose() }, left)
+}
+
+/// Rotates the orthonormal frame `p` (left: `m × r` columns; right: `r × n` rows) inside its span
+/// onto the singular vectors of `G` restricted to it: with `B = Pᵀ·G` (left) or `B = G·Pᵀ`
+/// (right) and the eigendecomposition `B·Bᵀ = W·Σ²·Wᵀ` (left) or `Bᵀ·B = W·Σ²·Wᵀ` (right), in
+/// f64 on the host (`r × r`, one read), the frame becomes `P·W` (left) or `Wᵀ·P` (right), its
+/// vectors ordered by decreasing `σ`. Each singular pair is signed as [`crate::svd`] signs the
+/// exact one: the entry of largest magnitude of the left vector is positive (left: the new
+/// column itself; right: the column of `G·Pᵀ·W`). Returns `p` unchanged if the small matrix is
+/// not finite.
+pub fn rayleigh_ritz<B: Backend>(g: &Tensor<B, 2>, p: Tensor<B, 2>, left: bool) -> Tensor<B, 2> {
+    let b = if left {
+        p.clone().transpose().matmul(g.clone())
     } else {
-        filled.transpose()
+        g.clone().matmul(p.clone().transpose())
+    };
+    let gram = if left {
+        b.clone().matmul(b.clone().transpose())
+    } else {
+        b.clone().transpose().matmul(b.clone())
+    };
+    let r = gram.dims()[0];
+    let host: Vec<f32> = match gram.into_data().convert::<f32>().to_vec() {
+        Ok(v) => v,
+        Err(_) => return p,
+    };
+    if host.iter().any(|x| !x.is_finite()) {
+        return p;
     }
+    let sym = faer::Mat::<f64>::from_fn(r, r, |i, j| {
+        0.5 * (host[i * r + j] + host[j * r + i]) as f64
+    });
+    let Ok(eig) = sym.self_adjoint_eigen(faer::Side::Lower) else {
+        return p;
+    };
+    // eigenvalues come non-decreasing: column c of W is the eigenvector of the c-th largest
+    let u = eig.U();
+    let w: Vec<f32> = (0..r * r)
+        .map(|k| u[(k / r, r - 1 - k % r)] as f32)
+        .collect();
+    let w = Tensor::<B, 2>::from_data(TensorData::new(w, [r, r]), &p.device()).cast(p.dtype());
+    if left {
+        let q = p.matmul(w);
+        let s = column_signs(q.clone());
+        q.mul(s)
+    } else {
+        let q = w.clone().transpose().matmul(p);
+        let s = column_signs(b.matmul(w));
+        q.mul(s.transpose())
+    }
+}
+
+/// `[1, cols]`: ±1 per column of `x`, the sign of its entry of largest magnitude (+1 for a zero
+/// column). On ties the device's `argmax` picks the entry.
+fn column_signs<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let index = x.clone().abs().argmax(0);
+    x.gather(0, index)
+        .greater_equal_elem(0.0)
+        .float()
+        .mul_scalar(2.0)
+        .sub_scalar(1.0)
 }
 
 /// The top singular vector of `g` inside the subspace of `p` (left: `m × r` columns, its left
@@ -318,6 +383,50 @@ mod tests {
                 ratio >= 0.99,
                 "{m}x{n} r{r} left={left}: warm start captures {ratio}"
             );
+        }
+    }
+
+    /// After Rayleigh–Ritz the device projector is the exact SVD's projector, vector for vector
+    /// (order and sign included), where its subspace is exact: both sides, from a cold start.
+    #[test]
+    fn rayleigh_ritz_gives_the_exact_singular_vectors() {
+        for (m, n, left) in [(48, 96, true), (96, 40, false)] {
+            let r = 6;
+            let g = decaying(m, n, 0.6, 5);
+            let data = g.clone().into_data();
+            let svd = truncated_svd(data.as_slice::<f32>().unwrap(), m, n, r).unwrap();
+            let (exact, shape) = if left {
+                (svd.u, [m, r])
+            } else {
+                (svd.vt, [r, n])
+            };
+            let dim = if left { m } else { n };
+            let random = |stream: u64| {
+                let mut rng = SplitMix64::new(9, &[stream]);
+                let v: Vec<f32> = (0..dim * r).map(|_| rng.normal() as f32).collect();
+                Tensor::<B, 2>::from_data(TensorData::new(v, [dim, r]), &Default::default())
+            };
+            let p = fit(&g, None, random, left, 6);
+            assert_eq!(p.dims(), shape);
+            let p: Vec<f32> = p.into_data().to_vec().unwrap();
+            let diff = p
+                .iter()
+                .zip(&exact)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff < 1e-3,
+                "{m}x{n} left={left}: max |P − P_exact| = {diff}"
+            );
+            // without the rotation the frame spans the same subspace in other coordinates
+            let bare = subspace_iteration(&g, random(0), left, 8);
+            let bare: Vec<f32> = bare.into_data().to_vec().unwrap();
+            let off = bare
+                .iter()
+                .zip(&exact)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(off > 1e-2, "premise: the bare frame is rotated ({off})");
         }
     }
 

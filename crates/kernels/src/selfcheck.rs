@@ -98,6 +98,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     stochastic_rounding::<B>(&mut out, device);
     dct::<B>(&mut out, device);
     non_finite::<B>(&mut out, device);
+    non_finite_strided::<B>(&mut out, device);
     skip_flag::<B>(&mut out, device);
     crate::set_block_elements(saved);
     crate::set_vendor_gemm_min_macs(saved_min);
@@ -534,6 +535,43 @@ fn non_finite<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 .map(|(a, b)| (a - b).abs() as f64)
                 .sum::<f64>()
                 + (flags.len() as f64 - 3.0).abs(),
+            tolerance: 0.0,
+        });
+    }
+}
+
+/// The flags of strided gradients, read in place: a column slice whose outside columns hold
+/// NaN (never flagged: not part of the gradient) and, poisoned or not inside, a transposed view.
+fn non_finite_strided<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let (m, n, pad) = (29, 67, 5);
+    for inside in [false, true] {
+        let mut values: Vec<f32> = normal::<B>([m, n + 2 * pad], 1.0, device)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for r in 0..m {
+            values[r * (n + 2 * pad)] = f32::NAN;
+            values[r * (n + 2 * pad) + n + 2 * pad - 1] = f32::INFINITY;
+        }
+        if inside {
+            values[11 * (n + 2 * pad) + pad + 40] = f32::NEG_INFINITY;
+        }
+        let wide = Tensor::<B, 2>::from_data(TensorData::new(values, [m, n + 2 * pad]), device);
+        let slice = wide.clone().slice([0..m, pad..pad + n]);
+        let transposed = wide.slice([0..m, pad..pad + n]).transpose();
+        let grads = vec![slice, transposed];
+        let flags: Vec<f32> = B::non_finite_flags(grads, device)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        let want = f32::from(u8::from(inside));
+        out.push(Check {
+            name: format!(
+                "non_finite_flags strided (slice, transposed), poisoned inside: {inside}"
+            ),
+            error: flags.iter().map(|f| (f - want).abs() as f64).sum::<f64>()
+                + (flags.len() as f64 - 2.0).abs(),
             tolerance: 0.0,
         });
     }

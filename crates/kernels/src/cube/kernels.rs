@@ -405,6 +405,27 @@ pub fn non_finite_flag(g: &Array<f32>, out: &mut Array<f32>, len: u32, index: u3
     }
 }
 
+/// [`non_finite_flag`] on a 2-D tensor read through its strides (rows padded by CUDA, transposed
+/// views): no dense copy first, and the padding between rows is never read.
+#[cube(launch)]
+pub fn non_finite_flag_strided(
+    g: &Tensor<f32>,
+    out: &mut Array<f32>,
+    len: u32,
+    cols: u32,
+    index: u32,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        let r = i / cols as usize;
+        let c = i % cols as usize;
+        let x = g[r * g.stride(0) + c * g.stride(1)];
+        if f32::is_nan(x) || f32::is_inf(x) {
+            out[index as usize] = 1.0;
+        }
+    }
+}
+
 /// Index of the nearest value of a sorted 256-entry map to `x` (binary search for the last
 /// `map[k] ≤ x`, then the nearer of `k` and `k + 1`; ties go to `k`).
 #[cube]

@@ -681,17 +681,32 @@ where
             if len == 0 {
                 continue;
             }
-            let g = float_in(g.to_device(device));
+            let cols = g.dims()[1];
+            let g: CubeTensor<R> = g.to_device(device).into_primitive().tensor();
             let (count, dim) = launch_dims(&g, len);
-            kernels::non_finite_flag::launch::<R>(
-                &g.client,
-                count,
-                dim,
-                arg(&g),
-                arg(&flags),
-                len as u32,
-                index as u32,
-            );
+            if g.is_contiguous() {
+                kernels::non_finite_flag::launch::<R>(
+                    &g.client,
+                    count,
+                    dim,
+                    arg(&g),
+                    arg(&flags),
+                    len as u32,
+                    index as u32,
+                );
+            } else {
+                // pitched rows or a transposed view: read in place, through the strides
+                kernels::non_finite_flag_strided::launch::<R>(
+                    &g.client,
+                    count,
+                    dim,
+                    g.clone().into_tensor_arg(),
+                    arg(&flags),
+                    len as u32,
+                    cols as u32,
+                    index as u32,
+                );
+            }
         }
         float_out(flags)
     }
