@@ -147,10 +147,13 @@ where
     let shape = [m, n];
     for i in 0..1 + warmup + iters {
         let ctx = ember_core::StepContext::new(&shape, optim.shared_bases());
+        // a weight of the step's own, copied before the clock starts: a shared one could not be
+        // updated in place (cuBLAS's accumulating GEMM), which the optimizer's step can
+        let w = w0.clone().add_scalar(0.0);
         B::sync(device).ok();
         let t = Instant::now();
         let (w1, s) = engine
-            .step(1e-3, w0.clone(), g.clone(), state.take(), &ctx)
+            .step(1e-3, w, g.clone(), state.take(), &ctx)
             .expect("engine step");
         B::sync(device).ok();
         if i > warmup {

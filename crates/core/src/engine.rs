@@ -692,43 +692,24 @@ impl EngineConfig {
                 let (w, m1, m2) = self.state.adam_full(w, g, moments, adam, coef, bases, skip);
                 (w, m1, m2, None)
             }
-            // coordinate selection, two-sided projection: composed from burn ops
+            // coordinate selection, two-sided projection: the portable update with their own
+            // back-projection
             None => {
                 let r = r_given.unwrap_or_else(|| active.down(g.clone(), bases));
                 let (n_low, m1, m2) =
                     self.state
                         .adam(r.clone(), moments, adam, bases, skip.clone());
-                // held where the skip flag is set: the weight and the residual's memory
-                let held = skip.as_ref().map(|_| (w.clone(), prev_norm.clone()));
-                let mut w = w;
-                if coef.decay_before != 0.0 {
-                    w = w.mul_scalar(1.0 - coef.decay_before);
-                }
-                let residual = if self.residual.is_discard() {
-                    None
-                } else {
-                    let up_r = active.up(r.clone(), bases);
-                    self.residual
-                        .term(g, up_r, self.scale, &r, &n_low, c, lr, prev_norm)
-                };
-                let mut delta = active.up(n_low, bases);
-                if self.scale != 1.0 {
-                    delta = delta.mul_scalar(self.scale);
-                }
-                w = w.sub(delta.mul_scalar(c));
-                let mut residual_norm = None;
-                if let Some(res) = residual {
-                    w = w.sub(res.term);
-                    residual_norm = res.norm;
-                }
-                if coef.decay_after != 0.0 {
-                    w = w.clone().sub(w.mul_scalar(coef.decay_after));
-                }
-                if let Some((w_old, norm_old)) = held {
-                    w = ember_kernels::portable::hold(&skip, w_old, w);
-                    residual_norm =
-                        ember_kernels::portable::hold_zeta(&skip, norm_old, residual_norm);
-                }
+                let (w, residual_norm) = ember_kernels::portable::projected_update_with(
+                    w,
+                    g,
+                    &|x| active.up(x, bases),
+                    n_low,
+                    r,
+                    coef,
+                    rule,
+                    prev_norm,
+                    skip,
+                );
                 (w, m1, m2, residual_norm)
             }
         }

@@ -207,17 +207,36 @@ pub fn projected_update<B: crate::EmberBackend>(
     zeta: Option<Tensor<B, 1>>,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+    projected_update_with(w, g, &|x| basis.up(x), n, r, coef, residual, zeta, skip)
+}
+
+/// The update of [`projected_update`] with any back-projection `up` (the engine's coordinate
+/// selections and two-sided projectors use it with their own): the one place the update is
+/// written on the portable path,
+/// `W ← (1−λ_after)·((1−λ_before)·W − c·α·up(N) − residual)`, Fira's new norm, and the skip flag.
+#[allow(clippy::too_many_arguments)]
+pub fn projected_update_with<B: Backend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    up: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+    n: Tensor<B, 2>,
+    r: Tensor<B, 2>,
+    coef: UpdateCoefficients,
+    residual: ResidualUpdate,
+    zeta: Option<Tensor<B, 1>>,
+    skip: Skip<B>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
     let w_old = skip.as_ref().map(|_| w.clone());
     let zeta_old = skip.as_ref().map(|_| zeta.clone());
     let mut w = decay_before(w, coef);
     let term = match residual {
         ResidualUpdate::None => None,
         rule => {
-            let up_r = basis.up(r.clone());
+            let up_r = up(r.clone());
             residual_term(g, up_r, rule, coef.scale, &r, &n, coef.step, zeta)
         }
     };
-    let mut delta = basis.up(n);
+    let mut delta = up(n);
     if coef.scale != 1.0 {
         delta = delta.mul_scalar(coef.scale);
     }

@@ -273,21 +273,7 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                     };
                     // a previous ζ small enough for the limiter to act
                     let zeta = with_zeta.then(|| Tensor::<B, 1>::from_floats([1e-3], device));
-                    // a weight of its own (not shared with the reference's): the fused path may
-                    // update it in place (cuBLAS's GEMM accumulating into `W` on CUDA)
-                    let f = B::projected_update(
-                        w.clone().add_scalar(0.0),
-                        g.clone(),
-                        &basis,
-                        nn.clone(),
-                        rr.clone(),
-                        coef,
-                        rule,
-                        zeta.clone(),
-                        None,
-                    );
-                    let p =
-                        portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta, None);
+                    let (f, p) = projected_both(w, g, &basis, (nn, rr), coef, rule, zeta, &|| None);
                     let name = format!(
                         "projected_update {m}x{n} r{r} {} {rule:?} decay({decay_before},{decay_after}) ζ={with_zeta}",
                         if left { "left" } else { "right" }
@@ -306,6 +292,38 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             }
         }
     }
+}
+
+/// The fused and the portable projected update on the same inputs, `(W, ζ)` each. The fused path
+/// gets a weight of its own (not shared with the reference's): it may update it in place
+/// (cuBLAS's GEMM accumulating into `W` on CUDA).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn projected_both<B: EmberBackend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    basis: &Basis<B>,
+    (n, r): (Tensor<B, 2>, Tensor<B, 2>),
+    coef: UpdateCoefficients,
+    rule: ResidualUpdate,
+    zeta: Option<Tensor<B, 1>>,
+    skip: &dyn Fn() -> crate::Skip<B>,
+) -> (
+    (Tensor<B, 2>, Option<Tensor<B, 1>>),
+    (Tensor<B, 2>, Option<Tensor<B, 1>>),
+) {
+    let fused = B::projected_update(
+        w.clone().add_scalar(0.0),
+        g.clone(),
+        basis,
+        n.clone(),
+        r.clone(),
+        coef,
+        rule,
+        zeta.clone(),
+        skip(),
+    );
+    let reference = portable::projected_update(w, g, basis, n, r, coef, rule, zeta, skip());
+    (fused, reference)
 }
 
 fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
@@ -724,18 +742,7 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 let nn = normal::<B>(low, 1.0, device);
                 let rr = basis.down(g.clone());
                 let zeta = zeta.map(|z| Tensor::<B, 1>::from_floats([z], device));
-                let f = B::projected_update(
-                    w.clone().add_scalar(0.0),
-                    g.clone(),
-                    &basis,
-                    nn.clone(),
-                    rr.clone(),
-                    coef,
-                    rule,
-                    zeta.clone(),
-                    skip(),
-                );
-                let p = portable::projected_update(w, g, &basis, nn, rr, coef, rule, zeta, skip());
+                let (f, p) = projected_both(w, g, &basis, (nn, rr), coef, rule, zeta, &skip);
                 let name = format!(
                     "projected_update {tag} {m}x{n} {} {rule:?}",
                     if left { "left" } else { "right" }
