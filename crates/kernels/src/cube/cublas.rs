@@ -369,7 +369,7 @@ pub(super) fn accumulate<R: CubeRuntime>(
                 alpha,
                 beta,
             );
-            Scalars::Device(out)
+            Scalars::Device(Box::new(out))
         }
     };
     gemm(&plan, a, b, c, scalars)
@@ -378,7 +378,7 @@ pub(super) fn accumulate<R: CubeRuntime>(
 /// The `α`, `β` of a GEMM: on the host, or `[α, β]` (f32) in a device buffer.
 enum Scalars {
     Host(f32, f32),
-    Device(CubeTensor<CudaRuntime>),
+    Device(Box<CubeTensor<CudaRuntime>>),
 }
 
 /// `t` as a CUDA tensor, if cuBLAS is on and `t` is one.
@@ -470,7 +470,7 @@ fn gemm(
     let one = CubeCount::Static(1, 1, 1);
     let seq = blas_state.seq.wrapping_add(1);
     blas_state.seq = seq;
-    let scalars_buffer = match &scalars {
+    let scalars_buffer: &CubeTensor<CudaRuntime> = match &scalars {
         Scalars::Device(t) => t,
         Scalars::Host(..) => c,
     };
