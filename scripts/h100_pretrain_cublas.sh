@@ -8,7 +8,7 @@
 #   METHODS="frugal dct qgalore galore:off" bash scripts/h100_pretrain_cublas.sh   # second call
 # `NAME:off` runs NAME with EMBER_CUBLAS=off (burn's matmul), for a same-binary comparison;
 # `NAME+FLAG…` adds `--FLAG` to its command line (e.g. `galore+host-svd+check-on-device`).
-# With CHECKS=1 the kernel checks on CUDA (bare and under burn's fusion) and the GaLore r512 steps
+# WARMUP=1 compiles the kernels with a short run first (below). With CHECKS=1 the kernel checks on CUDA (bare and under burn's fusion) and the GaLore r512 steps
 # run first. Output:
 # $OUT/res.tgz (every method's summary.json and log; packed after each run), $OUT/summary.txt.
 REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
@@ -28,6 +28,13 @@ fi
 if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain; else P=.device4/pretrain; fi
 chmod +x $P
 COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
+# WARMUP=1: a short GaLore run first (1 epoch of 20 steps, not part of the results) compiles the
+# model's kernels, so that the first method's tokens/s are not a cold start's
+if [ "${WARMUP:-0}" = 1 ]; then
+  timeout 120 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
+    --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer galore --out /tmp/warmup > $OUT/warmup.log 2>&1
+  echo "warmup: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+fi
 for m in ${METHODS:-adamw galore}; do
   o=${m%%:*}; o=${o%%+*}; name=${m/:/-}; name=${name//+/-}
   flags=""; rest=${m%%:*}; [ "$rest" != "$o" ] && for f in $(echo ${rest#*+} | tr '+' ' '); do flags="$flags --$f"; done
