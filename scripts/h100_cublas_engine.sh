@@ -12,13 +12,8 @@
 # Raw output: $OUT/res.tgz (kernels_*.log, cublas_*.jsonl, step_*.jsonl, measure.jsonl,
 # anchor_tf32.json; packed after every stage: a call returns at most 8 files) and summary.txt.
 JSONL=measure.jsonl
-REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
-pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
+PACKED=1
 . scripts/lib_device.sh
-{
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-python3 -c "import torch; print('torch', torch.__version__)"
-} > $OUT/env.txt 2>&1
 timeout 100 $B kernels --device cuda > $OUT/kernels_cuda.log 2>&1
 echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/kernels_cuda.log)" | tee -a $OUT/summary.txt
 grep -v '^ok ' $OUT/kernels_cuda.log | head -20

@@ -11,8 +11,7 @@
 # WARMUP=1 compiles the kernels with a short run first (below). With CHECKS=1 the kernel checks on CUDA (bare and under burn's fusion) and the GaLore r512 steps
 # run first. Output:
 # $OUT/res.tgz (every method's summary.json and log; packed after each run), $OUT/summary.txt.
-REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
-pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
+PACKED=1
 JSONL=unused.jsonl
 . scripts/lib_device.sh
 if [ "${CHECKS:-0}" = 1 ]; then

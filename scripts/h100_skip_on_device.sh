@@ -13,13 +13,8 @@
 # Raw output: $OUT/res.tgz (kernels_*.log, step_*.jsonl, anchor_tf32.json; packed after every
 # stage: a call returns at most 8 files) and summary.txt.
 JSONL=unused.jsonl
-REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
-pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
+PACKED=1
 . scripts/lib_device.sh
-{
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-python3 -c "import torch; print('torch', torch.__version__)"
-} > $OUT/env.txt 2>&1
 for d in cuda cuda-fusion; do
   timeout 150 $B kernels --device $d > $OUT/kernels_$d.log 2>&1
   echo "kernels $d: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/kernels_$d.log)" | tee -a $OUT/summary.txt

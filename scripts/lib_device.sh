@@ -6,7 +6,18 @@
 #              (at most `left` − RUN_MARGIN seconds, skipped under RUN_MIN; both default 20);
 #              appends {"name","exit","wall_s","args","rows"} to $OUT/$JSONL and a line to
 #              $OUT/summary.txt
+#   PACKED=1   (set before sourcing) results go to /tmp/res and `pack` writes them to the call's
+#              $OUT/res.tgz (a call returns at most 8 files) with summary.txt beside it; $REAL_OUT
+#              is the call's $OUT; env.txt records the machine
 set -u
+if [ "${PACKED:-0}" = 1 ]; then
+  REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
+  pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
+  {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch; print('torch', torch.__version__)"
+  } > $OUT/env.txt 2>&1
+fi
 if [ -f .device/ember-bench.gz ]; then
   gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
 else
