@@ -408,24 +408,20 @@ mod tests {
             };
             let p = fit(&g, None, random, left, 6);
             assert_eq!(p.dims(), shape);
-            let p: Vec<f32> = p.into_data().to_vec().unwrap();
-            let diff = p
-                .iter()
-                .zip(&exact)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let max_diff = |p: Tensor<B, 2>| {
+                let p: Vec<f32> = p.into_data().to_vec().unwrap();
+                p.iter()
+                    .zip(&exact)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            };
+            let diff = max_diff(p);
             assert!(
                 diff < 1e-3,
                 "{m}x{n} left={left}: max |P − P_exact| = {diff}"
             );
             // without the rotation the frame spans the same subspace in other coordinates
-            let bare = subspace_iteration(&g, random(0), left, 8);
-            let bare: Vec<f32> = bare.into_data().to_vec().unwrap();
-            let off = bare
-                .iter()
-                .zip(&exact)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let off = max_diff(subspace_iteration(&g, random(0), left, 8));
             assert!(off > 1e-2, "premise: the bare frame is rotated ({off})");
         }
     }
