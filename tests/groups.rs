@@ -8,6 +8,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::tensor::Tolerance;
 use common::tensor;
 use ember::core::{Clipping, EmberError, EmberOptimizer};
 use ember::dct::DctConfig;
@@ -258,16 +259,8 @@ fn clipping_equals_burns() {
         let got = ours.apply(grads.clone());
         for (g, want) in got.into_iter().zip(&grads) {
             let want = burns.clip_gradient(want.clone());
-            let (g, w) = (
-                g.into_data().to_vec::<f32>().unwrap(),
-                want.into_data().to_vec::<f32>().unwrap(),
-            );
-            for (a, b) in g.iter().zip(&w) {
-                assert!(
-                    (a - b).abs() <= 1e-6 * b.abs().max(1e-6),
-                    "{ours:?}: {a} vs {b}"
-                );
-            }
+            g.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::rel_abs(1e-6, 1e-12));
         }
     }
     // global: every gradient scaled by v / ‖(G₁, G₂, G₃)‖
@@ -282,13 +275,14 @@ fn clipping_equals_burns() {
         .into_iter()
         .flat_map(|g| g.into_data().to_vec::<f32>().unwrap())
         .collect();
-    for (a, b) in got.iter().zip(&all) {
-        let want = (*b as f64 * 2.0 / (norm + 1e-6)) as f32;
-        assert!(
-            (a - want).abs() <= 1e-6 * want.abs().max(1e-6),
-            "{a} vs {want}"
-        );
-    }
+    let want: Vec<f32> = all
+        .iter()
+        .map(|b| (*b as f64 * 2.0 / (norm + 1e-6)) as f32)
+        .collect();
+    TensorData::new(got, [all.len()]).assert_approx_eq::<f32>(
+        &TensorData::new(want, [all.len()]),
+        Tolerance::rel_abs(1e-6, 1e-12),
+    );
 }
 
 /// Clipping inside the optimizer: a step with clipped gradients equals a step of the unclipped
@@ -317,12 +311,9 @@ fn the_optimizer_clips_before_the_update() {
         model = plain.try_step(1e-2, model, out).unwrap();
     }
     for ((name, _, a), (_, _, b)) in got.iter().zip(&model.params()) {
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
-                "{name}: {x} vs {y}"
-            );
-        }
+        let data = |v: &[f32]| TensorData::new(v.to_vec(), [v.len()]);
+        eprintln!("{name}"); // shown with a failure: the last name is the parameter that differs
+        data(a).assert_approx_eq::<f32>(&data(b), Tolerance::rel_abs(1e-6, 1e-6));
     }
 }
 

@@ -64,6 +64,9 @@ enum Command {
         /// Elements of W per block of the fused back-projection (default 2^23).
         #[arg(long)]
         block_elements: Option<usize>,
+        /// The parameter's and its gradient's dtype: f32 or bf16 (the state stays f32).
+        #[arg(long, value_enum, default_value = "f32")]
+        weights_dtype: Dtype,
     },
     /// CUDA builds: GaLore's projection products as the optimizer runs them (cuBLAS on burn's
     /// buffers, ordered by `EMBER_CUBLAS`) beside burn's matmul (f32/TF32 and bf16), JSON lines.
@@ -289,6 +292,7 @@ fn main() -> ExitCode {
             refreshes,
             portable,
             block_elements,
+            weights_dtype,
         }) => {
             ember_kernels::set_fused(!portable);
             if let Some(n) = block_elements {
@@ -300,6 +304,7 @@ fn main() -> ExitCode {
                 &ranks,
                 device,
                 (iters, warmup, refreshes),
+                weights_dtype,
             )
         }
         #[cfg(feature = "cuda")]

@@ -1,7 +1,7 @@
 //! Optimizer-step and projector-refresh time on single matrices (the layer shapes of LLaMA-1B/7B),
 //! for side-by-side comparison with the PyTorch originals.
 //!
-//! Method: one `m × n` f32 parameter and a fixed gradient; the optimizer is stepped once (projector
+//! Method: one `m × n` parameter (f32, or bf16 with a bf16 gradient) and a fixed gradient; the optimizer is stepped once (projector
 //! computed), then `warmup` untimed and `iters` timed steps with `update_proj_gap` larger than the
 //! run, so the timed steps are steady-state steps without refresh; each step is timed with the
 //! device synchronized before and after (`Backend::sync`); the median is reported. The refresh is
@@ -39,6 +39,8 @@ pub struct StepTiming {
     pub n: usize,
     /// Rank.
     pub rank: usize,
+    /// The parameter's and its gradient's dtype (`f32`, `bf16`); the optimizer state is f32.
+    pub weights: &'static str,
     /// Median optimizer step (ms), no refresh: burn's `Optimizer::step` on a module, everything
     /// included (gradient collection, the non-finite check, the update, the module mapping).
     pub step_ms: f64,
@@ -53,7 +55,8 @@ pub struct StepTiming {
     pub engine_ms: f64,
     /// Median of the projection `down(G)` alone (one `EmberBackend::projection_matmul`: cuBLAS on
     /// CUDA above `ember_kernels::vendor_gemm_min_macs`, else burn's matmul), if the projector is
-    /// dense.
+    /// dense and the weights f32 (the products, the check and the refreshes below are timed on
+    /// f32 parameters only).
     pub down_ms: Option<f64>,
     /// Median of the whole back-projection `up(N)` alone (one product, `m×n` output).
     pub up_ms: Option<f64>,
@@ -90,14 +93,21 @@ pub fn time_step<B: AutodiffBackend>(
     (m, n): (usize, usize),
     rank: usize,
     (warmup, iters, refreshes): (usize, usize, usize),
+    weights: Dtype,
     device: &B::Device,
 ) -> StepTiming
 where
     B::InnerBackend: ember_core::EmberBackend,
 {
     B::seed(device, 0);
-    let w = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.02), device);
-    let g = Tensor::<B::InnerBackend, 2>::random([m, n], Distribution::Normal(0.0, 1e-3), device);
+    let dtype = match weights {
+        Dtype::Bf16 => burn::tensor::DType::BF16,
+        _ => burn::tensor::DType::F32,
+    };
+    let f32_only = dtype == burn::tensor::DType::F32;
+    let w = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.02), device).cast(dtype);
+    let g = Tensor::<B::InnerBackend, 2>::random([m, n], Distribution::Normal(0.0, 1e-3), device)
+        .cast(dtype);
     let mut model = Single {
         w: Param::from_tensor(w),
     };
@@ -105,7 +115,7 @@ where
         method,
         rank,
         density: 0.25,
-        weights: Dtype::F32,
+        weights,
         state: Dtype::F32,
     };
     let build = |policy| {
@@ -163,13 +173,13 @@ where
         state = Some(s);
     }
     // the two projection products alone, for the FLOP count in the notes
-    let basis = state
-        .as_ref()
-        .and_then(|s| match s.projector.materialize(optim.shared_bases()) {
+    let basis = state.as_ref().filter(|_| f32_only).and_then(|s| {
+        match s.projector.materialize(optim.shared_bases()) {
             ember_core::ProjectorState::Left(p) => Some(ember_kernels::Basis { p, left: true }),
             ember_core::ProjectorState::Right(p) => Some(ember_kernels::Basis { p, left: false }),
             _ => None,
-        });
+        }
+    });
     let time_op = |f: &dyn Fn() -> Tensor<B::InnerBackend, 2>| -> f64 {
         let mut v = vec![];
         for i in 0..1 + warmup + iters {
@@ -231,7 +241,7 @@ where
         }
         median(v)
     };
-    let refresh_ms = (refreshes > 0 && method != Method::Adamw).then(|| {
+    let refresh_ms = (f32_only && refreshes > 0 && method != Method::Adamw).then(|| {
         let kind = match method {
             Method::Dct => ProjectorKind::Dct(ProjType::Std),
             _ => ProjectorKind::ExactSvd(ProjType::Std),
@@ -255,7 +265,7 @@ where
         median(v)
     });
     let device_refresh =
-        (refreshes > 0 && !matches!(method, Method::Adamw | Method::Dct)).then(|| {
+        (f32_only && refreshes > 0 && !matches!(method, Method::Adamw | Method::Dct)).then(|| {
             let r = match method {
                 Method::Frugal => ((0.25 * m.min(n) as f64).round_ties_even() as usize).max(1),
                 _ => rank,
@@ -304,6 +314,7 @@ where
         m,
         n,
         rank,
+        weights: if f32_only { "f32" } else { "bf16" },
         step_ms,
         step_on_device_ms,
         engine_ms: median(engine_times),

@@ -807,6 +807,7 @@ mod tests {
     use crate::adam::AdamFlavor;
     use burn::backend::Flex;
     use burn::optim::{AdamWConfig, SimpleOptimizer};
+    use burn::tensor::Tolerance;
 
     type B = Flex;
 
@@ -847,8 +848,11 @@ mod tests {
         }
     }
 
-    fn max_diff(a: &Tensor<B, 2>, b: &Tensor<B, 2>) -> f32 {
-        a.clone().sub(b.clone()).abs().max().into_scalar()
+    /// `|a − b| < abs` element by element (burn's `TensorData::assert_approx_eq`).
+    #[track_caller]
+    fn assert_close(a: &Tensor<B, 2>, b: &Tensor<B, 2>, abs: f64) {
+        a.to_data()
+            .assert_approx_eq::<f32>(&b.to_data(), Tolerance::absolute(abs));
     }
 
     /// With the identity projector the pipeline is AdamW: compared with burn's own AdamW
@@ -877,7 +881,7 @@ mod tests {
                 .unwrap();
             (w_ours, s_ours) = (w, Some(s));
             (w_burn, s_burn) = SimpleOptimizer::<B>::step(&adamw, 1e-2, w_burn, g, s_burn);
-            assert!(max_diff(&w_ours, &w_burn) < 1e-6, "step {step}");
+            assert_close(&w_ours, &w_burn, 1e-6);
         }
     }
 
@@ -912,10 +916,10 @@ mod tests {
                 x -= lr * wd * x;
                 w_ref[i] = x as f32;
             }
-            let ours: Vec<f32> = w.clone().into_data().to_vec().unwrap();
-            for i in 0..24 {
-                assert!((ours[i] - w_ref[i]).abs() < 1e-6, "t={t} i={i}");
-            }
+            w.to_data().assert_approx_eq::<f32>(
+                &TensorData::new(w_ref.clone(), [4, 6]),
+                Tolerance::absolute(1e-6),
+            );
         }
     }
 
@@ -932,7 +936,7 @@ mod tests {
         let p = kind.fit(&g, r, &bases, 0, 0).unwrap();
         let low = p.down(g.clone(), &bases);
         assert_eq!(low.dims(), [r, r]);
-        assert!(max_diff(&p.up(low.clone(), &bases), &g) < 1e-5);
+        assert_close(&p.up(low.clone(), &bases), &g, 1e-5);
 
         let engine = EngineConfig {
             rank: RankRule::Fixed(r),
@@ -962,7 +966,7 @@ mod tests {
             p.up(n1, &bases)
                 .mul_scalar(0.25 * 1e-2 * (1.0 - b2).sqrt() / (1.0 - b1)),
         );
-        assert!(max_diff(&w1, &expected) < 1e-6);
+        assert_close(&w1, &expected, 1e-6);
     }
 
     #[test]
@@ -1080,9 +1084,10 @@ mod tests {
                         m0.into_data().assert_eq(&m1.into_data(), true);
                         v0.into_data().assert_eq(&v1.into_data(), true);
                     } else {
+                        // relative to the largest weight
                         let tol = if w_dtype == DType::BF16 { 1e-2 } else { 1e-5 };
-                        let rel = max_diff(&w0, &w1) / w0.abs().max().into_scalar();
-                        assert!(rel < tol, "{what}: {rel}");
+                        let scale: f32 = w0.clone().abs().max().into_scalar();
+                        assert_close(&w1, &w0, tol * scale as f64);
                     }
                 }
             }

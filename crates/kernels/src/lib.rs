@@ -67,8 +67,9 @@ static BLOCK_ELEMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(1 << 23);
 
 /// Elements of `W` per block of the fused back-projection (default `2²³`, 32 MiB of f32): the
-/// only `W`-sized temporary of the fused [`EmberBackend::projected_update`] is one block (two
-/// with a residual rule), whatever the size of `W`.
+/// only `W`-sized temporaries of the fused [`EmberBackend::projected_update`] are one block (two
+/// with a residual rule, three for Fira's on a matrix of one block, whose `up(R)` is kept for the
+/// update), whatever the size of `W`.
 pub fn block_elements() -> usize {
     BLOCK_ELEMENTS.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -250,8 +250,19 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         ResidualUpdate::Sgd { step: 2e-2 },
         ResidualUpdate::Fira { gamma: 1.01 },
     ];
-    // (m, n, r, left): left projector m×r with m ≤ n; right projector r×n with m > n
-    for (m, n, r, left) in [(70, 130, 9, true), (150, 40, 7, false)] {
+    // (m, n, r, left): left projector m×r with m ≤ n; right projector r×n with m > n; in blocks
+    // of a few rows, and in one block (Fira keeps that block's `up(R)` for the update)
+    let saved = crate::block_elements();
+    for ((m, n, r, left), block) in [(70, 130, 9, true), (150, 40, 7, false)]
+        .into_iter()
+        .flat_map(|s| [(s, saved), (s, 1 << 23)])
+    {
+        crate::set_block_elements(block);
+        let blocks = if block >= m * n {
+            "one block"
+        } else {
+            "blocks"
+        };
         let p = normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device);
         let basis = Basis { p, left };
         let low = if left { [r, n] } else { [m, r] };
@@ -275,7 +286,7 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                     let zeta = with_zeta.then(|| Tensor::<B, 1>::from_floats([1e-3], device));
                     let (f, p) = projected_both(w, g, &basis, (nn, rr), coef, rule, zeta, &|| None);
                     let name = format!(
-                        "projected_update {m}x{n} r{r} {} {rule:?} decay({decay_before},{decay_after}) ζ={with_zeta}",
+                        "projected_update {m}x{n} r{r} {} {rule:?} decay({decay_before},{decay_after}) ζ={with_zeta} {blocks}",
                         if left { "left" } else { "right" }
                     );
                     compare(out, format!("{name} W"), f.0, p.0);
@@ -292,6 +303,7 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             }
         }
     }
+    crate::set_block_elements(saved);
 }
 
 /// The fused and the portable projected update on the same inputs, `(W, ζ)` each. The fused path
@@ -725,7 +737,17 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
 
         // the projected update: `N` finite (the engine passes `N = 0` on a skipped step), `G` and
         // `R` not; every residual rule, Fira with and without a previous norm
-        for (m, n, r, left) in [(70, 130, 9, true), (150, 40, 7, false)] {
+        let saved = crate::block_elements();
+        for ((m, n, r, left), block) in [(70, 130, 9, true), (150, 40, 7, false)]
+            .into_iter()
+            .flat_map(|s| [(s, saved), (s, 1 << 23)])
+        {
+            crate::set_block_elements(block);
+            let blocks = if block >= m * n {
+                "one block"
+            } else {
+                "blocks"
+            };
             let basis = Basis {
                 p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
                 left,
@@ -744,7 +766,7 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 let zeta = zeta.map(|z| Tensor::<B, 1>::from_floats([z], device));
                 let (f, p) = projected_both(w, g, &basis, (nn, rr), coef, rule, zeta, &skip);
                 let name = format!(
-                    "projected_update {tag} {m}x{n} {} {rule:?}",
+                    "projected_update {tag} {m}x{n} {} {rule:?} {blocks}",
                     if left { "left" } else { "right" }
                 );
                 compare(out, format!("{name} W"), f.0, p.0);
@@ -766,6 +788,7 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 }
             }
         }
+        crate::set_block_elements(saved);
     }
 }
 

@@ -10,7 +10,11 @@ pub fn run(
     ranks: &str,
     device: Device,
     (iters, warmup, refreshes): (usize, usize, usize),
+    weights: ember_bench::estimate::Dtype,
 ) -> Result<(), String> {
+    if weights == ember_bench::estimate::Dtype::Int8 {
+        return Err("--weights-dtype: f32 or bf16 (int8 is a state dtype)".into());
+    }
     use ember_bench::steptime::time_step;
     let shapes = parse_shapes(shapes)?;
     let ranks: Vec<usize> = parse_list(ranks, "rank")?;
@@ -26,7 +30,7 @@ pub fn run(
                 let cfg = (warmup, iters, refreshes);
                 #[allow(unused_mut)]
                 let mut t = on_device!(device, B => {
-                    time_step::<B>(method, (m, n), r, cfg, &Default::default())
+                    time_step::<B>(method, (m, n), r, cfg, weights, &Default::default())
                 });
                 #[cfg(feature = "cuda")]
                 if device.is_cuda() {

@@ -179,12 +179,13 @@ pub fn apply_update(
     }
 }
 
-/// Fira's `Ψ²` for one block of rows, written over `u_r` (which holds `up(R)` of the block).
+/// Fira's `Ψ²` for one block of rows (`u_r` holds `up(R)` of the block), written to `out`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn fira_psi_squared(
     g: &Array<f32>,
-    u_r: &mut Array<f32>,
+    u_r: &Array<f32>,
+    out: &mut Array<f32>,
     phi: &Array<f32>,
     offset: u32,
     len: u32,
@@ -202,7 +203,81 @@ pub fn fira_psi_squared(
             ph = phi[row0 as usize + i / cols as usize];
         }
         let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
-        u_r[i] = psi * psi;
+        out[i] = psi * psi;
+    }
+}
+
+/// Fira's scaling `φ = ‖N‖/(‖R‖ + 1e-8)` of the low-rank `rows × cols` pair, one unit per output:
+/// norms down the columns (`columns`, `φ` is `[1, cols]`) or along the rows (`[rows, 1]`).
+#[cube(launch)]
+pub fn fira_phi(
+    n: &Array<f32>,
+    r: &Array<f32>,
+    out: &mut Array<f32>,
+    rows: u32,
+    cols: u32,
+    #[comptime] columns: bool,
+) {
+    let j = ABSOLUTE_POS;
+    let (count, length) = if comptime![columns] {
+        (cols as usize, rows as usize)
+    } else {
+        (rows as usize, cols as usize)
+    };
+    if j < count {
+        let mut sn = 0.0f32;
+        let mut sr = 0.0f32;
+        for k in 0..length {
+            let mut at = j * cols as usize + k;
+            if comptime![columns] {
+                at = k * cols as usize + j;
+            }
+            let a = n[at];
+            let b = r[at];
+            sn += a * a;
+            sr += b * b;
+        }
+        out[j] = f32::sqrt(sn) / (f32::sqrt(sr) + 1e-8);
+    }
+}
+
+/// Fira's norm-growth limiter from `Σ Ψ²` (`sum[0]`), one unit: `ζ = ‖Ψ‖`, and with a previous
+/// `ζ` (`has_prev`) `limiter = max(‖Ψ‖/(ζ_prev + 1e-8), γ)/γ`, `ζ = ‖Ψ‖/limiter` (else 1).
+/// Where the step is held the old `ζ` stays (`no_prev`, `+∞`, without one: the next step's
+/// limiter is 1).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fira_limit(
+    sum: &Array<f32>,
+    prev: &Array<f32>,
+    skip: &Array<f32>,
+    limiter: &mut Array<f32>,
+    zeta: &mut Array<f32>,
+    gamma: f32,
+    no_prev: f32,
+    #[comptime] has_prev: bool,
+    #[comptime] guarded: bool,
+) {
+    if ABSOLUTE_POS == 0 {
+        let norm = f32::sqrt(sum[0]);
+        let mut l = 1.0f32;
+        let mut z = norm;
+        if comptime![has_prev] {
+            let ratio = norm / (prev[0] + 1e-8);
+            if ratio > gamma {
+                l = ratio / gamma;
+            }
+            z = norm / l;
+        }
+        if held(skip, guarded) {
+            if comptime![has_prev] {
+                z = prev[0];
+            } else {
+                z = no_prev;
+            }
+        }
+        limiter[0] = l;
+        zeta[0] = z;
     }
 }
 

@@ -366,13 +366,14 @@ where
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
         let [rows, cols] = w.dims();
         // Fira's φ scales the columns (`[1, cols]`) or the rows (`[rows, 1]`) of the residual
-        let phi = match residual {
-            ResidualUpdate::Fira { .. } => Some(portable::fira_phi(&n, &r)),
+        // (norms along the low-rank shape's longer side, as `portable::fira_phi`)
+        let [lr_rows, lr_cols] = n.dims();
+        let phi_dims = match residual {
+            ResidualUpdate::Fira { .. } if lr_rows < lr_cols => Some([1, lr_cols]),
+            ResidualUpdate::Fira { .. } => Some([lr_rows, 1]),
             _ => None,
         };
-        let phi_ok = phi
-            .as_ref()
-            .is_none_or(|p| p.dims() == [1, cols] || p.dims() == [rows, 1]);
+        let phi_ok = phi_dims.is_none_or(|d| d == [1, cols] || d == [rows, 1]);
         if !supported::<F, I>()
             || !fits(rows * cols)
             || cols == 0
@@ -405,8 +406,6 @@ where
             }
             _ => w,
         };
-        let device = w.device();
-        let zeta_old = skip.as_ref().map(|_| zeta.clone());
         let skip_t = skip_in(skip.clone());
         let w = float_in(w);
         let w_out = empty(&w, vec![rows, cols], DType::F32);
@@ -421,17 +420,35 @@ where
             _ => Some(float_in(g)),
         };
 
-        // Fira: φ, then ‖Ψ‖ block by block and the limiter, all on the device
+        // Fira: φ, then ‖Ψ‖ block by block and the limiter, all on the device. With one block
+        // its `up(R)` is kept for the update below (one back-projection fewer).
+        let single = rows <= block;
+        let mut kept_u_r = None;
         let mut new_zeta = None;
         let mut fira = None;
-        if let (ResidualUpdate::Fira { gamma }, Some(phi)) = (residual, phi) {
-            let per_column = phi.dims() == [1, cols];
-            let phi = float_in(phi);
+        if let (ResidualUpdate::Fira { gamma }, Some(phi_dims)) = (residual, phi_dims) {
+            let per_column = phi_dims == [1, cols];
+            let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
+            let phi = empty(&n_d, phi_dims.to_vec(), DType::F32);
+            let columns = phi_dims[0] == 1;
+            let (count, dim) = launch_dims(&phi, phi_dims[0] * phi_dims[1]);
+            kernels::fira_phi::launch::<R>(
+                &phi.client,
+                count,
+                dim,
+                arg(&n_d),
+                arg(&r_d),
+                arg(&phi),
+                lr_rows as u32,
+                lr_cols as u32,
+                columns,
+            );
             let g = g.as_ref().expect("residual gradient");
-            let mut sum = Tensor::<Self, 1>::zeros([1], &device);
+            let mut sum: Option<Tensor<Self, 1>> = None;
             for rows_k in blocks() {
                 let u_r = float_in(basis.up_rows(&r, rows_k.clone()));
                 let len = rows_k.len() * cols;
+                let squares = empty(&u_r, vec![rows_k.len(), cols], DType::F32);
                 let (count, dim) = launch_dims(&u_r, len);
                 kernels::fira_psi_squared::launch::<R>(
                     &u_r.client,
@@ -439,6 +456,7 @@ where
                     dim,
                     arg(g),
                     arg(&u_r),
+                    arg(&squares),
                     arg(&phi),
                     (rows_k.start * cols) as u32,
                     len as u32,
@@ -447,15 +465,36 @@ where
                     coef.scale as f32,
                     per_column,
                 );
-                sum = sum.add(float_out::<R, Self, 2>(u_r).sum());
+                let block_sum = float_out::<R, Self, 2>(squares).sum();
+                sum = Some(match sum {
+                    None => block_sum,
+                    Some(s) => s.add(block_sum),
+                });
+                if single {
+                    kept_u_r = Some(u_r);
+                }
             }
-            let (limiter, zeta) = portable::fira_limiter(sum.sqrt(), zeta, gamma);
-            new_zeta = match zeta_old {
-                Some(old) => portable::hold_zeta(&skip, old, Some(zeta)),
-                None => Some(zeta),
-            };
-            let limiter = limiter.unwrap_or_else(|| Tensor::ones([1], &device));
-            fira = Some((phi, float_in(limiter), per_column));
+            let sum = float_in(sum.expect("at least one block"));
+            let limiter = empty(&sum, vec![1], DType::F32);
+            let zeta_out = empty(&sum, vec![1], DType::F32);
+            let prev = zeta.map(float_in);
+            let (skip_a, guarded) = skip_arg(&skip_t, &sum);
+            kernels::fira_limit::launch::<R>(
+                &sum.client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_single(),
+                arg(&sum),
+                arg(prev.as_ref().unwrap_or(&sum)),
+                skip_a,
+                arg(&limiter),
+                arg(&zeta_out),
+                gamma as f32,
+                f32::INFINITY,
+                prev.is_some(),
+                guarded,
+            );
+            new_zeta = Some(float_out::<R, Self, 1>(zeta_out));
+            fira = Some((phi, limiter, per_column));
         }
 
         let (mode, residual_step) = match residual {
@@ -468,7 +507,11 @@ where
             let u_n = float_in(basis.up_rows(&n, rows_k.clone()));
             let u_r = match residual {
                 ResidualUpdate::None => None,
-                _ => Some(float_in(basis.up_rows(&r, rows_k.clone()))),
+                _ => Some(
+                    kept_u_r
+                        .take()
+                        .unwrap_or_else(|| float_in(basis.up_rows(&r, rows_k.clone()))),
+                ),
             };
             let len = rows_k.len() * cols;
             let (count, dim) = launch_dims(&u_n, len);
