@@ -254,8 +254,6 @@ impl Recipe {
                     .with_non_finite(nf)
                     .with_device_projector(dp)
                     .with_host_svd(host)
-                    .with_host_svd(host)
-                    .with_host_svd(host)
                     .try_init()
             }
             Method::Fira => {

@@ -206,3 +206,42 @@ fn device_skips_are_counted_once() {
     assert_eq!(optim.skipped_steps(), 2);
     assert!(flat(&model).iter().all(|x| x.is_finite()));
 }
+
+/// `NonFinitePolicy::Unchecked` steps exactly as `SkipStep` on finite gradients, never checks,
+/// and lets a NaN through into the weights (as burn's and PyTorch's AdamW) — on an ordinary step
+/// and on a step that fits projectors from the gradient, without a panic.
+#[test]
+fn unchecked_steps_do_not_look() {
+    let checked = optimizers(NonFinitePolicy::SkipStep);
+    let unchecked = optimizers(NonFinitePolicy::Unchecked);
+    for ((name, mut a), (_, mut b)) in checked.into_iter().zip(unchecked) {
+        let device = Default::default();
+        let (mut ma, mut mb) = (Tiny::<B>::new(&device), Tiny::<B>::new(&device));
+        for k in 0..3 {
+            ma = train_step(ma, &mut a, k, 1e-2).0;
+            mb = train_step(mb, &mut b, k, 1e-2).0;
+        }
+        assert_eq!(flat(&ma), flat(&mb), "{name}: weights");
+        assert_eq!(b.host_checks(), 0, "{name}: checks");
+        let grads = poisoned(&mb, 3, f32::NAN);
+        let mb = b.try_step(1e-2, mb, grads).unwrap();
+        assert!(
+            flat(&mb).iter().any(|x| x.is_nan()),
+            "{name}: the NaN went in"
+        );
+        assert_eq!(b.skipped_steps(), 0, "{name}");
+    }
+    // a NaN in the gradient a projector is fitted from (the first step): an error or NaN
+    // weights, never a panic
+    for (name, mut optim) in optimizers(NonFinitePolicy::Unchecked) {
+        let model = Tiny::<B>::new(&Default::default());
+        let grads = poisoned(&model, 0, f32::NAN);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            optim.try_step(1e-2, model, grads).map(|m| flat(&m))
+        }));
+        assert!(
+            outcome.is_ok(),
+            "{name}: panicked on a NaN gradient at a projector fit"
+        );
+    }
+}

@@ -49,6 +49,9 @@ pub struct StepTiming {
     /// every step): the check stays on the device, the step only enqueues work. Same method: the
     /// device synchronized before and after each step.
     pub step_on_device_ms: f64,
+    /// The same median with `NonFinitePolicy::Unchecked` (no NaN/Inf check, as burn's and
+    /// PyTorch's AdamW): the work the PyTorch originals do.
+    pub step_unchecked_ms: f64,
     /// Median of the engine's step alone (ms): the same update on the parameter's tensors
     /// (projection, Adam, back-projection and apply: the kernels), without the optimizer's
     /// plumbing.
@@ -144,6 +147,10 @@ where
     };
     let step_on_device_ms = {
         let mut optim = build(ember_core::NonFinitePolicy::SkipStepOnDevice);
+        time_steps(&mut optim, model.clone()).0
+    };
+    let step_unchecked_ms = {
+        let mut optim = build(ember_core::NonFinitePolicy::Unchecked);
         time_steps(&mut optim, model.clone()).0
     };
     let mut optim = build(ember_core::NonFinitePolicy::Error);
@@ -317,6 +324,7 @@ where
         weights: if f32_only { "f32" } else { "bf16" },
         step_ms,
         step_on_device_ms,
+        step_unchecked_ms,
         engine_ms: median(engine_times),
         down_ms,
         up_ms,

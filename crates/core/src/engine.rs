@@ -568,7 +568,19 @@ impl EngineConfig {
         let [rows, cols] = w.dims();
         let low_precision =
             w_dtype != DType::F32 || g.as_ref().is_some_and(|g| g.dtype() != DType::F32);
-        let chunks = self.update_chunks(rows, cols, basis.is_some() || identity, low_precision);
+        let row_local = basis.is_some() || identity;
+        // a backend that updates this dtype as it is (bf16 on CUDA: cuBLAS and the kernels read
+        // and write it, `EmberBackend::native_dtype`) needs no f32 copies, whole or chunked
+        let native = low_precision
+            && row_local
+            && self.residual.is_discard()
+            && B::native_dtype(w_dtype)
+            && g.as_ref().is_none_or(|g| g.dtype() == w_dtype);
+        let chunks = if native {
+            None
+        } else {
+            self.update_chunks(rows, cols, row_local, low_precision)
+        };
         let (w, m1, m2, residual_norm) = if let Some(chunks) = chunks {
             let (w, m1, m2) = match basis {
                 Some(basis) => {
@@ -631,9 +643,11 @@ impl EngineConfig {
             // already in the stored dtype
             (w, m1, m2, None)
         } else {
-            let w = w.cast(DType::F32);
+            // f32 working copies unless the backend takes the dtype as it is
+            let to = |t: Tensor<B, 2>| if native { t } else { t.cast(DType::F32) };
+            let w = to(w);
             // the residual is discarded when only `r` is given: `g` is never read then
-            let g = g.map(|g| g.cast(DType::F32)).unwrap_or_else(|| w.clone());
+            let g = g.map(to).unwrap_or_else(|| w.clone());
             self.whole_update(
                 w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip,
             )
@@ -654,7 +668,8 @@ impl EngineConfig {
         ))
     }
 
-    /// The whole-tensor update: `w` and `g` in f32; returns the new weight (f32), the moments
+    /// The whole-tensor update: `w` and `g` in f32, or both in a dtype the backend updates as it
+    /// is ([`EmberBackend::native_dtype`]); returns the new weight (in `w`'s dtype), the moments
     /// and the residual rule's new memory.
     #[allow(clippy::too_many_arguments)]
     fn whole_update<B: EmberBackend>(

@@ -45,6 +45,11 @@ pub enum NonFinitePolicy {
     /// several devices, and for accumulated micro-batches
     /// ([`try_accumulate`](EmberOptimizer::try_accumulate)).
     SkipStepOnDevice,
+    /// No check at all, as burn's and PyTorch's AdamW: a NaN or ±Inf gradient goes into the
+    /// weights and moments. For runs that check elsewhere (a loss scaler, the loss itself); it
+    /// saves the pass over every gradient (on the H100 0.06–0.19 ms per step for a
+    /// 4096×11008 f32 matrix, `ember-bench step`'s `step_unchecked_ms`).
+    Unchecked,
 }
 
 /// An Ember optimizer for module `M` on autodiff backend `B`.
@@ -520,12 +525,16 @@ where
         }
         let (order, mut pending) = self.collect(module, Grads::Single(grads))?;
         self.targets_checked = true;
-        if let Some(bad) = first_non_finite(&order, &pending) {
+        let checked = self.non_finite != NonFinitePolicy::Unchecked;
+        if let Some(bad) = checked
+            .then(|| first_non_finite(&order, &pending))
+            .flatten()
+        {
             let err = EmberError::NonFiniteGradient {
                 param: pending[&bad].path.clone(),
             };
             match self.non_finite {
-                NonFinitePolicy::Error => return Err(err),
+                NonFinitePolicy::Error | NonFinitePolicy::Unchecked => return Err(err),
                 NonFinitePolicy::SkipStep | NonFinitePolicy::SkipStepOnDevice => {
                     log::warn!("ember: {err}; skipping this micro-batch");
                     self.skipped_steps += 1;
@@ -743,7 +752,7 @@ where
                 }
                 None => flag.clone(),
             });
-        } else {
+        } else if non_finite != NonFinitePolicy::Unchecked {
             self.report_device_skips();
             self.host_checks += 1;
             if let Some(bad) = first_non_finite(&order, &pending) {
@@ -751,7 +760,7 @@ where
                     param: pending[&bad].path.clone(),
                 };
                 match non_finite {
-                    NonFinitePolicy::Error => return Err(err),
+                    NonFinitePolicy::Error | NonFinitePolicy::Unchecked => return Err(err),
                     NonFinitePolicy::SkipStep | NonFinitePolicy::SkipStepOnDevice => {
                         log::warn!("ember: {err}; skipping this optimizer step");
                         self.skipped_steps += 1;

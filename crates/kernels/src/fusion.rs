@@ -309,7 +309,7 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
 
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if !fused::<B>(&[a.dtype(), b.dtype()]) {
-            return a.matmul(b);
+            return portable::projection_matmul(a, b);
         }
         let shape = [a.dims()[0], b.dims()[1]];
         let mut out = custom::<B>(

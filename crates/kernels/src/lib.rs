@@ -246,14 +246,28 @@ pub trait EmberBackend: Backend {
         false
     }
 
+    /// Whether the fused ops take a weight and its gradient stored in `dtype` as they are, with
+    /// no f32 working copy of the whole tensor: [`projection_matmul`](Self::projection_matmul)
+    /// of an f32 basis and a `dtype` gradient (an f32 product), [`projected_update`](Self::projected_update)
+    /// without a residual rule, [`adam_full_step`](Self::adam_full_step) /
+    /// [`adam_full_step_8bit`](Self::adam_full_step_8bit) and [`non_finite_flags`](Self::non_finite_flags).
+    /// The update is computed in f32 and the weight rounded once to `dtype` either way; where
+    /// this is `false` the engine hands these ops f32 copies, one row chunk at a time for large
+    /// parameters. f32 everywhere; bf16 on CUDA with the fused kernels and cuBLAS.
+    fn native_dtype(dtype: burn::tensor::DType) -> bool {
+        dtype == burn::tensor::DType::F32
+    }
+
     /// `A·B`, the product of every projection (`down`, `up` of [`Basis`] and of the engine's
     /// projectors): the same product as burn's `matmul`, whose operands may be transposed views
     /// (`p.transpose()`) or row slices. CUDA (feature `cuda`): cuBLAS on burn's buffers, read in
     /// place, TF32 tensor cores for f32 operands (the precision of burn's f32 matmul there), f32
     /// accumulation for bf16/f16 (the `cube::cublas` module; `EMBER_CUBLAS=off` keeps burn's
-    /// matmul). Elsewhere burn's matmul.
+    /// matmul). Elsewhere burn's matmul. Operands of different dtypes (an f32 basis and a bf16
+    /// gradient) give an f32 product: CUDA rounds the f32 operand to bf16 and multiplies on bf16
+    /// tensor cores into f32, elsewhere the bf16 operand is widened to f32.
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        a.matmul(b)
+        portable::projection_matmul(a, b)
     }
 
     /// Adam on the low-rank gradient `r`: returns `(N, M, V)` (see [`AdamCoefficients`]).
@@ -284,7 +298,8 @@ pub trait EmberBackend: Backend {
 
     /// `W ← (1−λ_after)·(W·(1−λ_before) − c·α·up(N) − residual)` where the residual term uses
     /// `G`, `R` and `N` ([`ResidualUpdate`]); `zeta` is Fira's previous norm. Returns the new
-    /// weight and Fira's new norm.
+    /// weight and Fira's new norm. `W` (and `G`) may be stored below f32: the update is computed
+    /// in f32 and the weight rounded once to its dtype.
     #[allow(clippy::too_many_arguments)]
     fn projected_update(
         w: Tensor<Self, 2>,
@@ -300,7 +315,8 @@ pub trait EmberBackend: Backend {
         portable::projected_update(w, g, basis, n, r, coef, residual, zeta, skip)
     }
 
-    /// Full-rank AdamW on `W` with gradient `g`: returns `(W, M, V)`.
+    /// Full-rank AdamW on `W` with gradient `g`: returns `(W, M, V)`. `W` and `g` may be stored
+    /// below f32 (both the same): computed in f32, the weight rounded once; the moments are f32.
     fn adam_full_step(
         w: Tensor<Self, 2>,
         g: Tensor<Self, 2>,
@@ -313,7 +329,8 @@ pub trait EmberBackend: Backend {
         portable::adam_full_step(w, g, m, v, adam, coef, skip)
     }
 
-    /// Full-rank AdamW with blockwise 8-bit moments (AdamW-8bit): returns `(W, M, V)`.
+    /// Full-rank AdamW with blockwise 8-bit moments (AdamW-8bit): returns `(W, M, V)`; `W` and
+    /// `g` as in [`adam_full_step`](Self::adam_full_step).
     #[allow(clippy::too_many_arguments)]
     fn adam_full_step_8bit(
         w: Tensor<Self, 2>,

@@ -194,6 +194,15 @@ pub fn residual_term<B: Backend>(
     }
 }
 
+/// See [`EmberBackend::projection_matmul`](crate::EmberBackend::projection_matmul): burn's
+/// matmul, operands of different dtypes (an f32 basis, a bf16 gradient) widened to f32.
+pub fn projection_matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    if a.dtype() != b.dtype() {
+        return a.cast(DType::F32).matmul(b.cast(DType::F32));
+    }
+    a.matmul(b)
+}
+
 /// See [`EmberBackend::projected_update`](crate::EmberBackend::projected_update).
 #[allow(clippy::too_many_arguments)]
 pub fn projected_update<B: crate::EmberBackend>(
@@ -226,6 +235,9 @@ pub fn projected_update_with<B: Backend>(
     zeta: Option<Tensor<B, 1>>,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+    // a weight below f32 is updated in f32 and rounded once
+    let dtype = w.dtype();
+    let (w, g) = (w.cast(DType::F32), g.cast(DType::F32));
     let w_old = skip.as_ref().map(|_| w.clone());
     let zeta_old = skip.as_ref().map(|_| zeta.clone());
     let mut w = decay_before(w, coef);
@@ -247,10 +259,11 @@ pub fn projected_update_with<B: Backend>(
         zeta = z;
     }
     let w = decay_after(w, coef);
-    match (w_old, zeta_old) {
+    let (w, zeta) = match (w_old, zeta_old) {
         (Some(w_old), Some(zeta_old)) => (hold(&skip, w_old, w), hold_zeta(&skip, zeta_old, zeta)),
         _ => (w, zeta),
-    }
+    };
+    (w.cast(dtype), zeta)
 }
 
 /// Fira's norm where the skip flag is 1: the previous one, or `+∞` before the first step (the
@@ -275,6 +288,9 @@ pub fn adam_full_step<B: Backend>(
     coef: UpdateCoefficients,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    // a weight below f32 is updated in f32 and rounded once
+    let dtype = w.dtype();
+    let (w, g) = (w.cast(DType::F32), g.cast(DType::F32));
     let w_old = skip.as_ref().map(|_| w.clone());
     let w_new = decay_before(w, coef);
     let (n, m, v) = subspace_adam(g, m, v, adam, skip.clone());
@@ -287,7 +303,7 @@ pub fn adam_full_step<B: Backend>(
         Some(w_old) => hold(&skip, w_old, w_new),
         None => w_new,
     };
-    (w, m, v)
+    (w.cast(dtype), m, v)
 }
 
 /// See [`EmberBackend::state_free_step`](crate::EmberBackend::state_free_step).

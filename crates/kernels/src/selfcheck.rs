@@ -100,6 +100,9 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     non_finite::<B>(&mut out, device);
     non_finite_strided::<B>(&mut out, device);
     skip_flag::<B>(&mut out, device);
+    if B::supports_dtype(device, burn::tensor::DType::BF16) {
+        bf16::<B>(&mut out, device);
+    }
     crate::set_block_elements(saved);
     crate::set_vendor_gemm_min_macs(saved_min);
     out
@@ -790,6 +793,158 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         }
         crate::set_block_elements(saved);
     }
+}
+
+/// Weights and gradients in bf16 (devices with bf16): the ops of
+/// [`EmberBackend::native_dtype`] against the portable path, which computes in f32 and rounds the
+/// weight once. Tolerance `2⁻⁷` relative to the largest weight: one bf16 step where the two f32
+/// results round to neighbouring values; the products read the f32 basis rounded to bf16 where
+/// the backend multiplies in bf16 (cuBLAS), the portable path widens the gradient instead.
+fn bf16<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType::{BF16, F32};
+    const BF16_TOLERANCE: f64 = 1.0 / 128.0;
+    let low = |t: Tensor<B, 2>| t.cast(BF16);
+    let coef = UpdateCoefficients {
+        decay_before: 1e-3,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 2e-3,
+    };
+    let adam = coefficient_sets()[0];
+    // full-rank AdamW, f32 and 8-bit moments
+    let shape = [33, 517];
+    let (w, g) = (
+        low(normal::<B>(shape, 1.0, device)),
+        low(normal::<B>(shape, 1.0, device)),
+    );
+    let (m, v) = (
+        normal::<B>(shape, 0.1, device),
+        normal::<B>(shape, 0.1, device).abs(),
+    );
+    let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef, None);
+    let p = portable::adam_full_step(w.clone(), g.clone(), m, v, adam, coef, None);
+    let dtype_ok = f.0.dtype() == BF16;
+    compare_within(
+        out,
+        "bf16 adam_full_step W".into(),
+        f.0,
+        p.0,
+        BF16_TOLERANCE,
+    );
+    compare(out, "bf16 adam_full_step M".into(), f.1, p.1);
+    compare(out, "bf16 adam_full_step V".into(), f.2, p.2);
+    out.push(Check {
+        name: "bf16 adam_full_step keeps W in bf16".into(),
+        error: if dtype_ok { 0.0 } else { f64::INFINITY },
+        tolerance: TOLERANCE,
+    });
+    let maps = DynamicMaps::new(device);
+    let q = |t: Tensor<B, 2>, signed: bool| {
+        let map = if signed { &maps.signed } else { &maps.unsigned };
+        Blockwise8::quantize(t, map, 256)
+    };
+    let (m8, v8) = (
+        q(normal::<B>(shape, 0.1, device), true),
+        q(normal::<B>(shape, 0.1, device).abs(), false),
+    );
+    let f = B::adam_full_step_8bit(
+        w.clone(),
+        g.clone(),
+        m8.clone(),
+        v8.clone(),
+        &maps,
+        adam,
+        coef,
+        None,
+    );
+    let p = portable::adam_full_step_8bit(w, g, m8, v8, &maps, adam, coef, None);
+    compare_within(
+        out,
+        "bf16 adam_full_step_8bit W".into(),
+        f.0,
+        p.0,
+        BF16_TOLERANCE,
+    );
+    // the down projection of a bf16 gradient (f32 product) and the update without a residual
+    let (m, n, r) = (70, 130, 9);
+    let basis = Basis {
+        p: normal::<B>([m, r], 0.3, device),
+        left: true,
+    };
+    let g = low(normal::<B>([m, n], 1.0, device));
+    let f = B::projection_matmul(basis.p.clone().transpose(), g.clone());
+    let p = basis.p.clone().transpose().matmul(g.clone().cast(F32));
+    out.push(Check {
+        name: "bf16 projection_matmul gives f32".into(),
+        error: if f.dtype() == F32 { 0.0 } else { f64::INFINITY },
+        tolerance: TOLERANCE,
+    });
+    compare_within(
+        out,
+        "bf16 projection_matmul PᵀG".into(),
+        f,
+        p,
+        BF16_TOLERANCE,
+    );
+    let w = low(normal::<B>([m, n], 1.0, device));
+    let nn = normal::<B>([r, n], 1.0, device);
+    let rr = basis.down(g.cast(F32));
+    let f = B::projected_update(
+        w.clone(),
+        w.clone(),
+        &basis,
+        nn.clone(),
+        rr.clone(),
+        coef,
+        ResidualUpdate::None,
+        None,
+        None,
+    );
+    let p = portable::projected_update(
+        w.clone(),
+        w,
+        &basis,
+        nn,
+        rr,
+        coef,
+        ResidualUpdate::None,
+        None,
+        None,
+    );
+    compare_within(
+        out,
+        "bf16 projected_update W".into(),
+        f.0,
+        p.0,
+        BF16_TOLERANCE,
+    );
+    // the NaN/Inf check reads bf16 gradients as they are
+    let mut values: Vec<f32> = normal::<B>([53, 1031], 1.0, device)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    values[4242] = f32::NAN;
+    let grads = vec![
+        low(normal::<B>([7, 3], 1.0, device)),
+        low(Tensor::<B, 2>::from_data(
+            TensorData::new(values, [53, 1031]),
+            device,
+        )),
+        low(normal::<B>([301, 37], 1.0, device)).transpose(),
+    ];
+    let f = B::non_finite_flags(grads.clone(), device);
+    let p = portable::non_finite_flags(grads, device);
+    compare(out, "bf16 non_finite_flags".into(), f.clone(), p);
+    let flags: Vec<f32> = f.into_data().convert::<f32>().to_vec().unwrap();
+    out.push(Check {
+        name: "bf16 non_finite_flags flag".into(),
+        error: if flags == [0.0, 1.0, 0.0] {
+            0.0
+        } else {
+            f64::INFINITY
+        },
+        tolerance: TOLERANCE,
+    });
 }
 
 #[cfg(test)]

@@ -321,6 +321,35 @@ pub(super) fn matmul<R: CubeRuntime>(
         .map(|t| *t)
 }
 
+/// `A·B` of bf16/f16 operands into an **f32** product (cuBLAS accumulates in f32 and writes it
+/// without rounding to the operands' type): the down projection of a bf16 gradient. `None` where
+/// [`matmul`] would not apply.
+pub(super) fn matmul_f32_out<R: CubeRuntime>(
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let (a, b) = (cuda(a)?, cuda(b)?);
+    if !matches!(a.dtype, DType::BF16 | DType::F16) {
+        return None;
+    }
+    let mut plan = plan(a, b)?;
+    plan.c_dtype = bsys::cudaDataType::CUDA_R_32F;
+    let out = empty(a, vec![plan.m, plan.n], DType::F32);
+    gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
+    (Box::new(out) as Box<dyn Any>)
+        .downcast::<CubeTensor<R>>()
+        .ok()
+        .map(|t| *t)
+}
+
+/// Whether runtime `R` is CUDA with cuBLAS on (not `EMBER_CUBLAS=off`, not failed): where
+/// [`accumulate`] and [`matmul_f32_out`] can run.
+pub(super) fn available<R: CubeRuntime>() -> bool {
+    std::any::TypeId::of::<R>() == std::any::TypeId::of::<CudaRuntime>()
+        && mode() != Mode::Off
+        && !FAILED.load(AtomicOrdering::Relaxed)
+}
+
 /// `C ← α·A·B + β·C` in `C`'s own buffer (one pass over `C`: the back-projection and the weight
 /// update in one GEMM); `true` if it ran. `C` must be dense, row-major, of the operands' dtype
 /// and not shared (`can_mut`); otherwise, or where [`matmul`] would not apply, nothing is written
@@ -348,14 +377,21 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let Some(plan) = plan(a, b) else {
         return false;
     };
+    // `C` row-major, its rows possibly padded (CUDA's pitched layouts): cuBLAS writes it in
+    // place through its leading dimension
+    let ldc = match layout(c) {
+        Some((false, ld)) => ld,
+        _ => return false,
+    };
     let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
         && c.dtype == a.dtype
-        && c.is_contiguous()
         && c.can_mut()
-        && c.device == a.device;
+        && c.device == a.device
+        && ldc < i32::MAX as usize;
     if !fits {
         return false;
     }
+    let plan = Plan { ldc, ..plan };
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
         Some(skip) => {
@@ -395,6 +431,11 @@ struct Plan {
     k: usize,
     n: usize,
     dtype: bsys::cudaDataType,
+    /// `C`'s type: the operands' ([`matmul`], [`accumulate`]) or f32 ([`matmul_f32_out`]).
+    c_dtype: bsys::cudaDataType,
+    /// `C`'s row stride (its leading dimension in cuBLAS's column-major view): `n` for a
+    /// fresh product, the pitch of a padded `C` that [`accumulate`] writes in place.
+    ldc: usize,
     compute: bsys::cublasComputeType_t,
     a: (bool, usize),
     b: (bool, usize),
@@ -426,6 +467,8 @@ fn plan(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<Plan
             k,
             n,
             dtype,
+            c_dtype: dtype,
+            ldc: n,
             compute,
             a: la,
             b: lb,
@@ -446,6 +489,8 @@ fn gemm(
         k,
         n,
         dtype,
+        c_dtype,
+        ldc,
         compute,
         a: (a_t, lda),
         b: (b_t, ldb),
@@ -568,8 +613,8 @@ fn gemm(
                     lda as i32,
                     p_beta,
                     pc as *mut c_void,
-                    dtype,
-                    n as i32,
+                    c_dtype,
+                    ldc as i32,
                     compute,
                     bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )

@@ -1,4 +1,5 @@
-//! The CubeCL kernels (f32). One unit per element unless said otherwise; every kernel checks its
+//! The CubeCL kernels (f32; the weight and gradient of the full-rank steps and of the NaN/Inf
+//! check also bf16). One unit per element unless said otherwise; every kernel checks its
 //! bound, so any length works (no tile-size multiples needed).
 
 // the cube macro needs initialized variables before comptime branches assign them
@@ -86,15 +87,16 @@ pub fn subspace_adam(
     }
 }
 
-/// Full-rank AdamW: reads `W`, `G`, `M`, `V` once, writes the new `W`, `M`, `V` once.
+/// Full-rank AdamW: reads `W`, `G`, `M`, `V` once, writes the new `W`, `M`, `V` once. `W` and
+/// `G` in `E` (f32 or bf16: computed in f32, the new weight rounded once), the moments f32.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn adam_full(
-    w: &Array<f32>,
-    g: &Array<f32>,
+pub fn adam_full<E: Float>(
+    w: &Array<E>,
+    g: &Array<E>,
     m: &Array<f32>,
     v: &Array<f32>,
-    w_out: &mut Array<f32>,
+    w_out: &mut Array<E>,
     m_out: &mut Array<f32>,
     v_out: &mut Array<f32>,
     skip: &Array<f32>,
@@ -115,13 +117,13 @@ pub fn adam_full(
             v_out[i] = v[i];
             w_out[i] = w[i];
         } else {
-            let x = g[i];
+            let x = f32::cast_from(g[i]);
             let m1 = ema(m[i], x, beta_1);
             let v1 = ema(v[i], x * x, beta_2);
             m_out[i] = m1;
             v_out[i] = v1;
             let n = normalized(m1, v1, inv_divisor, epsilon);
-            w_out[i] = (w[i] * pre - n * step) * post;
+            w_out[i] = E::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
         }
     }
 }
@@ -449,9 +451,9 @@ pub fn abs_sums(
     }
 }
 
-/// Copies a tensor of any strides into a dense buffer (row-major order).
+/// Copies a tensor of any strides into a dense buffer (row-major order), elements of type `E`.
 #[cube(launch)]
-pub fn copy_strided(input: &Tensor<f32>, out: &mut Array<f32>, len: u32) {
+pub fn copy_strided<E: Float>(input: &Tensor<E>, out: &mut Array<E>, len: u32) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
         let mut offset = 0usize;
@@ -470,10 +472,10 @@ pub fn copy_strided(input: &Tensor<f32>, out: &mut Array<f32>, len: u32) {
 /// Sets `out[index]` to 1 where `g` holds a NaN or ±Inf (every writer stores the same value, so
 /// the race is benign); `out` starts at 0. One element per unit, coalesced.
 #[cube(launch)]
-pub fn non_finite_flag(g: &Array<f32>, out: &mut Array<f32>, len: u32, index: u32) {
+pub fn non_finite_flag<E: Float>(g: &Array<E>, out: &mut Array<f32>, len: u32, index: u32) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
-        let x = g[i];
+        let x = f32::cast_from(g[i]);
         if f32::is_nan(x) || f32::is_inf(x) {
             out[index as usize] = 1.0;
         }
@@ -483,8 +485,8 @@ pub fn non_finite_flag(g: &Array<f32>, out: &mut Array<f32>, len: u32, index: u3
 /// [`non_finite_flag`] on a 2-D tensor read through its strides (rows padded by CUDA, transposed
 /// views): no dense copy first, and the padding between rows is never read.
 #[cube(launch)]
-pub fn non_finite_flag_strided(
-    g: &Tensor<f32>,
+pub fn non_finite_flag_strided<E: Float>(
+    g: &Tensor<E>,
     out: &mut Array<f32>,
     len: u32,
     cols: u32,
@@ -494,7 +496,7 @@ pub fn non_finite_flag_strided(
     if i < len as usize {
         let r = i / cols as usize;
         let c = i % cols as usize;
-        let x = g[r * g.stride(0) + c * g.stride(1)];
+        let x = f32::cast_from(g[r * g.stride(0) + c * g.stride(1)]);
         if f32::is_nan(x) || f32::is_inf(x) {
             out[index as usize] = 1.0;
         }
@@ -529,13 +531,14 @@ fn nearest_code(map: &Array<f32>, x: f32) -> u32 {
 /// `4·words_per_block` elements, one unit per 32-bit word of codes (4 elements): dequantize,
 /// update in f32, block absmax through shared memory, requantize; the f32 moments never leave
 /// registers. `out` receives `N` (subspace Adam) or, with `update_weight`, the new weight
-/// `post·(pre·W − step·N)` (`w` is read only then).
+/// `post·(pre·W − step·N)` (`w` is read only then). `G`, `W` and `out` in `E` (f32, or bf16 for
+/// the full-rank step: computed in f32, rounded once).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn adam_8bit(
-    g: &Array<f32>,
-    w: &Array<f32>,
-    out: &mut Array<f32>,
+pub fn adam_8bit<E: Float>(
+    g: &Array<E>,
+    w: &Array<E>,
+    out: &mut Array<E>,
     codes_1: &Array<u32>,
     absmax_1: &Array<f32>,
     codes_2: &Array<u32>,
@@ -591,7 +594,7 @@ pub fn adam_8bit(
         if valid && i < len as usize {
             let c1 = (cw1 >> (8 * k)) & 255u32;
             let c2 = (cw2 >> (8 * k)) & 255u32;
-            let x = g[i];
+            let x = f32::cast_from(g[i]);
             m1 = map_1[c1 as usize] * a1 * beta_1 + x * one_minus_beta_1;
             v1 = map_2[c2 as usize] * a2 * beta_2 + x * x * one_minus_beta_2;
         }
@@ -635,7 +638,7 @@ pub fn adam_8bit(
                 if comptime![update_weight] {
                     out[i] = w[i];
                 } else {
-                    out[i] = 0.0;
+                    out[i] = E::cast_from(0.0f32);
                 }
             }
         }
@@ -664,9 +667,9 @@ pub fn adam_8bit(
             if i < len as usize {
                 let n = m1 / (f32::sqrt(v1) / divisor + epsilon);
                 if comptime![update_weight] {
-                    out[i] = (w[i] * pre - n * step) * post;
+                    out[i] = E::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
                 } else {
-                    out[i] = n;
+                    out[i] = E::cast_from(n);
                 }
             }
         }

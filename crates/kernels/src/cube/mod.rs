@@ -26,6 +26,23 @@ use crate::block_elements;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
+/// `$body` with the type `$E` bound to the Rust element of `$dtype` (`bf16` for BF16, else
+/// `f32`): the launch of a kernel generic over the element of a weight or gradient.
+macro_rules! with_element {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            DType::BF16 => {
+                type $E = burn::tensor::bf16;
+                $body
+            }
+            _ => {
+                type $E = f32;
+                $body
+            }
+        }
+    };
+}
+
 fn float_in<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
     t: Tensor<B, D>,
 ) -> CubeTensor<R> {
@@ -52,14 +69,14 @@ fn copy_dense<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
     let out = empty(t, shape, t.dtype);
     let len = out.meta.num_elements();
     let (count, dim) = launch_dims(&out, len);
-    kernels::copy_strided::launch::<R>(
+    with_element!(t.dtype, E => kernels::copy_strided::launch::<E, R>(
         &out.client,
         count,
         dim,
         t.clone().into_tensor_arg(),
         arg(&out),
         len as u32,
-    );
+    ));
     out
 }
 
@@ -139,6 +156,12 @@ fn supported<F: FloatElement, I: IntElement>() -> bool {
     ok
 }
 
+/// Whether `W` and its gradient are in a dtype the full-rank kernels and the NaN/Inf check read
+/// and write as they are (f32, bf16 where the runtime has it), both the same.
+fn weight_dtypes<B: Backend>(w: &Tensor<B, 2>, g: &Tensor<B, 2>) -> bool {
+    w.dtype() == g.dtype() && matches!(w.dtype(), DType::F32 | DType::BF16)
+}
+
 /// Whether every float tensor is f32: the kernels read f32, whatever the backend's default float
 /// type (a bf16 tensor on an f32 backend takes the portable path).
 fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
@@ -187,7 +210,7 @@ fn launch_adam_8bit<
         float_in(maps.signed.clone()),
         float_in(maps.unsigned.clone()),
     );
-    let out = empty(&g, shape, DType::F32);
+    let out = empty(&g, shape, g.dtype);
     let c1_out = empty(&c1, vec![blocks * words_per_block], c1.dtype);
     let c2_out = empty(&c2, vec![blocks * words_per_block], c2.dtype);
     let a1_out = empty(&g, vec![blocks], DType::F32);
@@ -196,7 +219,7 @@ fn launch_adam_8bit<
     let count = calculate_cube_count_elemwise(&g.client, blocks * words_per_block, dim);
     let w_arg = w.as_ref().map(arg).unwrap_or_else(|| arg(&g));
     let (skip_arg, guarded) = skip_arg(&skip, &g);
-    kernels::adam_8bit::launch::<R>(
+    with_element!(g.dtype, E => kernels::adam_8bit::launch::<E, R>(
         &g.client,
         count,
         dim,
@@ -228,7 +251,7 @@ fn launch_adam_8bit<
         words_per_block as u32,
         w.is_some(),
         guarded,
-    );
+    ));
     let q = |codes, absmax, block| Blockwise8 {
         codes: Tensor::from_primitive(codes),
         absmax: float_out(absmax),
@@ -265,7 +288,40 @@ where
         supported::<F, I>()
     }
 
+    fn native_dtype(dtype: DType) -> bool {
+        match dtype {
+            DType::F32 => true,
+            #[cfg(feature = "cuda")]
+            DType::BF16 => {
+                supported::<F, I>() && crate::fused_enabled() && cublas::available::<R>()
+            }
+            _ => false,
+        }
+    }
+
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        // a bf16 operand (a gradient) with an f32 one (the basis): the f32 one rounded to bf16,
+        // the product in f32 (cuBLAS: bf16 tensor cores, f32 accumulation and output); without
+        // cuBLAS the bf16 one widened to f32
+        if a.dtype() != b.dtype() {
+            let low = if a.dtype() == DType::F32 {
+                b.dtype()
+            } else {
+                a.dtype()
+            };
+            #[cfg(feature = "cuda")]
+            if crate::fused_enabled() && matches!(low, DType::BF16 | DType::F16) {
+                let (pa, pb) = (
+                    a.clone().cast(low).into_primitive().tensor(),
+                    b.clone().cast(low).into_primitive().tensor(),
+                );
+                if let Some(out) = cublas::matmul_f32_out::<R>(&pa, &pb) {
+                    return float_out(out);
+                }
+            }
+            let _ = low;
+            return portable::projection_matmul(a, b);
+        }
         #[cfg(feature = "cuda")]
         if crate::fused_enabled() {
             let (pa, pb) = (
@@ -346,7 +402,10 @@ where
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
         let len = g.shape().num_elements();
-        if !supported::<F, I>() || !all_f32(&[&w, &g]) || !fits_8bit(len, &m, &v) || !skip_ok(&skip)
+        if !supported::<F, I>()
+            || !weight_dtypes(&w, &g)
+            || !fits_8bit(len, &m, &v)
+            || !skip_ok(&skip)
         {
             return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef, skip);
         }
@@ -364,6 +423,51 @@ where
         zeta: Option<Tensor<Self, 1>>,
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
+        // a bf16 weight: without a residual, one GEMM accumulating into it (cuBLAS: `P` and
+        // `N` rounded to bf16, the product and `β·W` in f32, `W` rounded once); otherwise the
+        // update in f32, rounded once
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let mut w = w;
+        if w.dtype() != DType::F32 {
+            #[cfg(feature = "cuda")]
+            if residual == ResidualUpdate::None
+                && supported::<F, I>()
+                && crate::fused_enabled()
+                && skip_ok(&skip)
+                && w.dtype() == DType::BF16
+            {
+                let low = w.dtype();
+                let (a, b) = if basis.left {
+                    (basis.p.clone().cast(low), n.clone().cast(low))
+                } else {
+                    (n.clone().cast(low), basis.p.clone().cast(low))
+                };
+                let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+                let keep = 1.0 - coef.decay_after;
+                let alpha = (-keep * coef.step * coef.scale) as f32;
+                let beta = (keep * (1.0 - coef.decay_before)) as f32;
+                // `W` itself (not a clone): cuBLAS writes into a buffer no one else holds
+                let wt = w.into_primitive().tensor();
+                let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
+                if cublas::accumulate(&a, &b, &wt, alpha, beta, skip_t.as_ref()) {
+                    return (float_out(wt), None);
+                }
+                w = float_out(wt);
+            }
+            let dtype = w.dtype();
+            let (w, zeta) = Self::projected_update(
+                w.cast(DType::F32),
+                g.cast(DType::F32),
+                basis,
+                n,
+                r,
+                coef,
+                residual,
+                zeta,
+                skip,
+            );
+            return (w.cast(dtype), zeta);
+        }
         let [rows, cols] = w.dims();
         // Fira's φ scales the columns (`[1, cols]`) or the rows (`[rows, 1]`) of the residual
         // (norms along the low-rank shape's longer side, as `portable::fira_phi`)
@@ -562,18 +666,23 @@ where
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = w.shape().num_elements();
-        if !supported::<F, I>() || !fits(len) || !all_f32(&[&w, &g, &m, &v]) || !skip_ok(&skip) {
+        if !supported::<F, I>()
+            || !fits(len)
+            || !weight_dtypes(&w, &g)
+            || !all_f32(&[&m, &v])
+            || !skip_ok(&skip)
+        {
             return portable::adam_full_step(w, g, m, v, adam, coef, skip);
         }
         let skip = skip_in(skip);
         let shape = w.dims().to_vec();
         let (w, g, m, v) = (float_in(w), float_in(g), float_in(m), float_in(v));
-        let w_out = empty(&w, shape.clone(), DType::F32);
+        let w_out = empty(&w, shape.clone(), w.dtype);
         let m_out = empty(&w, shape.clone(), DType::F32);
         let v_out = empty(&w, shape, DType::F32);
         let (count, dim) = launch_dims(&w, len);
         let (skip_arg, guarded) = skip_arg(&skip, &w);
-        kernels::adam_full::launch::<R>(
+        with_element!(w.dtype, E => kernels::adam_full::launch::<E, R>(
             &w.client,
             count,
             dim,
@@ -594,7 +703,7 @@ where
             (coef.step * coef.scale) as f32,
             (1.0 - coef.decay_after) as f32,
             guarded,
-        );
+        ));
         (float_out(w_out), float_out(m_out), float_out(v_out))
     }
 
@@ -714,7 +823,9 @@ where
         if !supported::<F, I>()
             || grads.is_empty()
             || grads.iter().any(|g| !fits(g.shape().num_elements()))
-            || grads.iter().any(|g| g.dtype() != DType::F32)
+            || grads
+                .iter()
+                .any(|g| !matches!(g.dtype(), DType::F32 | DType::BF16))
         {
             return portable::non_finite_flags(grads, device);
         }
@@ -728,7 +839,7 @@ where
             let g: CubeTensor<R> = g.to_device(device).into_primitive().tensor();
             let (count, dim) = launch_dims(&g, len);
             if g.is_contiguous() {
-                kernels::non_finite_flag::launch::<R>(
+                with_element!(g.dtype, E => kernels::non_finite_flag::launch::<E, R>(
                     &g.client,
                     count,
                     dim,
@@ -736,10 +847,10 @@ where
                     arg(&flags),
                     len as u32,
                     index as u32,
-                );
+                ));
             } else {
                 // pitched rows or a transposed view: read in place, through the strides
-                kernels::non_finite_flag_strided::launch::<R>(
+                with_element!(g.dtype, E => kernels::non_finite_flag_strided::launch::<E, R>(
                     &g.client,
                     count,
                     dim,
@@ -748,7 +859,7 @@ where
                     len as u32,
                     cols as u32,
                     index as u32,
-                );
+                ));
             }
         }
         float_out(flags)
