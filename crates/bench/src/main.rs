@@ -64,9 +64,12 @@ enum Command {
         /// Elements of W per block of the fused back-projection (default 2^23).
         #[arg(long)]
         block_elements: Option<usize>,
-        /// The parameter's and its gradient's dtype: f32 or bf16 (the state stays f32).
+        /// The parameter's and its gradient's dtype: f32 or bf16.
         #[arg(long, value_enum, default_value = "f32")]
         weights_dtype: Dtype,
+        /// The optimizer state's dtype: f32, bf16 or int8.
+        #[arg(long, value_enum, default_value = "f32")]
+        state_dtype: Dtype,
     },
     /// CUDA builds: GaLore's projection products as the optimizer runs them (cuBLAS on burn's
     /// buffers, ordered by `EMBER_CUBLAS`) beside burn's matmul (f32/TF32 and bf16), JSON lines.
@@ -293,6 +296,7 @@ fn main() -> ExitCode {
             portable,
             block_elements,
             weights_dtype,
+            state_dtype,
         }) => {
             ember_kernels::set_fused(!portable);
             if let Some(n) = block_elements {
@@ -304,7 +308,7 @@ fn main() -> ExitCode {
                 &ranks,
                 device,
                 (iters, warmup, refreshes),
-                weights_dtype,
+                (weights_dtype, state_dtype),
             )
         }
         #[cfg(feature = "cuda")]

@@ -39,8 +39,10 @@ pub struct StepTiming {
     pub n: usize,
     /// Rank.
     pub rank: usize,
-    /// The parameter's and its gradient's dtype (`f32`, `bf16`); the optimizer state is f32.
+    /// The parameter's and its gradient's dtype (`f32`, `bf16`).
     pub weights: &'static str,
+    /// The optimizer state's dtype (`f32`, `bf16`, `int8`).
+    pub state: &'static str,
     /// Median optimizer step (ms), no refresh: burn's `Optimizer::step` on a module, everything
     /// included (gradient collection, the non-finite check, the update, the module mapping).
     pub step_ms: f64,
@@ -96,7 +98,7 @@ pub fn time_step<B: AutodiffBackend>(
     (m, n): (usize, usize),
     rank: usize,
     (warmup, iters, refreshes): (usize, usize, usize),
-    weights: Dtype,
+    (weights, state): (Dtype, Dtype),
     device: &B::Device,
 ) -> StepTiming
 where
@@ -119,7 +121,7 @@ where
         rank,
         density: 0.25,
         weights,
-        state: Dtype::F32,
+        state,
     };
     let build = |policy| {
         crate::measure::recipe(&s, vec![], 1_000_000, None)
@@ -322,6 +324,11 @@ where
         n,
         rank,
         weights: if f32_only { "f32" } else { "bf16" },
+        state: match s.state {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        },
         step_ms,
         step_on_device_ms,
         step_unchecked_ms,

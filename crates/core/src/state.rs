@@ -422,6 +422,17 @@ impl StateStorage {
                     Moment::Int8(Int8Moment::from_blockwise(v, shape)),
                 )
             }
+            // bf16 moments read and written as they are where the backend takes bf16
+            // (`EmberBackend::native_dtype`): no f32 copies of the moments
+            (Moment::Bf16(m), Moment::Bf16(v)) if B::native_dtype(DType::BF16) => {
+                let (m, v) = (m.cast(DType::BF16), v.cast(DType::BF16));
+                let (w, m, v) = B::adam_full_step(w, g, m, v, c, coef, skip);
+                (
+                    w,
+                    Moment::Bf16(m.cast(DType::BF16)),
+                    Moment::Bf16(v.cast(DType::BF16)),
+                )
+            }
             (m, v) => {
                 let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
                 let (w, m, v) = B::adam_full_step(w, g, m, v, c, coef, skip);

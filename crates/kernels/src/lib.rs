@@ -316,7 +316,8 @@ pub trait EmberBackend: Backend {
     }
 
     /// Full-rank AdamW on `W` with gradient `g`: returns `(W, M, V)`. `W` and `g` may be stored
-    /// below f32 (both the same): computed in f32, the weight rounded once; the moments are f32.
+    /// below f32 (both the same), and so may `M` and `V` (bf16 state): computed in f32 (`N` from
+    /// the f32 moments), the weight and the moments rounded once to their dtypes.
     fn adam_full_step(
         w: Tensor<Self, 2>,
         g: Tensor<Self, 2>,

@@ -288,9 +288,10 @@ pub fn adam_full_step<B: Backend>(
     coef: UpdateCoefficients,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
-    // a weight below f32 is updated in f32 and rounded once
-    let dtype = w.dtype();
+    // a weight or moments below f32 are updated in f32 and rounded once
+    let (dtype, state_dtype) = (w.dtype(), m.dtype());
     let (w, g) = (w.cast(DType::F32), g.cast(DType::F32));
+    let (m, v) = (m.cast(DType::F32), v.cast(DType::F32));
     let w_old = skip.as_ref().map(|_| w.clone());
     let w_new = decay_before(w, coef);
     let (n, m, v) = subspace_adam(g, m, v, adam, skip.clone());
@@ -303,7 +304,7 @@ pub fn adam_full_step<B: Backend>(
         Some(w_old) => hold(&skip, w_old, w_new),
         None => w_new,
     };
-    (w.cast(dtype), m, v)
+    (w.cast(dtype), m.cast(state_dtype), v.cast(state_dtype))
 }
 
 /// See [`EmberBackend::state_free_step`](crate::EmberBackend::state_free_step).

@@ -246,6 +246,28 @@ fn coefficient_sets() -> Vec<AdamCoefficients> {
     ]
 }
 
+/// The projected update's cases: `(m, n, r, left)` — a left projector m×r with m ≤ n, a right
+/// one r×n with m > n — each in blocks of a few rows (the block size `run_all` set) and in one
+/// block (Fira keeps that block's `up(R)`), named so; sets each case's block size as it is
+/// yielded. The caller restores the block size afterwards.
+fn projected_shapes() -> impl Iterator<Item = ((usize, usize, usize, bool), &'static str)> {
+    let few_rows = crate::block_elements();
+    [(70, 130, 9, true), (150, 40, 7, false)]
+        .into_iter()
+        .flat_map(move |s| [(s, few_rows), (s, 1 << 23)])
+        .map(|(s, block)| {
+            crate::set_block_elements(block);
+            (
+                s,
+                if block >= s.0 * s.1 {
+                    "one block"
+                } else {
+                    "blocks"
+                },
+            )
+        })
+}
+
 fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     let rules = [
         ResidualUpdate::None,
@@ -256,16 +278,7 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     // (m, n, r, left): left projector m×r with m ≤ n; right projector r×n with m > n; in blocks
     // of a few rows, and in one block (Fira keeps that block's `up(R)` for the update)
     let saved = crate::block_elements();
-    for ((m, n, r, left), block) in [(70, 130, 9, true), (150, 40, 7, false)]
-        .into_iter()
-        .flat_map(|s| [(s, saved), (s, 1 << 23)])
-    {
-        crate::set_block_elements(block);
-        let blocks = if block >= m * n {
-            "one block"
-        } else {
-            "blocks"
-        };
+    for ((m, n, r, left), blocks) in projected_shapes() {
         let p = normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device);
         let basis = Basis { p, left };
         let low = if left { [r, n] } else { [m, r] };
@@ -741,16 +754,7 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         // the projected update: `N` finite (the engine passes `N = 0` on a skipped step), `G` and
         // `R` not; every residual rule, Fira with and without a previous norm
         let saved = crate::block_elements();
-        for ((m, n, r, left), block) in [(70, 130, 9, true), (150, 40, 7, false)]
-            .into_iter()
-            .flat_map(|s| [(s, saved), (s, 1 << 23)])
-        {
-            crate::set_block_elements(block);
-            let blocks = if block >= m * n {
-                "one block"
-            } else {
-                "blocks"
-            };
+        for ((m, n, r, left), blocks) in projected_shapes() {
             let basis = Basis {
                 p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
                 left,
@@ -838,6 +842,49 @@ fn bf16<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         error: if dtype_ok { 0.0 } else { f64::INFINITY },
         tolerance: TOLERANCE,
     });
+    // bf16 moments (bf16 state), with bf16 and with f32 weights
+    for w_bf16 in [true, false] {
+        let w = normal::<B>(shape, 1.0, device);
+        let (w, g) = if w_bf16 {
+            (low(w), low(normal::<B>(shape, 1.0, device)))
+        } else {
+            (w, normal::<B>(shape, 1.0, device))
+        };
+        let (m, v) = (
+            low(normal::<B>(shape, 0.1, device)),
+            low(normal::<B>(shape, 0.1, device).abs()),
+        );
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef, None);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef, None);
+        let tag = if w_bf16 { "bf16 W" } else { "f32 W" };
+        let kept = f.1.dtype() == BF16 && f.2.dtype() == BF16;
+        compare_within(
+            out,
+            format!("bf16 moments ({tag}) W"),
+            f.0,
+            p.0,
+            BF16_TOLERANCE,
+        );
+        compare_within(
+            out,
+            format!("bf16 moments ({tag}) M"),
+            f.1,
+            p.1,
+            BF16_TOLERANCE,
+        );
+        compare_within(
+            out,
+            format!("bf16 moments ({tag}) V"),
+            f.2,
+            p.2,
+            BF16_TOLERANCE,
+        );
+        out.push(Check {
+            name: format!("bf16 moments ({tag}) stay bf16"),
+            error: if kept { 0.0 } else { f64::INFINITY },
+            tolerance: TOLERANCE,
+        });
+    }
     let maps = DynamicMaps::new(device);
     let q = |t: Tensor<B, 2>, signed: bool| {
         let map = if signed { &maps.signed } else { &maps.unsigned };

@@ -10,7 +10,7 @@ pub fn run(
     ranks: &str,
     device: Device,
     (iters, warmup, refreshes): (usize, usize, usize),
-    weights: ember_bench::estimate::Dtype,
+    (weights, state): (ember_bench::estimate::Dtype, ember_bench::estimate::Dtype),
 ) -> Result<(), String> {
     if weights == ember_bench::estimate::Dtype::Int8 {
         return Err("--weights-dtype: f32 or bf16 (int8 is a state dtype)".into());
@@ -30,7 +30,7 @@ pub fn run(
                 let cfg = (warmup, iters, refreshes);
                 #[allow(unused_mut)]
                 let mut t = on_device!(device, B => {
-                    time_step::<B>(method, (m, n), r, cfg, weights, &Default::default())
+                    time_step::<B>(method, (m, n), r, cfg, (weights, state), &Default::default())
                 });
                 #[cfg(feature = "cuda")]
                 if device.is_cuda() {

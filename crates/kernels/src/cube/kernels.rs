@@ -88,17 +88,18 @@ pub fn subspace_adam(
 }
 
 /// Full-rank AdamW: reads `W`, `G`, `M`, `V` once, writes the new `W`, `M`, `V` once. `W` and
-/// `G` in `E` (f32 or bf16: computed in f32, the new weight rounded once), the moments f32.
+/// `G` in `E`, the moments in `S` (each f32 or bf16): computed in f32, `N` from the f32 moments,
+/// then the weight and the moments rounded once.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn adam_full<E: Float>(
+pub fn adam_full<E: Float, S: Float>(
     w: &Array<E>,
     g: &Array<E>,
-    m: &Array<f32>,
-    v: &Array<f32>,
+    m: &Array<S>,
+    v: &Array<S>,
     w_out: &mut Array<E>,
-    m_out: &mut Array<f32>,
-    v_out: &mut Array<f32>,
+    m_out: &mut Array<S>,
+    v_out: &mut Array<S>,
     skip: &Array<f32>,
     len: u32,
     beta_1: f32,
@@ -118,10 +119,10 @@ pub fn adam_full<E: Float>(
             w_out[i] = w[i];
         } else {
             let x = f32::cast_from(g[i]);
-            let m1 = ema(m[i], x, beta_1);
-            let v1 = ema(v[i], x * x, beta_2);
-            m_out[i] = m1;
-            v_out[i] = v1;
+            let m1 = ema(f32::cast_from(m[i]), x, beta_1);
+            let v1 = ema(f32::cast_from(v[i]), x * x, beta_2);
+            m_out[i] = S::cast_from(m1);
+            v_out[i] = S::cast_from(v1);
             let n = normalized(m1, v1, inv_divisor, epsilon);
             w_out[i] = E::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
         }
@@ -169,15 +170,84 @@ pub fn apply_update(
             x -= residual_step * (g[k] - u_r[i]);
         }
         if comptime![mode == MODE_FIRA] {
-            let mut ph = 0.0f32;
-            if comptime![phi_per_column] {
-                ph = phi[i % cols as usize];
-            } else {
-                ph = phi[row0 as usize + i / cols as usize];
-            }
+            let ph = phi_at(phi, i, cols, row0, phi_per_column);
             x -= residual_step * ((g[k] - alpha * u_r[i]) * ph / limiter[0]);
         }
         w_out[k] = x * post;
+    }
+}
+
+/// Fira's `φ` for element `i` of a block of `cols` columns starting at row `row0`: per column
+/// (`columns`) or per row.
+#[cube]
+fn phi_at(phi: &Array<f32>, i: usize, cols: u32, row0: u32, #[comptime] columns: bool) -> f32 {
+    let mut ph = 0.0f32;
+    if comptime![columns] {
+        ph = phi[i % cols as usize];
+    } else {
+        ph = phi[row0 as usize + i / cols as usize];
+    }
+    ph
+}
+
+/// Fira's update as one low-rank product: `out = a·N − b·(R∘φ)/limiter` (`φ` per column of the
+/// low-rank `rows × cols` pair, `columns`, or per row), so that `up(out)` is
+/// `a·up(N) − b·(up(R)∘φ)/limiter`. Zero where the step is held.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fira_low_rank(
+    n: &Array<f32>,
+    r: &Array<f32>,
+    phi: &Array<f32>,
+    limiter: &Array<f32>,
+    skip: &Array<f32>,
+    out: &mut Array<f32>,
+    len: u32,
+    cols: u32,
+    a: f32,
+    b: f32,
+    #[comptime] columns: bool,
+    #[comptime] guarded: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        if held(skip, guarded) {
+            out[i] = 0.0;
+        } else {
+            let ph = phi_at(phi, i, cols, 0u32, columns);
+            out[i] = a * n[i] - b * r[i] * ph / limiter[0];
+        }
+    }
+}
+
+/// The full-size part of Fira's update: `W' = post·(pre·W − c·(G∘φ)/limiter)` (`φ` per column of
+/// `W`, `columns`, or per row); the low-rank part is added by one GEMM afterwards. `W` where the
+/// step is held.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fira_full_part(
+    w: &Array<f32>,
+    g: &Array<f32>,
+    phi: &Array<f32>,
+    limiter: &Array<f32>,
+    skip: &Array<f32>,
+    w_out: &mut Array<f32>,
+    len: u32,
+    cols: u32,
+    pre: f32,
+    c: f32,
+    post: f32,
+    #[comptime] columns: bool,
+    #[comptime] guarded: bool,
+) {
+    let i = ABSOLUTE_POS;
+    if i < len as usize {
+        if held(skip, guarded) {
+            w_out[i] = w[i];
+        } else {
+            let ph = phi_at(phi, i, cols, 0u32, columns);
+            w_out[i] = (w[i] * pre - c * (g[i] * ph / limiter[0])) * post;
+        }
     }
 }
 
@@ -198,12 +268,7 @@ pub fn fira_psi_squared(
 ) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
-        let mut ph = 0.0f32;
-        if comptime![phi_per_column] {
-            ph = phi[i % cols as usize];
-        } else {
-            ph = phi[row0 as usize + i / cols as usize];
-        }
+        let ph = phi_at(phi, i, cols, row0, phi_per_column);
         let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
         out[i] = psi * psi;
     }

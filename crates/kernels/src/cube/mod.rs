@@ -601,6 +601,73 @@ where
             fira = Some((phi, limiter, per_column));
         }
 
+        // Fira on CUDA: `W' = post·(pre·W − c·(G∘φ)/l) − post·up(M)` with the low-rank
+        // `M = c·α·N − c·α·(R∘φ)/l`: one full-size pass and one GEMM accumulating into `W'` —
+        // no second `up(R)`, no `up(N)` block, no block loop
+        #[cfg(feature = "cuda")]
+        if let Some((phi, limiter, per_column)) = &fira {
+            let aligned = basis.left == *per_column;
+            if aligned && cublas::available::<R>() {
+                let g = g.as_ref().expect("residual gradient");
+                let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
+                let low_len = lr_rows * lr_cols;
+                let low = empty(&n_d, vec![lr_rows, lr_cols], DType::F32);
+                let step = (coef.step * coef.scale) as f32;
+                let (count, dim) = launch_dims(&low, low_len);
+                let (skip_a, guarded) = skip_arg(&skip_t, &low);
+                kernels::fira_low_rank::launch::<R>(
+                    &low.client,
+                    count,
+                    dim,
+                    arg(&n_d),
+                    arg(&r_d),
+                    arg(phi),
+                    arg(limiter),
+                    skip_a,
+                    arg(&low),
+                    low_len as u32,
+                    lr_cols as u32,
+                    step,
+                    step,
+                    *per_column,
+                    guarded,
+                );
+                let len = rows * cols;
+                let (count, dim) = launch_dims(&w, len);
+                let (skip_a, guarded) = skip_arg(&skip_t, &w);
+                let post = (1.0 - coef.decay_after) as f32;
+                kernels::fira_full_part::launch::<R>(
+                    &w.client,
+                    count,
+                    dim,
+                    arg(&w),
+                    arg(g),
+                    arg(phi),
+                    arg(limiter),
+                    skip_a,
+                    arg(&w_out),
+                    len as u32,
+                    cols as u32,
+                    (1.0 - coef.decay_before) as f32,
+                    coef.step as f32,
+                    post,
+                    *per_column,
+                    guarded,
+                );
+                let p = basis.p.clone().into_primitive().tensor();
+                let (a, b) = if basis.left {
+                    (p, low.clone())
+                } else {
+                    (low.clone(), p)
+                };
+                // held: `M = 0`, and the flag makes the scalars `α = 0, β = 1` on the device
+                if cublas::accumulate(&a, &b, &w_out, -post, 1.0, skip_t.as_ref()) {
+                    return (float_out(w_out), new_zeta);
+                }
+                let up = basis.up(float_out(low)).mul_scalar(post);
+                return (float_out::<R, Self, 2>(w_out).sub(up), new_zeta);
+            }
+        }
         let (mode, residual_step) = match residual {
             ResidualUpdate::None => (kernels::MODE_NONE, 0.0),
             ResidualUpdate::Sign { step } => (kernels::MODE_SIGN, step),
@@ -669,7 +736,7 @@ where
         if !supported::<F, I>()
             || !fits(len)
             || !weight_dtypes(&w, &g)
-            || !all_f32(&[&m, &v])
+            || !weight_dtypes(&m, &v)
             || !skip_ok(&skip)
         {
             return portable::adam_full_step(w, g, m, v, adam, coef, skip);
@@ -678,11 +745,11 @@ where
         let shape = w.dims().to_vec();
         let (w, g, m, v) = (float_in(w), float_in(g), float_in(m), float_in(v));
         let w_out = empty(&w, shape.clone(), w.dtype);
-        let m_out = empty(&w, shape.clone(), DType::F32);
-        let v_out = empty(&w, shape, DType::F32);
+        let m_out = empty(&w, shape.clone(), m.dtype);
+        let v_out = empty(&w, shape, m.dtype);
         let (count, dim) = launch_dims(&w, len);
         let (skip_arg, guarded) = skip_arg(&skip, &w);
-        with_element!(w.dtype, E => kernels::adam_full::launch::<E, R>(
+        with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full::launch::<E, S, R>(
             &w.client,
             count,
             dim,
@@ -703,7 +770,7 @@ where
             (coef.step * coef.scale) as f32,
             (1.0 - coef.decay_after) as f32,
             guarded,
-        ));
+        )));
         (float_out(w_out), float_out(m_out), float_out(v_out))
     }
 
