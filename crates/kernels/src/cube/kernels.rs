@@ -4,8 +4,8 @@
 
 // the cube macro needs initialized variables before comptime branches assign them
 #![allow(unused_assignments)]
-// explicit comparisons: the cube macro expands each statement into kernel IR
-#![allow(clippy::manual_clamp)]
+// explicit comparisons and divisions: the cube macro expands each statement into kernel IR
+#![allow(clippy::manual_clamp, clippy::manual_div_ceil)]
 
 use cubecl::prelude::*;
 
@@ -251,26 +251,43 @@ pub fn fira_full_part(
     }
 }
 
-/// Fira's `Ψ²` for one block of rows (`u_r` holds `up(R)` of the block), written to `out`.
+/// Fira's `Ψ²` of one block of `rows × cols` (`u_r` holds `up(R)` of the block), summed per column
+/// over groups of `group` rows: `out[k·cols + j] = Σ_{r in group k} ((G − α·U_R)·φ)²[r, j]`. One
+/// unit per (group, column): coalesced reads, `⌈rows/group⌉·cols` partial sums for a short final
+/// reduction (burn's reduction of the whole block cost 0.29 ms at 762×11008 on the H100).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn fira_psi_squared(
+pub fn fira_psi_partial(
     g: &Array<f32>,
     u_r: &Array<f32>,
-    out: &mut Array<f32>,
     phi: &Array<f32>,
+    out: &mut Array<f32>,
     offset: u32,
-    len: u32,
+    rows: u32,
     cols: u32,
     row0: u32,
+    group: u32,
     alpha: f32,
     #[comptime] phi_per_column: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i < len as usize {
-        let ph = phi_at(phi, i, cols, row0, phi_per_column);
-        let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
-        out[i] = psi * psi;
+    let t = ABSOLUTE_POS;
+    let groups = (rows + group - 1) / group;
+    if t < (groups * cols) as usize {
+        let k = t / cols as usize;
+        let j = t % cols as usize;
+        let start = k * group as usize;
+        let mut end = start + group as usize;
+        if end > rows as usize {
+            end = rows as usize;
+        }
+        let mut acc = 0.0f32;
+        for r in start..end {
+            let i = r * cols as usize + j;
+            let ph = phi_at(phi, i, cols, row0, phi_per_column);
+            let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
+            acc += psi * psi;
+        }
+        out[t] = acc;
     }
 }
 

@@ -168,6 +168,9 @@ fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
+/// Rows of one column that one unit of Fira's `‖Ψ‖` pass sums (`kernels::fira_psi_partial`).
+const FIRA_ROWS_PER_UNIT: usize = 32;
+
 /// Largest block of the fused 8-bit kernel: one unit per word of four codes, 256 units a cube.
 const MAX_8BIT_BLOCK: usize = 1024;
 
@@ -551,25 +554,28 @@ where
             let mut sum: Option<Tensor<Self, 1>> = None;
             for rows_k in blocks() {
                 let u_r = float_in(basis.up_rows(&r, rows_k.clone()));
-                let len = rows_k.len() * cols;
-                let squares = empty(&u_r, vec![rows_k.len(), cols], DType::F32);
-                let (count, dim) = launch_dims(&u_r, len);
-                kernels::fira_psi_squared::launch::<R>(
+                // partial sums of `Ψ²` per column over groups of rows, then a short reduction
+                let group = FIRA_ROWS_PER_UNIT;
+                let partials = rows_k.len().div_ceil(group) * cols;
+                let squares = empty(&u_r, vec![partials], DType::F32);
+                let (count, dim) = launch_dims(&u_r, partials);
+                kernels::fira_psi_partial::launch::<R>(
                     &u_r.client,
                     count,
                     dim,
                     arg(g),
                     arg(&u_r),
-                    arg(&squares),
                     arg(&phi),
+                    arg(&squares),
                     (rows_k.start * cols) as u32,
-                    len as u32,
+                    rows_k.len() as u32,
                     cols as u32,
                     rows_k.start as u32,
+                    group as u32,
                     coef.scale as f32,
                     per_column,
                 );
-                let block_sum = float_out::<R, Self, 2>(squares).sum();
+                let block_sum = float_out::<R, Self, 1>(squares).sum();
                 sum = Some(match sum {
                     None => block_sum,
                     Some(s) => s.add(block_sum),
