@@ -171,6 +171,36 @@ fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
 /// Rows of one column that one unit of Fira's `‖Ψ‖` pass sums (`kernels::fira_psi_partial`).
 const FIRA_ROWS_PER_UNIT: usize = 32;
 
+/// GaLore's update without a residual as one cuBLAS GEMM accumulating into `W` (in `W`'s dtype:
+/// `P` and `N` rounded to it, the product and `β·W` in f32, `W` rounded once):
+/// `W ← (1−λa)(1−λb)·W − (1−λa)·c·α·up(N)`, reading and writing `W` once. With a skip flag `N`
+/// is 0 and the flag turns the scalars into `α = 0, β = 1` on the device. `Err(W)` (untouched)
+/// where cuBLAS does not take it.
+#[cfg(feature = "cuda")]
+fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>>(
+    w: Tensor<B, 2>,
+    basis: &Basis<B>,
+    n: &Tensor<B, 2>,
+    coef: UpdateCoefficients,
+    skip: &Skip<B>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let dtype = w.dtype();
+    let (p, n) = (basis.p.clone().cast(dtype), n.clone().cast(dtype));
+    let (a, b) = if basis.left { (p, n) } else { (n, p) };
+    let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+    let keep = 1.0 - coef.decay_after;
+    let alpha = (-keep * coef.step * coef.scale) as f32;
+    let beta = (keep * (1.0 - coef.decay_before)) as f32;
+    // `W` itself (not a clone): cuBLAS writes into a buffer no one else holds
+    let w = w.into_primitive().tensor();
+    let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
+    if cublas::accumulate(&a, &b, &w, alpha, beta, skip_t.as_ref()) {
+        Ok(float_out(w))
+    } else {
+        Err(float_out(w))
+    }
+}
+
 /// Largest block of the fused 8-bit kernel: one unit per word of four codes, 256 units a cube.
 const MAX_8BIT_BLOCK: usize = 1024;
 
@@ -439,23 +469,10 @@ where
                 && skip_ok(&skip)
                 && w.dtype() == DType::BF16
             {
-                let low = w.dtype();
-                let (a, b) = if basis.left {
-                    (basis.p.clone().cast(low), n.clone().cast(low))
-                } else {
-                    (n.clone().cast(low), basis.p.clone().cast(low))
-                };
-                let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-                let keep = 1.0 - coef.decay_after;
-                let alpha = (-keep * coef.step * coef.scale) as f32;
-                let beta = (keep * (1.0 - coef.decay_before)) as f32;
-                // `W` itself (not a clone): cuBLAS writes into a buffer no one else holds
-                let wt = w.into_primitive().tensor();
-                let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
-                if cublas::accumulate(&a, &b, &wt, alpha, beta, skip_t.as_ref()) {
-                    return (float_out(wt), None);
+                match accumulate_update(w, basis, &n, coef, &skip) {
+                    Ok(w) => return (w, None),
+                    Err(back) => w = back,
                 }
-                w = float_out(wt);
             }
             let dtype = w.dtype();
             let (w, zeta) = Self::projected_update(
@@ -493,24 +510,10 @@ where
         // no residual: the back-projection and the update are one GEMM accumulating into `W`
         #[cfg(feature = "cuda")]
         let w = match residual {
-            ResidualUpdate::None => {
-                let keep = 1.0 - coef.decay_after;
-                let (a, b) = if basis.left {
-                    (basis.p.clone(), n.clone())
-                } else {
-                    (n.clone(), basis.p.clone())
-                };
-                let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-                let w = w.into_primitive().tensor();
-                let alpha = (-keep * coef.step * coef.scale) as f32;
-                let beta = (keep * (1.0 - coef.decay_before)) as f32;
-                // skipped: `N = 0` and the flag turns the scalars into `α = 0, β = 1` on the device
-                let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
-                if cublas::accumulate(&a, &b, &w, alpha, beta, skip_t.as_ref()) {
-                    return (float_out(w), None);
-                }
-                float_out::<R, Self, 2>(w)
-            }
+            ResidualUpdate::None => match accumulate_update(w, basis, &n, coef, &skip) {
+                Ok(w) => return (w, None),
+                Err(w) => w,
+            },
             _ => w,
         };
         let skip_t = skip_in(skip.clone());
