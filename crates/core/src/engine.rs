@@ -418,7 +418,10 @@ impl EngineConfig {
             _ => None,
         };
         let low_precision = g.dtype() != DType::F32;
+        // a dtype the backend multiplies as it is (bf16 on CUDA) needs no f32 copy of `G`
+        let native = low_precision && B::native_dtype(g.dtype());
         let r = match (basis, self.update_chunks(rows, cols, true, low_precision)) {
+            (Some((p, left)), _) if native => Basis { p: p.clone(), left }.down(g),
             // a large gradient: one row chunk in f32 at a time
             (Some((p, left)), Some(chunks)) => {
                 let basis = Basis { p: p.clone(), left };
@@ -646,8 +649,13 @@ impl EngineConfig {
             // f32 working copies unless the backend takes the dtype as it is
             let to = |t: Tensor<B, 2>| if native { t } else { t.cast(DType::F32) };
             let w = to(w);
-            // the residual is discarded when only `r` is given: `g` is never read then
-            let g = g.map(to).unwrap_or_else(|| w.clone());
+            // the residual is discarded when only `r` is given: `g` is never read then, and `r`
+            // stands in for it — not a second handle on `w`, which would keep the update from
+            // writing `w` in place (cuBLAS's accumulating GEMM then copies it first)
+            let g = g
+                .map(to)
+                .or_else(|| r_given.clone())
+                .expect("a gradient or a projected one");
             self.whole_update(
                 w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip,
             )

@@ -913,7 +913,9 @@ where
             }
             let cols = g.dims()[1];
             let g: CubeTensor<R> = g.to_device(device).into_primitive().tensor();
-            let (count, dim) = launch_dims(&g, len);
+            // each unit reads `FLAG_PER_UNIT` elements, `units` apart
+            let units = len.div_ceil(kernels::FLAG_PER_UNIT);
+            let (count, dim) = launch_dims(&g, units);
             if g.is_contiguous() {
                 with_element!(g.dtype, E => kernels::non_finite_flag::launch::<E, R>(
                     &g.client,
@@ -922,6 +924,7 @@ where
                     arg(&g),
                     arg(&flags),
                     len as u32,
+                    units as u32,
                     index as u32,
                 ));
             } else {
@@ -934,6 +937,7 @@ where
                     arg(&flags),
                     len as u32,
                     cols as u32,
+                    units as u32,
                     index as u32,
                 ));
             }

@@ -1,0 +1,37 @@
+"""The side-by-side step table of a device call: `ember-bench step` JSON lines (step_*.jsonl)
+beside the PyTorch anchor (anchor_tf32.json for f32 weights, anchor_bf16.json for bf16) from
+the same call. Columns (ms, medians): the step with the default check (flags read back on the
+host), with the check kept on the device, without a check, the engine alone, the check pass
+alone (over `G`, with its read-back), PyTorch (galore-torch's step, torch's fused AdamW), and
+the ratios. Usage: python3 step_table.py CALL_DIR"""
+import glob
+import json
+import os
+import sys
+
+d = sys.argv[1]
+torch = {}
+for dtype, name in (("f32", "anchor_tf32.json"), ("bf16", "anchor_bf16.json")):
+    path = os.path.join(d, name)
+    if not os.path.exists(path):
+        continue
+    for r in json.load(open(path))["rows"]:
+        what = {"galore_torch_step": "galore", "torch_adamw_fused": "adamw"}.get(r.get("what"))
+        if what:
+            torch[(what, dtype, r["m"], r["n"])] = r["ms"]
+print("| step | shape | checked (host) | checked (device) | unchecked | engine | check | PyTorch "
+      "| ratio (host) | ratio (device) | ratio (unchecked) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for path in sorted(glob.glob(os.path.join(d, "step_*.jsonl"))):
+    for line in open(path):
+        r = json.loads(line)
+        name = f"{r['optimizer']} {r['weights']}" + (f", {r['state']} state" if r["state"] != "f32" else "")
+        # torch's fused AdamW keeps its moments in the parameters' dtype
+        t = torch.get((r["optimizer"], r["weights"], r["m"], r["n"]))
+        if r["optimizer"] == "adamw" and r["weights"] == "bf16" and r["state"] != "bf16":
+            t = None
+        cells = [r["step_ms"], r["step_on_device_ms"], r["step_unchecked_ms"], r["engine_ms"], r["check_ms"]]
+        row = [name, f"{r['m']}×{r['n']}"] + [f"{c:.2f}" for c in cells]
+        row.append(f"{t:.2f}" if t else "—")
+        row += [f"{c / t:.2f}×" if t else "—" for c in cells[:3]]
+        print("| " + " | ".join(row) + " |")
