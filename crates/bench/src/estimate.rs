@@ -441,27 +441,32 @@ fn estimate_with(
         let a = shape.num_attention_heads;
         let layers = shape.num_hidden_layers;
         // per block, saved for the backward pass (fitted to burn's autodiff on flex,
-        // docs/memory.md): (6·h + 2·i) values of the weights' dtype per token, the rotary
-        // embedding's f32 copies 4·h·4 bytes, 4.5 attention matrices of a·t values
-        let block = n * ((6 * h + 2 * i) * wb + 16 * h) + (9 * n * a * t * wb) / 2;
+        // docs/memory.md): (6·h + 2·i) values of the weights' dtype per token and the rotary
+        // embedding's f32 copies 4·h·4 bytes; the attention matrix is recomputed in the backward
+        // pass (`ember_kernels::attention`), whose temporaries for one block are ≈ 7 matrices
+        // of a·t values
+        let block = n * ((6 * h + 2 * i) * wb + 16 * h);
+        let attention = 7 * n * a * t * wb;
         // INT8 weights: the dequantized f32 weight of each projection is an autodiff leaf
         let block_int8 = if run.int8_weights {
             4 * (4 * h * h + 3 * h * i)
         } else {
             0
         };
-        // the output stage: logits in the weights' dtype, their f32 log-softmax and gradient
-        let output = n * v * (wb + 8);
         let block_params = (4 * h * h + 3 * h * i) * if run.int8_weights { 4 } else { wb };
         let activations = if run.layerwise {
             // block inputs + the larger of one block (recomputed: its activations, 1.4× the
-            // saved set with the backward's temporaries, and gradients; ∂L/∂x and ∂L/∂y) and
-            // the output stage
+            // saved set with the backward's temporaries, the attention's, and gradients; ∂L/∂x
+            // and ∂L/∂y) and the output stage recomputed (logits, their f32 log-softmax and
+            // gradient: 7 bytes per logit besides the logits)
             let inputs = (layers + 1) * n * h * wb;
-            let one_block = (14 * block) / 10 + block_int8 + block_params + 2 * n * h * wb;
-            inputs + one_block.max(output)
+            let one_block =
+                (14 * block) / 10 + attention + block_int8 + block_params + 2 * n * h * wb;
+            inputs + one_block.max(n * v * (wb + 7))
         } else {
-            layers * (block + block_int8) + output
+            // every block's saved set, the output stage (logits and 4 bytes per logit of their
+            // loss's) and the first block's attention temporaries of the backward pass
+            layers * (block + block_int8) + n * v * (wb + 4) + attention
         };
         // the optimizer step: the largest working set of one parameter's update
         let temporaries = largest_temporaries;

@@ -48,6 +48,7 @@ use burn::tensor::Int;
 
 pub use blockwise::{Blockwise8, DynamicMaps};
 
+pub mod attention;
 pub mod blockwise;
 pub mod nvml;
 pub mod portable;

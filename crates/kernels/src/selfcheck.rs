@@ -100,6 +100,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     non_finite::<B>(&mut out, device);
     non_finite_strided::<B>(&mut out, device);
     skip_flag::<B>(&mut out, device);
+    attention::<B>(&mut out, device);
     if B::supports_dtype(device, burn::tensor::DType::BF16) {
         bf16::<B>(&mut out, device);
     }
@@ -583,6 +584,68 @@ fn non_finite<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 + (flags.len() as f64 - 3.0).abs(),
             tolerance: 0.0,
         });
+    }
+    // one NaN alone, at the first, the last and a middle element of an odd size, and in the last
+    // slot a unit reads (a unit reads several elements `len / units` apart)
+    let (m, n) = (37, 53);
+    let len = m * n;
+    for at in [0, len - 1, len / 2, len - len / 9] {
+        let mut values: Vec<f32> = normal::<B>([m, n], 1.0, device)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        values[at] = f32::NAN;
+        let g = Tensor::<B, 2>::from_data(TensorData::new(values, [m, n]), device);
+        for (view, g) in [("dense", g.clone()), ("transposed", g.transpose())] {
+            let flags: Vec<f32> = B::non_finite_flags(vec![g], device)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            out.push(Check {
+                name: format!("non_finite_flags one NaN at {at} of {len} ({view})"),
+                error: (flags.iter().map(|f| (1.0 - f).abs() as f64).sum::<f64>())
+                    + (flags.len() as f64 - 1.0).abs(),
+                tolerance: 0.0,
+            });
+        }
+    }
+}
+
+/// Causal attention with its recomputing backward ([`crate::attention`]) against burn's autodiff
+/// of the same composition, on the device: the output and the gradients of `Q`, `K`, `V` (odd
+/// sizes, a loss weighing each output differently). Both run the same products (TF32 on CUDA).
+fn attention<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    type A<B> = burn::backend::Autodiff<B>;
+    let shape = [2, 3, 37, 16];
+    let make = || Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let (q, k, v, w) = (make(), make(), make(), make());
+    let scale = 0.25;
+    let run = |fused: bool| {
+        let leaf = |t: &Tensor<B, 4>| Tensor::<A<B>, 4>::from_inner(t.clone()).require_grad();
+        let (qa, ka, va) = (leaf(&q), leaf(&k), leaf(&v));
+        let o = if fused {
+            crate::attention::causal_attention(qa.clone(), ka.clone(), va.clone(), scale)
+        } else {
+            crate::attention::probabilities(qa.clone(), ka.clone(), scale).matmul(va.clone())
+        };
+        let grads = (o.clone() * Tensor::from_inner(w.clone())).sum().backward();
+        let g = |t: &Tensor<A<B>, 4>| t.grad(&grads).expect("a gradient");
+        [o.inner(), g(&qa), g(&ka), g(&va)]
+    };
+    let fused = run(true);
+    let reference = run(false);
+    for (name, (a, b)) in ["output", "dQ", "dK", "dV"]
+        .into_iter()
+        .zip(fused.into_iter().zip(reference))
+    {
+        compare_within(
+            out,
+            format!("causal_attention {name} (recomputed backward vs autodiff)"),
+            a,
+            b,
+            2e-3,
+        );
     }
 }
 

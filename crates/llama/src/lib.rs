@@ -15,9 +15,11 @@ use burn::nn::{
     RotaryEncodingConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::DType;
 use ember_core::QLinear;
+use ember_kernels::attention::causal_attention;
+pub use ember_kernels::attention::CausalAttention;
 use serde::{Deserialize, Serialize};
 
 /// Model shape, as in the GaLore paper's `configs/llama_*.json`.
@@ -312,13 +314,8 @@ pub struct Llama<B: Backend> {
     rope: RotaryEncoding<B>,
 }
 
-impl<B: Backend> Attention<B> {
-    fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: &RotaryEncoding<B>,
-        mask: Tensor<B, 3, Bool>,
-    ) -> Tensor<B, 3> {
+impl<B: CausalAttention> Attention<B> {
+    fn forward(&self, x: Tensor<B, 3>, rope: &RotaryEncoding<B>) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
         let d = h / self.heads;
         let split = |y: Tensor<B, 3>| y.reshape([b, t, self.heads, d]).swap_dims(1, 2);
@@ -328,10 +325,9 @@ impl<B: Backend> Attention<B> {
         let q = rotate(split(self.query.forward(x.clone())));
         let k = rotate(split(self.key.forward(x.clone())));
         let v = split(self.value.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-        let scores = scores.mask_fill(mask.unsqueeze_dim::<4>(1), -1e9);
-        let out = softmax(scores, 3)
-            .matmul(v)
+        // softmax(QKᵀ/√d + causal mask)·V as one op: its backward recomputes the attention
+        // matrix instead of keeping it (`ember_kernels::attention`)
+        let out = causal_attention(q, k, v, 1.0 / (d as f64).sqrt())
             .swap_dims(1, 2)
             .reshape([b, t, h]);
         self.output.forward(out)
@@ -368,7 +364,7 @@ impl<B: Backend> Block<B> {
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: CausalAttention> Llama<B> {
     /// The same model with every attention and MLP projection stored in INT8 (`QLinear`, groups
     /// of `group_size` along a row where that divides the row, else one group per row), for
     /// Q-GaLore's INT8-weight mode. Train it
@@ -398,12 +394,10 @@ impl<B: Backend> Llama<B> {
 
     /// Decoder block `k` on hidden states `[batch, seq, hidden]`.
     pub fn block_forward(&self, k: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, _] = x.dims();
-        let mask = burn::nn::attention::generate_autoregressive_mask::<B>(b, t, &x.device());
         let block = &self.layers[k];
         let h = block
             .attn
-            .forward(block.attn_norm.forward(x.clone()), &self.rope, mask);
+            .forward(block.attn_norm.forward(x.clone()), &self.rope);
         let x = x + h;
         let y = block.mlp_norm.forward(x.clone());
         let m = block
@@ -519,7 +513,7 @@ impl Tokens {
     }
 }
 
-impl<B: Backend> ember_core::BlockModel<B> for Llama<B> {
+impl<B: CausalAttention> ember_core::BlockModel<B> for Llama<B> {
     type Batch = Tokens;
 
     fn num_blocks(&self) -> usize {

@@ -1,6 +1,6 @@
 //! `estimate`: the analytic breakdown (docs/memory.md).
 
-use ember_bench::estimate::{estimate, estimate_groups, Breakdown, RunShape};
+use ember_bench::estimate::{estimate_groups, estimate_run, Breakdown, RunShape};
 use ember_bench::llama::LlamaShape;
 use ember_bench::report::{csv, human, markdown, plot};
 
@@ -9,19 +9,20 @@ use crate::Common;
 
 pub fn run(c: &Common) -> Result<(), String> {
     let shape = LlamaShape::resolve(&c.model)?;
+    // `--layerwise`, `--int8-weights` and `--batch`/`--seq` shape the run for every optimizer
+    let run = RunShape {
+        layerwise: c.layerwise,
+        int8_weights: c.int8_weights,
+        tokens: c.batch.zip(c.seq),
+    };
     let rows: Vec<Breakdown> = match &c.groups {
         Some(path) => {
             let g = ember::groups::GroupsConfig::load(path)?;
-            let run = RunShape {
-                layerwise: c.layerwise,
-                int8_weights: c.int8_weights,
-                tokens: c.batch.zip(c.seq),
-            };
             vec![estimate_groups(&shape, &g, c.weights_dtype, run)?]
         }
         None => settings(c, &shape)?
             .into_iter()
-            .map(|s| estimate(&shape, s))
+            .map(|s| estimate_run(&shape, s, run))
             .collect::<Result<_, _>>()?,
     };
     if let Some(p) = &c.plot {
