@@ -257,13 +257,30 @@ where
                 None => s.method.name(),
             };
             let clock = trace_clock.clone();
-            t.set_observer(stage_tracer::<B>(path, method, device, o.cuda, clock)?);
+            let mut trace = stage_tracer::<B>(path, method, device, o.cuda, clock)?;
+            t.set_observer(move |e| match e {
+                ember_core::StageEvent::Forward => trace("forward", String::new()),
+                ember_core::StageEvent::Backward(s) => trace("backward", stage_name(s)),
+                ember_core::StageEvent::Updated(s) => trace("updated", stage_name(s)),
+            });
         }
         Stepper::Layerwise(Box::new(t))
     } else {
         Stepper::Ordinary(Box::new(optim))
     };
     let grad_bytes_layerwise = o.layerwise.then(|| largest_stage_bytes(&model));
+    // an ordinary step's trace: after the forward pass, the backward pass and the update
+    let mut trace = match (&o.stage_trace, o.layerwise) {
+        (Some(path), false) => {
+            let method = match &o.groups {
+                Some(_) => "groups",
+                None => s.method.name(),
+            };
+            let clock = trace_clock.clone();
+            Some(stage_tracer::<B>(path, method, device, o.cuda, clock)?)
+        }
+        _ => None,
+    };
 
     let name = if o.groups.is_some() {
         "groups"
@@ -296,11 +313,17 @@ where
         let l = match &mut trainer {
             Stepper::Ordinary(optim) => {
                 let loss = model.loss(tokens.tensor(device));
+                if let Some(t) = &mut trace {
+                    t("forward", String::new());
+                }
                 if first {
                     B::sync(device).ok();
                     phase("step 1: backward".into());
                 }
                 let grads = ember_core::quantized_grads(loss.backward(), &model);
+                if let Some(t) = &mut trace {
+                    t("backward", "all".into());
+                }
                 B::sync(device).ok();
                 if first {
                     phase("step 1: optimizer step".into());
@@ -315,6 +338,9 @@ where
                 model = optim
                     .try_step(o.lr, model, grads)
                     .map_err(|e| e.to_string())?;
+                if let Some(t) = &mut trace {
+                    t("updated", "all".into());
+                }
                 B::sync(device).ok();
                 let t2 = Instant::now();
                 let step_peak = crate::heap::peak();
@@ -396,7 +422,7 @@ fn stage_tracer<B: AutodiffBackend>(
     device: &B::Device,
     cuda: bool,
     clock: std::sync::Arc<std::sync::Mutex<(usize, Instant)>>,
-) -> Result<impl FnMut(ember_core::StageEvent) + Send + 'static, String> {
+) -> Result<impl FnMut(&'static str, String) + Send + 'static, String> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -405,13 +431,8 @@ fn stage_tracer<B: AutodiffBackend>(
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
     let (method, dev) = (method.to_string(), device.clone());
     let nvml = cuda.then(|| Nvml::open(0));
-    Ok(move |e| {
+    Ok(move |event: &'static str, stage: String| {
         B::sync(&dev).ok();
-        let (event, stage) = match e {
-            ember_core::StageEvent::Forward => ("forward", String::new()),
-            ember_core::StageEvent::Backward(s) => ("backward", stage_name(s)),
-            ember_core::StageEvent::Updated(s) => ("updated", stage_name(s)),
-        };
         let pool = if cuda {
             ember_kernels::nvml::cuda_pool_usage(0)
         } else {

@@ -155,6 +155,56 @@ fn a_layerwise_stage_trace_follows_the_backward() {
     }
 }
 
+/// `measure --stage-trace` on an ordinary run: after the forward pass, the backward pass and
+/// the update of every step, in that order.
+#[test]
+fn an_ordinary_stage_trace_has_three_events_a_step() {
+    let shape = LlamaShape::resolve("tiny").unwrap();
+    let path = std::env::temp_dir().join(format!("ember-trace-o-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let opts = MeasureOptions {
+        steps: 2,
+        warmup: 0,
+        batch: 2,
+        seq: 16,
+        lr: 1e-3,
+        progress: false,
+        weights: Dtype::F32,
+        layerwise: false,
+        int8_weights: false,
+        device_projector: false,
+        host_svd: false,
+        groups: None,
+        stage_trace: Some(path.clone()),
+        cuda: false,
+    };
+    let s = Settings {
+        method: Method::Adamw,
+        rank: 16,
+        density: 0.5,
+        weights: Dtype::F32,
+        state: Dtype::F32,
+    };
+    measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let got: Vec<(String, String, u64)> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("event"), s("stage"), v["step"].as_u64().unwrap())
+        })
+        .collect();
+    let mut want = vec![];
+    for step in 0..2 {
+        for (e, st) in [("forward", ""), ("backward", "all"), ("updated", "all")] {
+            want.push((e.to_string(), st.to_string(), step));
+        }
+    }
+    assert_eq!(got, want, "{text}");
+}
+
 /// With a groups file (Fira on the MLP in 8 bits, DCT on attention, AdamW in bf16 for 1-D
 /// parameters and the embedding, 8-bit AdamW for the rest), `estimate` counts each group's state
 /// and the optimizer holds exactly the total; the CLI reads the same file.

@@ -42,10 +42,11 @@ pub struct RunArgs {
     /// 24.2 instead of 28.9 GB), a little more for ordinary steps.
     #[arg(long)]
     pub exact_pools: bool,
-    /// Layer-wise runs: append one JSON line per stage event (forward, each stage's backward and
-    /// update) to this file — device memory in use and reserved by burn's pools and NVML's
-    /// reading (CUDA; after a synchronization), heap bytes live and their peak so far (CPU):
-    /// where a step's memory goes.
+    /// Append one JSON line per event of every step to this file — layer-wise: the forward pass,
+    /// each stage's backward and update; ordinary: after the forward pass, the backward pass and
+    /// the update (stage `all`) — with the device memory in use and reserved by burn's pools and
+    /// NVML's reading (CUDA; after a synchronization, which the step's time then includes), heap
+    /// bytes live and their peak so far (CPU): where a step's memory goes.
     #[arg(long)]
     pub stage_trace: Option<std::path::PathBuf>,
 }
