@@ -51,20 +51,10 @@ fn estimate_equals_tensors_held_on_flex() {
         (Dtype::F32, Dtype::F32, true, true),
     ] {
         let opts = MeasureOptions {
-            steps: 1,
-            warmup: 1,
-            batch: 2,
-            seq: 8,
-            lr: 1e-3,
-            progress: false,
             weights,
             layerwise,
             int8_weights,
-            device_projector: false,
-            host_svd: false,
-            groups: None,
-            stage_trace: None,
-            cuda: false,
+            ..small_run(1, 1, 2, 8)
         };
         let run = RunShape {
             layerwise,
@@ -96,6 +86,27 @@ fn estimate_equals_tensors_held_on_flex() {
     }
 }
 
+/// `measure` options for the tests on flex: `steps` timed steps after `warmup`, `batch × seq`
+/// tokens, f32 weights, ordinary steps, no trace; tests set what they vary.
+fn small_run(steps: usize, warmup: usize, batch: usize, seq: usize) -> MeasureOptions {
+    MeasureOptions {
+        steps,
+        warmup,
+        batch,
+        seq,
+        lr: 1e-3,
+        progress: false,
+        weights: Dtype::F32,
+        layerwise: false,
+        int8_weights: false,
+        device_projector: false,
+        host_svd: false,
+        groups: None,
+        stage_trace: None,
+        cuda: false,
+    }
+}
+
 /// `measure --stage-trace` on a layer-wise run: one line per stage event of every step, in the
 /// order of the segmented backward (forward; output, blocks from the top, input: backward, then
 /// updated), each with the heap's live bytes (the counting allocator is not installed in a test
@@ -106,20 +117,9 @@ fn a_layerwise_stage_trace_follows_the_backward() {
     let path = std::env::temp_dir().join(format!("ember-trace-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let opts = MeasureOptions {
-        steps: 1,
-        warmup: 1,
-        batch: 1,
-        seq: 8,
-        lr: 1e-3,
-        progress: false,
-        weights: Dtype::F32,
         layerwise: true,
-        int8_weights: false,
-        device_projector: false,
-        host_svd: false,
-        groups: None,
         stage_trace: Some(path.clone()),
-        cuda: false,
+        ..small_run(1, 1, 1, 8)
     };
     let s = Settings {
         method: Method::Galore,
@@ -163,20 +163,8 @@ fn an_ordinary_stage_trace_has_three_events_a_step() {
     let path = std::env::temp_dir().join(format!("ember-trace-o-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let opts = MeasureOptions {
-        steps: 2,
-        warmup: 0,
-        batch: 2,
-        seq: 16,
-        lr: 1e-3,
-        progress: false,
-        weights: Dtype::F32,
-        layerwise: false,
-        int8_weights: false,
-        device_projector: false,
-        host_svd: false,
-        groups: None,
         stage_trace: Some(path.clone()),
-        cuda: false,
+        ..small_run(2, 0, 2, 16)
     };
     let s = Settings {
         method: Method::Adamw,
@@ -235,20 +223,8 @@ fn a_groups_file_is_estimated_to_the_byte() {
     assert_eq!(per_group.len(), 4, "{per_group:?}");
     assert!(per_group.values().all(|b| *b > 0), "{per_group:?}");
     let opts = MeasureOptions {
-        steps: 1,
-        warmup: 1,
-        batch: 2,
-        seq: 8,
-        lr: 1e-3,
-        progress: false,
-        weights: Dtype::F32,
-        layerwise: false,
-        int8_weights: false,
-        device_projector: false,
-        host_svd: false,
         groups: Some(groups),
-        stage_trace: None,
-        cuda: false,
+        ..small_run(1, 1, 2, 8)
     };
     let s = Settings {
         method: Method::Adamw,
