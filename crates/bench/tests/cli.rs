@@ -1,5 +1,6 @@
 //! ember-bench: outputs parse, estimate equals measurement on flex, bad input gets one clear line.
 
+use std::path::Path;
 use std::process::Command;
 
 use burn::backend::{Autodiff, Flex};
@@ -107,6 +108,22 @@ fn small_run(steps: usize, warmup: usize, batch: usize, seq: usize) -> MeasureOp
     }
 }
 
+/// Runs `measure` with `method` (rank 16, f32) and returns the stage trace it wrote to `path`
+/// (removed after reading).
+fn traced(shape: &LlamaShape, method: Method, opts: &MeasureOptions, path: &Path) -> String {
+    let s = Settings {
+        method,
+        rank: 16,
+        density: 0.5,
+        weights: Dtype::F32,
+        state: Dtype::F32,
+    };
+    measure::<Autodiff<Flex>>(shape, &s, opts, &Default::default(), &mut || None);
+    let text = std::fs::read_to_string(path).unwrap();
+    let _ = std::fs::remove_file(path);
+    text
+}
+
 /// `measure --stage-trace` on a layer-wise run: one line per stage event of every step, in the
 /// order of the segmented backward (forward; output, blocks from the top, input: backward, then
 /// updated), each with the heap's live bytes (the counting allocator is not installed in a test
@@ -121,16 +138,7 @@ fn a_layerwise_stage_trace_follows_the_backward() {
         stage_trace: Some(path.clone()),
         ..small_run(1, 1, 1, 8)
     };
-    let s = Settings {
-        method: Method::Galore,
-        rank: 16,
-        density: 0.5,
-        weights: Dtype::F32,
-        state: Dtype::F32,
-    };
-    measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
+    let text = traced(&shape, Method::Galore, &opts, &path);
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -166,16 +174,7 @@ fn an_ordinary_stage_trace_has_three_events_a_step() {
         stage_trace: Some(path.clone()),
         ..small_run(2, 0, 2, 16)
     };
-    let s = Settings {
-        method: Method::Adamw,
-        rank: 16,
-        density: 0.5,
-        weights: Dtype::F32,
-        state: Dtype::F32,
-    };
-    measure::<Autodiff<Flex>>(&shape, &s, &opts, &Default::default(), &mut || None);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
+    let text = traced(&shape, Method::Adamw, &opts, &path);
     let got: Vec<(String, String, u64)> = text
         .lines()
         .map(|l| {
