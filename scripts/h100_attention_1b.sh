@@ -12,9 +12,7 @@
 JSONL=measure.jsonl
 PACKED=1
 . scripts/lib_device.sh
-timeout 150 $B kernels --device cuda > $OUT/kernels_cuda.log 2>&1
-echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda.log) ok" | tee -a $OUT/summary.txt
-grep -v '^ok ' $OUT/kernels_cuda.log | head -20 | tee -a $OUT/summary.txt
+kernel_checks
 grep 'causal_attention' $OUT/kernels_cuda.log | tee -a $OUT/summary.txt
 pack
 M1B="--device cuda --model 1b --rank 512 --steps 4 --warmup 1 --weights-dtype bf16 --optimizer galore --state-dtype int8"

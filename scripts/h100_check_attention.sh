@@ -15,9 +15,7 @@
 JSONL=measure.jsonl
 PACKED=1
 . scripts/lib_device.sh
-timeout 150 $B kernels --device cuda > $OUT/kernels_cuda.log 2>&1
-echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda.log) ok" | tee -a $OUT/summary.txt
-grep -v '^ok ' $OUT/kernels_cuda.log | head -20 | tee -a $OUT/summary.txt
+kernel_checks
 pack
 for o in galore adamw; do
   timeout 120 $B step --device cuda --optimizer $o --ranks 512 --iters 20 --refreshes 0 \

@@ -48,3 +48,10 @@ print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) /
 PY
   echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(grep -m1 'step 1/' /tmp/$name.err); $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
 }
+# kernel_checks: `ember-bench kernels --device cuda` into $OUT/kernels_cuda.log, its exit status
+# and count of passed checks and every line that is not a pass appended to $OUT/summary.txt
+kernel_checks() {
+  timeout 150 $B kernels --device cuda > $OUT/kernels_cuda.log 2>&1
+  echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda.log) ok" | tee -a $OUT/summary.txt
+  grep -v '^ok ' $OUT/kernels_cuda.log | head -20 | tee -a $OUT/summary.txt
+}
