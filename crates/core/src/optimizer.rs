@@ -782,7 +782,6 @@ where
         }
         let (order, mut pending) = self.collect(&module, grads)?;
         self.targets_checked = true;
-        // the step's skip flag on the device, or the check on the host
         // the check reads `R = down(G)` where the pipeline reads nothing else of `G`
         if non_finite != NonFinitePolicy::Unchecked
             && self.clipping.is_none()
@@ -790,6 +789,7 @@ where
         {
             self.project_first(&order, &mut pending)?;
         }
+        // the step's skip flag on the device, or the check on the host
         let skip = if non_finite == NonFinitePolicy::SkipStepOnDevice
             && self.checks_on_device(&order, &pending)
         {
