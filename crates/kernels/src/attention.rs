@@ -69,7 +69,7 @@ pub fn probabilities<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, scale: f64) -
 }
 
 /// The composed attention of plain backends.
-fn composed<B: Backend>(
+pub(crate) fn composed<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,

@@ -627,7 +627,7 @@ fn attention<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let o = if fused {
             crate::attention::causal_attention(qa.clone(), ka.clone(), va.clone(), scale)
         } else {
-            crate::attention::probabilities(qa.clone(), ka.clone(), scale).matmul(va.clone())
+            crate::attention::composed(qa.clone(), ka.clone(), va.clone(), scale)
         };
         let grads = (o.clone() * Tensor::from_inner(w.clone())).sum().backward();
         let g = |t: &Tensor<A<B>, 4>| t.grad(&grads).expect("a gradient");
