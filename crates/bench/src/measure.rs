@@ -175,7 +175,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the measurement on `device`.
-pub fn measure<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn measure<B: AutodiffBackend + ember_llama::ModelOps>(
     shape: &LlamaShape,
     s: &Settings,
     o: &MeasureOptions,
@@ -190,7 +190,7 @@ where
 }
 
 /// [`measure`], returning configuration errors.
-pub fn try_measure<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn try_measure<B: AutodiffBackend + ember_llama::ModelOps>(
     shape: &LlamaShape,
     s: &Settings,
     o: &MeasureOptions,
@@ -504,9 +504,7 @@ fn grads_bytes<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) ->
 }
 
 /// The gradient bytes of the largest stage (weights' dtype; INT8 weights' gradients are f32).
-fn largest_stage_bytes<B: AutodiffBackend + ember_llama::CausalAttention>(
-    model: &Llama<B>,
-) -> usize {
+fn largest_stage_bytes<B: AutodiffBackend + ember_llama::ModelOps>(model: &Llama<B>) -> usize {
     struct Sum(usize);
     impl<B: Backend> ModuleVisitor<B> for Sum {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {

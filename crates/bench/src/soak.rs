@@ -62,7 +62,7 @@ fn orthonormality_error<B: Backend>(p: &ProjectorState<B>) -> Option<f64> {
 }
 
 /// Runs `steps` steps of `s` on `shape` (batch `batch` × `seq` tokens, refresh gap 10).
-pub fn soak<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn soak<B: AutodiffBackend + ember_llama::ModelOps>(
     shape: &LlamaShape,
     s: &Settings,
     steps: usize,

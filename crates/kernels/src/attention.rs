@@ -25,37 +25,9 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Bool, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, Tensor};
 
-use crate::EmberBackend;
-
-/// Causal attention as one op of the backend (see the [module docs](self)): composed on plain
-/// backends, with a recomputing backward under burn's `Autodiff`.
-pub trait CausalAttention: Backend {
-    /// `softmax(scale·QKᵀ + M)·V` for `q`, `k`, `v` of shape `[batch, heads, seq, head_dim]`.
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self>;
-}
-
-/// `softmax(scale·QKᵀ + M)·V` (causal; `[batch, heads, seq, head_dim]`): see the
-/// [module docs](self).
-pub fn causal_attention<B: CausalAttention>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    scale: f64,
-) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::causal_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-        scale,
-    )))
-}
+use crate::model::{unwrap, wrap, ModelOps};
 
 /// `P = softmax(scale·QKᵀ + M)`, `[batch, heads, seq_q, seq_k]`, in `q`'s dtype.
 pub fn probabilities<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
@@ -78,25 +50,6 @@ pub(crate) fn composed<B: Backend>(
     probabilities(q, k, scale).matmul(v)
 }
 
-fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn unwrap<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-impl<B: EmberBackend> CausalAttention for B {
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        unwrap(composed(wrap::<B>(q), wrap(k), wrap(v), scale))
-    }
-}
-
 /// The backward node: keeps `Q`, `K`, `V` and the scale.
 #[derive(Debug)]
 struct RecomputedAttention;
@@ -106,9 +59,9 @@ impl<B: Backend> Backward<B, 3> for RecomputedAttention {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        let d_o = wrap::<B>(grads.consume::<B>(&ops.node));
+        let d_o = wrap::<B, 4>(grads.consume::<B>(&ops.node));
         let (q, k, v, scale) = ops.state;
-        let (q, k, v) = (wrap::<B>(q), wrap::<B>(k), wrap::<B>(v));
+        let (q, k, v) = (wrap::<B, 4>(q), wrap::<B, 4>(k), wrap::<B, 4>(v));
         let p = probabilities(q.clone(), k.clone(), scale);
         if let Some(node) = node_v {
             let dv = p.clone().swap_dims(2, 3).matmul(d_o.clone());
@@ -131,40 +84,40 @@ impl<B: Backend> Backward<B, 3> for RecomputedAttention {
     }
 }
 
-impl<B: EmberBackend, C: CheckpointStrategy> CausalAttention for Autodiff<B, C> {
-    fn causal_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        match RecomputedAttention
-            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let out = B::causal_attention(
-                    q.primitive.clone(),
-                    k.primitive.clone(),
-                    v.primitive.clone(),
-                    scale,
-                );
-                prep.finish((q.primitive, k.primitive, v.primitive, scale), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(
-                q.primitive,
-                k.primitive,
-                v.primitive,
+/// The op under `Autodiff`: the inner backend's attention, with the recomputing backward node.
+pub(crate) fn tracked<B: ModelOps, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<B, C>>,
+    k: FloatTensor<Autodiff<B, C>>,
+    v: FloatTensor<Autodiff<B, C>>,
+    scale: f64,
+) -> FloatTensor<Autodiff<B, C>> {
+    match RecomputedAttention
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = B::causal_attention(
+                q.primitive.clone(),
+                k.primitive.clone(),
+                v.primitive.clone(),
                 scale,
-            )),
+            );
+            prep.finish((q.primitive, k.primitive, v.primitive, scale), out)
         }
+        OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(
+            q.primitive,
+            k.primitive,
+            v.primitive,
+            scale,
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::causal_attention;
     use burn::backend::Flex;
     use burn::tensor::{Distribution, Tolerance};
 

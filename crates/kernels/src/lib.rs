@@ -50,6 +50,8 @@ pub use blockwise::{Blockwise8, DynamicMaps};
 
 pub mod attention;
 pub mod blockwise;
+pub mod dense;
+pub mod model;
 pub mod nvml;
 pub mod portable;
 pub mod rng;

@@ -101,6 +101,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     non_finite_strided::<B>(&mut out, device);
     skip_flag::<B>(&mut out, device);
     attention::<B>(&mut out, device);
+    dense::<B>(&mut out, device);
     if B::supports_dtype(device, burn::tensor::DType::BF16) {
         bf16::<B>(&mut out, device);
     }
@@ -625,7 +626,7 @@ fn attention<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let leaf = |t: &Tensor<B, 4>| Tensor::<A<B>, 4>::from_inner(t.clone()).require_grad();
         let (qa, ka, va) = (leaf(&q), leaf(&k), leaf(&v));
         let o = if fused {
-            crate::attention::causal_attention(qa.clone(), ka.clone(), va.clone(), scale)
+            crate::model::causal_attention(qa.clone(), ka.clone(), va.clone(), scale)
         } else {
             crate::attention::composed(qa.clone(), ka.clone(), va.clone(), scale)
         };
@@ -646,6 +647,53 @@ fn attention<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             b,
             2e-3,
         );
+    }
+}
+
+/// A linear layer's product with its own backward ([`crate::dense`]: cuBLAS on CUDA) against
+/// burn's `matmul` under autodiff: `Y`, `dX`, `dW` of odd sizes, f32 (both TF32 on CUDA) and,
+/// where the backend takes it, bf16 (both round to bf16: within two of its units).
+fn dense<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType::{BF16, F32};
+    type A<B> = burn::backend::Autodiff<B>;
+    let mut dtypes = vec![(F32, 4e-3)];
+    if B::supports_dtype(device, BF16) {
+        dtypes.push((BF16, 1.0 / 64.0));
+    }
+    for (dtype, tolerance) in dtypes {
+        let make = |s: [usize; 2]| normal::<B>(s, 1.0, device).cast(dtype);
+        let (x, w, c) = (make([45, 70]), make([70, 33]), make([45, 33]));
+        let run = |ours: bool| {
+            let leaf = |t: &Tensor<B, 2>| Tensor::<A<B>, 2>::from_inner(t.clone()).require_grad();
+            let (xa, wa) = (leaf(&x), leaf(&w));
+            let y = if ours {
+                crate::model::dense(xa.clone(), wa.clone())
+            } else {
+                xa.clone().matmul(wa.clone())
+            };
+            let grads = (y.clone() * Tensor::from_inner(c.clone())).sum().backward();
+            let g = |t: &Tensor<A<B>, 2>| t.grad(&grads).expect("a gradient");
+            [y.inner(), g(&xa), g(&wa)]
+        };
+        let ours = run(true);
+        let dtypes_kept = ours.iter().all(|t| t.dtype() == dtype);
+        out.push(Check {
+            name: format!("dense {dtype:?}: Y, dX, dW keep the operands' dtype"),
+            error: if dtypes_kept { 0.0 } else { 1.0 },
+            tolerance: 0.0,
+        });
+        for (name, (a, b)) in ["Y", "dX", "dW"]
+            .into_iter()
+            .zip(ours.into_iter().zip(run(false)))
+        {
+            compare_within(
+                out,
+                format!("dense {dtype:?} {name} (own backward vs burn's matmul)"),
+                a,
+                b,
+                tolerance,
+            );
+        }
     }
 }
 

@@ -18,8 +18,8 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::DType;
 use ember_core::QLinear;
-use ember_kernels::attention::causal_attention;
-pub use ember_kernels::attention::CausalAttention;
+pub use ember_kernels::model::ModelOps;
+use ember_kernels::model::{causal_attention, dense};
 use serde::{Deserialize, Serialize};
 
 /// Model shape, as in the GaLore paper's `configs/llama_*.json`.
@@ -239,15 +239,27 @@ pub enum Proj<B: Backend> {
     Int8(QLinear<B>),
 }
 
-impl<B: Backend> Proj<B> {
+impl<B: ModelOps> Proj<B> {
     /// `x·W (+ b)`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Proj::F32(l) => rows(x, |x| l.forward(x)),
+            Proj::F32(l) => rows(x, |x| linear(l, x)),
             Proj::Int8(q) => q.forward(x),
         }
     }
+}
 
+/// burn's `Linear` through Ember's [`dense`] product: `x·W (+ b)` for `x` of `[rows, in]` — on
+/// CUDA the forward and backward products are cuBLAS GEMMs (`ember_kernels::dense`).
+pub fn linear<B: ModelOps>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let y = dense(x, l.weight.val());
+    match &l.bias {
+        Some(b) => y + b.val().unsqueeze(),
+        None => y,
+    }
+}
+
+impl<B: Backend> Proj<B> {
     fn into_int8(self, group_size: i64) -> Result<Self, String> {
         match self {
             Proj::F32(l) => {
@@ -314,7 +326,7 @@ pub struct Llama<B: Backend> {
     rope: RotaryEncoding<B>,
 }
 
-impl<B: CausalAttention> Attention<B> {
+impl<B: ModelOps> Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, rope: &RotaryEncoding<B>) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
         let d = h / self.heads;
@@ -364,7 +376,7 @@ impl<B: Backend> Block<B> {
     }
 }
 
-impl<B: CausalAttention> Llama<B> {
+impl<B: ModelOps> Llama<B> {
     /// The same model with every attention and MLP projection stored in INT8 (`QLinear`, groups
     /// of `group_size` along a row where that divides the row, else one group per row), for
     /// Q-GaLore's INT8-weight mode. Train it
@@ -384,7 +396,7 @@ impl<B: CausalAttention> Llama<B> {
         for k in 0..self.layers.len() {
             x = self.block_forward(k, x);
         }
-        rows(self.norm.forward(x), |x| self.lm_head.forward(x))
+        rows(self.norm.forward(x), |x| linear(&self.lm_head, x))
     }
 
     /// The id of the embedding's weight.
@@ -513,7 +525,7 @@ impl Tokens {
     }
 }
 
-impl<B: CausalAttention> ember_core::BlockModel<B> for Llama<B> {
+impl<B: ModelOps> ember_core::BlockModel<B> for Llama<B> {
     type Batch = Tokens;
 
     fn num_blocks(&self) -> usize {
@@ -532,7 +544,7 @@ impl<B: CausalAttention> ember_core::BlockModel<B> for Llama<B> {
 
     fn output_loss(&self, x: Tensor<B, 3>, batch: &Tokens) -> Tensor<B, 1> {
         let device = x.device();
-        let logits = rows(self.norm.forward(x), |x| self.lm_head.forward(x));
+        let logits = rows(self.norm.forward(x), |x| linear(&self.lm_head, x));
         Self::cross_entropy(logits, batch.slice::<B>(1..batch.seq, &device))
     }
 

@@ -35,7 +35,7 @@ fn tokens(windows: &Windows, start: usize, count: usize) -> Tokens {
 }
 
 /// Mean validation loss of `model` over `valid` (batches of `batch`).
-pub fn evaluate_llama<B: ember_llama::CausalAttention>(
+pub fn evaluate_llama<B: ember_llama::ModelOps>(
     model: &Llama<B>,
     valid: &Windows,
     batch: usize,
@@ -59,7 +59,7 @@ fn checkpoint(dir: &Path, what: &str, epoch: usize) -> std::path::PathBuf {
 }
 
 /// Trains `run` layer by layer on the first of `devices` (exactly one).
-pub fn train_layerwise<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn train_layerwise<B: AutodiffBackend + ember_llama::ModelOps>(
     run: &Run,
     corpus: &Corpus,
     devices: Vec<B::Device>,

@@ -110,7 +110,7 @@ fn epoch_dirs(dir: &Path) -> Vec<usize> {
 }
 
 /// Mean validation loss of `model` over `valid` (batches of `batch`).
-pub fn evaluate<B: ember_llama::CausalAttention>(
+pub fn evaluate<B: ember_llama::ModelOps>(
     model: &LanguageModel<B>,
     valid: &Windows,
     batch: usize,
@@ -130,7 +130,7 @@ pub fn evaluate<B: ember_llama::CausalAttention>(
 
 /// Trains `run` on `corpus` through burn-train's `Learner` with autodiff backend `B` on
 /// `devices` (the first is the main one).
-pub fn train_learner<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn train_learner<B: AutodiffBackend + ember_llama::ModelOps>(
     run: &Run,
     corpus: &Corpus,
     devices: Vec<B::Device>,

@@ -16,7 +16,7 @@ pub struct LanguageModel<B: Backend> {
     pub run_tag: u64,
 }
 
-impl<B: ember_llama::CausalAttention> LanguageModel<B> {
+impl<B: ember_llama::ModelOps> LanguageModel<B> {
     /// Next-token cross-entropy with the logits and targets (for burn-train's metrics).
     pub fn forward_classification(&self, batch: TokenBatch<B>) -> ClassificationOutput<B> {
         let [b, t] = batch.tokens.dims();
@@ -36,7 +36,7 @@ impl<B: ember_llama::CausalAttention> LanguageModel<B> {
     }
 }
 
-impl<B: AutodiffBackend + ember_llama::CausalAttention> TrainStep for LanguageModel<B> {
+impl<B: AutodiffBackend + ember_llama::ModelOps> TrainStep for LanguageModel<B> {
     type Input = TokenBatch<B>;
     type Output = ClassificationOutput<B>;
 
@@ -49,7 +49,7 @@ impl<B: AutodiffBackend + ember_llama::CausalAttention> TrainStep for LanguageMo
     }
 }
 
-impl<B: ember_llama::CausalAttention> InferenceStep for LanguageModel<B> {
+impl<B: ember_llama::ModelOps> InferenceStep for LanguageModel<B> {
     type Input = TokenBatch<B>;
     type Output = ClassificationOutput<B>;
 

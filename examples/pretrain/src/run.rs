@@ -276,7 +276,7 @@ fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::E
 /// Trains `run` on `corpus` with autodiff backend `B` on `devices` (the first is the main one):
 /// through burn-train's `Learner` ([`crate::learner`]), or layer by layer
 /// ([`crate::layerwise`], one device) with `run.layerwise`.
-pub fn train<B: AutodiffBackend + ember_llama::CausalAttention>(
+pub fn train<B: AutodiffBackend + ember_llama::ModelOps>(
     run: &Run,
     corpus: &Corpus,
     devices: Vec<B::Device>,
