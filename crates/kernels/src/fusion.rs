@@ -308,14 +308,24 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
     }
 
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !fused::<B>(&[a.dtype(), b.dtype()]) {
+        // any float dtypes: the inner backend's product takes them (an f32 product of mixed
+        // operands, else the operands' dtype)
+        let floats = [a.dtype(), b.dtype()]
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::BF16 | DType::F16));
+        if !(B::fused_kernels() && floats) {
             return portable::projection_matmul(a, b);
         }
-        let shape = [a.dims()[0], b.dims()[1]];
+        let shape = [a.dims()[0], b.dims()[1]].to_vec();
+        let dtype = if a.dtype() == b.dtype() {
+            a.dtype()
+        } else {
+            DType::F32
+        };
         let mut out = custom::<B>(
             "ember.projection_matmul",
             vec![fin(a), fin(b)],
-            &[f32_of(&shape)],
+            &[(shape, dtype)],
             move |i| {
                 let [a, b]: [Prim<B>; 2] = vec_array(i);
                 vec![Prim::from_float(B::projection_matmul(a.float(), b.float()))]
