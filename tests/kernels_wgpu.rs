@@ -210,3 +210,68 @@ fn every_method_on_wgpu_equals_flex() {
     let flex_host = train::<F, _>(cfg.with_host_svd(true).init::<F, Tiny<F>>(), &df, 5);
     assert_eq!(flex_auto, flex_host, "flex's default is the exact SVD");
 }
+
+/// The LLaMA model (its linear layers through `ModelOps::dense`, attention through
+/// `ModelOps::causal_attention`) trained four AdamW steps on wgpu, bare and under burn's fusion
+/// (where Ember's products are custom operations inside the model's fusion stream): the losses
+/// equal flex's within f32 rounding of the different summation orders.
+#[test]
+fn llama_trains_on_wgpu_bare_and_under_burn_fusion() {
+    if !driver_or_skip("llama_trains_on_wgpu_bare_and_under_burn_fusion") {
+        return;
+    }
+    use burn::backend::{Autodiff, Flex};
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use burn::tensor::backend::AutodiffBackend;
+    use ember_llama::{LlamaShape, ModelOps, Tokens};
+
+    fn losses<A: AutodiffBackend + ModelOps>(device: &A::Device) -> Vec<f32> {
+        let shape = LlamaShape {
+            name: "pico".into(),
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 2,
+            num_hidden_layers: 2,
+            vocab_size: 64,
+            max_sequence_length: 32,
+        };
+        // the same initial weights on every backend: initialized on flex, carried as bytes
+        let bytes = {
+            let flex = Default::default();
+            <Autodiff<Flex> as burn::tensor::backend::Backend>::seed(&flex, 3);
+            let record = burn::module::Module::into_record(shape.init::<Autodiff<Flex>>(&flex));
+            BinBytesRecorder::<FullPrecisionSettings>::default()
+                .record(record, ())
+                .expect("record")
+        };
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(bytes, device)
+            .expect("load");
+        let mut model = burn::module::Module::load_record(shape.init::<A>(device), record);
+        let mut optim = AdamWConfig::new().init();
+        (0..4)
+            .map(|step| {
+                let tokens = Tokens::synthetic(2, 12, 64, step).tensor(device);
+                let loss = model.loss(tokens);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(1e-2, model.clone(), grads);
+                loss.into_scalar().elem::<f32>()
+            })
+            .collect()
+    }
+    use burn::tensor::ElementConversion;
+    let device = WgpuDevice::default();
+    let flex = losses::<Autodiff<Flex>>(&Default::default());
+    let bare = losses::<Autodiff<Bare>>(&device);
+    let fused = losses::<Autodiff<Fused>>(&device);
+    println!("llama losses: flex {flex:?}, wgpu {bare:?}, wgpu under fusion {fused:?}");
+    for (name, got) in [("wgpu", &bare), ("wgpu under fusion", &fused)] {
+        for (a, b) in got.iter().zip(&flex) {
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs(),
+                "{name}: {got:?} against flex {flex:?}"
+            );
+        }
+    }
+}
