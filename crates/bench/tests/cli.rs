@@ -445,6 +445,19 @@ fn bad_input_gets_one_clear_line() {
         "cannot read the size",
     );
     assert_one_clear_line(&["estimate", "--optimizer", "sgd"], "unknown optimizer");
+    // checked before the device is needed: the same error on a build without CUDA
+    assert_one_clear_line(
+        &[
+            "measure",
+            "--device",
+            "cuda-fusion",
+            "--weights-dtype",
+            "bf16",
+            "--model",
+            "tiny",
+        ],
+        "fails inside burn 0.21's fusion backend",
+    );
 }
 
 /// The estimated peak of a train step (tensors held + the larger of activations and step

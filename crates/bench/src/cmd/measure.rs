@@ -172,6 +172,18 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
             shape.max_sequence_length
         ));
     }
+    // burn 0.21's fusion backend fails on this model's ordinary step in half precision: its fused
+    // reduce kernels index past their inputs (`burn-cubecl-fusion`, codegen/ir.rs; reproduced on
+    // wgpu with f16 weights, and on CUDA with bf16: `docs/perf-notes.md`), and the panic on its
+    // device thread surfaces as `CallError` — a clear error here instead
+    if r.device == Device::CudaFusion && c.weights_dtype != Dtype::F32 && !c.layerwise {
+        return Err(format!(
+            "--device cuda-fusion with --weights-dtype {} fails inside burn 0.21's fusion backend \
+             (its fused reduce kernels on half-precision tensors, not Ember's ops); use --device \
+             cuda (burn's CUDA backend without fusion) for half-precision weights",
+            c.weights_dtype.name()
+        ));
+    }
     let run = RunShape {
         layerwise: c.layerwise,
         int8_weights: c.int8_weights,
