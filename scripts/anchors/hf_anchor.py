@@ -3,7 +3,8 @@ presets) with torch AdamW (fused), galore-torch's GaLoreAdamW and GaLoreAdamW8bi
 f32 weights (TF32 matmuls if TF32=1) or bf16 weights (DTYPE=bf16); LAYERWISE=1 updates each
 parameter in a post-accumulate-grad hook and frees its gradient (galore-torch's per-layer mode,
 `torchrun_main.py --optimizer galore_adamw8bit_per_layer`). Prints one JSON line per run: median
-train-step ms, optimizer-step ms, peak allocated / reserved bytes.
+train-step ms, optimizer-step ms, peak allocated / reserved bytes, and the device's used memory at the
+steps' ends (`device_used_max`: the CUDA context plus the reserve, as NVML counts it).
 
 Usage: python3 hf_anchor.py WHEEL_DIR PRESET BATCH SEQ RANK OUT_JSONL [OPTIMIZERS]
 OPTIMIZERS: comma-separated, default adamw,galore (also galore8bit, adamw8bit: bitsandbytes).
@@ -94,7 +95,7 @@ def run(optim_name):
     else:
         opt = make_optimizer(optim_name, groups(model, optim_name))
     ids = torch.randint(0, 32000, (batch, seq), device=dev)
-    train, step = [], []
+    train, step, used = [], [], []
     for it in range(13):
         torch.cuda.synchronize(); t0 = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
@@ -105,12 +106,16 @@ def run(optim_name):
         torch.cuda.synchronize(); t2 = time.perf_counter()
         if it >= 3:
             train.append((t2 - t0) * 1e3); step.append((t2 - t1) * 1e3)
+        # the device's used memory (cudaMemGetInfo: the CUDA context and the caching allocator's
+        # reserve, what NVML reports): the figure Ember's `measure` polls
+        free, total = torch.cuda.mem_get_info()
+        used.append(total - free)
     row = {"what": "hf_" + optim_name + ("_layerwise" if layerwise else ""), "preset": preset, "batch": batch,
            "seq": seq, "rank": rank, "dtype": str(dtype), "tf32": torch.backends.cuda.matmul.allow_tf32,
            "train_step_ms": statistics.median(train),
            "optimizer_step_ms": None if layerwise else statistics.median(step),
            "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
-           "loss_last": float(loss.detach())}
+           "device_used_max": max(used), "loss_last": float(loss.detach())}
     del model, opt, loss
     return row
 
