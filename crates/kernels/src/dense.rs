@@ -33,13 +33,25 @@ impl<B: EmberBackend> Backward<B, 2> for DenseBackward {
         let [node_x, node_w] = ops.parents;
         let dy = wrap::<B, 2>(grads.consume::<B>(&ops.node));
         let (x, w) = ops.state;
-        if let (Some(node), Some(w)) = (node_x, w) {
-            let dx = B::projection_matmul(dy.clone(), wrap::<B, 2>(w).transpose());
-            grads.register::<B>(node.id, unwrap(dx));
-        }
-        if let (Some(node), Some(x)) = (node_w, x) {
-            let dw = B::projection_matmul(wrap::<B, 2>(x).transpose(), dy);
-            grads.register::<B>(node.id, unwrap(dw));
+        match (node_x.zip(w), node_w.zip(x)) {
+            // both: one ordering window for the two products on CUDA
+            (Some((nx, w)), Some((nw, x))) => {
+                let (dx, dw) = B::projection_matmul_pair(
+                    (dy.clone(), wrap::<B, 2>(w).transpose()),
+                    (wrap::<B, 2>(x).transpose(), dy),
+                );
+                grads.register::<B>(nx.id, unwrap(dx));
+                grads.register::<B>(nw.id, unwrap(dw));
+            }
+            (Some((nx, w)), None) => {
+                let dx = B::projection_matmul(dy, wrap::<B, 2>(w).transpose());
+                grads.register::<B>(nx.id, unwrap(dx));
+            }
+            (None, Some((nw, x))) => {
+                let dw = B::projection_matmul(wrap::<B, 2>(x).transpose(), dy);
+                grads.register::<B>(nw.id, unwrap(dw));
+            }
+            (None, None) => {}
         }
     }
 }

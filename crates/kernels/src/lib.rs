@@ -273,6 +273,20 @@ pub trait EmberBackend: Backend {
         portable::projection_matmul(a, b)
     }
 
+    /// `(A₁·B₁, A₂·B₂)`, two [`projection_matmul`](Self::projection_matmul)s issued together
+    /// (the two products of a linear layer's backward pass). CUDA: both GEMMs in one ordering
+    /// window of the `cube::cublas` module (one round trip to CubeCL's server and three one-thread
+    /// kernels for the pair instead of for each). Elsewhere the two products one after the other.
+    fn projection_matmul_pair(
+        (a1, b1): (Tensor<Self, 2>, Tensor<Self, 2>),
+        (a2, b2): (Tensor<Self, 2>, Tensor<Self, 2>),
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        (
+            Self::projection_matmul(a1, b1),
+            Self::projection_matmul(a2, b2),
+        )
+    }
+
     /// Adam on the low-rank gradient `r`: returns `(N, M, V)` (see [`AdamCoefficients`]).
     fn subspace_adam(
         r: Tensor<Self, 2>,

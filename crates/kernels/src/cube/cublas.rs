@@ -19,9 +19,11 @@
 //!    queues next (reads of the product, reuse of the operands' memory) runs after the GEMM.
 //!
 //! Every wait is on work already on the device's queues when the wait is queued, so the two
-//! streams cannot wait on each other: CubeCL launches from a server thread, so our waiter is
-//! launched only after a blocking round trip to that thread (fetching the device pointers), and
-//! every kernel of the protocol is loaded once before any waiter spins (a module load can wait
+//! streams cannot wait on each other: CubeCL launches from a server thread, so the whole window —
+//! the signal, the device pointers, our waiter, the GEMMs, the release and the wait kernel — runs
+//! on that thread in one blocking round trip (`ComputeClient::exclusive`), after everything queued
+//! before it; a window may hold several GEMMs (a linear layer's two backward products,
+//! [`matmul_pair`]). Every kernel of the protocol is loaded once before any waiter spins (a module load can wait
 //! for the device to go idle). (The driver's stream memory operations, `cuStreamWaitValue32`/`WriteValue32`,
 //! would do steps 2 and 3's writes without kernels; a first version built on them fell back to
 //! burn's matmul on every product on the H100 we measure on.) Mode `sync`
@@ -484,22 +486,83 @@ fn gemm(
     c: &CubeTensor<CudaRuntime>,
     scalars: Scalars,
 ) -> bool {
-    let &Plan {
-        m,
-        k,
-        n,
-        dtype,
-        c_dtype,
-        ldc,
-        compute,
-        a: (a_t, lda),
-        b: (b_t, ldb),
-    } = plan;
+    gemms(&[Job {
+        plan,
+        a,
+        b,
+        c,
+        scalars,
+    }])
+}
 
+/// Two products `A₁·B₁`, `A₂·B₂` (fresh outputs) in one ordering window: one signal, one waiter,
+/// both GEMMs, one release, one round trip to CubeCL's server ([module docs](self)) — the two
+/// products of a linear layer's backward pass. `None` where either would not run on cuBLAS (the
+/// caller then runs both its own way).
+pub(super) fn matmul_pair<R: CubeRuntime>(
+    (a1, b1): (&CubeTensor<R>, &CubeTensor<R>),
+    (a2, b2): (&CubeTensor<R>, &CubeTensor<R>),
+) -> Option<(CubeTensor<R>, CubeTensor<R>)> {
+    let (a1, b1, a2, b2) = (cuda(a1)?, cuda(b1)?, cuda(a2)?, cuda(b2)?);
+    if a1.device != a2.device {
+        return None;
+    }
+    let (p1, p2) = (plan(a1, b1)?, plan(a2, b2)?);
+    let c1 = empty(a1, vec![p1.m, p1.n], a1.dtype);
+    let c2 = empty(a2, vec![p2.m, p2.n], a2.dtype);
+    let jobs = [
+        Job {
+            plan: &p1,
+            a: a1,
+            b: b1,
+            c: &c1,
+            scalars: Scalars::Host(1.0, 0.0),
+        },
+        Job {
+            plan: &p2,
+            a: a2,
+            b: b2,
+            c: &c2,
+            scalars: Scalars::Host(1.0, 0.0),
+        },
+    ];
+    gemms(&jobs).then_some(())?;
+    let back = |t: CubeTensor<CudaRuntime>| {
+        (Box::new(t) as Box<dyn Any>)
+            .downcast::<CubeTensor<R>>()
+            .ok()
+            .map(|t| *t)
+    };
+    Some((back(c1)?, back(c2)?))
+}
+
+/// One GEMM of an ordering window: `C ← α·A·B + β·C` as `plan` says.
+struct Job<'a> {
+    plan: &'a Plan,
+    a: &'a CubeTensor<CudaRuntime>,
+    b: &'a CubeTensor<CudaRuntime>,
+    c: &'a CubeTensor<CudaRuntime>,
+    scalars: Scalars,
+}
+
+/// The waiter kernel, movable to CubeCL's device thread (a driver handle, used there only).
+#[derive(Clone, Copy)]
+struct Waiter(dsys::CUfunction);
+unsafe impl Send for Waiter {}
+
+/// `jobs` (all on one device) on cuBLAS in one ordering window; `false` if they did not run (the
+/// caller falls back; nothing of the products is used). Everything from the signal to the
+/// release runs on CubeCL's device thread in one blocking round trip (`ComputeClient::exclusive`:
+/// the device pointers are read there without a round trip each, and the signal is on the
+/// device's queue before our waiter, as the protocol needs).
+fn gemms(jobs: &[Job]) -> bool {
+    let Some(first) = jobs.first() else {
+        return true;
+    };
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    let index = a.device.index;
+    let index = first.a.device.index;
     if !state.iter().any(|s| s.device == index) {
-        match open(a) {
+        match open(first.a) {
             Ok(s) => state.push(s),
             Err(e) => {
                 fail(&e);
@@ -510,59 +573,147 @@ fn gemm(
     let Some(blas_state) = state.iter_mut().find(|s| s.device == index) else {
         return false;
     };
-    let waiter = blas_state.waiter.as_ref().ok().copied();
+    let waiter = blas_state.waiter.as_ref().ok().copied().map(Waiter);
     let flags = waiter.is_some();
-    let one = CubeCount::Static(1, 1, 1);
+    if !flags {
+        if let Err(e) = cubecl::future::block_on(first.a.client.sync()) {
+            fail(&format!("sync: {e:?}"));
+            return false;
+        }
+    }
     let seq = blas_state.seq.wrapping_add(1);
     blas_state.seq = seq;
-    let scalars_buffer: &CubeTensor<CudaRuntime> = match &scalars {
-        Scalars::Device(t) => t,
-        Scalars::Host(..) => c,
+    let client = first.a.client.clone();
+    let blas: &mut Blas = blas_state;
+    let run = move || -> (bool, Result<(), String>) {
+        let one = || CubeCount::Static(1, 1, 1);
+        if flags {
+            // bound: the operands (and the first job's product and scalars): queued after the
+            // kernels that wrote them
+            let bind: Vec<&CubeTensor<CudaRuntime>> = if jobs.len() == 1 {
+                let j = &jobs[0];
+                let scalars = match &j.scalars {
+                    Scalars::Device(t) => &**t,
+                    Scalars::Host(..) => j.c,
+                };
+                vec![j.a, j.b, j.c, scalars]
+            } else {
+                vec![jobs[0].a, jobs[0].b, jobs[1].a, jobs[1].b]
+            };
+            kernels::signal_flag::launch::<CudaRuntime>(
+                &jobs[0].a.client,
+                one(),
+                CubeDim::new_single(),
+                blas.flags.clone().into_array_arg(),
+                bind[0].clone().into_array_arg(),
+                bind[1].clone().into_array_arg(),
+                bind[2].clone().into_array_arg(),
+                bind[3].clone().into_array_arg(),
+                seq,
+            );
+        }
+        // `released`: flags[1] will reach `seq` (the waiter may be queued)
+        let mut released = false;
+        let result = (|| -> Result<(), String> {
+            // the device pointers (and, for device scalars, theirs)
+            let mut pointers = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                let ptr = |t: &CubeTensor<CudaRuntime>| resource(t).ok_or("device pointer");
+                let scalars = match &j.scalars {
+                    Scalars::Device(t) => Some(ptr(t)?),
+                    Scalars::Host(..) => None,
+                };
+                pointers.push((ptr(j.a)?, ptr(j.b)?, ptr(j.c)?, scalars));
+            }
+            unsafe {
+                drv::ctx::set_current(blas.context).map_err(|e| format!("set_current: {e:?}"))?;
+                if let Some(Waiter(w)) = waiter {
+                    launch_waiter(w, blas.stream, blas.flags_ptr, seq)?;
+                }
+                let mut outcome = Ok(());
+                for (j, &(pa, pb, pc, ps)) in jobs.iter().zip(&pointers) {
+                    outcome = run_gemm(blas.handle, j, pa, pb, pc, ps);
+                    if outcome.is_err() {
+                        break;
+                    }
+                }
+                if flags {
+                    // written whatever the GEMMs did, so that burn's stream is released
+                    let written = check(
+                        dsys::cuMemsetD32Async(blas.flags_ptr + 4, seq, 1, blas.stream),
+                        "cuMemsetD32Async",
+                    );
+                    released = written.is_ok();
+                    written?;
+                }
+                if !released {
+                    drv::stream::synchronize(blas.stream)
+                        .map_err(|e| format!("stream sync: {e:?}"))?;
+                }
+                outcome
+            }
+        })();
+        if released {
+            kernels::wait_flag::launch::<CudaRuntime>(
+                &jobs[0].a.client,
+                one(),
+                CubeDim::new_single(),
+                blas.flags.clone().into_array_arg(),
+                jobs[0].c.clone().into_array_arg(),
+                seq,
+            );
+        } else if flags {
+            // the products are not ordered with burn's stream: nothing of them is used
+            let _ = unsafe { drv::stream::synchronize(blas.stream) };
+        }
+        (released, result)
     };
-    if flags {
-        kernels::signal_flag::launch::<CudaRuntime>(
-            &a.client,
-            one.clone(),
-            CubeDim::new_single(),
-            blas_state.flags.clone().into_array_arg(),
-            a.clone().into_array_arg(),
-            b.clone().into_array_arg(),
-            c.clone().into_array_arg(),
-            scalars_buffer.clone().into_array_arg(),
-            seq,
-        );
-    } else if let Err(e) = cubecl::future::block_on(a.client.sync()) {
-        fail(&format!("sync: {e:?}"));
-        return false;
+    match client.exclusive(run) {
+        Ok((_, Ok(()))) => true,
+        Ok((_, Err(e))) => {
+            fail(&e);
+            false
+        }
+        Err(e) => {
+            fail(&format!("CubeCL's device thread: {e:?}"));
+            false
+        }
     }
+}
 
-    // The device pointers: each a blocking round trip to CubeCL's server, which handles its
-    // requests in order — so the signal kernel is on the device's queue before our waiter is.
-    // (Our waiter must never wait on a kernel that CubeCL has yet to launch: loading a kernel's
-    // module can wait for the device to go idle, which a spinning waiter prevents.)
-    let (Some(pa), Some(pb), Some(pc)) = (resource(a), resource(b), resource(c)) else {
-        return false;
-    };
-    // the scalars' addresses: on the host, or in the device buffer (read by cuBLAS there)
-    let (host_alpha, host_beta) = match scalars {
+/// One `cublasGemmEx` of a job on the handle's stream (row-major `C = A·B` is column-major
+/// `Cᵀ = Bᵀ·Aᵀ`: cuBLAS's first operand is `B`).
+unsafe fn run_gemm(
+    handle: bsys::cublasHandle_t,
+    j: &Job,
+    pa: u64,
+    pb: u64,
+    pc: u64,
+    scalars_ptr: Option<u64>,
+) -> Result<(), String> {
+    let &Plan {
+        m,
+        k,
+        n,
+        dtype,
+        c_dtype,
+        ldc,
+        compute,
+        a: (a_t, lda),
+        b: (b_t, ldb),
+    } = j.plan;
+    let (host_alpha, host_beta) = match j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),
         Scalars::Device(_) => (0.0, 0.0),
     };
-    let (p_alpha, p_beta, on_device) = match &scalars {
-        Scalars::Host(..) => (
+    let (p_alpha, p_beta) = match scalars_ptr {
+        None => (
             &host_alpha as *const f32 as *const c_void,
             &host_beta as *const f32 as *const c_void,
-            false,
         ),
-        Scalars::Device(t) => {
-            let Some(p) = resource(t) else {
-                return false;
-            };
-            (p as *const c_void, (p + 4) as *const c_void, true)
-        }
+        Some(p) => (p as *const c_void, (p + 4) as *const c_void),
     };
-
-    // row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS's first operand is B
+    let on_device = scalars_ptr.is_some();
     let op = |t: bool| {
         if t {
             bsys::cublasOperation_t::CUBLAS_OP_T
@@ -570,98 +721,53 @@ fn gemm(
             bsys::cublasOperation_t::CUBLAS_OP_N
         }
     };
-    // `released`: flags[1] will reach `seq` (the waiter may be queued)
-    let mut released = false;
-    let result: Result<(), String> = unsafe {
-        let mut run = || -> Result<(), String> {
-            drv::ctx::set_current(blas_state.context).map_err(|e| format!("set_current: {e:?}"))?;
-            if let Some(waiter) = waiter {
-                launch_waiter(waiter, blas_state.stream, blas_state.flags_ptr, seq)?;
-            }
-            let pointer_mode = |device: bool| {
-                let mode = if device {
-                    bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE
-                } else {
-                    bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST
-                };
-                let status = bsys::cublasSetPointerMode_v2(blas_state.handle, mode);
-                if status == bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                    Ok(())
-                } else {
-                    Err(format!("cublasSetPointerMode: {status:?}"))
-                }
-            };
-            let mode_set = if on_device {
-                pointer_mode(true)
-            } else {
-                Ok(())
-            };
-            let gemm = mode_set.and_then(|()| {
-                blas::gemm_ex(
-                    blas_state.handle,
-                    op(b_t),
-                    op(a_t),
-                    n as i32,
-                    m as i32,
-                    k as i32,
-                    p_alpha,
-                    pb as *const c_void,
-                    dtype,
-                    ldb as i32,
-                    pa as *const c_void,
-                    dtype,
-                    lda as i32,
-                    p_beta,
-                    pc as *mut c_void,
-                    c_dtype,
-                    ldc as i32,
-                    compute,
-                    bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-                .map_err(|e| format!("cublasGemmEx: {e:?}"))
-            });
-            // back to host scalars (the handle's default) whatever the GEMM did
-            let gemm = match (gemm, on_device) {
-                (Ok(()), true) => pointer_mode(false),
-                (Err(e), true) => pointer_mode(false).and(Err(e)),
-                (r, false) => r,
-            };
-            if flags {
-                // written whatever the GEMM did, so that burn's stream is released
-                let written = check(
-                    dsys::cuMemsetD32Async(blas_state.flags_ptr + 4, seq, 1, blas_state.stream),
-                    "cuMemsetD32Async",
-                );
-                released = written.is_ok();
-                written?;
-            }
-            if !released {
-                drv::stream::synchronize(blas_state.stream)
-                    .map_err(|e| format!("stream sync: {e:?}"))?;
-            }
-            gemm
+    let pointer_mode = |device: bool| {
+        let mode = if device {
+            bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE
+        } else {
+            bsys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST
         };
-        run()
-    };
-    if released {
-        kernels::wait_flag::launch::<CudaRuntime>(
-            &a.client,
-            one,
-            CubeDim::new_single(),
-            blas_state.flags.clone().into_array_arg(),
-            c.clone().into_array_arg(),
-            seq,
-        );
-    } else if flags {
-        // the product is not ordered with burn's stream: nothing of it is used
-        let _ = unsafe { drv::stream::synchronize(blas_state.stream) };
-    }
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            fail(&e);
-            false
+        let status = unsafe { bsys::cublasSetPointerMode_v2(handle, mode) };
+        if status == bsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("cublasSetPointerMode: {status:?}"))
         }
+    };
+    let mode_set = if on_device {
+        pointer_mode(true)
+    } else {
+        Ok(())
+    };
+    let gemm = mode_set.and_then(|()| unsafe {
+        blas::gemm_ex(
+            handle,
+            op(b_t),
+            op(a_t),
+            n as i32,
+            m as i32,
+            k as i32,
+            p_alpha,
+            pb as *const c_void,
+            dtype,
+            ldb as i32,
+            pa as *const c_void,
+            dtype,
+            lda as i32,
+            p_beta,
+            pc as *mut c_void,
+            c_dtype,
+            ldc as i32,
+            compute,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(|e| format!("cublasGemmEx: {e:?}"))
+    });
+    // back to host scalars (the handle's default) whatever the GEMM did
+    match (gemm, on_device) {
+        (Ok(()), true) => pointer_mode(false),
+        (Err(e), true) => pointer_mode(false).and(Err(e)),
+        (r, false) => r,
     }
 }
 

@@ -368,6 +368,24 @@ where
         a.matmul(b)
     }
 
+    fn projection_matmul_pair(
+        (a1, b1): (Tensor<Self, 2>, Tensor<Self, 2>),
+        (a2, b2): (Tensor<Self, 2>, Tensor<Self, 2>),
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled() && a1.dtype() == b1.dtype() && a2.dtype() == b2.dtype() {
+            let p = |t: &Tensor<Self, 2>| t.clone().into_primitive().tensor();
+            let (pa1, pb1, pa2, pb2) = (p(&a1), p(&b1), p(&a2), p(&b2));
+            if let Some((c1, c2)) = cublas::matmul_pair::<R>((&pa1, &pb1), (&pa2, &pb2)) {
+                return (float_out(c1), float_out(c2));
+            }
+        }
+        (
+            Self::projection_matmul(a1, b1),
+            Self::projection_matmul(a2, b2),
+        )
+    }
+
     fn subspace_adam(
         r: Tensor<Self, 2>,
         m: Tensor<Self, 2>,
