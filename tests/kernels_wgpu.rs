@@ -227,15 +227,7 @@ fn llama_trains_on_wgpu_bare_and_under_burn_fusion() {
     use ember_llama::{LlamaShape, ModelOps, Tokens};
 
     fn losses<A: AutodiffBackend + ModelOps>(device: &A::Device) -> Vec<f32> {
-        let shape = LlamaShape {
-            name: "pico".into(),
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_attention_heads: 2,
-            num_hidden_layers: 2,
-            vocab_size: 64,
-            max_sequence_length: 32,
-        };
+        let shape = LlamaShape::pico();
         // the same initial weights on every backend: initialized on flex, carried as bytes
         let bytes = {
             let flex = Default::default();

@@ -73,6 +73,20 @@ impl LlamaShape {
         ]
     }
 
+    /// `pico`: the tests' model (hidden 32, MLP 64, 2 heads, 2 blocks, vocabulary 64, 32
+    /// positions), small enough for many steps of every method on the CPU in a unit test.
+    pub fn pico() -> Self {
+        Self {
+            name: "pico".into(),
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_attention_heads: 2,
+            num_hidden_layers: 2,
+            vocab_size: 64,
+            max_sequence_length: 32,
+        }
+    }
+
     /// A preset by name, or a JSON config file (HF LLaMA keys) by path.
     pub fn resolve(model: &str) -> Result<Self, String> {
         if let Some(p) = Self::presets()

@@ -17,15 +17,7 @@ use ember_llama::{Llama, LlamaShape, Tokens};
 type B = Autodiff<Flex>;
 
 fn shape() -> LlamaShape {
-    LlamaShape {
-        name: "pico".into(),
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_attention_heads: 2,
-        num_hidden_layers: 2,
-        vocab_size: 64,
-        max_sequence_length: 32,
-    }
+    LlamaShape::pico()
 }
 
 /// The backend's seeded generator is global and burn initializes parameters lazily: seeding
