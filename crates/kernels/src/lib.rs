@@ -19,6 +19,9 @@
 //! | [`quantize_int8`](EmberBackend::quantize_int8) | per-group INT8 quantization with stochastic rounding from a counter-based RNG ([`rng`]) |
 //! | [`non_finite_flags`](EmberBackend::non_finite_flags) | the NaN/Inf check of every gradient in one coalesced pass |
 //! | [`dct_scores`](EmberBackend::dct_scores) | DCT column scores `‖(G·Q)₍:,j₎‖₁` (after burn's matmul), then top-r by burn's `topk` |
+//! | [`rms_norm`](EmberBackend::rms_norm), [`rms_norm_backward`](EmberBackend::rms_norm_backward) | the model's RMSNorm: one cube per row forward; `dX` per row, `dγ` in two column passes ([`norm`]) |
+//! | [`swiglu`](EmberBackend::swiglu), [`swiglu_backward`](EmberBackend::swiglu_backward) | the SwiGLU gate and both its gradients, one pass each ([`swiglu`]) |
+//! | [`rotary`](EmberBackend::rotary) | the rotary embedding of a strided view into a contiguous layout, forward or inverse ([`rotary`]) |
 //!
 //! The device-side projector (randomized range finder warm-started from the previous projector,
 //! orthonormalized with Newton–Schulz steps on the device) lives in `ember-core`'s `range` module
@@ -52,10 +55,13 @@ pub mod attention;
 pub mod blockwise;
 pub mod dense;
 pub mod model;
+pub mod norm;
 pub mod nvml;
 pub mod portable;
 pub mod rng;
+pub mod rotary;
 pub mod selfcheck;
+pub mod swiglu;
 
 #[cfg(feature = "cubecl")]
 pub mod cache;
@@ -415,6 +421,51 @@ pub trait EmberBackend: Backend {
     /// `Qᵀ·G` (left), `Q` the orthonormal DCT basis.
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
         portable::dct_scores(g, q, left)
+    }
+
+    // The element-wise layers of the model's block (`crate::model`); each takes and returns
+    // tensors of the input's dtype, computed in f32.
+
+    /// RMSNorm of the rows of `x` `[rows, cols]` scaled by `gamma` `[cols]` ([`norm`]).
+    fn rms_norm(x: Tensor<Self, 2>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        norm::composed(x, gamma, epsilon)
+    }
+
+    /// The gradients `(dX, dγ)` of [`rms_norm`](Self::rms_norm) for the output gradient `dy`.
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+        epsilon: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        norm::composed_backward(x, gamma, dy, epsilon)
+    }
+
+    /// `silu(G)·U` ([`swiglu`]).
+    fn swiglu(g: Tensor<Self, 2>, u: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        swiglu::composed(g, u)
+    }
+
+    /// The gradients `(dG, dU)` of [`swiglu`](Self::swiglu) for the output gradient `dz`.
+    fn swiglu_backward(
+        g: Tensor<Self, 2>,
+        u: Tensor<Self, 2>,
+        dz: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        swiglu::composed_backward(g, u, dz)
+    }
+
+    /// The rotary embedding ([`rotary`]) of `x` (4-D, any strides: positions along `seq_axis`,
+    /// 1 or 2, pairs along the last axis) by burn's table `freq` (`[max_seq, head_dim, 2]`), the
+    /// inverse rotation where `inverse`; the result has `x`'s logical shape (the fused kernel
+    /// writes it contiguous).
+    fn rotary(
+        x: Tensor<Self, 4>,
+        freq: Tensor<Self, 3>,
+        seq_axis: usize,
+        inverse: bool,
+    ) -> Tensor<Self, 4> {
+        rotary::composed(x, freq, seq_axis, inverse)
     }
 }
 

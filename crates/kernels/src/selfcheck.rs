@@ -102,6 +102,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     skip_flag::<B>(&mut out, device);
     attention::<B>(&mut out, device);
     dense::<B>(&mut out, device);
+    layers::<B>(&mut out, device);
     if B::supports_dtype(device, burn::tensor::DType::BF16) {
         bf16::<B>(&mut out, device);
     }
@@ -694,6 +695,82 @@ fn dense<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 tolerance,
             );
         }
+    }
+}
+
+/// The model's element-wise layers ([`crate::norm`], [`crate::swiglu`], [`crate::rotary`]) against
+/// their portable compositions, forward and backward: RMSNorm on rows longer and shorter than a
+/// cube, the gate, and the rotary embedding read through a transposed view (both directions) and
+/// its inverse's round trip; f32 and, where the backend takes it, bf16 (within two of its units).
+fn layers<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType::{BF16, F32};
+    let mut dtypes = vec![(F32, TOLERANCE)];
+    if B::supports_dtype(device, BF16) {
+        dtypes.push((BF16, 1.0 / 64.0));
+    }
+    for (dtype, tol) in dtypes {
+        let make = |s: [usize; 2], std: f64| normal::<B>(s, std, device).cast(dtype);
+        for (rows, cols) in [(37, 300), (5, 40)] {
+            let (x, dy) = (make([rows, cols], 2.0), make([rows, cols], 1.0));
+            let gamma = make([1, cols], 0.5).squeeze_dim::<1>(0) + 1.0;
+            let name = |what: &str| format!("rms_norm {dtype:?} {rows}x{cols} {what}");
+            let fused = B::rms_norm(x.clone(), gamma.clone(), 1e-5);
+            let reference = crate::norm::composed(x.clone(), gamma.clone(), 1e-5);
+            compare_within(out, name("Y"), fused, reference, tol);
+            let (dx, dg) = B::rms_norm_backward(x.clone(), gamma.clone(), dy.clone(), 1e-5);
+            let (rx, rg) = crate::norm::composed_backward(x, gamma, dy, 1e-5);
+            compare_within(out, name("dX"), dx, rx, tol);
+            compare_within(out, name("dγ"), dg, rg, tol);
+        }
+        let (g, u, dz) = (
+            make([19, 83], 3.0),
+            make([19, 83], 1.0),
+            make([19, 83], 1.0),
+        );
+        let fused = B::swiglu(g.clone(), u.clone());
+        let reference = crate::swiglu::composed(g.clone(), u.clone());
+        compare_within(out, format!("swiglu {dtype:?} Z"), fused, reference, tol);
+        let (dg, du) = B::swiglu_backward(g.clone(), u.clone(), dz.clone());
+        let (rg, ru) = crate::swiglu::composed_backward(g, u, dz);
+        compare_within(out, format!("swiglu {dtype:?} dG"), dg, rg, tol);
+        compare_within(out, format!("swiglu {dtype:?} dU"), du, ru, tol);
+        // [batch, seq, heads, head_dim] read heads first (a transposed view), as the model does
+        let (b, t, h, d) = (2, 11, 3, 10);
+        let x = Tensor::<B, 4>::random([b, t, h, d], Distribution::Normal(0.0, 1.0), device)
+            .cast(dtype);
+        let freq = burn::nn::RotaryEncodingConfig::new(16, d)
+            .init::<B>(device)
+            .freq_complex;
+        // the composition pairs the elements with a batched matmul: TF32 on CUDA (an error of
+        // ≈ 2.4e-4 there), so against it f32 is held to the dense products' tolerance; the round
+        // trip below holds the kernel itself to f32's
+        let tol_composed = if dtype == F32 { 4e-3 } else { tol };
+        let view = x.clone().swap_dims(1, 2);
+        let y = B::rotary(view.clone(), freq.clone(), 2, false);
+        let reference = crate::rotary::composed(view, freq.clone(), 2, false);
+        compare_within(
+            out,
+            format!("rotary {dtype:?} Y"),
+            y.clone(),
+            reference,
+            tol_composed,
+        );
+        let back = B::rotary(y.clone().swap_dims(1, 2), freq.clone(), 1, true);
+        let reference = crate::rotary::composed(y.swap_dims(1, 2), freq, 1, true);
+        compare_within(
+            out,
+            format!("rotary {dtype:?} inverse"),
+            back.clone(),
+            reference,
+            tol_composed,
+        );
+        compare_within(
+            out,
+            format!("rotary {dtype:?} inverse(rotary(X)) = X"),
+            back,
+            x,
+            tol,
+        );
     }
 }
 

@@ -15,11 +15,10 @@ use burn::nn::{
     RotaryEncodingConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use burn::tensor::DType;
 use ember_core::QLinear;
 pub use ember_kernels::model::ModelOps;
-use ember_kernels::model::{causal_attention, dense};
+use ember_kernels::model::{causal_attention, dense, rms_norm, rotary_heads, swiglu};
 use serde::{Deserialize, Serialize};
 
 /// Model shape, as in the GaLore paper's `configs/llama_*.json`.
@@ -344,13 +343,12 @@ impl<B: ModelOps> Attention<B> {
     fn forward(&self, x: Tensor<B, 3>, rope: &RotaryEncoding<B>) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
         let d = h / self.heads;
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, self.heads, d]).swap_dims(1, 2);
-        // the rotary tables are f32: rotate in f32, continue in the model's dtype
-        let dtype = x.dtype();
-        let rotate = |y: Tensor<B, 4>| rope.forward(y.cast(DType::F32)).cast(dtype);
-        let q = rotate(split(self.query.forward(x.clone())));
-        let k = rotate(split(self.key.forward(x.clone())));
-        let v = split(self.value.forward(x));
+        let heads = |y: Tensor<B, 3>| y.reshape([b, t, self.heads, d]);
+        // rotated in f32 by burn's (f32) table, in the model's dtype after, heads first: one op
+        let rotate = |y| rotary_heads(heads(y), rope.freq_complex.clone());
+        let q = rotate(self.query.forward(x.clone()));
+        let k = rotate(self.key.forward(x.clone()));
+        let v = heads(self.value.forward(x)).swap_dims(1, 2);
         // softmax(QKᵀ/√d + causal mask)·V as one op: its backward recomputes the attention
         // matrix instead of keeping it (`ember_kernels::attention`)
         let out = causal_attention(q, k, v, 1.0 / (d as f64).sqrt())
@@ -410,7 +408,7 @@ impl<B: ModelOps> Llama<B> {
         for k in 0..self.layers.len() {
             x = self.block_forward(k, x);
         }
-        rows(self.norm.forward(x), |x| linear(&self.lm_head, x))
+        rows(norm(&self.norm, x), |x| linear(&self.lm_head, x))
     }
 
     /// The id of the embedding's weight.
@@ -423,14 +421,16 @@ impl<B: ModelOps> Llama<B> {
         let block = &self.layers[k];
         let h = block
             .attn
-            .forward(block.attn_norm.forward(x.clone()), &self.rope);
+            .forward(norm(&block.attn_norm, x.clone()), &self.rope);
         let x = x + h;
-        let y = block.mlp_norm.forward(x.clone());
-        let m = block
-            .mlp
-            .down
-            .forward(silu(block.mlp.gate.forward(y.clone())) * block.mlp.up.forward(y));
-        x + m
+        let y = norm(&block.mlp_norm, x.clone());
+        let gate = block.mlp.gate.forward(y.clone());
+        let up = block.mlp.up.forward(y);
+        let dims = gate.dims();
+        let inner = rows(gate, |g| {
+            swiglu(g, up.reshape([dims[0] * dims[1], dims[2]]))
+        });
+        x + block.mlp.down.forward(inner)
     }
 
     /// Mean next-token cross-entropy (in f32) of `logits` `[batch, seq, vocab]` against
@@ -558,7 +558,7 @@ impl<B: ModelOps> ember_core::BlockModel<B> for Llama<B> {
 
     fn output_loss(&self, x: Tensor<B, 3>, batch: &Tokens) -> Tensor<B, 1> {
         let device = x.device();
-        let logits = rows(self.norm.forward(x), |x| linear(&self.lm_head, x));
+        let logits = rows(norm(&self.norm, x), |x| linear(&self.lm_head, x));
         Self::cross_entropy(logits, batch.slice::<B>(1..batch.seq, &device))
     }
 
@@ -587,6 +587,12 @@ impl<B: ModelOps> ember_core::BlockModel<B> for Llama<B> {
             }
         }
     }
+}
+
+/// burn's `RmsNorm` module through Ember's [`rms_norm`] op (one kernel each way on the CubeCL
+/// backends) on `x` viewed as rows.
+pub fn norm<B: ModelOps, const D: usize>(n: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    rows(x, |x| rms_norm(x, n.gamma.val(), n.epsilon))
 }
 
 /// Applies a linear map to `x` viewed as one matrix of rows (`[batch·seq, features]`). burn's

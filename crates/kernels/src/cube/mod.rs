@@ -5,6 +5,7 @@
 #[cfg(feature = "cuda")]
 pub mod cublas;
 mod kernels;
+mod layers;
 
 use burn::prelude::*;
 use burn::tensor::backend::DeviceOps;
@@ -296,6 +297,21 @@ fn launch_adam_8bit<
         q(c1_out, a1_out, m.block),
         q(c2_out, a2_out, v.block),
     )
+}
+
+/// Whether the model-layer kernels ([`layers`]) take tensors of these dtypes: all one dtype,
+/// f32 or bf16, with the fused kernels on.
+fn layer_dtypes(dtypes: &[DType]) -> bool {
+    crate::fused_enabled()
+        && matches!(dtypes[0], DType::F32 | DType::BF16)
+        && dtypes.iter().all(|&d| d == dtypes[0])
+}
+
+/// One cube of [`layers::ROW_UNITS`] units per row.
+fn row_cubes<R: CubeRuntime>(t: &CubeTensor<R>, rows: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(layers::ROW_UNITS);
+    let units = rows.max(1) * layers::ROW_UNITS as usize;
+    (calculate_cube_count_elemwise(&t.client, units, dim), dim)
 }
 
 /// Whether the fused 8-bit kernel can run these moments.
@@ -988,6 +1004,165 @@ where
             cols as u32,
             !left,
         );
+        float_out(out)
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        let [rows, cols] = x.dims();
+        if !layer_dtypes(&[x.dtype(), gamma.dtype()]) || !fits(rows * cols) {
+            return crate::norm::composed(x, gamma, epsilon);
+        }
+        let (x, gamma) = (float_in(x), float_in(gamma));
+        let out = empty(&x, vec![rows, cols], x.dtype);
+        let (count, dim) = row_cubes(&x, rows);
+        with_element!(x.dtype, E => layers::rms_norm::launch::<E, R>(
+            &x.client,
+            count,
+            dim,
+            arg(&x),
+            arg(&gamma),
+            arg(&out),
+            rows as u32,
+            cols as u32,
+            epsilon as f32,
+            layers::ROW_UNITS,
+        ));
+        float_out(out)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+        epsilon: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        let [rows, cols] = x.dims();
+        if !layer_dtypes(&[x.dtype(), gamma.dtype(), dy.dtype()]) || !fits(rows * cols) {
+            return crate::norm::composed_backward(x, gamma, dy, epsilon);
+        }
+        let (x, gamma, dy) = (float_in(x), float_in(gamma), float_in(dy));
+        let dx = empty(&x, vec![rows, cols], x.dtype);
+        let r = empty(&x, vec![rows.max(1)], DType::F32);
+        let (count, dim) = row_cubes(&x, rows);
+        with_element!(x.dtype, E => layers::rms_norm_backward_rows::launch::<E, R>(
+            &x.client,
+            count,
+            dim,
+            arg(&x),
+            arg(&gamma),
+            arg(&dy),
+            arg(&dx),
+            arg(&r),
+            rows as u32,
+            cols as u32,
+            epsilon as f32,
+            layers::ROW_UNITS,
+        ));
+        let per = layers::GAMMA_ROWS_PER_UNIT as usize;
+        let chunks = rows.div_ceil(per).max(1);
+        let partial = empty(&x, vec![chunks * cols], DType::F32);
+        let (count, dim) = launch_dims(&x, chunks * cols);
+        with_element!(x.dtype, E => layers::rms_norm_gamma_partial::launch::<E, R>(
+            &x.client,
+            count,
+            dim,
+            arg(&x),
+            arg(&dy),
+            arg(&r),
+            arg(&partial),
+            rows as u32,
+            cols as u32,
+            per as u32,
+        ));
+        let dgamma = empty(&x, vec![cols], gamma.dtype);
+        let (count, dim) = launch_dims(&x, cols);
+        with_element!(gamma.dtype, E => layers::rms_norm_gamma_sum::launch::<E, R>(
+            &x.client,
+            count,
+            dim,
+            arg(&partial),
+            arg(&dgamma),
+            chunks as u32,
+            cols as u32,
+        ));
+        (float_out(dx), float_out(dgamma))
+    }
+
+    fn swiglu(g: Tensor<Self, 2>, u: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let shape = g.dims().to_vec();
+        let len = g.shape().num_elements();
+        if !layer_dtypes(&[g.dtype(), u.dtype()]) || !fits(len) {
+            return crate::swiglu::composed(g, u);
+        }
+        let (g, u) = (float_in(g), float_in(u));
+        let out = empty(&g, shape, g.dtype);
+        let (count, dim) = launch_dims(&g, len);
+        with_element!(g.dtype, E => layers::swiglu::launch::<E, R>(
+            &g.client,
+            count,
+            dim,
+            arg(&g),
+            arg(&u),
+            arg(&out),
+            len as u32,
+        ));
+        float_out(out)
+    }
+
+    fn swiglu_backward(
+        g: Tensor<Self, 2>,
+        u: Tensor<Self, 2>,
+        dz: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let shape = g.dims().to_vec();
+        let len = g.shape().num_elements();
+        if !layer_dtypes(&[g.dtype(), u.dtype(), dz.dtype()]) || !fits(len) {
+            return crate::swiglu::composed_backward(g, u, dz);
+        }
+        let (g, u, dz) = (float_in(g), float_in(u), float_in(dz));
+        let dg = empty(&g, shape.clone(), g.dtype);
+        let du = empty(&g, shape, g.dtype);
+        let (count, dim) = launch_dims(&g, len);
+        with_element!(g.dtype, E => layers::swiglu_backward::launch::<E, R>(
+            &g.client,
+            count,
+            dim,
+            arg(&g),
+            arg(&u),
+            arg(&dz),
+            arg(&dg),
+            arg(&du),
+            len as u32,
+        ));
+        (float_out(dg), float_out(du))
+    }
+
+    fn rotary(
+        x: Tensor<Self, 4>,
+        freq: Tensor<Self, 3>,
+        seq_axis: usize,
+        inverse: bool,
+    ) -> Tensor<Self, 4> {
+        let shape = x.dims().to_vec();
+        let len = x.shape().num_elements();
+        if !layer_dtypes(&[x.dtype()]) || !fits(len) || !matches!(seq_axis, 1 | 2) {
+            return crate::rotary::composed(x, freq, seq_axis, inverse);
+        }
+        let freq = float_in(freq.cast(DType::F32));
+        let x: CubeTensor<R> = x.into_primitive().tensor();
+        let out = empty(&x, shape, x.dtype);
+        let (count, dim) = launch_dims(&x, len);
+        with_element!(x.dtype, E => layers::rotary::launch::<E, R>(
+            &x.client,
+            count,
+            dim,
+            x.clone().into_tensor_arg(),
+            arg(&freq),
+            arg(&out),
+            len as u32,
+            seq_axis as u32,
+            inverse,
+        ));
         float_out(out)
     }
 }
