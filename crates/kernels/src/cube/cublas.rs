@@ -21,9 +21,11 @@
 //! Every wait is on work already on the device's queues when the wait is queued, so the two
 //! streams cannot wait on each other: CubeCL launches from a server thread, so the whole window —
 //! the signal, the device pointers, our waiter, the GEMMs, the release and the wait kernel — runs
-//! on that thread in one blocking round trip (`ComputeClient::exclusive`), after everything queued
-//! before it; a window may hold several GEMMs (a linear layer's two backward products,
-//! [`matmul_pair`]). Every kernel of the protocol is loaded once before any waiter spins (a module load can wait
+//! on that thread, after everything queued before it; a window may hold several GEMMs (a linear
+//! layer's two backward products, [`matmul_pair`]). The first window of each GEMM signature
+//! (sizes, types, layouts) is one blocking round trip (`ComputeClient::exclusive`), so that an
+//! error falls back to burn's matmul; later ones are queued on the device thread without
+//! blocking the caller (`EMBER_CUBLAS_ASYNC=off` blocks on every window). Every kernel of the protocol is loaded once before any waiter spins (a module load can wait
 //! for the device to go idle). (The driver's stream memory operations, `cuStreamWaitValue32`/`WriteValue32`,
 //! would do steps 2 and 3's writes without kernels; a first version built on them fell back to
 //! burn's matmul on every product on the H100 we measure on.) Mode `sync`
@@ -41,7 +43,11 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::cuda::CudaRuntime;
-use cubecl::prelude::CubeCount;
+use cubecl::device::Device as _;
+use cubecl::device_handle::DeviceHandle;
+use cubecl::prelude::{CubeCount, Runtime};
+use cubecl::server::ComputeServer;
+use cubecl::stream_id::StreamId;
 use cubecl::CubeDim;
 use cudarc::cublas::{result as blas, sys as bsys};
 use cudarc::driver::{result as drv, sys as dsys};
@@ -87,6 +93,13 @@ fn fail(what: &str) {
 /// `"sync"` (the ordering in use; `"sync (…)"` says why the device flags could not be used), or
 /// `"failed: …"` with the error that turned it off.
 pub fn status() -> String {
+    if let Some(e) = ASYNC_ERROR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        return format!("failed (a queued product is invalid): {e}");
+    }
     if let Some(reason) = REASON.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         return format!("failed: {reason}");
     }
@@ -414,6 +427,7 @@ pub(super) fn accumulate<R: CubeRuntime>(
 }
 
 /// The `α`, `β` of a GEMM: on the host, or `[α, β]` (f32) in a device buffer.
+#[derive(Clone)]
 enum Scalars {
     Host(f32, f32),
     Device(Box<CubeTensor<CudaRuntime>>),
@@ -428,6 +442,7 @@ fn cuda<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<&CubeTensor<CudaRuntime>> {
 }
 
 /// How cuBLAS runs `A·B`: sizes, types and each operand's `(transposed, ld)`.
+#[derive(Clone)]
 struct Plan {
     m: usize,
     k: usize,
@@ -545,20 +560,138 @@ struct Job<'a> {
     scalars: Scalars,
 }
 
+/// A [`Job`] that owns its plan and (cheap, reference-counted) tensor handles: what an
+/// asynchronous window carries to CubeCL's device thread.
+struct OwnedJob {
+    plan: Plan,
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    c: CubeTensor<CudaRuntime>,
+    scalars: Scalars,
+}
+
+impl OwnedJob {
+    fn job(&self) -> Job<'_> {
+        Job {
+            plan: &self.plan,
+            a: &self.a,
+            b: &self.b,
+            c: &self.c,
+            scalars: self.scalars.clone(),
+        }
+    }
+}
+
+/// What identifies a GEMM for cuBLAS (sizes, types, layouts, where the scalars live): a window
+/// of GEMMs that all ran once in a blocking window ([`gemms`]) runs asynchronously.
+type Signature = (
+    usize,
+    usize,
+    usize,
+    u32,
+    u32,
+    usize,
+    (bool, usize),
+    (bool, usize),
+    bool,
+);
+
+fn signature(j: &Job) -> Signature {
+    let p = j.plan;
+    (
+        p.m,
+        p.k,
+        p.n,
+        p.dtype as u32,
+        p.c_dtype as u32,
+        p.ldc,
+        p.a,
+        p.b,
+        matches!(j.scalars, Scalars::Device(_)),
+    )
+}
+
+/// Signatures that ran once (blocking) without an error.
+static VALIDATED: Mutex<Option<std::collections::HashSet<Signature>>> = Mutex::new(None);
+
+/// The error of an asynchronous window (its product is invalid): the next product panics with it.
+static ASYNC_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Whether windows whose GEMMs were validated run without blocking the caller (default on;
+/// `EMBER_CUBLAS_ASYNC=off` blocks on every window).
+fn async_windows() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_CUBLAS_ASYNC").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
+}
+
 /// The waiter kernel, movable to CubeCL's device thread (a driver handle, used there only).
 #[derive(Clone, Copy)]
 struct Waiter(dsys::CUfunction);
 unsafe impl Send for Waiter {}
 
+/// What a window needs of a device's [`Blas`], copied out of it: raw driver handles (used on
+/// CubeCL's device thread only) and the flags.
+#[derive(Clone)]
+struct Window {
+    context: dsys::CUcontext,
+    handle: bsys::cublasHandle_t,
+    stream: dsys::CUstream,
+    flags: CubeTensor<CudaRuntime>,
+    flags_ptr: u64,
+    waiter: Option<Waiter>,
+}
+
+// the raw handles are only used on CubeCL's device thread, one window at a time
+unsafe impl Send for Window {}
+
+/// The device pointers of a job: `A`, `B`, `C` and, for device scalars, theirs.
+type Pointers = (u64, u64, u64, Option<u64>);
+
+fn pointers(
+    jobs: &[Job],
+    mut ptr: impl FnMut(&CubeTensor<CudaRuntime>) -> Option<u64>,
+) -> Result<Vec<Pointers>, String> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let mut p = |t| ptr(t).ok_or_else(|| "device pointer".to_string());
+        let scalars = match &j.scalars {
+            Scalars::Device(t) => Some(p(t)?),
+            Scalars::Host(..) => None,
+        };
+        out.push((p(j.a)?, p(j.b)?, p(j.c)?, scalars));
+    }
+    Ok(out)
+}
+
 /// `jobs` (all on one device) on cuBLAS in one ordering window; `false` if they did not run (the
-/// caller falls back; nothing of the products is used). Everything from the signal to the
-/// release runs on CubeCL's device thread in one blocking round trip (`ComputeClient::exclusive`:
-/// the device pointers are read there without a round trip each, and the signal is on the
-/// device's queue before our waiter, as the protocol needs).
+/// caller falls back; nothing of the products is used).
+///
+/// The first window of each GEMM signature runs whole on CubeCL's device thread in one blocking
+/// round trip (`ComputeClient::exclusive`: the signal, the device pointers, our waiter, the GEMMs,
+/// the release and the wait kernel), so that an error falls back to burn's matmul. Later ones
+/// are queued without blocking the caller, in three parts that CubeCL's device thread runs in
+/// order: the signal kernel, a task that reads the device pointers from the server and queues
+/// our waiter, the GEMMs and the release on our stream (`DeviceHandle::submit`), and the wait
+/// kernel. An error in that task (the driver or cuBLAS failing on a GEMM that ran before) still
+/// releases burn's stream, but leaves that product invalid: it is logged, cuBLAS is turned off,
+/// and the next product panics with the error. The device's state stays locked while a window
+/// is queued, so windows take their sequence numbers in the order they reach the device thread.
 fn gemms(jobs: &[Job]) -> bool {
     let Some(first) = jobs.first() else {
         return true;
     };
+    if let Some(e) = ASYNC_ERROR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        panic!("ember-kernels: cuBLAS failed on an earlier product, whose result is invalid: {e}");
+    }
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let index = first.a.device.index;
     if !state.iter().any(|s| s.device == index) {
@@ -570,106 +703,45 @@ fn gemms(jobs: &[Job]) -> bool {
             }
         }
     }
-    let Some(blas_state) = state.iter_mut().find(|s| s.device == index) else {
+    let Some(blas) = state.iter_mut().find(|s| s.device == index) else {
         return false;
     };
-    let waiter = blas_state.waiter.as_ref().ok().copied().map(Waiter);
-    let flags = waiter.is_some();
-    if !flags {
+    let window = Window {
+        context: blas.context,
+        handle: blas.handle,
+        stream: blas.stream,
+        flags: blas.flags.clone(),
+        flags_ptr: blas.flags_ptr,
+        waiter: blas.waiter.as_ref().ok().copied().map(Waiter),
+    };
+    let seq = blas.seq.wrapping_add(1);
+    blas.seq = seq;
+    let signatures: Vec<Signature> = jobs.iter().map(signature).collect();
+    let validated = {
+        let v = VALIDATED.lock().unwrap_or_else(|e| e.into_inner());
+        v.as_ref()
+            .is_some_and(|v| signatures.iter().all(|s| v.contains(s)))
+    };
+    if window.waiter.is_some() && validated && async_windows() {
+        queue_window(&window, jobs, seq);
+        return true;
+    }
+    if window.waiter.is_none() {
         if let Err(e) = cubecl::future::block_on(first.a.client.sync()) {
             fail(&format!("sync: {e:?}"));
             return false;
         }
     }
-    let seq = blas_state.seq.wrapping_add(1);
-    blas_state.seq = seq;
     let client = first.a.client.clone();
-    let blas: &mut Blas = blas_state;
-    let run = move || -> (bool, Result<(), String>) {
-        let one = || CubeCount::Static(1, 1, 1);
-        if flags {
-            // bound: the operands (and the first job's product and scalars): queued after the
-            // kernels that wrote them
-            let bind: Vec<&CubeTensor<CudaRuntime>> = if jobs.len() == 1 {
-                let j = &jobs[0];
-                let scalars = match &j.scalars {
-                    Scalars::Device(t) => &**t,
-                    Scalars::Host(..) => j.c,
-                };
-                vec![j.a, j.b, j.c, scalars]
-            } else {
-                vec![jobs[0].a, jobs[0].b, jobs[1].a, jobs[1].b]
-            };
-            kernels::signal_flag::launch::<CudaRuntime>(
-                &jobs[0].a.client,
-                one(),
-                CubeDim::new_single(),
-                blas.flags.clone().into_array_arg(),
-                bind[0].clone().into_array_arg(),
-                bind[1].clone().into_array_arg(),
-                bind[2].clone().into_array_arg(),
-                bind[3].clone().into_array_arg(),
-                seq,
-            );
+    match client.exclusive(move || run_window(&window, jobs, seq)) {
+        Ok((_, Ok(()))) => {
+            VALIDATED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(Default::default)
+                .extend(signatures);
+            true
         }
-        // `released`: flags[1] will reach `seq` (the waiter may be queued)
-        let mut released = false;
-        let result = (|| -> Result<(), String> {
-            // the device pointers (and, for device scalars, theirs)
-            let mut pointers = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                let ptr = |t: &CubeTensor<CudaRuntime>| resource(t).ok_or("device pointer");
-                let scalars = match &j.scalars {
-                    Scalars::Device(t) => Some(ptr(t)?),
-                    Scalars::Host(..) => None,
-                };
-                pointers.push((ptr(j.a)?, ptr(j.b)?, ptr(j.c)?, scalars));
-            }
-            unsafe {
-                drv::ctx::set_current(blas.context).map_err(|e| format!("set_current: {e:?}"))?;
-                if let Some(Waiter(w)) = waiter {
-                    launch_waiter(w, blas.stream, blas.flags_ptr, seq)?;
-                }
-                let mut outcome = Ok(());
-                for (j, &(pa, pb, pc, ps)) in jobs.iter().zip(&pointers) {
-                    outcome = run_gemm(blas.handle, j, pa, pb, pc, ps);
-                    if outcome.is_err() {
-                        break;
-                    }
-                }
-                if flags {
-                    // written whatever the GEMMs did, so that burn's stream is released
-                    let written = check(
-                        dsys::cuMemsetD32Async(blas.flags_ptr + 4, seq, 1, blas.stream),
-                        "cuMemsetD32Async",
-                    );
-                    released = written.is_ok();
-                    written?;
-                }
-                if !released {
-                    drv::stream::synchronize(blas.stream)
-                        .map_err(|e| format!("stream sync: {e:?}"))?;
-                }
-                outcome
-            }
-        })();
-        if released {
-            kernels::wait_flag::launch::<CudaRuntime>(
-                &jobs[0].a.client,
-                one(),
-                CubeDim::new_single(),
-                blas.flags.clone().into_array_arg(),
-                jobs[0].c.clone().into_array_arg(),
-                seq,
-            );
-        } else if flags {
-            // the products are not ordered with burn's stream: nothing of them is used
-            let _ = unsafe { drv::stream::synchronize(blas.stream) };
-        }
-        (released, result)
-    };
-    match client.exclusive(run) {
-        Ok((_, Ok(()))) => true,
         Ok((_, Err(e))) => {
             fail(&e);
             false
@@ -679,6 +751,142 @@ fn gemms(jobs: &[Job]) -> bool {
             false
         }
     }
+}
+
+/// Step 1 on burn's stream: `flags[0] ← seq` once the operands (and the first job's product and
+/// scalars) are written — the kernel is bound to them, so queued after the kernels that wrote
+/// them.
+fn launch_signal(w: &Window, jobs: &[Job], seq: u32) {
+    let bind: Vec<&CubeTensor<CudaRuntime>> = if jobs.len() == 1 {
+        let j = &jobs[0];
+        let scalars = match &j.scalars {
+            Scalars::Device(t) => &**t,
+            Scalars::Host(..) => j.c,
+        };
+        vec![j.a, j.b, j.c, scalars]
+    } else {
+        vec![jobs[0].a, jobs[0].b, jobs[1].a, jobs[1].b]
+    };
+    kernels::signal_flag::launch::<CudaRuntime>(
+        &jobs[0].a.client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_single(),
+        w.flags.clone().into_array_arg(),
+        bind[0].clone().into_array_arg(),
+        bind[1].clone().into_array_arg(),
+        bind[2].clone().into_array_arg(),
+        bind[3].clone().into_array_arg(),
+        seq,
+    );
+}
+
+/// Step 3 on burn's stream: spins until `flags[1] ≥ seq` (bound to the first product).
+fn launch_wait(w: &Window, jobs: &[Job], seq: u32) {
+    kernels::wait_flag::launch::<CudaRuntime>(
+        &jobs[0].a.client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_single(),
+        w.flags.clone().into_array_arg(),
+        jobs[0].c.clone().into_array_arg(),
+        seq,
+    );
+}
+
+/// Step 2 on our stream: the waiter (device flags), the GEMMs, then `flags[1] ← seq` — written
+/// whatever the GEMMs did, so that burn's stream is released. `(released, result)`; where the
+/// release could not be queued, our stream is synchronized.
+fn enqueue_gemms(
+    w: &Window,
+    jobs: &[Job],
+    pointers: &Result<Vec<Pointers>, String>,
+    seq: u32,
+) -> (bool, Result<(), String>) {
+    unsafe {
+        let mut outcome =
+            drv::ctx::set_current(w.context).map_err(|e| format!("set_current: {e:?}"));
+        if let (Ok(()), Some(Waiter(waiter))) = (&outcome, w.waiter) {
+            outcome = launch_waiter(waiter, w.stream, w.flags_ptr, seq);
+        }
+        if outcome.is_ok() {
+            outcome = pointers.clone().and_then(|pointers| {
+                for (j, &(pa, pb, pc, ps)) in jobs.iter().zip(&pointers) {
+                    run_gemm(w.handle, j, pa, pb, pc, ps)?;
+                }
+                Ok(())
+            });
+        }
+        let mut released = false;
+        if w.waiter.is_some() {
+            let written = check(
+                dsys::cuMemsetD32Async(w.flags_ptr + 4, seq, 1, w.stream),
+                "cuMemsetD32Async",
+            );
+            released = written.is_ok();
+            outcome = outcome.and(written);
+        }
+        if !released {
+            let synced =
+                drv::stream::synchronize(w.stream).map_err(|e| format!("stream sync: {e:?}"));
+            outcome = outcome.and(synced);
+        }
+        (released, outcome)
+    }
+}
+
+/// One blocking window, whole on CubeCL's device thread ([`gemms`]): `(released, result)`.
+fn run_window(w: &Window, jobs: &[Job], seq: u32) -> (bool, Result<(), String>) {
+    let flags = w.waiter.is_some();
+    if flags {
+        launch_signal(w, jobs, seq);
+    }
+    let pointers = pointers(jobs, resource);
+    let (released, result) = enqueue_gemms(w, jobs, &pointers, seq);
+    if released {
+        launch_wait(w, jobs, seq);
+    }
+    (released, result)
+}
+
+/// One window queued without blocking ([`gemms`]; device flags only).
+fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
+    launch_signal(w, jobs, seq);
+    let owned: Vec<OwnedJob> = jobs
+        .iter()
+        .map(|j| OwnedJob {
+            plan: j.plan.clone(),
+            a: j.a.clone(),
+            b: j.b.clone(),
+            c: j.c.clone(),
+            scalars: j.scalars.clone(),
+        })
+        .collect();
+    let task_window = w.clone();
+    let handle = DeviceHandle::<<CudaRuntime as Runtime>::Server>::new(jobs[0].a.device.to_id());
+    handle.submit(move |server| {
+        let jobs: Vec<Job> = owned.iter().map(OwnedJob::job).collect();
+        // the device pointers from the server itself (this task holds it)
+        let stream = StreamId::current();
+        let pointers = pointers(&jobs, |t| {
+            server
+                .get_resource(t.handle.clone().binding(), stream)
+                .ok()
+                .map(|r| r.resource().ptr)
+        });
+        let (released, result) = enqueue_gemms(&task_window, &jobs, &pointers, seq);
+        if let Err(e) = result {
+            let e = if released {
+                e
+            } else {
+                format!("{e}; burn's stream could not be released")
+            };
+            log::error!(
+                "ember-kernels: cuBLAS failed on a queued product ({e}); its result is invalid"
+            );
+            *ASYNC_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+            fail(&e);
+        }
+    });
+    launch_wait(w, jobs, seq);
 }
 
 /// One `cublasGemmEx` of a job on the handle's stream (row-major `C = A·B` is column-major
