@@ -440,13 +440,14 @@ fn estimate_with(
         let t = seq.saturating_sub(1);
         let a = shape.num_attention_heads;
         let layers = shape.num_hidden_layers;
-        // per block, saved for the backward pass (fitted to burn's autodiff on flex,
-        // docs/memory.md): (6·h + 2·i) values of the weights' dtype per token and the rotary
-        // embedding's f32 copies 4·h·4 bytes; the attention matrix is recomputed in the backward
-        // pass (`ember_kernels::attention`), whose temporaries for one block are ≈ 7 matrices
-        // of a·t values
-        let block = n * ((6 * h + 2 * i) * wb + 16 * h);
-        let attention = 7 * n * a * t * wb;
+        // per block, live at the step's peak (fitted to the heap peaks measured on flex with
+        // RMSNorm, the rotary embedding and SwiGLU as single ops, docs/memory.md):
+        // (5·h + 1.5·i) values of the weights' dtype per token and ¾ of an attention row
+        // (a·t values); the attention matrix is recomputed in the backward pass
+        // (`ember_kernels::attention`), whose temporaries for one block are ≈ 3 matrices of
+        // a·t values
+        let block = n * ((5 * h + 3 * i / 2) * wb + 3 * a * t * wb / 4);
+        let attention = 3 * n * a * t * wb;
         // INT8 weights: the dequantized f32 weight of each projection is an autodiff leaf
         let block_int8 = if run.int8_weights {
             4 * (4 * h * h + 3 * h * i)
