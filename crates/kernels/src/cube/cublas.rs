@@ -678,8 +678,8 @@ fn pointers(
 /// order: the signal kernel, a task that reads the device pointers from the server and queues
 /// our waiter, the GEMMs and the release on our stream (`DeviceHandle::submit`), and the wait
 /// kernel. An error in that task (the driver or cuBLAS failing on a GEMM that ran before) still
-/// releases burn's stream, but leaves that product invalid: it is logged, cuBLAS is turned off,
-/// and the next product panics with the error. The device's state stays locked while a window
+/// releases burn's stream, but leaves that product invalid: it is logged, and the next product
+/// panics with the error ([`status`] reports it). The device's state stays locked while a window
 /// is queued, so windows take their sequence numbers in the order they reach the device thread.
 fn gemms(jobs: &[Job]) -> bool {
     let Some(first) = jobs.first() else {
@@ -882,8 +882,9 @@ fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
             log::error!(
                 "ember-kernels: cuBLAS failed on a queued product ({e}); its result is invalid"
             );
-            *ASYNC_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
-            fail(&e);
+            // not `fail`: that would send the next products to burn's matmul quietly; the next
+            // product panics with this error instead ([`gemms`])
+            *ASYNC_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     });
     launch_wait(w, jobs, seq);
