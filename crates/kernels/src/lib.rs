@@ -94,12 +94,14 @@ static VENDOR_GEMM_MIN_MACS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// Smallest product, in multiply-adds `m·k·n`, that [`EmberBackend::projection_matmul`] hands to
-/// the vendor's GEMM (cuBLAS on CUDA; default `2²⁹`, environment `EMBER_CUBLAS_MIN_MACS`): each
-/// cuBLAS product costs three round trips to CubeCL's server thread and two one-thread kernels,
-/// which a small product does not win back. On the H100: 2048×2048 r512 (2.1·10⁹ multiply-adds)
-/// is faster on cuBLAS (GaLore step 0.41 → 0.31 ms); in the pretraining run (products of 512×512
-/// to 512×1376 at r128, ≤ 9·10⁷) Fira trained at 55k tokens/s with every product on cuBLAS and at
-/// 66k with this threshold (`docs/benchmarks.md`). Smaller products run on burn's matmul.
+/// the vendor's GEMM (cuBLAS on CUDA; default `2²⁴`, environment `EMBER_CUBLAS_MIN_MACS`). Each
+/// cuBLAS product adds two one-thread CubeCL kernels and our waiter around the GEMM
+/// (`cube::cublas`). The default was `2²⁹` while every cuBLAS window blocked the host: then the
+/// pretraining run's products (512×512 to 512×1376 at r128, 3.4·10⁷ to 9·10⁷ multiply-adds) were
+/// faster on burn's matmul (Fira 66k against 55k tokens/s). With windows queued without blocking,
+/// the same run on the H100 (2026-11-24, `scripts/h100_min_macs.sh`) trained GaLore at 209.7k
+/// tokens/s with every product on cuBLAS against 192.8k on burn's matmul, Fira and FRUGAL within
+/// 1.3% either way (`docs/benchmarks.md`); smaller products than `2²⁴` stay on burn's matmul.
 pub fn vendor_gemm_min_macs() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     match VENDOR_GEMM_MIN_MACS.load(Relaxed) {
@@ -107,7 +109,7 @@ pub fn vendor_gemm_min_macs() -> usize {
             let n = std::env::var("EMBER_CUBLAS_MIN_MACS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(1 << 29);
+                .unwrap_or(1 << 24);
             VENDOR_GEMM_MIN_MACS.store(n, Relaxed);
             n
         }
