@@ -6,13 +6,30 @@
 //! needed: weights, gradients, optimizer state, activations **and** every temporary (the
 //! dequantized projector, gathered DCT columns, back-projection blocks, f32 copies of bf16
 //! tensors). Without the allocator installed (e.g. in a test binary) the figures are `None`.
+//!
+//! Two diagnostics, for finding what holds host memory on a GPU backend (where the heap holds
+//! no tensors): the bytes live per size class ([`live_by_size`], powers of two), and
+//! `EMBER_HEAP_BACKTRACE=<bytes>[,<count>]`, which prints the backtrace of the first `count`
+//! (default 8) allocations of at least `bytes` to stderr (`measure` arms it at the first
+//! optimizer step, after the model is built).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Bytes live per size class: class `k` holds allocations of `2^k ≤ size < 2^(k+1)` bytes.
+static BY_CLASS: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+/// `EMBER_HEAP_BACKTRACE`'s threshold (`usize::MAX`: off) and the backtraces left to print.
+static BACKTRACE_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
+static BACKTRACES_LEFT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while this thread prints a backtrace (whose own allocations are not reported).
+    static REPORTING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The system allocator, counting live bytes and their peak.
 pub struct CountingAllocator;
@@ -37,23 +54,105 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        sub(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            sub(layout.size());
             add(new_size);
         }
         p
     }
 }
 
+fn class(n: usize) -> usize {
+    (usize::BITS - 1 - n.max(1).leading_zeros()) as usize
+}
+
 fn add(n: usize) {
     INSTALLED.store(true, Ordering::Relaxed);
     let live = LIVE.fetch_add(n, Ordering::Relaxed) + n;
     PEAK.fetch_max(live, Ordering::Relaxed);
+    BY_CLASS[class(n)].fetch_add(n, Ordering::Relaxed);
+    if n >= BACKTRACE_FROM.load(Ordering::Relaxed) {
+        report(n);
+    }
+}
+
+fn sub(n: usize) {
+    LIVE.fetch_sub(n, Ordering::Relaxed);
+    BY_CLASS[class(n)].fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Prints where an allocation of `n` bytes comes from (`EMBER_HEAP_BACKTRACE`).
+#[cold]
+fn report(n: usize) {
+    let _ = REPORTING.try_with(|busy| {
+        if busy.get() {
+            return;
+        }
+        let left = BACKTRACES_LEFT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1));
+        if left.is_err() {
+            return;
+        }
+        busy.set(true);
+        let trace = std::backtrace::Backtrace::force_capture();
+        eprintln!(
+            "ember-bench heap: an allocation of {n} bytes ({} live) at\n{trace}",
+            LIVE.load(Ordering::Relaxed)
+        );
+        busy.set(false);
+    });
+}
+
+/// Reads `EMBER_HEAP_BACKTRACE=<bytes>[,<count>]`: the first `count` (default 8) allocations of
+/// at least `bytes` print their backtrace to stderr, from this call on.
+pub fn configure_backtraces() {
+    let Ok(v) = std::env::var("EMBER_HEAP_BACKTRACE") else {
+        return;
+    };
+    let mut parts = v.split(',');
+    let Some(Ok(bytes)) = parts.next().map(|b| b.trim().parse::<usize>()) else {
+        eprintln!("ember-bench: EMBER_HEAP_BACKTRACE={v:?} is not `<bytes>[,<count>]`; ignored");
+        return;
+    };
+    let count = parts
+        .next()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .unwrap_or(8);
+    BACKTRACES_LEFT.store(count, Ordering::Relaxed);
+    BACKTRACE_FROM.store(bytes.max(1), Ordering::Relaxed);
+}
+
+/// Bytes live per size class, for the classes holding at least `min` bytes: `(k, bytes)` with
+/// allocations of `2^k ≤ size < 2^(k+1)` bytes, largest first. Empty without the allocator.
+pub fn live_by_size(min: usize) -> Vec<(u32, usize)> {
+    let mut out: Vec<(u32, usize)> = BY_CLASS
+        .iter()
+        .enumerate()
+        .map(|(k, b)| (k as u32, b.load(Ordering::Relaxed)))
+        .filter(|&(_, b)| b >= min && b > 0)
+        .collect();
+    out.sort_by_key(|&(_, bytes)| std::cmp::Reverse(bytes));
+    out
+}
+
+/// The resident set of this process and its peak (`VmRSS`, `VmHWM` of `/proc/self/status`,
+/// Linux), in bytes.
+pub fn resident() -> Option<(usize, usize)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<usize>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Whether the counting allocator is the global allocator of this process.
@@ -74,4 +173,28 @@ pub fn peak() -> Option<usize> {
 /// Starts a new peak window at the bytes live now.
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_are_powers_of_two() {
+        assert_eq!(class(0), 0);
+        assert_eq!(class(1), 0);
+        assert_eq!(class(2), 1);
+        assert_eq!(class(3), 1);
+        assert_eq!(class(4096), 12);
+        assert_eq!(class(8191), 12);
+        assert_eq!(class(usize::MAX), 63);
+    }
+
+    #[test]
+    fn resident_set_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let (rss, hwm) = resident().expect("/proc/self/status");
+            assert!(rss > 0 && hwm >= rss);
+        }
+    }
 }

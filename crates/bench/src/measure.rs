@@ -83,6 +83,13 @@ pub struct StageTrace {
     pub heap_live_bytes: Option<usize>,
     /// CPU: the heap's peak since the step began.
     pub heap_peak_bytes: Option<usize>,
+    /// The heap's live bytes by allocation size class, classes of ≥ 64 MiB: `(k, bytes)` for
+    /// allocations of `2^k ≤ size < 2^(k+1)` bytes (what holds host memory on a GPU backend).
+    pub heap_by_size: Vec<(u32, usize)>,
+    /// The process's resident set (`VmRSS`), bytes (Linux).
+    pub rss_bytes: Option<usize>,
+    /// The resident set's peak (`VmHWM`), bytes (Linux).
+    pub rss_peak_bytes: Option<usize>,
 }
 
 /// What was measured.
@@ -335,6 +342,9 @@ where
                 }
                 let before = crate::heap::live();
                 crate::heap::reset_peak();
+                if first {
+                    crate::heap::configure_backtraces();
+                }
                 model = optim
                     .try_step(o.lr, model, grads)
                     .map_err(|e| e.to_string())?;
@@ -359,6 +369,7 @@ where
             Stepper::Layerwise(t) => {
                 if first {
                     phase("step 1: layer-wise forward, backward and updates".into());
+                    crate::heap::configure_backtraces();
                 }
                 let (m, loss) = t
                     .step(o.lr, model, std::slice::from_ref(&tokens))
@@ -442,6 +453,7 @@ fn stage_tracer<B: AutodiffBackend>(
             .lock()
             .map(|c| (c.0, c.1.elapsed().as_secs_f64() * 1e3))
             .unwrap_or((0, 0.0));
+        let rss = crate::heap::resident();
         let line = StageTrace {
             method: method.clone(),
             step,
@@ -453,6 +465,9 @@ fn stage_tracer<B: AutodiffBackend>(
             nvml_used_bytes: nvml.as_ref().and_then(|n| n.used()),
             heap_live_bytes: crate::heap::live(),
             heap_peak_bytes: crate::heap::peak(),
+            heap_by_size: crate::heap::live_by_size(64 << 20),
+            rss_bytes: rss.map(|r| r.0),
+            rss_peak_bytes: rss.map(|r| r.1),
         };
         let _ = writeln!(
             file,

@@ -139,8 +139,16 @@ pub struct MeasureRow {
     burn_in_use_bytes: Option<usize>,
     #[serde(default)]
     burn_reserved_bytes: Option<usize>,
-    /// Measured: the peak heap bytes of a train step (counting allocator; CPU backends).
+    /// Measured: the peak heap bytes of a train step (counting allocator: bytes requested from
+    /// the allocator; on CPU backends every tensor). Address space a library reserves without
+    /// touching it counts too: on a GPU backend this is mostly faer's per-thread GEMM workspaces
+    /// (twice the L3 size per thread, kept for the thread's life, from the projector fits' small
+    /// eigendecompositions); `peak_rss_bytes` is what was resident.
     peak_heap_bytes: Option<usize>,
+    /// Measured: the process's resident-set peak (`VmHWM`, Linux) at the end of the run: the
+    /// host memory actually touched, model building included.
+    #[serde(default)]
+    peak_rss_bytes: Option<usize>,
     /// Measured: heap bytes live when the optimizer step starts.
     heap_before_step_bytes: Option<usize>,
     /// Measured: the optimizer step's peak heap above its start (its temporaries).
@@ -307,6 +315,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 burn_in_use_bytes: pool.map(|p| p.0 as usize),
                 burn_reserved_bytes: pool.map(|p| p.1 as usize),
                 peak_heap_bytes: m.peak_heap_bytes,
+                peak_rss_bytes: ember_bench::heap::resident().map(|r| r.1),
                 heap_before_step_bytes: m.heap_before_step_bytes,
                 step_temporary_heap_bytes: m.step_temporary_heap_bytes,
                 optimizer_step_ms: m
