@@ -22,7 +22,7 @@ for d in cuda cuda-fusion; do
   pack
 done
 for o in galore adamw; do
-  timeout 120 $B step --device cuda --optimizer $o --ranks 512 --iters 20 --refreshes 0 \
+  timeout 120 $B step --device cuda --optimizer $o --ranks ${RANKS:-512} --iters 20 --refreshes 0 \
     > $OUT/step_$o.jsonl 2>> $OUT/step.err
   echo "step $o: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
   pack

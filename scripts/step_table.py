@@ -18,7 +18,8 @@ for dtype, name in (("f32", "anchor_tf32.json"), ("bf16", "anchor_bf16.json")):
     for r in json.load(open(path))["rows"]:
         what = {"galore_torch_step": "galore", "torch_adamw_fused": "adamw"}.get(r.get("what"))
         if what:
-            torch[(what, dtype, r["m"], r["n"])] = r["ms"]
+            # galore-torch's rows are per rank; torch's AdamW has none
+            torch[(what, dtype, r["m"], r["n"], r.get("rank") if what == "galore" else None)] = r["ms"]
 print("| step | shape | checked (host) | checked (device) | unchecked | engine | check | PyTorch "
       "| ratio (host) | ratio (device) | ratio (unchecked) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -27,11 +28,13 @@ for path in sorted(glob.glob(os.path.join(d, "step_*.jsonl"))):
         r = json.loads(line)
         name = f"{r['optimizer']} {r['weights']}" + (f", {r['state']} state" if r["state"] != "f32" else "")
         # torch's fused AdamW keeps its moments in the parameters' dtype
-        t = torch.get((r["optimizer"], r["weights"], r["m"], r["n"]))
+        rank = r.get("rank") if r["optimizer"] == "galore" else None
+        t = torch.get((r["optimizer"], r["weights"], r["m"], r["n"], rank))
         if r["optimizer"] == "adamw" and r["weights"] == "bf16" and r["state"] != "bf16":
             t = None
         cells = [r["step_ms"], r["step_on_device_ms"], r["step_unchecked_ms"], r["engine_ms"], r["check_ms"]]
-        row = [name, f"{r['m']}×{r['n']}"] + [f"{c:.2f}" for c in cells]
+        shape = f"{r['m']}×{r['n']}" + (f" r{rank}" if rank else "")
+        row = [name, shape] + [f"{c:.2f}" for c in cells]
         row.append(f"{t:.2f}" if t else "—")
         row += [f"{c / t:.2f}×" if t else "—" for c in cells[:3]]
         print("| " + " | ".join(row) + " |")

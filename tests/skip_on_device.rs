@@ -245,3 +245,39 @@ fn unchecked_steps_do_not_look() {
         );
     }
 }
+
+/// Fira's and FRUGAL's `R` computed before the step (`with_early_projection`, the default) or
+/// inside each update: the same weights and states, bit for bit, over steps that refresh and
+/// steps that do not; a NaN in `G` is still found (the check reads `G`, not `R`).
+#[test]
+fn early_projection_changes_nothing() {
+    for policy in [NonFinitePolicy::SkipStep, NonFinitePolicy::SkipStepOnDevice] {
+        let early = optimizers(policy);
+        let late = optimizers(policy);
+        for ((name, mut a), (_, b)) in early.into_iter().zip(late) {
+            let mut b = b.with_early_projection(false);
+            let device = Default::default();
+            let (mut ma, mut mb) = (Tiny::<B>::new(&device), Tiny::<B>::new(&device));
+            for k in 0..12 {
+                ma = train_step(ma, &mut a, k, 1e-2).0;
+                mb = train_step(mb, &mut b, k, 1e-2).0;
+            }
+            assert_eq!(flat(&ma), flat(&mb), "{name} {policy:?}: weights");
+            assert_eq!(
+                states(&a, &ma),
+                states(&b, &mb),
+                "{name} {policy:?}: states"
+            );
+            // a poisoned `G` after a non-refresh step: skipped by both
+            let before = flat(&ma);
+            let grads = poisoned(&ma, 12, f32::NAN);
+            ma = burn::optim::Optimizer::step(&mut a, 1e-2, ma, grads);
+            assert_eq!(a.skipped_steps(), 1, "{name} {policy:?}: skipped steps");
+            assert_eq!(
+                flat(&ma),
+                before,
+                "{name} {policy:?}: a NaN step changed the weights"
+            );
+        }
+    }
+}

@@ -402,6 +402,8 @@ fn estimate_with(
     let mut weight_bytes = 0;
     let mut stage_grads: std::collections::BTreeMap<String, usize> = Default::default();
     let mut largest_temporaries = 0usize;
+    // per stage: the `R` of Fira's and FRUGAL's f32 targets, held from the step's start
+    let mut stage_early: std::collections::BTreeMap<String, usize> = Default::default();
     for (path, dims, target) in shape.parameters() {
         let numel: usize = dims.iter().product();
         let int8 = run.int8_weights && target;
@@ -415,10 +417,21 @@ fn estimate_with(
             ["embed", ..] => "input".into(),
             _ => "output".into(),
         };
-        *stage_grads.entry(stage).or_default() += numel * if int8 { 4 } else { wb };
+        *stage_grads.entry(stage.clone()).or_default() += numel * if int8 { 4 } else { wb };
         // Fira's and FRUGAL's residual reads the whole gradient: their targets are not chunked
-        let method = route(&path, &dims, target)?.method;
+        let settings = route(&path, &dims, target)?;
+        let method = settings.method;
         let row_local = !target || !matches!(method, Method::Fira | Method::Frugal);
+        // ... and an f32 gradient's `R = down(G)` (f32) is computed before the step and held
+        // beside `G` until its update (`EmberOptimizer::with_early_projection`)
+        if settings.projected && !row_local && wb == 4 && dims.len() == 2 {
+            let (lo, hi) = (dims[0].min(dims[1]), dims[0].max(dims[1]));
+            let r = match method {
+                Method::Frugal => (settings.density * lo as f64).round_ties_even() as usize,
+                _ => settings.rank,
+            };
+            *stage_early.entry(stage).or_default() += 4 * r * hi;
+        }
         largest_temporaries = largest_temporaries.max(update_temporaries(
             dims[0],
             dims.get(1).copied().unwrap_or(1),
@@ -469,8 +482,14 @@ fn estimate_with(
             // loss's) and the first block's attention temporaries of the backward pass
             layers * (block + block_int8) + n * v * (wb + 4) + attention
         };
-        // the optimizer step: the largest working set of one parameter's update
-        let temporaries = largest_temporaries;
+        // the optimizer step: the largest working set of one parameter's update, and the
+        // projections computed before the step (the whole step's, or a stage's)
+        let early = if run.layerwise {
+            stage_early.values().copied().max().unwrap_or(0)
+        } else {
+            stage_early.values().sum()
+        };
+        let temporaries = largest_temporaries + early;
         b.activation_bytes = Some(activations);
         b.temporary_bytes = Some(temporaries);
     }

@@ -84,6 +84,29 @@ pub enum Gradient<B: Backend> {
     Full(Tensor<B, 2>),
     /// An accumulated projected gradient `Σⱼ down(Gⱼ)` ([`EngineConfig::project`]).
     Projected(Tensor<B, 2>),
+    /// The full gradient `G` and `R = down(G)` with the parameter's current projector, computed
+    /// before the step ([`EngineConfig::project`]) for a residual rule that reads both
+    /// ([`EngineConfig::projects_beside`]).
+    WithProjected(Tensor<B, 2>, Tensor<B, 2>),
+}
+
+impl<B: Backend> Gradient<B> {
+    /// The tensor a NaN/Inf check reads: `G`, or `R` where only `R` is kept.
+    pub fn checked(&self) -> &Tensor<B, 2> {
+        match self {
+            Gradient::Full(t) | Gradient::Projected(t) | Gradient::WithProjected(t, _) => t,
+        }
+    }
+
+    /// The same kind of gradient around `t` in place of [`checked`](Self::checked)'s tensor
+    /// (clipping's output); `None` for [`Gradient::WithProjected`], whose `R` would go stale.
+    pub fn with_checked(&self, t: Tensor<B, 2>) -> Option<Self> {
+        match self {
+            Gradient::Full(_) => Some(Gradient::Full(t)),
+            Gradient::Projected(_) => Some(Gradient::Projected(t)),
+            Gradient::WithProjected(..) => None,
+        }
+    }
 }
 
 /// A parameter's state taken apart for one step.
@@ -449,6 +472,19 @@ impl EngineConfig {
         ))
     }
 
+    /// Whether a step can take this parameter's `R = down(G)` computed before it, beside `G`
+    /// ([`Gradient::WithProjected`]): a projector, a residual rule that reads `G` (a discarded
+    /// residual takes [`Gradient::Projected`] instead), an f32 gradient (a bf16 one is projected
+    /// in f32 inside the step), and a state whose projector is not due for a refresh (`R` must
+    /// come from the projector the step uses).
+    pub fn projects_beside<B: Backend>(&self, g: DType, state: Option<&ParamState<B>>) -> bool {
+        self.projector != ProjectorKind::Identity
+            && !self.residual.is_discard()
+            && g == DType::F32
+            && state.is_some()
+            && !self.refreshes_next(state)
+    }
+
     /// Whether the next step of a parameter with state `state` fits a projector from its
     /// gradient (its first step, or a refresh the policy schedules): such a step reads the
     /// gradient on the host or fits on it, so the optimizer checks that gradient on the host
@@ -520,6 +556,16 @@ impl EngineConfig {
         // the full gradient `g` (stored dtype) or the projected one `r` (f32)
         let (g, r_given) = match grad {
             Gradient::Full(g) => (Some(g), None),
+            Gradient::WithProjected(g, r) => {
+                if identity || p.projector.is_none() || self.refresh_due(&p) {
+                    return Err(EmberError::Internal(
+                        "a gradient projected before its step needs a projector that is not due \
+                         for a refresh"
+                            .into(),
+                    ));
+                }
+                (Some(g), Some(r.cast(DType::F32)))
+            }
             // identity: R is G
             Gradient::Projected(r) if identity => (Some(r), None),
             Gradient::Projected(r) => {
@@ -1028,6 +1074,78 @@ mod tests {
             (reset.step, reset.adam_step, reset.refresh.refreshes),
             (3, 1, 2)
         );
+    }
+
+    /// A step given `R` computed before it beside `G` ([`Gradient::WithProjected`]) is the step
+    /// from `G` alone, bit for bit, for Fira's and FRUGAL's residual rules and both sides; a step
+    /// due for a refresh refuses it.
+    #[test]
+    fn steps_with_r_computed_before_equal_full_steps() {
+        let rules = [
+            ResidualRule::Fira { gamma: 1.01 },
+            ResidualRule::SignSgd { lr_scale: 0.5 },
+        ];
+        for residual in rules {
+            for shape in [[12, 20], [20, 12]] {
+                let engine = EngineConfig {
+                    rank: RankRule::Fixed(3),
+                    projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
+                    refresh: RefreshPolicy::Every { gap: 3 },
+                    residual: residual.clone(),
+                    ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.1)
+                };
+                let bases = SharedBases::new();
+                let ctx = StepContext::new(&shape, &bases);
+                let run = |before: bool| {
+                    let mut w = random(shape, 5);
+                    let mut state: Option<ParamState<B>> = None;
+                    let mut used = 0;
+                    for t in 0..5 {
+                        let g = random(shape, 60 + t);
+                        let grad = if before && engine.projects_beside(g.dtype(), state.as_ref()) {
+                            used += 1;
+                            let (r, s) = engine
+                                .project(g.clone(), state.take(), &ctx, false)
+                                .unwrap();
+                            state = Some(s);
+                            Gradient::WithProjected(g, r)
+                        } else {
+                            Gradient::Full(g)
+                        };
+                        let (nw, s) = engine.step_with(1e-2, w, grad, state, &ctx).unwrap();
+                        (w, state) = (nw, Some(s));
+                    }
+                    (w, used)
+                };
+                let (full, _) = run(false);
+                let (before, used) = run(true);
+                // steps 1, 2 and 4 (0 and 3 fit the projector)
+                assert_eq!(used, 3, "{residual:?} {shape:?}");
+                full.into_data().assert_eq(&before.into_data(), true);
+                // a state due for a refresh (after 3 steps): not projected before, and refused
+                let mut s = None;
+                for t in 0..3 {
+                    let (_, next) = engine
+                        .step(1e-2, random(shape, 5), random(shape, 8 + t), s, &ctx)
+                        .unwrap();
+                    s = Some(next);
+                }
+                assert!(!engine.projects_beside(DType::F32, s.as_ref()));
+                let g = random(shape, 9);
+                let r = engine.project(g.clone(), s.clone(), &ctx, false).unwrap().0;
+                let refused = engine.step_with(
+                    1e-2,
+                    random(shape, 5),
+                    Gradient::WithProjected(g, r),
+                    s,
+                    &ctx,
+                );
+                assert!(
+                    matches!(refused, Err(EmberError::Internal(_))),
+                    "{residual:?}"
+                );
+            }
+        }
     }
 
     /// A parameter larger than `update_chunk_elements` is stepped in row chunks

@@ -219,6 +219,26 @@ impl<B: EmberBackend> Basis<B> {
         }
     }
 
+    /// Rows `rows` of `up(X)` and of `up(Y)`, the two products issued together
+    /// ([`EmberBackend::projection_matmul_pair`]: one cuBLAS window on CUDA).
+    pub fn up_rows_pair(
+        &self,
+        x: &Tensor<B, 2>,
+        y: &Tensor<B, 2>,
+        rows: std::ops::Range<usize>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let operands = |x: &Tensor<B, 2>| {
+            if self.left {
+                let r = self.p.dims()[1];
+                (self.p.clone().slice([rows.clone(), 0..r]), x.clone())
+            } else {
+                let r = x.dims()[1];
+                (x.clone().slice([rows.clone(), 0..r]), self.p.clone())
+            }
+        };
+        B::projection_matmul_pair(operands(x), operands(y))
+    }
+
     /// Rows `rows` of `up(X)`.
     pub fn up_rows(&self, x: &Tensor<B, 2>, rows: std::ops::Range<usize>) -> Tensor<B, 2> {
         if self.left {

@@ -190,7 +190,16 @@ impl Run {
         } else {
             ember::core::NonFinitePolicy::Error
         };
-        self.groups()?.build_with(policy)
+        // `EMBER_EARLY_PROJECTION=off`: Fira's and FRUGAL's `R` inside each update, after the
+        // NaN/Inf check (`EmberOptimizer::with_early_projection`; for comparisons)
+        let early = !matches!(
+            std::env::var("EMBER_EARLY_PROJECTION").as_deref(),
+            Ok("off") | Ok("0")
+        );
+        Ok(self
+            .groups()?
+            .build_with(policy)?
+            .with_early_projection(early))
     }
 
     /// The weights' dtype.

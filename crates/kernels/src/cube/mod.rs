@@ -718,14 +718,14 @@ where
             ResidualUpdate::Fira { .. } => (kernels::MODE_FIRA, coef.step),
         };
         for rows_k in blocks() {
-            let u_n = float_in(basis.up_rows(&n, rows_k.clone()));
-            let u_r = match residual {
-                ResidualUpdate::None => None,
-                _ => Some(
-                    kept_u_r
-                        .take()
-                        .unwrap_or_else(|| float_in(basis.up_rows(&r, rows_k.clone()))),
-                ),
+            // with a residual, `up(N)` and `up(R)` of the block in one cuBLAS window
+            let (u_n, u_r) = match (residual, kept_u_r.take()) {
+                (ResidualUpdate::None, _) => (float_in(basis.up_rows(&n, rows_k.clone())), None),
+                (_, Some(u_r)) => (float_in(basis.up_rows(&n, rows_k.clone())), Some(u_r)),
+                (_, None) => {
+                    let (u_n, u_r) = basis.up_rows_pair(&n, &r, rows_k.clone());
+                    (float_in(u_n), Some(float_in(u_r)))
+                }
             };
             let len = rows_k.len() * cols;
             let (count, dim) = launch_dims(&u_n, len);
