@@ -5,8 +5,10 @@
 //! inputs and outputs and ends its element-wise fusion there, as for any custom kernel (the
 //! pattern of burn's own custom ops, e.g. `burn-vision`'s connected components).
 //!
-//! An op goes through the custom operation when `B` runs fused kernels and every float input is
-//! f32 — then its outputs are known before it runs: the shapes of the trait's contract and f32
+//! The block's layer ops (`rms_norm`, `swiglu`, `rotary` and their backward passes) go through a
+//! custom operation for f32 and bf16 inputs: their kernels write each output in its input's dtype.
+//! Any other op goes through the custom operation when `B` runs fused kernels and every float
+//! input is f32 — then its outputs are known before it runs: the shapes of the trait's contract and f32
 //! (the dtype of every output of a fused kernel, and of the portable path on f32 inputs, which `B`
 //! may still take for shapes its kernels do not cover). Otherwise the portable path runs on
 //! `Fusion<B>` itself, where burn fuses its element-wise chains.
@@ -194,6 +196,13 @@ fn iout<B: FusionBackend, const D: usize>(t: FTensor<B>) -> Tensor<Fusion<B>, D,
 /// Whether the custom operation runs: `B` has fused kernels and every float input is f32.
 fn fused<B: FusionBackend + EmberBackend>(dtypes: &[DType]) -> bool {
     B::fused_kernels() && dtypes.iter().all(|d| *d == DType::F32)
+}
+
+/// Whether a layer op ([`EmberBackend::rms_norm`], `swiglu`, `rotary` and their backward passes)
+/// runs as a custom operation: `B` has fused kernels and every float input is f32 or bf16 (the
+/// kernels compute in f32 and write each output in its input's dtype).
+fn fused_layer<B: FusionBackend + EmberBackend>(dtypes: &[DType]) -> bool {
+    B::fused_kernels() && dtypes.iter().all(|d| matches!(d, DType::F32 | DType::BF16))
 }
 
 fn f32_of(shape: &[usize]) -> OutSpec {
@@ -656,6 +665,118 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         );
         let [flags]: [FTensor<B>; 1] = vec_array(out);
         fout(flags)
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 2> {
+        if !fused_layer::<B>(&[x.dtype(), gamma.dtype()]) {
+            return crate::norm::composed(x, gamma, epsilon);
+        }
+        let spec = (x.dims().to_vec(), x.dtype());
+        let out = custom::<B>(
+            "ember.rms_norm",
+            vec![fin(x), fin(gamma)],
+            &[spec],
+            move |i| {
+                let [x, gamma]: [Prim<B>; 2] = vec_array(i);
+                vec![Prim::from_float(B::rms_norm(
+                    x.float(),
+                    gamma.float(),
+                    epsilon,
+                ))]
+            },
+        );
+        let [y]: [FTensor<B>; 1] = vec_array(out);
+        fout(y)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        gamma: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+        epsilon: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        if !fused_layer::<B>(&[x.dtype(), gamma.dtype(), dy.dtype()]) {
+            return crate::norm::composed_backward(x, gamma, dy, epsilon);
+        }
+        let specs = [
+            (x.dims().to_vec(), x.dtype()),
+            (gamma.dims().to_vec(), gamma.dtype()),
+        ];
+        let out = custom::<B>(
+            "ember.rms_norm_backward",
+            vec![fin(x), fin(gamma), fin(dy)],
+            &specs,
+            move |i| {
+                let [x, gamma, dy]: [Prim<B>; 3] = vec_array(i);
+                let (dx, dgamma) =
+                    B::rms_norm_backward(x.float(), gamma.float(), dy.float(), epsilon);
+                vec![Prim::from_float(dx), Prim::from_float(dgamma)]
+            },
+        );
+        let [dx, dgamma]: [FTensor<B>; 2] = vec_array(out);
+        (fout(dx), fout(dgamma))
+    }
+
+    fn swiglu(g: Tensor<Self, 2>, u: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !fused_layer::<B>(&[g.dtype(), u.dtype()]) {
+            return crate::swiglu::composed(g, u);
+        }
+        let spec = (g.dims().to_vec(), g.dtype());
+        let out = custom::<B>("ember.swiglu", vec![fin(g), fin(u)], &[spec], move |i| {
+            let [g, u]: [Prim<B>; 2] = vec_array(i);
+            vec![Prim::from_float(B::swiglu(g.float(), u.float()))]
+        });
+        let [z]: [FTensor<B>; 1] = vec_array(out);
+        fout(z)
+    }
+
+    fn swiglu_backward(
+        g: Tensor<Self, 2>,
+        u: Tensor<Self, 2>,
+        dz: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        if !fused_layer::<B>(&[g.dtype(), u.dtype(), dz.dtype()]) {
+            return crate::swiglu::composed_backward(g, u, dz);
+        }
+        let specs = [
+            (g.dims().to_vec(), g.dtype()),
+            (u.dims().to_vec(), u.dtype()),
+        ];
+        let out = custom::<B>(
+            "ember.swiglu_backward",
+            vec![fin(g), fin(u), fin(dz)],
+            &specs,
+            move |i| {
+                let [g, u, dz]: [Prim<B>; 3] = vec_array(i);
+                let (dg, du) = B::swiglu_backward(g.float(), u.float(), dz.float());
+                vec![Prim::from_float(dg), Prim::from_float(du)]
+            },
+        );
+        let [dg, du]: [FTensor<B>; 2] = vec_array(out);
+        (fout(dg), fout(du))
+    }
+
+    fn rotary(
+        x: Tensor<Self, 4>,
+        freq: Tensor<Self, 3>,
+        seq_axis: usize,
+        inverse: bool,
+    ) -> Tensor<Self, 4> {
+        if !fused_layer::<B>(&[x.dtype(), freq.dtype()]) {
+            return crate::rotary::composed(x, freq, seq_axis, inverse);
+        }
+        let spec = (x.dims().to_vec(), x.dtype());
+        let out = custom::<B>("ember.rotary", vec![fin(x), fin(freq)], &[spec], move |i| {
+            let [x, freq]: [Prim<B>; 2] = vec_array(i);
+            vec![Prim::from_float(B::rotary(
+                x.float(),
+                freq.float(),
+                seq_axis,
+                inverse,
+            ))]
+        });
+        let [y]: [FTensor<B>; 1] = vec_array(out);
+        fout(y)
     }
 
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
