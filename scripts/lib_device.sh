@@ -11,7 +11,8 @@
 #              is the call's $OUT; env.txt records the machine
 set -u
 if [ "${PACKED:-0}" = 1 ]; then
-  REAL_OUT=$OUT; OUT=/tmp/res; mkdir -p $OUT
+  # a machine may keep /tmp from an earlier session's call: start from an empty /tmp/res
+  REAL_OUT=$OUT; OUT=/tmp/res; rm -rf $OUT; mkdir -p $OUT
   pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
   {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
