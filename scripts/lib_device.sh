@@ -11,8 +11,12 @@
 #              is the call's $OUT; env.txt records the machine
 set -u
 if [ "${PACKED:-0}" = 1 ]; then
-  # a machine may keep /tmp from an earlier session's call: start from an empty /tmp/res
-  REAL_OUT=$OUT; OUT=/tmp/res; rm -rf $OUT; mkdir -p $OUT
+  # a machine may keep /tmp from an earlier session's call: the first script of a call starts
+  # from an empty /tmp/res (a script it runs, sourcing this again, adds to it)
+  REAL_OUT=$OUT; OUT=/tmp/res
+  [ -z "${EMBER_DEVICE_CALL:-}" ] && rm -rf $OUT
+  export EMBER_DEVICE_CALL=1
+  mkdir -p $OUT
   pack() { tar -C /tmp/res -czf $REAL_OUT/res.tgz . ; cp $OUT/summary.txt $REAL_OUT/ 2>/dev/null; }
   {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
