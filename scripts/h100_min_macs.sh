@@ -11,25 +11,11 @@ JSONL=unused.jsonl
 kernel_checks
 grep -E '^[a-z]* *(rotary)' $OUT/kernels_cuda.log | tee -a $OUT/summary.txt
 pack
-if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain; else P=.device4/pretrain; fi
-chmod +x $P
-COMMON="--device cuda --model small --batch 32 --seq 256 --epochs 6 --steps-per-epoch 100 --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
-timeout 120 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
-  --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer galore --out /tmp/warmup > $OUT/warmup.log 2>&1
-echo "warmup: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
-train() {  # name, optimizer, min macs ("" = default)
-  local name=$1 o=$2 macs=$3
-  local lim=$(( $(left) - 15 )); [ $lim -lt 45 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
-  if [ -n "$macs" ]; then export EMBER_CUBLAS_MIN_MACS=$macs; else unset EMBER_CUBLAS_MIN_MACS; fi
-  timeout $lim $P train $COMMON --optimizer $o --out $OUT/$name > $OUT/$name.log 2>&1
-  echo "$name: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/$name.log)" | tee -a $OUT/summary.txt
-  rm -rf $OUT/$name/checkpoint
-  unset EMBER_CUBLAS_MIN_MACS
-  pack
-}
-train adamw adamw ""
+pretrain_setup
+pretrain_warmup galore
+pretrain adamw -- --optimizer adamw
 for m in ${METHODS:-galore fira frugal}; do
-  train $m-cublas $m 0
-  train $m $m ""
+  pretrain $m-cublas EMBER_CUBLAS_MIN_MACS=0 -- --optimizer $m
+  pretrain $m -- --optimizer $m
 done
 cat $OUT/summary.txt

@@ -24,25 +24,16 @@ if [ "${CHECKS:-0}" = 1 ]; then
   echo "step galore: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
   pack
 fi
-if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain; else P=.device4/pretrain; fi
-chmod +x $P
-COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
-# WARMUP=1: a short GaLore run first (1 epoch of 20 steps, not part of the results) compiles the
-# model's kernels, so that the first method's tokens/s are not a cold start's
-if [ "${WARMUP:-0}" = 1 ]; then
-  timeout 120 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
-    --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer galore --out /tmp/warmup > $OUT/warmup.log 2>&1
-  echo "warmup: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
-fi
+pretrain_setup
+# WARMUP=1: a short GaLore run first (not part of the results) compiles the model's kernels
+[ "${WARMUP:-0}" = 1 ] && pretrain_warmup galore
 for m in ${METHODS:-adamw galore}; do
   o=${m%%:*}; o=${o%%+*}; name=${m/:/-}; name=${name//+/-}
   flags=""; rest=${m%%:*}; [ "$rest" != "$o" ] && for f in $(echo ${rest#*+} | tr '+' ' '); do flags="$flags --$f"; done
-  lim=$(( $(left) - 15 )); [ $lim -lt 60 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; continue; }
-  if [ "$m" != "${m%%:*}" ]; then export EMBER_CUBLAS=${m##*:}; else unset EMBER_CUBLAS; fi
-  timeout $lim $P train $COMMON --optimizer $o $flags --out $OUT/$name > $OUT/$name.log 2>&1
-  echo "$name: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/$name.log)" | tee -a $OUT/summary.txt
-  rm -rf $OUT/$name/checkpoint
-  pack
+  if [ "$m" != "${m%%:*}" ]; then
+    pretrain $name EMBER_CUBLAS=${m##*:} -- --optimizer $o $flags
+  else
+    pretrain $name -- --optimizer $o $flags
+  fi
 done
-unset EMBER_CUBLAS
 cat $OUT/summary.txt

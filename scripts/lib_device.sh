@@ -60,3 +60,31 @@ kernel_checks() {
   echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda.log) ok" | tee -a $OUT/summary.txt
   grep -v '^ok ' $OUT/kernels_cuda.log | head -20 | tee -a $OUT/summary.txt
 }
+# pretrain_setup: unpacks the pretraining binary ($P, from .device4/) and sets $COMMON, the
+#   arguments of docs/benchmarks.md's pretraining table (`small`, EPOCHS×STEPS, default 6×100)
+# pretrain_warmup OPTIMIZER: a short run (1 epoch of 20 steps, not a result) that compiles the
+#   model's kernels, so that the first method's tokens/s are not a cold start's
+# pretrain NAME [VAR=VALUE…] -- ARGS…: one run of the table with that environment and
+#   `$COMMON ARGS…` (e.g. `--optimizer fira`), its log and results in $OUT/NAME, a line in
+#   summary.txt (skipped when less than 45 s are left), packed
+pretrain_setup() {
+  if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain; else P=.device4/pretrain; fi
+  chmod +x $P
+  COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
+}
+pretrain_warmup() {
+  timeout 150 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
+    --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer $1 --out /tmp/warmup > $OUT/warmup.log 2>&1
+  echo "warmup: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+}
+pretrain() {
+  local name=$1; shift
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  local lim=$(( $(left) - 15 )); [ $lim -lt 45 ] && { echo "$name: skipped (deadline)" | tee -a $OUT/summary.txt; return; }
+  env "${envs[@]}" timeout $lim $P train $COMMON "$@" --out $OUT/$name > $OUT/$name.log 2>&1
+  echo "$name: exit $? at $(( $(date +%s) - T0 )) s; $(tail -1 $OUT/$name.log | cut -c1-300)" | tee -a $OUT/summary.txt
+  rm -rf $OUT/$name/checkpoint
+  pack
+}
