@@ -26,6 +26,7 @@ pub mod rng;
 pub mod state;
 pub mod svd;
 pub mod targets;
+pub mod timing;
 
 pub use adam::{AdamFlavor, SubspaceAdam};
 pub use blocks::{BlockOrder, BlockSchedule};

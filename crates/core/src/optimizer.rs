@@ -244,8 +244,8 @@ where
     /// every f32 parameter computed before the step's NaN/Inf check, as a discarded residual's
     /// parameters always do (default on). With the check on the host, what is queued before it
     /// overlaps the device's backward pass instead of following the check's wait: in the H100's
-    /// pretraining run FRUGAL trained 5.6–7.0% and Fira 3.7–5.9% more tokens/s
-    /// (`docs/benchmarks.md`). The step then holds every such parameter's `R` (f32, `r` rows or
+    /// pretraining run FRUGAL trained 5.6–7.0% more tokens/s, Fira within the noise (+3.7%,
+    /// +5.9%, −1.0% in three pairs; `docs/benchmarks.md`). The step then holds every such parameter's `R` (f32, `r` rows or
     /// columns of its longer side) from its start beside `G` (counted in `ember-bench
     /// estimate`'s step temporaries); `false` computes each `R` inside its parameter's update,
     /// after the check. Results are the same either way.
@@ -804,8 +804,10 @@ where
         if mode == Mode::Part && self.blocks.is_some() {
             return Err(unsupported_blockwise());
         }
+        let mut timer = crate::timing::StepTimer::start();
         let (order, mut pending) = self.collect(&module, grads)?;
         self.targets_checked = true;
+        timer.lap(crate::timing::Phase::Collect);
         // the check reads `R = down(G)` where the pipeline reads nothing else of `G`
         if non_finite != NonFinitePolicy::Unchecked
             && self.clipping.is_none()
@@ -813,6 +815,7 @@ where
         {
             self.project_first(&order, &mut pending)?;
         }
+        timer.lap(crate::timing::Phase::ProjectFirst);
         // the step's skip flag on the device, or the check on the host
         let skip = if non_finite == NonFinitePolicy::SkipStepOnDevice
             && self.checks_on_device(&order, &pending)
@@ -847,6 +850,7 @@ where
             }
         }
 
+        timer.lap(crate::timing::Phase::Check);
         let mut pending = pending;
         if let Some(clipping) = self.clipping {
             if mode == Mode::Part && matches!(clipping, Clipping::GlobalNorm(_)) {
@@ -913,10 +917,13 @@ where
             skip,
             error: None,
         };
+        timer.lap(crate::timing::Phase::Prepare);
         let module = module.map(&mut stepper);
         if let Some(e) = stepper.error {
             return Err(e);
         }
+        timer.lap(crate::timing::Phase::Update);
+        timer.finish();
         if mode == Mode::Whole {
             self.step += 1;
         }

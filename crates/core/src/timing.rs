@@ -1,0 +1,116 @@
+//! Host time of an optimizer step by phase, for finding where a step's host time goes on a GPU
+//! backend (where the host only queues work and waits at the NaN/Inf check's read-back).
+//!
+//! Off unless `EMBER_STEP_TIMING=<steps>` is set: then every `steps` optimizer steps (or parts)
+//! one line goes to the log (`log::info!`) and to stderr with the mean host milliseconds of
+//! each phase — collecting the gradients, the projections issued before the check, the check
+//! (with the host policies its wait for the device), the preparation of the updates (clipping,
+//! FRUGAL's block selection) and the updates themselves (queued, not run, on a GPU backend).
+//! Timing reads the clock only; it does not synchronize the device.
+
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The phases of [`crate::EmberOptimizer`]'s step, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking every gradient from burn's container, checking shapes and dtypes.
+    Collect,
+    /// `R = down(G)` issued before the check (GaLore family; Fira and FRUGAL, early projection).
+    ProjectFirst,
+    /// The NaN/Inf check (on the host: its pass, and the wait for the device to read the flags).
+    Check,
+    /// Clipping and FRUGAL's block selection.
+    Prepare,
+    /// Every parameter's update.
+    Update,
+}
+
+const PHASES: usize = 5;
+const NAMES: [&str; PHASES] = ["collect", "project-first", "check", "prepare", "update"];
+
+/// Steps per report (`EMBER_STEP_TIMING`), `None` when off.
+fn every() -> Option<usize> {
+    static EVERY: OnceLock<Option<usize>> = OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("EMBER_STEP_TIMING")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    })
+}
+
+/// Sums of the phases over the steps since the last report.
+static SUMS: Mutex<([f64; PHASES], usize)> = Mutex::new(([0.0; PHASES], 0));
+
+/// The timer of one step: a no-op when `EMBER_STEP_TIMING` is unset.
+pub struct StepTimer {
+    last: Option<Instant>,
+    laps: [f64; PHASES],
+}
+
+impl StepTimer {
+    /// Starts timing a step (if timing is on).
+    pub fn start() -> Self {
+        Self {
+            last: every().map(|_| Instant::now()),
+            laps: [0.0; PHASES],
+        }
+    }
+
+    /// Ends `phase` now: the time since the previous lap is added to it.
+    pub fn lap(&mut self, phase: Phase) {
+        if let Some(last) = self.last {
+            let now = Instant::now();
+            self.laps[phase as usize] += (now - last).as_secs_f64() * 1e3;
+            self.last = Some(now);
+        }
+    }
+
+    /// Adds this step to the running sums and reports every `EMBER_STEP_TIMING` steps.
+    pub fn finish(self) {
+        let (Some(_), Some(every)) = (self.last, every()) else {
+            return;
+        };
+        let mut sums = SUMS.lock().unwrap_or_else(|e| e.into_inner());
+        for (s, l) in sums.0.iter_mut().zip(self.laps) {
+            *s += l;
+        }
+        sums.1 += 1;
+        if sums.1 >= every {
+            let n = sums.1 as f64;
+            let parts: Vec<String> = NAMES
+                .iter()
+                .zip(sums.0)
+                .map(|(name, s)| format!("{name} {:.3}", s / n))
+                .collect();
+            let total: f64 = sums.0.iter().sum::<f64>() / n;
+            let line = format!(
+                "ember step timing (host ms, mean of {} steps): {} | total {total:.3}",
+                sums.1,
+                parts.join(", ")
+            );
+            log::info!("{line}");
+            eprintln!("{line}");
+            *sums = ([0.0; PHASES], 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_without_the_variable() {
+        // the test process does not set EMBER_STEP_TIMING: no clock, no report
+        if std::env::var("EMBER_STEP_TIMING").is_err() {
+            let mut t = StepTimer::start();
+            t.lap(Phase::Collect);
+            assert!(t.last.is_none());
+            assert_eq!(t.laps, [0.0; PHASES]);
+            t.finish();
+        }
+    }
+}
