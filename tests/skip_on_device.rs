@@ -281,3 +281,80 @@ fn early_projection_changes_nothing() {
         }
     }
 }
+
+/// Every parameter's step counters, in module order.
+fn counters(optim: &Optim, model: &Tiny<B>) -> Vec<Option<(usize, usize, usize)>> {
+    [
+        model.embed.id,
+        model.mlp.up.weight.id,
+        model.mlp.down.weight.id,
+        model.gain.id,
+    ]
+    .into_iter()
+    .map(|id| {
+        optim
+            .param_state(id)
+            .map(|s| (s.step, s.adam_step, s.refresh.refreshes))
+    })
+    .collect()
+}
+
+/// The host policies with their check deferred to the step's end (`with_deferred_check`, the
+/// default on GPU backends; forced on here, on the CPU): the same outcome as the check before
+/// the updates, bit for bit — weights, moments, step counters, the error naming the same
+/// parameter (`Error`) or the skip counted (`SkipStep`) — over ordinary steps, a poisoned step
+/// and the steps after it, a projector refresh among them.
+#[test]
+fn a_deferred_check_is_the_host_check() {
+    for policy in [NonFinitePolicy::Error, NonFinitePolicy::SkipStep] {
+        for ((name, a), (_, b)) in optimizers(policy).into_iter().zip(optimizers(policy)) {
+            let mut a = a.with_deferred_check(false);
+            let mut b = b.with_deferred_check(true);
+            let device = Default::default();
+            let (mut ma, mut mb) = (Tiny::<B>::new(&device), Tiny::<B>::new(&device));
+            for k in 0..13 {
+                if k == 4 {
+                    let (ga, gb) = (poisoned(&ma, k, f32::NAN), poisoned(&mb, k, f32::NAN));
+                    let ra = a.try_step(1e-2, ma.clone(), ga);
+                    let rb = b.try_step(1e-2, mb.clone(), gb);
+                    match (ra, rb) {
+                        (Err(ea), Err(eb)) => {
+                            assert_eq!(policy, NonFinitePolicy::Error, "{name}");
+                            assert_eq!(ea.to_string(), eb.to_string(), "{name}: the error");
+                            assert!(ea.to_string().contains("mlp.down.weight"), "{name}: {ea}");
+                        }
+                        (Ok(na), Ok(nb)) => {
+                            assert_eq!(policy, NonFinitePolicy::SkipStep, "{name}");
+                            assert_eq!(flat(&nb), flat(&mb), "{name}: a skip moved weights");
+                            (ma, mb) = (na, nb);
+                            assert_eq!(b.skipped_steps(), 1, "{name}: skips");
+                        }
+                        (ra, rb) => {
+                            panic!("{name} {policy:?}: {:?} against {:?}", ra.err(), rb.err())
+                        }
+                    }
+                } else {
+                    ma = train_step(ma, &mut a, k, 1e-2).0;
+                    mb = train_step(mb, &mut b, k, 1e-2).0;
+                }
+                assert_eq!(flat(&ma), flat(&mb), "{name} {policy:?} step {k}: weights");
+                assert_eq!(
+                    states(&a, &ma),
+                    states(&b, &mb),
+                    "{name} {policy:?} step {k}: states"
+                );
+                assert_eq!(
+                    counters(&a, &ma),
+                    counters(&b, &mb),
+                    "{name} {policy:?} step {k}: counters"
+                );
+                assert_eq!(a.skipped_steps(), b.skipped_steps(), "{name} {policy:?}");
+            }
+            assert_eq!(
+                a.host_checks(),
+                b.host_checks(),
+                "{name} {policy:?}: checks"
+            );
+        }
+    }
+}

@@ -26,7 +26,9 @@ use burn::tensor::DType;
 pub enum NonFinitePolicy {
     /// [`EmberOptimizer::try_step`] returns [`EmberError::NonFiniteGradient`] naming the first
     /// such parameter, and changes nothing. Default. (burn's `Optimizer::step`, which cannot
-    /// return an error, skips the step instead: see its docs.)
+    /// return an error, skips the step instead: see its docs.) On GPU backends the verdict is
+    /// read back after the step's updates are queued, holding the flag on the device
+    /// ([`EmberOptimizer::with_deferred_check`]); the outcome is the same.
     Error,
     /// The whole step is skipped (no parameter or state changes) and a warning is logged.
     SkipStep,
@@ -85,6 +87,8 @@ pub struct EmberOptimizer<M, B: AutodiffBackend> {
     targets_checked: bool,
     /// [`with_early_projection`](Self::with_early_projection).
     early_projection: bool,
+    /// [`with_deferred_check`](Self::with_deferred_check): `None` follows the backend.
+    deferred_check: Option<bool>,
     _module: PhantomData<M>,
 }
 
@@ -200,6 +204,7 @@ where
             rounding_seed: 0,
             targets_checked: false,
             early_projection: true,
+            deferred_check: None,
             _module: PhantomData,
         })
     }
@@ -251,6 +256,27 @@ where
     /// after the check. Results are the same either way.
     pub fn with_early_projection(mut self, early: bool) -> Self {
         self.early_projection = early;
+        self
+    }
+
+    /// Whether the host policies ([`NonFinitePolicy::Error`], [`NonFinitePolicy::SkipStep`])
+    /// read their NaN/Inf verdict back **after** the step's updates are queued instead of
+    /// before. The gradients are flagged on the device as under
+    /// [`NonFinitePolicy::SkipStepOnDevice`], the updates are queued holding that flag (where
+    /// it is set they leave every weight and moment as it was), and the step ends by reading
+    /// the flag: set, the step's counters are put back and the policy applies — `Error`
+    /// returns [`EmberError::NonFiniteGradient`] naming the first such parameter, `SkipStep`
+    /// logs and counts the skip — so the outcome is the host check's, bit for bit. What
+    /// changes is when the host waits: it queues the updates while the device still runs the
+    /// backward pass, and waits once, for the whole step.
+    ///
+    /// Default: on where the backend runs the fused kernels
+    /// ([`EmberBackend::fused_kernels`]: CubeCL backends), off elsewhere (on a CPU backend the
+    /// portable path's masking costs more than the wait). Steps that must check on the host
+    /// first check there either way (those listed under `SkipStepOnDevice`, and FRUGAL's
+    /// blockwise mode, whose re-selection resets states).
+    pub fn with_deferred_check(mut self, deferred: bool) -> Self {
+        self.deferred_check = Some(deferred);
         self
     }
 
@@ -816,15 +842,42 @@ where
             self.project_first(&order, &mut pending)?;
         }
         timer.lap(crate::timing::Phase::ProjectFirst);
-        // the step's skip flag on the device, or the check on the host
-        let skip = if non_finite == NonFinitePolicy::SkipStepOnDevice
-            && self.checks_on_device(&order, &pending)
-        {
-            device_skip_flag(&order, &pending)
-        } else {
-            None
+        // the step's skip flag on the device, or the check on the host (now, or deferred to the
+        // step's end: `with_deferred_check`)
+        let deferred = matches!(
+            non_finite,
+            NonFinitePolicy::Error | NonFinitePolicy::SkipStep
+        ) && self.blocks.is_none()
+            && self
+                .deferred_check
+                .unwrap_or_else(<B::InnerBackend as EmberBackend>::fused_kernels)
+            && self.checks_on_device(&order, &pending);
+        let on_device = non_finite == NonFinitePolicy::SkipStepOnDevice
+            && self.checks_on_device(&order, &pending);
+        let mut verdict = None;
+        let skip = match device_flags(&order, &pending) {
+            Some((ids, flags)) if deferred => {
+                let flag = ember_kernels::skip_flag(flags.clone());
+                verdict = Some(Verdict {
+                    paths: ids.iter().map(|id| pending[id].path.clone()).collect(),
+                    counters: ids
+                        .iter()
+                        .map(|id| {
+                            let s = self.states.get(id);
+                            (*id, s.map(|s| (s.step, s.adam_step, s.refresh.clone())))
+                        })
+                        .collect(),
+                    flags,
+                });
+                Some(flag)
+            }
+            Some((_, flags)) if on_device => Some(ember_kernels::skip_flag(flags)),
+            _ => None,
         };
-        if let Some(flag) = &skip {
+        if verdict.is_some() {
+            self.report_device_skips();
+            self.host_checks += 1;
+        } else if let Some(flag) = &skip {
             self.device_skips = Some(match self.device_skips.take() {
                 Some(count) => {
                     let device = count.device();
@@ -923,7 +976,19 @@ where
             return Err(e);
         }
         timer.lap(crate::timing::Phase::Update);
+        // the deferred check's verdict: one read of the flags, after every update is queued
+        let bad = verdict.and_then(|v| v.read(&mut self.states));
+        timer.lap(crate::timing::Phase::Verdict);
         timer.finish();
+        if let Some(param) = bad {
+            let err = EmberError::NonFiniteGradient { param };
+            if non_finite == NonFinitePolicy::Error {
+                return Err(err);
+            }
+            log::warn!("ember: {err}; skipping this optimizer step");
+            self.skipped_steps += 1;
+            return Ok(module);
+        }
         if mode == Mode::Whole {
             self.step += 1;
         }
@@ -1232,21 +1297,69 @@ fn first_non_finite<B: EmberBackend>(
     order.iter().find(|id| bad.contains(id)).copied()
 }
 
-/// The skip flag of a step on one device ([`NonFinitePolicy::SkipStepOnDevice`]): the fused
-/// flags of every gradient reduced on the device, never read back. `None` without gradients.
-fn device_skip_flag<B: EmberBackend>(
+/// The NaN/Inf flags of a step's gradients on one device, one per parameter (the parameters
+/// with a gradient, in module order), not read back: reduced to the step's skip flag
+/// ([`ember_kernels::skip_flag`]) for the update kernels. `None` without gradients.
+fn device_flags<B: EmberBackend>(
     order: &[ParamId],
     pending: &HashMap<ParamId, Pending<B>>,
-) -> Option<Tensor<B, 1>> {
-    let ids: Vec<&ParamId> = order.iter().filter(|id| !pending[*id].empty).collect();
-    let device = pending[*ids.first()?].device.clone();
+) -> Option<(Vec<ParamId>, Tensor<B, 1>)> {
+    let ids: Vec<ParamId> = order
+        .iter()
+        .filter(|id| !pending[*id].empty)
+        .copied()
+        .collect();
+    let device = pending[ids.first()?].device.clone();
     let grads = ids
         .iter()
-        .map(|id| pending[*id].grad_tensor().clone())
+        .map(|id| pending[id].grad_tensor().clone())
         .collect();
-    Some(ember_kernels::skip_flag(B::non_finite_flags(
-        grads, &device,
-    )))
+    let flags = B::non_finite_flags(grads, &device);
+    Some((ids, flags))
+}
+
+/// A parameter's step counters and refresh state (`step`, `adam_step`, `refresh`).
+type Counters = (usize, usize, crate::refresh::RefreshState);
+
+/// A host policy's check deferred to the step's end ([`EmberOptimizer::with_deferred_check`]):
+/// the flags, and what the step changes on the host, to put back if one is set.
+struct Verdict<B: Backend> {
+    /// One flag per parameter, in module order.
+    flags: Tensor<B, 1>,
+    /// The parameters' paths, in the flags' order.
+    paths: Vec<String>,
+    /// Each parameter's counters before the step (`None`: no state before it).
+    counters: Vec<(ParamId, Option<Counters>)>,
+}
+
+impl<B: Backend> Verdict<B> {
+    /// Reads the flags (the step's one synchronization); if one is set, puts every counter
+    /// back (the updates held the weights and moments on the device) and returns the first
+    /// such parameter's path.
+    fn read(self, states: &mut HashMap<ParamId, ParamState<B>>) -> Option<String> {
+        let flags: Vec<f32> = self
+            .flags
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 flags");
+        let first = flags.iter().position(|f| *f != 0.0)?;
+        for (id, before) in self.counters {
+            match before {
+                Some((step, adam_step, refresh)) => {
+                    if let Some(s) = states.get_mut(&id) {
+                        s.step = step;
+                        s.adam_step = adam_step;
+                        s.refresh = refresh;
+                    }
+                }
+                None => {
+                    states.remove(&id);
+                }
+            }
+        }
+        self.paths.into_iter().nth(first)
+    }
 }
 
 /// Pass 2: computes each parameter's update while the module is mapped, so that its old value

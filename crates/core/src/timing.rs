@@ -25,10 +25,22 @@ pub enum Phase {
     Prepare,
     /// Every parameter's update.
     Update,
+    /// The deferred check's read-back (waits for the device to run the whole step).
+    Verdict,
 }
 
-const PHASES: usize = 5;
-const NAMES: [&str; PHASES] = ["collect", "project-first", "check", "prepare", "update"];
+const PHASES: usize = 6;
+const NAMES: [&str; PHASES] = [
+    "collect",
+    "project-first",
+    "check",
+    "prepare",
+    "update",
+    "verdict",
+];
+
+/// When the last timed step ended (for the time between steps).
+static LAST_END: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Steps per report (`EMBER_STEP_TIMING`), `None` when off.
 fn every() -> Option<usize> {
@@ -41,21 +53,33 @@ fn every() -> Option<usize> {
     })
 }
 
-/// Sums of the phases over the steps since the last report.
-static SUMS: Mutex<([f64; PHASES], usize)> = Mutex::new(([0.0; PHASES], 0));
+/// Sums of the phases over the steps since the last report, the time between steps and the
+/// number of steps.
+static SUMS: Mutex<([f64; PHASES], f64, usize)> = Mutex::new(([0.0; PHASES], 0.0, 0));
 
 /// The timer of one step: a no-op when `EMBER_STEP_TIMING` is unset.
 pub struct StepTimer {
     last: Option<Instant>,
     laps: [f64; PHASES],
+    /// Host ms since the previous timed step ended (0 for the first).
+    between: f64,
 }
 
 impl StepTimer {
     /// Starts timing a step (if timing is on).
     pub fn start() -> Self {
+        let last = every().map(|_| Instant::now());
+        let between = match last {
+            Some(now) => LAST_END
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or(0.0, |end| (now - end).as_secs_f64() * 1e3),
+            None => 0.0,
+        };
         Self {
-            last: every().map(|_| Instant::now()),
+            last,
             laps: [0.0; PHASES],
+            between,
         }
     }
 
@@ -73,13 +97,15 @@ impl StepTimer {
         let (Some(_), Some(every)) = (self.last, every()) else {
             return;
         };
+        *LAST_END.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut sums = SUMS.lock().unwrap_or_else(|e| e.into_inner());
         for (s, l) in sums.0.iter_mut().zip(self.laps) {
             *s += l;
         }
-        sums.1 += 1;
-        if sums.1 >= every {
-            let n = sums.1 as f64;
+        sums.1 += self.between;
+        sums.2 += 1;
+        if sums.2 >= every {
+            let n = sums.2 as f64;
             let parts: Vec<String> = NAMES
                 .iter()
                 .zip(sums.0)
@@ -87,13 +113,15 @@ impl StepTimer {
                 .collect();
             let total: f64 = sums.0.iter().sum::<f64>() / n;
             let line = format!(
-                "ember step timing (host ms, mean of {} steps): {} | total {total:.3}",
-                sums.1,
-                parts.join(", ")
+                "ember step timing (host ms, mean of {} steps): {} | total {total:.3} | \
+                 between steps {:.3}",
+                sums.2,
+                parts.join(", "),
+                sums.1 / n
             );
             log::info!("{line}");
             eprintln!("{line}");
-            *sums = ([0.0; PHASES], 0);
+            *sums = ([0.0; PHASES], 0.0, 0);
         }
     }
 }

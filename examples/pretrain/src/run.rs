@@ -196,10 +196,19 @@ impl Run {
             std::env::var("EMBER_EARLY_PROJECTION").as_deref(),
             Ok("off") | Ok("0")
         );
-        Ok(self
+        // `EMBER_DEFERRED_CHECK=off`: the host check's read-back before the updates are queued
+        // (`EmberOptimizer::with_deferred_check`; for comparisons)
+        let mut optim = self
             .groups()?
             .build_with(policy)?
-            .with_early_projection(early))
+            .with_early_projection(early);
+        if matches!(
+            std::env::var("EMBER_DEFERRED_CHECK").as_deref(),
+            Ok("off") | Ok("0")
+        ) {
+            optim = optim.with_deferred_check(false);
+        }
+        Ok(optim)
     }
 
     /// The weights' dtype.
