@@ -39,6 +39,7 @@
 //! the cubic steps then finish the convergence that those coefficients leave at about ±30 %.
 
 use burn::prelude::*;
+use ember_kernels::EmberBackend;
 
 /// Quintic steps of [`orthonormalize_fast`].
 const QUINTIC_STEPS: usize = 8;
@@ -59,18 +60,20 @@ pub fn orthonormalize<B: Backend>(x: Tensor<B, 2>, iters: usize) -> Tensor<B, 2>
 /// Newton–Schulz orthonormalization of the columns of `x` (k ≤ rows) in 13 steps: 8 quintic
 /// steps that lift small singular values ×3.44 per step, then 5 cubic steps that converge
 /// (module docs).
-pub fn orthonormalize_fast<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+///
+/// Each step is `X ← X·poly(A)`: the `r × r` polynomial in one op
+/// ([`EmberBackend::newton_schulz_poly`], fused on GPU backends), then one product.
+pub fn orthonormalize_fast<B: EmberBackend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let mut x = frobenius_normalized(x);
     for _ in 0..QUINTIC_STEPS {
         let gram = x.clone().transpose().matmul(x.clone());
-        let poly = gram
-            .clone()
-            .mul_scalar(-4.7750)
-            .add(gram.clone().matmul(gram).mul_scalar(2.0315));
-        x = x.clone().mul_scalar(3.4445).add(x.matmul(poly));
+        let square = gram.clone().matmul(gram.clone());
+        let poly = B::newton_schulz_poly(gram, Some(square), [3.4445, -4.7750, 2.0315]);
+        x = x.matmul(poly);
     }
     for _ in 0..CUBIC_STEPS {
-        x = cubic_step(x);
+        let gram = x.clone().transpose().matmul(x.clone());
+        x = x.matmul(B::newton_schulz_poly(gram, None, [1.5, -0.5, 0.0]));
     }
     x
 }
@@ -90,7 +93,7 @@ fn cubic_step<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 
 /// Top-`r` right singular subspace of `g` as `r × n` rows (`left = false`) or left singular
 /// subspace as `m × r` columns (`left = true`), from `start` (n×r or m×r).
-pub fn subspace_iteration<B: Backend>(
+pub fn subspace_iteration<B: EmberBackend>(
     g: &Tensor<B, 2>,
     start: Tensor<B, 2>,
     left: bool,
@@ -124,7 +127,7 @@ pub fn subspace_iteration<B: Backend>(
 /// directions from the random `random(1)` (`orth(P + 10⁻²·Ω/√dim)`), so `P` is always an
 /// orthonormal frame that contains the gradient's dominant subspace. The check reads one scalar
 /// to the host, at refresh steps only.
-pub fn fit<B: Backend>(
+pub fn fit<B: EmberBackend>(
     g: &Tensor<B, 2>,
     warm: Option<Tensor<B, 2>>,
     random: impl Fn(u64) -> Tensor<B, 2>,

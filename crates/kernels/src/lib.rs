@@ -262,7 +262,13 @@ pub fn skip_flag<B: Backend>(flags: Tensor<B, 1>) -> Tensor<B, 1> {
     if flags.dims()[0] == 0 {
         return Tensor::<B, 1>::zeros([1], &device).cast(burn::tensor::DType::F32);
     }
-    flags.max().clamp(0.0, 1.0).cast(burn::tensor::DType::F32)
+    // (not `clamp`: burn 0.21's fusion backend on CUDA vectorizes a fused `clamp` into
+    // `min(float_4, float)`, which NVRTC rejects)
+    flags
+        .max()
+        .greater_elem(0.0)
+        .float()
+        .cast(burn::tensor::DType::F32)
 }
 
 /// Key of the counter-based generator behind stochastic rounding: the uniform of element `i` is
@@ -437,6 +443,18 @@ pub trait EmberBackend: Backend {
     /// of burn's `is_finite().all()` chain and a reduction per gradient.
     fn non_finite_flags(grads: Vec<Tensor<Self, 2>>, device: &Device<Self>) -> Tensor<Self, 1> {
         portable::non_finite_flags(grads, device)
+    }
+
+    /// The polynomial of one Newton–Schulz step on the `r × r` Gram matrix `A = XᵀX`:
+    /// `c₀·I + c₁·A + c₂·A²` (`a2` holds `A²`; `None` for `c₂ = 0`), so that the step is one
+    /// product `X ← X·poly`. Fused: one pass (burn's composition launches 3–5 element-wise
+    /// ops and the identity); the device projector's orthonormalizations run 13 such steps.
+    fn newton_schulz_poly(
+        a: Tensor<Self, 2>,
+        a2: Option<Tensor<Self, 2>>,
+        c: [f64; 3],
+    ) -> Tensor<Self, 2> {
+        portable::newton_schulz_poly(a, a2, c)
     }
 
     /// DCT alignment scores: the ℓ1 norm of each column of `G·Q` (right) or of each row of

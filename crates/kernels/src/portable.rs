@@ -468,6 +468,23 @@ pub fn dct_scores<B: Backend>(g: Tensor<B, 2>, q: Tensor<B, 2>, left: bool) -> T
     }
 }
 
+/// See [`EmberBackend::newton_schulz_poly`](crate::EmberBackend::newton_schulz_poly).
+pub fn newton_schulz_poly<B: Backend>(
+    a: Tensor<B, 2>,
+    a2: Option<Tensor<B, 2>>,
+    c: [f64; 3],
+) -> Tensor<B, 2> {
+    let [r, _] = a.dims();
+    let eye = Tensor::<B, 2>::eye(r, &a.device())
+        .cast(a.dtype())
+        .mul_scalar(c[0]);
+    let poly = a.mul_scalar(c[1]).add(eye);
+    match a2 {
+        Some(a2) => poly.add(a2.mul_scalar(c[2])),
+        None => poly,
+    }
+}
+
 /// See [`EmberBackend::non_finite_flags`](crate::EmberBackend::non_finite_flags).
 pub fn non_finite_flags<B: Backend>(grads: Vec<Tensor<B, 2>>, device: &B::Device) -> Tensor<B, 1> {
     if grads.is_empty() {

@@ -97,6 +97,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     quantization::<B>(&mut out, device);
     stochastic_rounding::<B>(&mut out, device);
     dct::<B>(&mut out, device);
+    newton_schulz::<B>(&mut out, device);
     non_finite::<B>(&mut out, device);
     non_finite_strided::<B>(&mut out, device);
     skip_flag::<B>(&mut out, device);
@@ -808,6 +809,21 @@ fn non_finite_strided<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device)
                 + (flags.len() as f64 - 2.0).abs(),
             tolerance: 0.0,
         });
+    }
+}
+
+fn newton_schulz<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    for r in [1, 7, 33, 128] {
+        let a = normal::<B>([r, r], 1.0, device);
+        let a2 = normal::<B>([r, r], 1.0, device);
+        let quintic = [3.4445, -4.7750, 2.0315];
+        let f = B::newton_schulz_poly(a.clone(), Some(a2.clone()), quintic);
+        let p = portable::newton_schulz_poly(a.clone(), Some(a2), quintic);
+        compare(out, format!("newton_schulz_poly quintic r={r}"), f, p);
+        let cubic = [1.5, -0.5, 0.0];
+        let f = B::newton_schulz_poly(a.clone(), None, cubic);
+        let p = portable::newton_schulz_poly(a, None, cubic);
+        compare(out, format!("newton_schulz_poly cubic r={r}"), f, p);
     }
 }
 

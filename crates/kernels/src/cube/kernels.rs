@@ -190,69 +190,61 @@ fn phi_at(phi: &Array<f32>, i: usize, cols: u32, row0: u32, #[comptime] columns:
     ph
 }
 
-/// Fira's update as one low-rank product: `out = a·N − b·(R∘φ)/limiter` (`φ` per column of the
-/// low-rank `rows × cols` pair, `columns`, or per row), so that `up(out)` is
-/// `a·up(N) − b·(up(R)∘φ)/limiter`. Zero where the step is held.
+/// Fira's update in one launch of `len + low_len` units, both parts of
+/// `W' = post·(pre·W − c·(G∘φ)/l) − post·up(M)` but the product:
+/// * units `i < len`, the full-size part: `W'[i] = post·(pre·W − c·(G∘φ)/l)[i]` (`W` where the
+///   step is held);
+/// * units `len + j`, the low-rank `M = a·N − b·(R∘φ)/l` (`low_rows × low_cols`), so that
+///   `up(M) = a·up(N) − b·(up(R)∘φ)/l`; zero where the step is held.
+///
+/// `φ` per column (`columns`) or per row of both; `l = limiter[0]`. The GEMM
+/// `W' ← W' − post·up(M)` follows.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn fira_low_rank(
+pub fn fira_parts(
+    w: &Array<f32>,
+    g: &Array<f32>,
     n: &Array<f32>,
     r: &Array<f32>,
     phi: &Array<f32>,
     limiter: &Array<f32>,
     skip: &Array<f32>,
-    out: &mut Array<f32>,
+    w_out: &mut Array<f32>,
+    low: &mut Array<f32>,
     len: u32,
     cols: u32,
+    low_len: u32,
+    low_cols: u32,
+    pre: f32,
+    c: f32,
+    post: f32,
     a: f32,
     b: f32,
     #[comptime] columns: bool,
     #[comptime] guarded: bool,
 ) {
     let i = ABSOLUTE_POS;
-    if i < len as usize {
-        if held(skip, guarded) {
-            out[i] = 0.0;
-        } else {
-            let ph = phi_at(phi, i, cols, 0u32, columns);
-            out[i] = a * n[i] - b * r[i] * ph / limiter[0];
-        }
-    }
-}
-
-/// The full-size part of Fira's update: `W' = post·(pre·W − c·(G∘φ)/limiter)` (`φ` per column of
-/// `W`, `columns`, or per row); the low-rank part is added by one GEMM afterwards. `W` where the
-/// step is held.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-pub fn fira_full_part(
-    w: &Array<f32>,
-    g: &Array<f32>,
-    phi: &Array<f32>,
-    limiter: &Array<f32>,
-    skip: &Array<f32>,
-    w_out: &mut Array<f32>,
-    len: u32,
-    cols: u32,
-    pre: f32,
-    c: f32,
-    post: f32,
-    #[comptime] columns: bool,
-    #[comptime] guarded: bool,
-) {
-    let i = ABSOLUTE_POS;
-    if i < len as usize {
+    let full = len as usize;
+    if i < full {
         if held(skip, guarded) {
             w_out[i] = w[i];
         } else {
             let ph = phi_at(phi, i, cols, 0u32, columns);
             w_out[i] = (w[i] * pre - c * (g[i] * ph / limiter[0])) * post;
         }
+    } else if i < full + low_len as usize {
+        let j = i - full;
+        if held(skip, guarded) {
+            low[j] = 0.0;
+        } else {
+            let ph = phi_at(phi, j, low_cols, 0u32, columns);
+            low[j] = a * n[j] - b * r[j] * ph / limiter[0];
+        }
     }
 }
 
 /// Fira's `Ψ²` of one block of `rows × cols` (`u_r` holds `up(R)` of the block), summed per column
-/// over groups of `group` rows: `out[k·cols + j] = Σ_{r in group k} ((G − α·U_R)·φ)²[r, j]`. One
+/// over groups of `group` rows: `out[out0 + k·cols + j] = Σ_{r in group k} ((G − α·U_R)·φ)²[r, j]`. One
 /// unit per (group, column): coalesced reads, `⌈rows/group⌉·cols` partial sums for a short final
 /// reduction (burn's reduction of the whole block cost 0.29 ms at 762×11008 on the H100).
 #[cube(launch)]
@@ -268,6 +260,7 @@ pub fn fira_psi_partial(
     row0: u32,
     group: u32,
     alpha: f32,
+    out0: u32,
     #[comptime] phi_per_column: bool,
 ) {
     let t = ABSOLUTE_POS;
@@ -287,7 +280,7 @@ pub fn fira_psi_partial(
             let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
             acc += psi * psi;
         }
-        out[t] = acc;
+        out[out0 as usize + t] = acc;
     }
 }
 
@@ -325,25 +318,36 @@ pub fn fira_phi(
     }
 }
 
-/// Fira's norm-growth limiter from `Σ Ψ²` (`sum[0]`), one unit: `ζ = ‖Ψ‖`, and with a previous
-/// `ζ` (`has_prev`) `limiter = max(‖Ψ‖/(ζ_prev + 1e-8), γ)/γ`, `ζ = ‖Ψ‖/limiter` (else 1).
-/// Where the step is held the old `ζ` stays (`no_prev`, `+∞`, without one: the next step's
-/// limiter is 1).
+/// Fira's norm-growth limiter from the `count` partial sums of `Ψ²` ([`fira_psi_partial`]),
+/// one cube of `units` units (a power of two): they sum the partials (strided, then a tree in
+/// shared memory), and unit 0 sets `ζ = ‖Ψ‖`, and with a previous `ζ` (`has_prev`)
+/// `limiter = max(‖Ψ‖/(ζ_prev + 1e-8), γ)/γ`, `ζ = ‖Ψ‖/limiter` (else 1). Where the step is
+/// held the old `ζ` stays (`no_prev`, `+∞`, without one: the next step's limiter is 1).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn fira_limit(
-    sum: &Array<f32>,
+    partials: &Array<f32>,
     prev: &Array<f32>,
     skip: &Array<f32>,
     limiter: &mut Array<f32>,
     zeta: &mut Array<f32>,
+    count: u32,
     gamma: f32,
     no_prev: f32,
+    #[comptime] units: u32,
     #[comptime] has_prev: bool,
     #[comptime] guarded: bool,
 ) {
-    if ABSOLUTE_POS == 0 {
-        let norm = f32::sqrt(sum[0]);
+    let u = UNIT_POS as usize;
+    let mut acc = 0.0f32;
+    let mut k = u;
+    while k < count as usize {
+        acc += partials[k];
+        k += units as usize;
+    }
+    let (sum, _) = crate::cube::layers::cube_sums(acc, 0.0f32, units);
+    if u == 0 {
+        let norm = f32::sqrt(sum);
         let mut l = 1.0f32;
         let mut z = norm;
         if comptime![has_prev] {
@@ -501,6 +505,34 @@ pub fn quantize_int8(
             }
             codes[base / 4 + word] = packed;
         }
+    }
+}
+
+/// One Newton–Schulz polynomial on the `r × r` Gram matrix `A`:
+/// `out = c₀·I + c₁·A + c₂·A²` (`a2` holds `A²`, read only with `has_a2`), one unit per element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn newton_schulz_poly(
+    a: &Array<f32>,
+    a2: &Array<f32>,
+    out: &mut Array<f32>,
+    r: u32,
+    c0: f32,
+    c1: f32,
+    c2: f32,
+    #[comptime] has_a2: bool,
+) {
+    let i = ABSOLUTE_POS;
+    let n = r as usize;
+    if i < n * n {
+        let mut v = c1 * a[i];
+        if comptime![has_a2] {
+            v += c2 * a2[i];
+        }
+        if i / n == i % n {
+            v += c0;
+        }
+        out[i] = v;
     }
 }
 

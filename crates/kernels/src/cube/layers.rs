@@ -12,7 +12,7 @@ pub const GAMMA_ROWS_PER_UNIT: u32 = 32;
 
 /// The sums over the cube of `a` and `b` (every unit gets both): a tree in shared memory.
 #[cube]
-fn cube_sums(a: f32, b: f32, #[comptime] units: u32) -> (f32, f32) {
+pub(crate) fn cube_sums(a: f32, b: f32, #[comptime] units: u32) -> (f32, f32) {
     let u = UNIT_POS as usize;
     let mut shared_a = SharedMemory::<f32>::new(units as usize);
     let mut shared_b = SharedMemory::<f32>::new(units as usize);

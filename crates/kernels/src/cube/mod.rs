@@ -172,6 +172,10 @@ fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
 /// Rows of one column that one unit of Fira's `‖Ψ‖` pass sums (`kernels::fira_psi_partial`).
 const FIRA_ROWS_PER_UNIT: usize = 32;
 
+/// Units of the one cube of Fira's limiter (`kernels::fira_limit`), which sums the `‖Ψ‖` pass's
+/// partials (a power of two).
+const FIRA_LIMIT_UNITS: u32 = 256;
+
 /// GaLore's update without a residual as one cuBLAS GEMM accumulating into `W` (in `W`'s dtype:
 /// `P` and `N` rounded to it, the product and `β·W` in f32, `W` rounded once):
 /// `W ← (1−λa)(1−λb)·W − (1−λa)·c·α·up(N)`, reading and writing `W` once. With a skip flag `N`
@@ -588,13 +592,15 @@ where
                 columns,
             );
             let g = g.as_ref().expect("residual gradient");
-            let mut sum: Option<Tensor<Self, 1>> = None;
+            // partial sums of `Ψ²` per column over groups of rows, every block's in one buffer,
+            // summed by the limiter's cube
+            let group = FIRA_ROWS_PER_UNIT;
+            let total: usize = blocks().map(|k| k.len().div_ceil(group) * cols).sum();
+            let squares = empty(&phi, vec![total], DType::F32);
+            let mut out0 = 0;
             for rows_k in blocks() {
                 let u_r = float_in(basis.up_rows(&r, rows_k.clone()));
-                // partial sums of `Ψ²` per column over groups of rows, then a short reduction
-                let group = FIRA_ROWS_PER_UNIT;
                 let partials = rows_k.len().div_ceil(group) * cols;
-                let squares = empty(&u_r, vec![partials], DType::F32);
                 let (count, dim) = launch_dims(&u_r, partials);
                 kernels::fira_psi_partial::launch::<R>(
                     &u_r.client,
@@ -610,33 +616,31 @@ where
                     rows_k.start as u32,
                     group as u32,
                     coef.scale as f32,
+                    out0 as u32,
                     per_column,
                 );
-                let block_sum = float_out::<R, Self, 1>(squares).sum();
-                sum = Some(match sum {
-                    None => block_sum,
-                    Some(s) => s.add(block_sum),
-                });
+                out0 += partials;
                 if single {
                     kept_u_r = Some(u_r);
                 }
             }
-            let sum = float_in(sum.expect("at least one block"));
-            let limiter = empty(&sum, vec![1], DType::F32);
-            let zeta_out = empty(&sum, vec![1], DType::F32);
+            let limiter = empty(&squares, vec![1], DType::F32);
+            let zeta_out = empty(&squares, vec![1], DType::F32);
             let prev = zeta.map(float_in);
-            let (skip_a, guarded) = skip_arg(&skip_t, &sum);
+            let (skip_a, guarded) = skip_arg(&skip_t, &squares);
             kernels::fira_limit::launch::<R>(
-                &sum.client,
+                &squares.client,
                 CubeCount::Static(1, 1, 1),
-                CubeDim::new_single(),
-                arg(&sum),
-                arg(prev.as_ref().unwrap_or(&sum)),
+                CubeDim::new_1d(FIRA_LIMIT_UNITS),
+                arg(&squares),
+                arg(prev.as_ref().unwrap_or(&squares)),
                 skip_a,
                 arg(&limiter),
                 arg(&zeta_out),
+                total as u32,
                 gamma as f32,
                 f32::INFINITY,
+                FIRA_LIMIT_UNITS,
                 prev.is_some(),
                 guarded,
             );
@@ -656,44 +660,32 @@ where
                 let low_len = lr_rows * lr_cols;
                 let low = empty(&n_d, vec![lr_rows, lr_cols], DType::F32);
                 let step = (coef.step * coef.scale) as f32;
-                let (count, dim) = launch_dims(&low, low_len);
-                let (skip_a, guarded) = skip_arg(&skip_t, &low);
-                kernels::fira_low_rank::launch::<R>(
-                    &low.client,
-                    count,
-                    dim,
-                    arg(&n_d),
-                    arg(&r_d),
-                    arg(phi),
-                    arg(limiter),
-                    skip_a,
-                    arg(&low),
-                    low_len as u32,
-                    lr_cols as u32,
-                    step,
-                    step,
-                    *per_column,
-                    guarded,
-                );
                 let len = rows * cols;
-                let (count, dim) = launch_dims(&w, len);
+                let (count, dim) = launch_dims(&w, len + low_len);
                 let (skip_a, guarded) = skip_arg(&skip_t, &w);
                 let post = (1.0 - coef.decay_after) as f32;
-                kernels::fira_full_part::launch::<R>(
+                kernels::fira_parts::launch::<R>(
                     &w.client,
                     count,
                     dim,
                     arg(&w),
                     arg(g),
+                    arg(&n_d),
+                    arg(&r_d),
                     arg(phi),
                     arg(limiter),
                     skip_a,
                     arg(&w_out),
+                    arg(&low),
                     len as u32,
                     cols as u32,
+                    low_len as u32,
+                    lr_cols as u32,
                     (1.0 - coef.decay_before) as f32,
                     coef.step as f32,
                     post,
+                    step,
+                    step,
                     *per_column,
                     guarded,
                 );
@@ -977,6 +969,37 @@ where
             }
         }
         float_out(flags)
+    }
+
+    fn newton_schulz_poly(
+        a: Tensor<Self, 2>,
+        a2: Option<Tensor<Self, 2>>,
+        c: [f64; 3],
+    ) -> Tensor<Self, 2> {
+        let [r, cols] = a.dims();
+        let square = r == cols && a2.as_ref().is_none_or(|a2| a2.dims() == [r, r]);
+        let f32s = a.dtype() == DType::F32 && a2.as_ref().is_none_or(|a2| a2.dtype() == DType::F32);
+        if !supported::<F, I>() || !square || !f32s || !fits(r * r) {
+            return portable::newton_schulz_poly(a, a2, c);
+        }
+        let a = float_in(a);
+        let a2 = a2.map(float_in);
+        let out = empty(&a, vec![r, r], DType::F32);
+        let (count, dim) = launch_dims(&a, r * r);
+        kernels::newton_schulz_poly::launch::<R>(
+            &a.client,
+            count,
+            dim,
+            arg(&a),
+            arg(a2.as_ref().unwrap_or(&a)),
+            arg(&out),
+            r as u32,
+            c[0] as f32,
+            c[1] as f32,
+            c[2] as f32,
+            a2.is_some(),
+        );
+        float_out(out)
     }
 
     fn dct_scores(g: Tensor<Self, 2>, q: Tensor<Self, 2>, left: bool) -> Tensor<Self, 1> {
