@@ -433,16 +433,18 @@ impl EngineConfig {
         }
         let projector = p.projector.take().expect("projector set above");
         let device = g.device();
-        let active = projector.materialize(ctx.bases);
+        let low_precision = g.dtype() != DType::F32;
+        // a dtype the backend multiplies as it is (bf16 on CUDA) needs no f32 copy of `G`, nor
+        // of a projector stored in it
+        let native = low_precision && B::native_dtype(g.dtype());
+        let keep = (native && keeps_projector_dtype()).then(|| g.dtype());
+        let active = projector.materialize_keeping(ctx.bases, keep);
         let [rows, cols] = g.dims();
         let basis = match &active {
             ProjectorState::Left(p) => Some((p, true)),
             ProjectorState::Right(p) => Some((p, false)),
             _ => None,
         };
-        let low_precision = g.dtype() != DType::F32;
-        // a dtype the backend multiplies as it is (bf16 on CUDA) needs no f32 copy of `G`
-        let native = low_precision && B::native_dtype(g.dtype());
         let r = match (basis, self.update_chunks(rows, cols, true, low_precision)) {
             (Some((p, left)), _) if native => Basis { p: p.clone(), left }.down(g),
             // a large gradient: one row chunk in f32 at a time
@@ -600,8 +602,16 @@ impl EngineConfig {
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
 
-        // dequantize / gather / widen the basis once for this step's down and up projections
-        let active = projector.materialize(bases);
+        // dequantize / gather / widen the basis once for this step's down and up projections;
+        // a projector stored in the weight's dtype stays in it where the backend updates that
+        // dtype as it is (bf16 on CUDA: the products round the basis to bf16 anyway)
+        let keep = (self.residual.is_discard()
+            && w_dtype != DType::F32
+            && B::native_dtype(w_dtype)
+            && g.as_ref().is_none_or(|g| g.dtype() == w_dtype)
+            && keeps_projector_dtype())
+        .then_some(w_dtype);
+        let active = projector.materialize_keeping(bases, keep);
         let basis = match &active {
             ProjectorState::Left(p) => Some(Basis {
                 p: p.clone(),
@@ -868,6 +878,19 @@ impl EngineConfig {
                 .projector_bytes(m, n, r, self.state.projector_element_bytes())
             + residual
     }
+}
+
+/// Whether a projector stored in the weight's dtype stays in it on the native path (default);
+/// `EMBER_KEEP_PROJECTOR_DTYPE=off` widens it to f32 as before (same values; for comparisons
+/// of the step time).
+fn keeps_projector_dtype() -> bool {
+    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KEEP.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_KEEP_PROJECTOR_DTYPE").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -201,12 +201,18 @@ pub struct Basis<B: Backend> {
 }
 
 impl<B: EmberBackend> Basis<B> {
-    /// `R = down(G)`.
+    /// `R = down(G)`, in f32 (a bf16 basis kept as it is stored, with a bf16 gradient:
+    /// [`EmberBackend::projection_matmul_wide`]).
     pub fn down(&self, g: Tensor<B, 2>) -> Tensor<B, 2> {
-        if self.left {
-            B::projection_matmul(self.p.clone().transpose(), g)
+        let (a, b) = if self.left {
+            (self.p.clone().transpose(), g)
         } else {
-            B::projection_matmul(g, self.p.clone().transpose())
+            (g, self.p.clone().transpose())
+        };
+        if a.dtype() == b.dtype() && a.dtype() != burn::tensor::DType::F32 {
+            B::projection_matmul_wide(a, b)
+        } else {
+            B::projection_matmul(a, b)
         }
     }
 
@@ -311,6 +317,16 @@ pub trait EmberBackend: Backend {
     /// (the two products of a linear layer's backward pass). CUDA: both GEMMs in one ordering
     /// window of the `cube::cublas` module (one round trip to CubeCL's server and three one-thread
     /// kernels for the pair instead of for each). Elsewhere the two products one after the other.
+    /// [`projection_matmul`](Self::projection_matmul) with an f32 product whatever the
+    /// operands' dtypes: two bf16 operands (a bf16 basis and a bf16 gradient) give the f32
+    /// product of their values — on CUDA cuBLAS's bf16 tensor cores with f32 output, the product
+    /// the mixed f32-basis case computes after rounding its basis to bf16; elsewhere both
+    /// widened to f32.
+    fn projection_matmul_wide(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let f32 = burn::tensor::DType::F32;
+        Self::projection_matmul(a.cast(f32), b.cast(f32))
+    }
+
     fn projection_matmul_pair(
         (a1, b1): (Tensor<Self, 2>, Tensor<Self, 2>),
         (a2, b2): (Tensor<Self, 2>, Tensor<Self, 2>),

@@ -152,7 +152,24 @@ impl<B: EmberBackend> ProjectorState<B> {
     /// projector dequantized once, DCT columns gathered once, a bf16 projector widened once.
     /// f32 factors are returned as they are (cheap handle clones).
     pub fn materialize(&self, bases: &SharedBases<B>) -> ProjectorState<B> {
-        let f32 = |p: &Tensor<B, 2>| p.clone().cast(burn::tensor::DType::F32);
+        self.materialize_keeping(bases, None)
+    }
+
+    /// [`materialize`](Self::materialize), except that dense factors stored in `keep` stay in
+    /// it (a bf16 projector for a step whose products take bf16 as it is: no widening cast and
+    /// no rounding back, the same values).
+    pub fn materialize_keeping(
+        &self,
+        bases: &SharedBases<B>,
+        keep: Option<burn::tensor::DType>,
+    ) -> ProjectorState<B> {
+        let f32 = |p: &Tensor<B, 2>| {
+            if keep == Some(p.dtype()) {
+                p.clone()
+            } else {
+                p.clone().cast(burn::tensor::DType::F32)
+            }
+        };
         match self {
             ProjectorState::Left(p) => ProjectorState::Left(f32(p)),
             ProjectorState::Right(p) => ProjectorState::Right(f32(p)),

@@ -388,6 +388,23 @@ where
         a.matmul(b)
     }
 
+    fn projection_matmul_wide(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled()
+            && a.dtype() == b.dtype()
+            && matches!(a.dtype(), DType::BF16 | DType::F16)
+        {
+            let (pa, pb) = (
+                a.clone().into_primitive().tensor(),
+                b.clone().into_primitive().tensor(),
+            );
+            if let Some(out) = cublas::matmul_f32_out::<R>(&pa, &pb) {
+                return float_out(out);
+            }
+        }
+        Self::projection_matmul(a.cast(DType::F32), b.cast(DType::F32))
+    }
+
     fn projection_matmul_pair(
         (a1, b1): (Tensor<Self, 2>, Tensor<Self, 2>),
         (a2, b2): (Tensor<Self, 2>, Tensor<Self, 2>),
