@@ -864,7 +864,7 @@ where
                         .iter()
                         .map(|id| {
                             let s = self.states.get(id);
-                            (*id, s.map(|s| (s.step, s.adam_step, s.refresh.clone())))
+                            (*id, s.map(|s| (s.step, s.adam_step)))
                         })
                         .collect(),
                     flags,
@@ -1318,8 +1318,9 @@ fn device_flags<B: EmberBackend>(
     Some((ids, flags))
 }
 
-/// A parameter's step counters and refresh state (`step`, `adam_step`, `refresh`).
-type Counters = (usize, usize, crate::refresh::RefreshState);
+/// A parameter's step counters (`step`, `adam_step`). Its refresh state needs no copy: a
+/// deferred check never runs on a step that refreshes a projector (those check first).
+type Counters = (usize, usize);
 
 /// A host policy's check deferred to the step's end ([`EmberOptimizer::with_deferred_check`]):
 /// the flags, and what the step changes on the host, to put back if one is set.
@@ -1346,11 +1347,10 @@ impl<B: Backend> Verdict<B> {
         let first = flags.iter().position(|f| *f != 0.0)?;
         for (id, before) in self.counters {
             match before {
-                Some((step, adam_step, refresh)) => {
+                Some((step, adam_step)) => {
                     if let Some(s) = states.get_mut(&id) {
                         s.step = step;
                         s.adam_step = adam_step;
-                        s.refresh = refresh;
                     }
                 }
                 None => {
