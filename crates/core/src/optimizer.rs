@@ -855,7 +855,11 @@ where
         let on_device = non_finite == NonFinitePolicy::SkipStepOnDevice
             && self.checks_on_device(&order, &pending);
         let mut verdict = None;
-        let skip = match device_flags(&order, &pending) {
+        // (the flags pass only where the device keeps them: the host check makes its own)
+        let flags = (deferred || on_device)
+            .then(|| device_flags(&order, &pending))
+            .flatten();
+        let skip = match flags {
             Some((ids, flags)) if deferred => {
                 let flag = ember_kernels::skip_flag(flags.clone());
                 verdict = Some(Verdict {
