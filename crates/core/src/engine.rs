@@ -650,7 +650,7 @@ impl EngineConfig {
                     };
                     let (n_low, m1, m2) =
                         self.state
-                            .adam(r.clone(), moments, adam, bases, skip.cloned());
+                            .adam(r.clone(), moments, adam, bases, skip.cloned(), DType::F32);
                     let mut out = w;
                     for k in chunks {
                         let (basis_k, n_k) = crate::chunked::basis_rows(&basis, &n_low, k.clone());
@@ -759,9 +759,22 @@ impl EngineConfig {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
                 let r = r_given.unwrap_or_else(|| basis.down(g.clone()));
+                // a weight the backend updates in its own low precision, without a residual:
+                // cuBLAS's GEMM reads `N` in that dtype, so `N` is written in it (one rounding,
+                // the same values; no f32 `N`, no cast)
+                let w_dtype = w.dtype();
+                let n_dtype = if w_dtype != DType::F32
+                    && B::native_dtype(w_dtype)
+                    && self.residual.is_discard()
+                    && n_in_weight_dtype()
+                {
+                    w_dtype
+                } else {
+                    DType::F32
+                };
                 let (n_low, m1, m2) =
                     self.state
-                        .adam(r.clone(), moments, adam, bases, skip.clone());
+                        .adam(r.clone(), moments, adam, bases, skip.clone(), n_dtype);
                 let (w, zeta) =
                     B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm, skip);
                 (w, m1, m2, zeta)
@@ -777,7 +790,7 @@ impl EngineConfig {
                 let r = r_given.unwrap_or_else(|| active.down(g.clone(), bases));
                 let (n_low, m1, m2) =
                     self.state
-                        .adam(r.clone(), moments, adam, bases, skip.clone());
+                        .adam(r.clone(), moments, adam, bases, skip.clone(), DType::F32);
                 let (w, residual_norm) = ember_kernels::portable::projected_update_with(
                     w,
                     g,
@@ -878,6 +891,19 @@ impl EngineConfig {
                 .projector_bytes(m, n, r, self.state.projector_element_bytes())
             + residual
     }
+}
+
+/// Whether the low-rank update `N` of a weight updated in its own low precision is written in
+/// that dtype by the Adam kernel (default); `EMBER_N_IN_WEIGHT_DTYPE=off` writes it in f32 and
+/// leaves the rounding to the update (same values; for comparisons of the step time).
+fn n_in_weight_dtype() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_N_IN_WEIGHT_DTYPE").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
 }
 
 /// Whether a projector stored in the weight's dtype stays in it on the native path (default);

@@ -358,7 +358,10 @@ impl StateStorage {
         }
     }
 
-    /// Adam on the low-rank gradient `r` (f32): `(N, M, V)` with the moments stored as configured.
+    /// Adam on the low-rank gradient `r` (f32): `(N, M, V)` with the moments stored as configured,
+    /// `N` computed in f32 and rounded once to `n_dtype` (f32, or the weight's dtype for an update
+    /// that reads `N` in it: [`EmberBackend::adam_8bit_into`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn adam<B: EmberBackend>(
         &self,
         r: Tensor<B, 2>,
@@ -366,14 +369,15 @@ impl StateStorage {
         c: AdamCoefficients,
         shared: &SharedBases<B>,
         skip: ember_kernels::Skip<B>,
+        n_dtype: DType,
     ) -> (Tensor<B, 2>, Moment<B>, Moment<B>) {
         let shape = r.dims();
         let (m, v) = moments.unwrap_or_else(|| self.zeros(shape, &r.device()));
         match (m, v) {
             (Moment::Int8(m), Moment::Int8(v)) => {
                 let maps = shared.dynamic_maps(&r.device());
-                let (n, m, v) =
-                    B::adam_8bit(r, m.into_blockwise(), v.into_blockwise(), &maps, c, skip);
+                let (m, v) = (m.into_blockwise(), v.into_blockwise());
+                let (n, m, v) = B::adam_8bit_into(r, m, v, &maps, c, skip, n_dtype);
                 (
                     n,
                     Moment::Int8(Int8Moment::from_blockwise(m, shape)),
@@ -384,7 +388,7 @@ impl StateStorage {
                 let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
                 let (n, m, v) = B::subspace_adam(r, m, v, c, skip);
                 let (m, v) = self.store(m, v);
-                (n, m, v)
+                (n.cast(n_dtype), m, v)
             }
         }
     }

@@ -9,13 +9,19 @@
 //! recomputes `P` from them, one block at a time:
 //!
 //! ```text
-//! dV = Pᵀ·dO        dP = dO·Vᵀ        dS = P ∘ (dP − rowsum(dP ∘ P))
-//! dQ = s·dS·K       dK = s·dSᵀ·Q
+//! dV = Pᵀ·dO        dP = dO·Vᵀ        dS = s·P ∘ (dP − rowsum(dP ∘ P))
+//! dQ = dS·K         dK = dSᵀ·Q
 //! ```
 //!
-//! (`rowsum(dP ∘ P) = rowsum(dO ∘ O)`, the softmax's Jacobian applied row by row.) The forward
-//! pass is the same composition as before on every backend; the cost is one more `QKᵀ` product
-//! and softmax per block in the backward pass.
+//! (`rowsum(dP ∘ P) = rowsum(dO ∘ O)`, the softmax's Jacobian applied row by row.) The cost is
+//! one more `QKᵀ` product and softmax per block in the backward pass.
+//!
+//! The softmax and its gradient are backend ops ([`EmberBackend::causal_softmax`],
+//! [`EmberBackend::causal_softmax_backward`]): on the CubeCL backends one kernel each, a row
+//! per cube, in f32 inside (burn's composition — a mask built per call, the scaling, `mask_fill`,
+//! and the softmax's max, subtraction, `exp`, sum and division — is about eight launches forward
+//! and five backward, each writing a `heads × seq²` temporary); the portable path is that
+//! composition ([`composed_softmax`], [`composed_softmax_backward`]).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -27,21 +33,51 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Tensor};
 
-use crate::model::{unwrap, wrap, ModelOps};
+use crate::model::{unwrap, wrap};
+use crate::EmberBackend;
 
-/// `P = softmax(scale·QKᵀ + M)`, `[batch, heads, seq_q, seq_k]`, in `q`'s dtype.
-pub fn probabilities<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
-    let [b, h, t, _] = q.dims();
-    let tk = k.dims()[2];
-    let mask = Tensor::<B, 2, Bool>::tril_mask([t, tk], 0, &q.device())
+/// burn's causal softmax of scores `s` (`[batch, heads, queries, keys]`): `softmax(scale·S + M)`
+/// over the last axis, `M` = −10⁹ where key `j` > query `i`, in `s`'s dtype.
+pub fn composed_softmax<B: Backend>(s: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
+    let [b, h, t, tk] = s.dims();
+    let mask = Tensor::<B, 2, Bool>::tril_mask([t, tk], 0, &s.device())
         .unsqueeze::<4>()
         .expand([b, h, t, tk]);
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    softmax(scores.mask_fill(mask, -1e9), 3)
+    softmax(s.mul_scalar(scale).mask_fill(mask, -1e9), 3)
 }
 
-/// The composed attention of plain backends.
-pub(crate) fn composed<B: Backend>(
+/// The gradient of [`composed_softmax`]'s scores: `scale·P ∘ (dP − rowsum(dP ∘ P))`.
+pub fn composed_softmax_backward<B: Backend>(
+    p: Tensor<B, 4>,
+    dp: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let row = (dp.clone() * p.clone()).sum_dim(3);
+    (p * (dp - row)).mul_scalar(scale)
+}
+
+/// `P = softmax(scale·QKᵀ + M)`, `[batch, heads, seq_q, seq_k]`, in `q`'s dtype (the backend's
+/// [`EmberBackend::causal_softmax`]).
+pub fn probabilities<B: EmberBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    B::causal_softmax(q.matmul(k.swap_dims(2, 3)), scale)
+}
+
+/// burn's composition of the whole attention (the reference of the tests and kernel checks).
+pub fn composed<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    composed_softmax(q.matmul(k.swap_dims(2, 3)), scale).matmul(v)
+}
+
+/// The attention of plain (not autodiff) backends: the backend's softmax between the products.
+pub(crate) fn forward<B: EmberBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -54,7 +90,7 @@ pub(crate) fn composed<B: Backend>(
 #[derive(Debug)]
 struct RecomputedAttention;
 
-impl<B: Backend> Backward<B, 3> for RecomputedAttention {
+impl<B: EmberBackend> Backward<B, 3> for RecomputedAttention {
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -71,46 +107,40 @@ impl<B: Backend> Backward<B, 3> for RecomputedAttention {
             return;
         }
         let dp = d_o.matmul(v.swap_dims(2, 3));
-        let row = (dp.clone() * p.clone()).sum_dim(3);
-        let ds = p * (dp - row);
+        let ds = B::causal_softmax_backward(p, dp, scale);
         if let Some(node) = node_q {
-            let dq = ds.clone().matmul(k).mul_scalar(scale);
+            let dq = ds.clone().matmul(k);
             grads.register::<B>(node.id, unwrap(dq));
         }
         if let Some(node) = node_k {
-            let dk = ds.swap_dims(2, 3).matmul(q).mul_scalar(scale);
+            let dk = ds.swap_dims(2, 3).matmul(q);
             grads.register::<B>(node.id, unwrap(dk));
         }
     }
 }
 
 /// The op under `Autodiff`: the inner backend's attention, with the recomputing backward node.
-pub(crate) fn tracked<B: ModelOps, C: CheckpointStrategy>(
+pub(crate) fn tracked<B: EmberBackend, C: CheckpointStrategy>(
     q: FloatTensor<Autodiff<B, C>>,
     k: FloatTensor<Autodiff<B, C>>,
     v: FloatTensor<Autodiff<B, C>>,
     scale: f64,
 ) -> FloatTensor<Autodiff<B, C>> {
+    let run = |q, k, v| unwrap(forward::<B>(wrap(q), wrap(k), wrap(v), scale));
     match RecomputedAttention
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let out = B::causal_attention(
+            let out = run(
                 q.primitive.clone(),
                 k.primitive.clone(),
                 v.primitive.clone(),
-                scale,
             );
             prep.finish((q.primitive, k.primitive, v.primitive, scale), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(B::causal_attention(
-            q.primitive,
-            k.primitive,
-            v.primitive,
-            scale,
-        )),
+        OpsKind::UnTracked(prep) => prep.finish(run(q.primitive, k.primitive, v.primitive)),
     }
 }
 

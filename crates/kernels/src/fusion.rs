@@ -756,6 +756,45 @@ impl<B: FusionBackend + EmberBackend> EmberBackend for Fusion<B> {
         (fout(dg), fout(du))
     }
 
+    fn causal_softmax(s: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        if !fused_layer::<B>(&[s.dtype()]) {
+            return crate::attention::composed_softmax(s, scale);
+        }
+        let spec = (s.dims().to_vec(), s.dtype());
+        let out = custom::<B>("ember.causal_softmax", vec![fin(s)], &[spec], move |i| {
+            let [s]: [Prim<B>; 1] = vec_array(i);
+            vec![Prim::from_float(B::causal_softmax(s.float(), scale))]
+        });
+        let [p]: [FTensor<B>; 1] = vec_array(out);
+        fout(p)
+    }
+
+    fn causal_softmax_backward(
+        p: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        if !fused_layer::<B>(&[p.dtype(), dp.dtype()]) || p.dims() != dp.dims() {
+            return crate::attention::composed_softmax_backward(p, dp, scale);
+        }
+        let spec = (p.dims().to_vec(), p.dtype());
+        let out = custom::<B>(
+            "ember.causal_softmax_backward",
+            vec![fin(p), fin(dp)],
+            &[spec],
+            move |i| {
+                let [p, dp]: [Prim<B>; 2] = vec_array(i);
+                vec![Prim::from_float(B::causal_softmax_backward(
+                    p.float(),
+                    dp.float(),
+                    scale,
+                ))]
+            },
+        );
+        let [ds]: [FTensor<B>; 1] = vec_array(out);
+        fout(ds)
+    }
+
     fn rotary(
         x: Tensor<Self, 4>,
         freq: Tensor<Self, 3>,

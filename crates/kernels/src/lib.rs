@@ -72,6 +72,19 @@ pub use cube::cublas;
 #[cfg(feature = "fusion")]
 mod fusion;
 
+/// Whether the CubeCL backends run attention's causal softmax and its gradient as one kernel
+/// each (default); `EMBER_FUSED_SOFTMAX=off` keeps burn's composition (for comparisons).
+#[cfg_attr(not(feature = "cubecl"), allow(dead_code))]
+pub(crate) fn fused_softmax_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_FUSED_SOFTMAX").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
+}
+
 static BLOCK_ELEMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(1 << 23);
 
@@ -363,6 +376,24 @@ pub trait EmberBackend: Backend {
         portable::adam_8bit(r, m, v, maps, c, skip)
     }
 
+    /// [`adam_8bit`](Self::adam_8bit) with `N` in `n_dtype`: computed in f32 and rounded once
+    /// (the fused kernel writes it so; the portable path casts). For an update that reads `N` in
+    /// a low precision anyway (cuBLAS's bf16 GEMM accumulating into a bf16 weight), this saves
+    /// the f32 `N` and its cast.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_8bit_into(
+        r: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        c: AdamCoefficients,
+        skip: Skip<Self>,
+        n_dtype: burn::tensor::DType,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let (n, m, v) = Self::adam_8bit(r, m, v, maps, c, skip);
+        (n.cast(n_dtype), m, v)
+    }
+
     /// `W ← (1−λ_after)·(W·(1−λ_before) − c·α·up(N) − residual)` where the residual term uses
     /// `G`, `R` and `N` ([`ResidualUpdate`]); `zeta` is Fira's previous norm. Returns the new
     /// weight and Fira's new norm. `W` (and `G`) may be stored below f32: the update is computed
@@ -509,6 +540,23 @@ pub trait EmberBackend: Backend {
         dz: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
         swiglu::composed_backward(g, u, dz)
+    }
+
+    /// `P = softmax(scale·S + M)` over the last axis of the attention scores `s`
+    /// (`[batch, heads, queries, keys]`; `M` the causal mask: query `i` sees keys `j ≤ i`), in
+    /// `s`'s dtype ([`attention`]). Portable: burn's `mask_fill` and `softmax`.
+    fn causal_softmax(s: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        attention::composed_softmax(s, scale)
+    }
+
+    /// The gradient of the scores of [`causal_softmax`](Self::causal_softmax) from its output `p`
+    /// and the output's gradient `dp`: `dS = scale·P ∘ (dP − rowsum(dP ∘ P))`, in `p`'s dtype.
+    fn causal_softmax_backward(
+        p: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        attention::composed_softmax_backward(p, dp, scale)
     }
 
     /// The rotary embedding ([`rotary`]) of `x` (4-D, any strides: positions along `seq_axis`,

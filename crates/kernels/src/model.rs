@@ -114,7 +114,7 @@ impl<B: EmberBackend> ModelOps for B {
         v: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
-        unwrap(crate::attention::composed(
+        unwrap(crate::attention::forward(
             wrap::<B, 4>(q),
             wrap(k),
             wrap(v),

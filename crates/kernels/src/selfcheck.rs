@@ -179,8 +179,35 @@ fn adam_8bit<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             let name = format!("adam_8bit[{i}] block {block}");
             let f = B::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c, None);
             let p = portable::adam_8bit(r.clone(), m.clone(), v.clone(), &maps, c, None);
-            compare(out, format!("{name} N"), f.0, p.0);
+            compare(out, format!("{name} N"), f.0.clone(), p.0);
             blockwise_checks(out, &name, (&f.1, &f.2), (&p.1, &p.2), len);
+            // `N` written in bf16 (the update of a bf16 weight): the f32 `N` rounded once, the
+            // same moments
+            if B::supports_dtype(device, burn::tensor::DType::BF16) {
+                let bf16 = burn::tensor::DType::BF16;
+                let h = B::adam_8bit_into(r.clone(), m.clone(), v.clone(), &maps, c, None, bf16);
+                out.push(Check {
+                    name: format!("{name} N written bf16 = N rounded (dtype, max difference)"),
+                    error: if h.0.dtype() == bf16 {
+                        (h.0.cast(burn::tensor::DType::F32)
+                            - f.0.cast(bf16).cast(burn::tensor::DType::F32))
+                        .abs()
+                        .max()
+                        .into_scalar()
+                        .elem::<f64>()
+                    } else {
+                        1.0
+                    },
+                    tolerance: 0.0,
+                });
+                blockwise_checks(
+                    out,
+                    &format!("{name} (N bf16)"),
+                    (&h.1, &h.2),
+                    (&f.1, &f.2),
+                    len,
+                );
+            }
 
             let coef = UpdateCoefficients {
                 decay_before: 1e-3 * i as f64,
@@ -699,10 +726,12 @@ fn dense<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     }
 }
 
-/// The model's element-wise layers ([`crate::norm`], [`crate::swiglu`], [`crate::rotary`]) against
-/// their portable compositions, forward and backward: RMSNorm on rows longer and shorter than a
-/// cube, the gate, and the rotary embedding read through a transposed view (both directions) and
-/// its inverse's round trip; f32 and, where the backend takes it, bf16 (within two of its units).
+/// The model's element-wise layers ([`crate::norm`], [`crate::swiglu`], [`crate::rotary`],
+/// attention's causal softmax) against their portable compositions, forward and backward:
+/// RMSNorm and the softmax on rows longer and shorter than a cube (the softmax also on strided
+/// views), the gate, and the rotary embedding read through a transposed view (both directions)
+/// and its inverse's round trip; f32 and, where the backend takes it, bf16 (within two of its
+/// units).
 fn layers<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     use burn::tensor::DType::{BF16, F32};
     let mut dtypes = vec![(F32, TOLERANCE)];
@@ -735,6 +764,35 @@ fn layers<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let (rg, ru) = crate::swiglu::composed_backward(g, u, dz);
         compare_within(out, format!("swiglu {dtype:?} dG"), dg, rg, tol);
         compare_within(out, format!("swiglu {dtype:?} dU"), du, ru, tol);
+        // attention's causal softmax: rows longer than a cube (300 keys) and shorter (9), a
+        // square mask and one with more keys than queries; the scores and `dP` dense, and read
+        // through the strides of a view (`[b, t, h, k]` with its axes 1 and 2 swapped)
+        for (shape, view) in [
+            ([2, 3, 300, 300], false),
+            ([1, 2, 7, 9], false),
+            ([2, 3, 37, 41], true),
+        ] {
+            let layout = if view { " (strided view)" } else { "" };
+            let name = |what: &str| format!("causal_softmax {dtype:?} {shape:?}{layout} {what}");
+            let make = |std: f64| {
+                let [b, h, t, k] = shape;
+                let d = Distribution::Normal(0.0, std);
+                if view {
+                    Tensor::<B, 4>::random([b, t, h, k], d, device)
+                        .cast(dtype)
+                        .swap_dims(1, 2)
+                } else {
+                    Tensor::<B, 4>::random(shape, d, device).cast(dtype)
+                }
+            };
+            let (scores, dp) = (make(3.0), make(1.0));
+            let p = B::causal_softmax(scores.clone(), 0.3);
+            let reference = crate::attention::composed_softmax(scores, 0.3);
+            compare_within(out, name("P"), p.clone(), reference.clone(), tol);
+            let ds = B::causal_softmax_backward(reference.clone(), dp.clone(), 0.3);
+            let want = crate::attention::composed_softmax_backward(reference, dp, 0.3);
+            compare_within(out, name("dS"), ds, want, tol);
+        }
         // [batch, seq, heads, head_dim] read heads first (a transposed view), as the model does
         let (b, t, h, d) = (2, 11, 3, 10);
         let x = Tensor::<B, 4>::random([b, t, h, d], Distribution::Normal(0.0, 1.0), device)
@@ -1156,7 +1214,7 @@ fn bf16<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         w,
         &basis,
         nn,
-        rr,
+        rr.clone(),
         coef,
         ResidualUpdate::None,
         None,
@@ -1168,6 +1226,42 @@ fn bf16<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         f.0,
         p.0,
         BF16_TOLERANCE,
+    );
+    // under the step's skip flag, with a weight held once (cuBLAS's GEMM accumulates into it in
+    // place, its `α, β` on the device): a set flag leaves `W` as it was, bit for bit; a clear
+    // one gives the unflagged update
+    let w0 = low(normal::<B>([m, n], 1.0, device));
+    // a buffer of its own each time (not a second handle on `w0`)
+    let fresh = || w0.clone().mul_scalar(1.0);
+    let nn = normal::<B>([r, n], 1.0, device);
+    let update = |skip: Option<f32>| {
+        B::projected_update(
+            fresh(),
+            rr.clone(),
+            &basis,
+            nn.clone(),
+            rr.clone(),
+            coef,
+            ResidualUpdate::None,
+            None,
+            skip.map(|s| Tensor::<B, 1>::from_floats([s], device)),
+        )
+        .0
+    };
+    let plain = update(None);
+    compare_within(
+        out,
+        "bf16 projected_update W, skip flag 0".into(),
+        update(Some(0.0)),
+        plain,
+        BF16_TOLERANCE,
+    );
+    compare_within(
+        out,
+        "bf16 projected_update W, skip flag 1 (unchanged)".into(),
+        update(Some(1.0)),
+        w0,
+        0.0,
     );
     // the NaN/Inf check reads bf16 gradients as they are
     let mut values: Vec<f32> = normal::<B>([53, 1031], 1.0, device)

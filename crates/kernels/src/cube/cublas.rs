@@ -18,6 +18,11 @@
 //! 3. a one-thread CubeCL kernel on burn's stream spins until `flags[1] ≥ s`: whatever burn
 //!    queues next (reads of the product, reuse of the operands' memory) runs after the GEMM.
 //!
+//! A GEMM under a step's skip flag (the deferred NaN/Inf check, [`accumulate`]) reads `α, β`
+//! on the device: a one-thread kernel of ours queued on our stream after the waiter writes
+//! `[α, β]`, or `[0, 1]` where the flag is set (the signal kernel is bound to the flag, so it
+//! waits for the flag's writer) — no launch on burn's stream for it.
+//!
 //! Every wait is on work already on the device's queues when the wait is queued, so the two
 //! streams cannot wait on each other: CubeCL launches from a server thread, so the whole window —
 //! the signal, the device pointers, our waiter, the GEMMs, the release and the wait kernel — runs
@@ -118,7 +123,9 @@ pub fn status() -> String {
 }
 
 /// The waiter of step 2 ([module docs](self)): spins until `*flag − value ≥ 0` as sequence
-/// numbers (acquire loads at GPU scope; `sm_70` and later).
+/// numbers (acquire loads at GPU scope; `sm_70` and later). And the guard of a skip-guarded GEMM
+/// ([`accumulate`]), run on our stream after the waiter: `out = [α, β]`, or `[0, 1]` where
+/// `*skip ≠ 0` (the step is skipped: `C` stays as it was) — cuBLAS reads `out` on the device.
 const WAITER_PTX: &str = "
 .version 7.0
 .target sm_70
@@ -138,7 +145,56 @@ SPIN:
     @%p bra SPIN;
     ret;
 }
+.visible .entry ember_guard(.param .u64 skip, .param .u64 out, .param .f32 alpha, .param .f32 beta)
+{
+    .reg .pred %p;
+    .reg .b32 %r<2>;
+    .reg .f32 %f<5>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd0, [skip];
+    cvta.to.global.u64 %rd1, %rd0;
+    ld.param.u64 %rd2, [out];
+    cvta.to.global.u64 %rd3, %rd2;
+    ld.param.f32 %f0, [alpha];
+    ld.param.f32 %f1, [beta];
+    ld.acquire.gpu.global.b32 %r0, [%rd1];
+    mov.b32 %f2, %r0;
+    setp.neu.f32 %p, %f2, 0f00000000;
+    selp.f32 %f3, 0f00000000, %f0, %p;
+    selp.f32 %f4, 0f3F800000, %f1, %p;
+    st.global.f32 [%rd3], %f3;
+    st.global.f32 [%rd3+4], %f4;
+    ret;
+}
 \0";
+
+/// Queues a one-thread kernel of ours on `stream` with its parameters' addresses.
+unsafe fn launch_one(
+    function: dsys::CUfunction,
+    stream: dsys::CUstream,
+    params: &mut [*mut c_void],
+    what: &str,
+) -> Result<(), String> {
+    let (grid, block) = ((1, 1, 1), (1, 1, 1));
+    check(
+        unsafe {
+            dsys::cuLaunchKernel(
+                function,
+                grid.0,
+                grid.1,
+                grid.2,
+                block.0,
+                block.1,
+                block.2,
+                0,
+                stream,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        },
+        what,
+    )
+}
 
 /// Queues the waiter on `stream`: it returns once `*flag ≥ value` (sequence numbers).
 unsafe fn launch_waiter(
@@ -151,33 +207,44 @@ unsafe fn launch_waiter(
         &mut flag as *mut u64 as *mut c_void,
         &mut value as *mut u32 as *mut c_void,
     ];
-    check(
-        unsafe {
-            dsys::cuLaunchKernel(
-                waiter,
-                1,
-                1,
-                1,
-                1,
-                1,
-                1,
-                0,
-                stream,
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        },
-        "launching the waiter",
-    )
+    unsafe { launch_one(waiter, stream, &mut params, "launching the waiter") }
 }
 
-fn load_waiter() -> Result<dsys::CUfunction, String> {
+/// Queues the guard on `stream`: `[α, β]` or `[0, 1]` into `out` by the flag at `skip`.
+unsafe fn launch_guard(
+    guard: dsys::CUfunction,
+    stream: dsys::CUstream,
+    (mut skip, mut out): (u64, u64),
+    (mut alpha, mut beta): (f32, f32),
+) -> Result<(), String> {
+    let mut params = [
+        &mut skip as *mut u64 as *mut c_void,
+        &mut out as *mut u64 as *mut c_void,
+        &mut alpha as *mut f32 as *mut c_void,
+        &mut beta as *mut f32 as *mut c_void,
+    ];
+    unsafe { launch_one(guard, stream, &mut params, "launching the guard") }
+}
+
+/// Our kernels on cuBLAS's stream (driver handles).
+#[derive(Clone, Copy)]
+struct OwnKernels {
+    wait: dsys::CUfunction,
+    guard: dsys::CUfunction,
+}
+
+fn load_waiter() -> Result<OwnKernels, String> {
     unsafe {
         let module = drv::module::load_data(WAITER_PTX.as_ptr() as *const c_void)
             .map_err(|e| format!("loading the waiter: {e:?}"))?;
-        let name = c"ember_wait_geq";
-        drv::module::get_function(module, name.to_owned())
-            .map_err(|e| format!("the waiter's function: {e:?}"))
+        let function = |name: &std::ffi::CStr| {
+            drv::module::get_function(module, name.to_owned())
+                .map_err(|e| format!("the waiter's function: {e:?}"))
+        };
+        Ok(OwnKernels {
+            wait: function(c"ember_wait_geq")?,
+            guard: function(c"ember_guard")?,
+        })
     }
 }
 
@@ -191,8 +258,9 @@ struct Blas {
     flags: CubeTensor<CudaRuntime>,
     flags_ptr: u64,
     seq: u32,
-    /// The waiter kernel of step 2, or why the device flags are not used (host-sync ordering).
-    waiter: Result<dsys::CUfunction, String>,
+    /// The waiter kernel of step 2 and the guard, or why the device flags are not used
+    /// (host-sync ordering).
+    waiter: Result<OwnKernels, String>,
 }
 
 // the raw CUDA handles are used under the mutex only
@@ -252,17 +320,6 @@ fn open(like: &CubeTensor<CudaRuntime>) -> Result<Blas, String> {
                 any(),
                 0,
             );
-            // the device-side scalars of a skip-guarded GEMM (`accumulate`)
-            let scalars = empty(like, vec![2], DType::F32);
-            kernels::guarded_scalars::launch::<CudaRuntime>(
-                &like.client,
-                one(),
-                CubeDim::new_single(),
-                flags.clone().into_array_arg(),
-                scalars.into_array_arg(),
-                1.0,
-                0.0,
-            );
             kernels::wait_flag::launch::<CudaRuntime>(
                 &like.client,
                 one(),
@@ -272,7 +329,9 @@ fn open(like: &CubeTensor<CudaRuntime>) -> Result<Blas, String> {
                 0,
             );
             cubecl::future::block_on(like.client.sync()).map_err(|e| format!("sync: {e:?}"))?;
-            launch_waiter(w, stream, flags_ptr, 0)?;
+            launch_waiter(w.wait, stream, flags_ptr, 0)?;
+            // the guard reads `flags[0]` (0) and writes the unused `flags[2..4]`
+            launch_guard(w.guard, stream, (flags_ptr, flags_ptr + 8), (1.0, 0.0))?;
             drv::stream::synchronize(stream).map_err(|e| format!("stream sync: {e:?}"))?;
         }
         if let Err(e) = &waiter {
@@ -409,28 +468,51 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let plan = Plan { ldc, ..plan };
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
-        Some(skip) => {
-            let out = empty(c, vec![2], DType::F32);
-            kernels::guarded_scalars::launch::<CudaRuntime>(
-                &c.client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_single(),
-                skip.clone().into_array_arg(),
-                out.clone().into_array_arg(),
-                alpha,
-                beta,
-            );
-            Scalars::Device(Box::new(out))
-        }
+        // `[α, β]` written on our stream by the guard, after the waiter (no launch of burn's)
+        Some(skip) => Scalars::Guarded(Box::new(Guard {
+            skip: skip.clone(),
+            out: empty(c, vec![2], DType::F32),
+            alpha,
+            beta,
+        })),
     };
     gemm(&plan, a, b, c, scalars)
 }
 
-/// The `α`, `β` of a GEMM: on the host, or `[α, β]` (f32) in a device buffer.
+/// The device-side `α, β` of a skip-guarded GEMM, before they are written: the skip flag,
+/// the buffer the guard writes, the scalars of a step that is not skipped.
+#[derive(Clone)]
+struct Guard {
+    skip: CubeTensor<CudaRuntime>,
+    out: CubeTensor<CudaRuntime>,
+    alpha: f32,
+    beta: f32,
+}
+
+impl Guard {
+    /// `[α, β]` written by burn's stream (CubeCL's kernel): for host-synchronized windows,
+    /// which have no guard of ours.
+    fn written(&self) -> Scalars {
+        kernels::guarded_scalars::launch::<CudaRuntime>(
+            &self.out.client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_single(),
+            self.skip.clone().into_array_arg(),
+            self.out.clone().into_array_arg(),
+            self.alpha,
+            self.beta,
+        );
+        Scalars::Device(Box::new(self.out.clone()))
+    }
+}
+
+/// The `α`, `β` of a GEMM: on the host, `[α, β]` (f32) in a device buffer, or that buffer
+/// still to be written by the guard from the skip flag ([`Guard`]).
 #[derive(Clone)]
 enum Scalars {
     Host(f32, f32),
     Device(Box<CubeTensor<CudaRuntime>>),
+    Guarded(Box<Guard>),
 }
 
 /// `t` as a CUDA tensor, if cuBLAS is on and `t` is one.
@@ -607,7 +689,7 @@ fn signature(j: &Job) -> Signature {
         p.ldc,
         p.a,
         p.b,
-        matches!(j.scalars, Scalars::Device(_)),
+        !matches!(j.scalars, Scalars::Host(..)),
     )
 }
 
@@ -629,9 +711,10 @@ fn async_windows() -> bool {
     })
 }
 
-/// The waiter kernel, movable to CubeCL's device thread (a driver handle, used there only).
+/// The waiter and guard kernels, movable to CubeCL's device thread (driver handles, used there
+/// only).
 #[derive(Clone, Copy)]
-struct Waiter(dsys::CUfunction);
+struct Waiter(OwnKernels);
 unsafe impl Send for Waiter {}
 
 /// What a window needs of a device's [`Blas`], copied out of it: raw driver handles (used on
@@ -649,8 +732,9 @@ struct Window {
 // the raw handles are only used on CubeCL's device thread, one window at a time
 unsafe impl Send for Window {}
 
-/// The device pointers of a job: `A`, `B`, `C` and, for device scalars, theirs.
-type Pointers = (u64, u64, u64, Option<u64>);
+/// The device pointers of a job: `A`, `B`, `C` and, for device scalars, theirs (with the skip
+/// flag's for a guard that is still to write them).
+type Pointers = (u64, u64, u64, Option<u64>, Option<u64>);
 
 fn pointers(
     jobs: &[Job],
@@ -659,11 +743,12 @@ fn pointers(
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
         let mut p = |t| ptr(t).ok_or_else(|| "device pointer".to_string());
-        let scalars = match &j.scalars {
-            Scalars::Device(t) => Some(p(t)?),
-            Scalars::Host(..) => None,
+        let (scalars, skip) = match &j.scalars {
+            Scalars::Device(t) => (Some(p(t)?), None),
+            Scalars::Guarded(g) => (Some(p(&g.out)?), Some(p(&g.skip)?)),
+            Scalars::Host(..) => (None, None),
         };
-        out.push((p(j.a)?, p(j.b)?, p(j.c)?, scalars));
+        out.push((p(j.a)?, p(j.b)?, p(j.c)?, scalars, skip));
     }
     Ok(out)
 }
@@ -726,6 +811,24 @@ fn gemms(jobs: &[Job]) -> bool {
         queue_window(&window, jobs, seq);
         return true;
     }
+    // without our kernels (host-synchronized windows) a guard's scalars are written by burn's
+    // stream, before the synchronization below
+    let written: Vec<Job>;
+    let jobs = if window.waiter.is_none() {
+        written = jobs
+            .iter()
+            .map(|j| Job {
+                scalars: match &j.scalars {
+                    Scalars::Guarded(g) => g.written(),
+                    other => other.clone(),
+                },
+                ..*j
+            })
+            .collect();
+        &written[..]
+    } else {
+        jobs
+    };
     if window.waiter.is_none() {
         if let Err(e) = cubecl::future::block_on(first.a.client.sync()) {
             fail(&format!("sync: {e:?}"));
@@ -761,6 +864,8 @@ fn launch_signal(w: &Window, jobs: &[Job], seq: u32) {
         let j = &jobs[0];
         let scalars = match &j.scalars {
             Scalars::Device(t) => &**t,
+            // the guard reads the flag on our stream: the signal waits for its writer
+            Scalars::Guarded(g) => &g.skip,
             Scalars::Host(..) => j.c,
         };
         vec![j.a, j.b, j.c, scalars]
@@ -804,12 +909,18 @@ fn enqueue_gemms(
     unsafe {
         let mut outcome =
             drv::ctx::set_current(w.context).map_err(|e| format!("set_current: {e:?}"));
-        if let (Ok(()), Some(Waiter(waiter))) = (&outcome, w.waiter) {
-            outcome = launch_waiter(waiter, w.stream, w.flags_ptr, seq);
+        if let (Ok(()), Some(Waiter(own))) = (&outcome, w.waiter) {
+            outcome = launch_waiter(own.wait, w.stream, w.flags_ptr, seq);
         }
         if outcome.is_ok() {
             outcome = pointers.clone().and_then(|pointers| {
-                for (j, &(pa, pb, pc, ps)) in jobs.iter().zip(&pointers) {
+                for (j, &(pa, pb, pc, ps, skip)) in jobs.iter().zip(&pointers) {
+                    if let (Scalars::Guarded(g), Some(skip), Some(out)) = (&j.scalars, skip, ps) {
+                        let Some(Waiter(own)) = w.waiter else {
+                            return Err("a guarded GEMM without the guard kernel".into());
+                        };
+                        launch_guard(own.guard, w.stream, (skip, out), (g.alpha, g.beta))?;
+                    }
                     run_gemm(w.handle, j, pa, pb, pc, ps)?;
                 }
                 Ok(())
@@ -913,7 +1024,7 @@ unsafe fn run_gemm(
     } = j.plan;
     let (host_alpha, host_beta) = match j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),
-        Scalars::Device(_) => (0.0, 0.0),
+        Scalars::Device(_) | Scalars::Guarded(_) => (0.0, 0.0),
     };
     let (p_alpha, p_beta) = match scalars_ptr {
         None => (

@@ -675,10 +675,10 @@ fn nearest_code(map: &Array<f32>, x: f32) -> u32 {
 /// the full-rank step: computed in f32, rounded once).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn adam_8bit<E: Float>(
+pub fn adam_8bit<E: Float, O: Float>(
     g: &Array<E>,
     w: &Array<E>,
-    out: &mut Array<E>,
+    out: &mut Array<O>,
     codes_1: &Array<u32>,
     absmax_1: &Array<f32>,
     codes_2: &Array<u32>,
@@ -776,9 +776,9 @@ pub fn adam_8bit<E: Float>(
             let i = word * 4usize + k as usize;
             if i < len as usize {
                 if comptime![update_weight] {
-                    out[i] = w[i];
+                    out[i] = O::cast_from(w[i]);
                 } else {
-                    out[i] = E::cast_from(0.0f32);
+                    out[i] = O::cast_from(0.0f32);
                 }
             }
         }
@@ -807,9 +807,9 @@ pub fn adam_8bit<E: Float>(
             if i < len as usize {
                 let n = m1 / (f32::sqrt(v1) / divisor + epsilon);
                 if comptime![update_weight] {
-                    out[i] = E::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
+                    out[i] = O::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
                 } else {
-                    out[i] = E::cast_from(n);
+                    out[i] = O::cast_from(n);
                 }
             }
         }

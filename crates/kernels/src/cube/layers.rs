@@ -1,5 +1,6 @@
 //! CubeCL kernels of the model's element-wise layers: RMSNorm ([`crate::norm`]), the SwiGLU gate
-//! ([`crate::swiglu`]) and the rotary embedding ([`crate::rotary`]). Each reads its inputs in
+//! ([`crate::swiglu`]), the rotary embedding ([`crate::rotary`]) and attention's causal softmax
+//! ([`crate::attention`]). Each reads its inputs in
 //! their dtype `E` (f32 or bf16), computes in f32 and rounds its outputs once to `E`.
 
 use cubecl::prelude::*;
@@ -250,5 +251,142 @@ pub fn rotary<E: Float>(
             value -= term;
         }
         out[i] = E::cast_from(value);
+    }
+}
+
+/// The largest of `a` over the cube (every unit gets it): a tree in shared memory.
+#[cube]
+fn cube_max(a: f32, #[comptime] units: u32) -> f32 {
+    let u = UNIT_POS as usize;
+    let mut shared = SharedMemory::<f32>::new(units as usize);
+    shared[u] = a;
+    sync_cube();
+    let mut stride = (CUBE_DIM / 2) as usize;
+    while stride > 0 {
+        if u < stride {
+            let other = shared[u + stride];
+            if other > shared[u] {
+                shared[u] = other;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    shared[0]
+}
+
+/// Where row `row` (`= (b·heads + h)·queries + i`) of a 4-D tensor starts, read through its
+/// strides, and the step between its elements: `(start, step)` (`(0, 1)` for a cube past the
+/// last row, which reads nothing).
+#[cube]
+fn strided_row<E: Float>(t: &Tensor<E>, row: usize, valid: bool) -> (usize, usize) {
+    let mut at = 0usize;
+    let mut step = 1usize;
+    if valid {
+        let i = row % t.shape(2);
+        let bh = row / t.shape(2);
+        at = (bh / t.shape(1)) * t.stride(0) + (bh % t.shape(1)) * t.stride(1) + i * t.stride(2);
+        step = t.stride(3);
+    }
+    (at, step)
+}
+
+/// The causal softmax of one row of scores per cube ([`crate::attention`]): row `row` of the
+/// `[batch, heads, queries, keys]` scores `s` (read through its strides: a product's output
+/// needs no copy) belongs to query `i = row mod queries`, which sees keys `j ≤ i`;
+/// `out_j = exp(x_j − max)/Σ exp(x − max)` with `x = scale·s` for those keys, 0 for the others
+/// (burn's `mask_fill(−10⁹)` then `softmax`, whose masked terms are exactly 0 in f32), `out`
+/// dense. In f32, rounded once to `E`.
+#[cube(launch)]
+pub fn causal_softmax<E: Float>(
+    s: &Tensor<E>,
+    out: &mut Array<E>,
+    rows: u32,
+    queries: u32,
+    keys: u32,
+    scale: f32,
+    #[comptime] units: u32,
+) {
+    let row = CUBE_POS;
+    let u = UNIT_POS as usize;
+    let n = keys as usize;
+    let valid = row < rows as usize;
+    let base = row * n;
+    let (at, step) = strided_row(s, row, valid);
+    // keys this query sees: `0..=i` (all of them where the row is shorter)
+    let mut seen = row % queries as usize + 1;
+    if seen > n {
+        seen = n;
+    }
+    let mut top = f32::new(-3.0e38);
+    if valid {
+        let mut j = u;
+        while j < seen {
+            let x = scale * f32::cast_from(s[at + j * step]);
+            if x > top {
+                top = x;
+            }
+            j += units as usize;
+        }
+    }
+    let top = cube_max(top, units);
+    let mut acc = 0.0f32;
+    if valid {
+        let mut j = u;
+        while j < seen {
+            acc += f32::exp(scale * f32::cast_from(s[at + j * step]) - top);
+            j += units as usize;
+        }
+    }
+    let (sum, _) = cube_sums(acc, 0.0f32, units);
+    let inv = 1.0f32 / sum;
+    if valid {
+        let mut j = u;
+        while j < n {
+            let mut p = 0.0f32;
+            if j < seen {
+                p = f32::exp(scale * f32::cast_from(s[at + j * step]) - top) * inv;
+            }
+            out[base + j] = E::cast_from(p);
+            j += units as usize;
+        }
+    }
+}
+
+/// The gradient of the scores of [`causal_softmax`], one row per cube:
+/// `dS = scale·P ∘ (dP − Σ_j dP_j·P_j)` (masked keys have `P = 0`, so `dS = 0` there); `P` and
+/// `dS` dense, `dP` (a product's output) read through its strides.
+#[cube(launch)]
+pub fn causal_softmax_backward<E: Float>(
+    p: &Array<E>,
+    dp: &Tensor<E>,
+    ds: &mut Array<E>,
+    rows: u32,
+    keys: u32,
+    scale: f32,
+    #[comptime] units: u32,
+) {
+    let row = CUBE_POS;
+    let u = UNIT_POS as usize;
+    let n = keys as usize;
+    let valid = row < rows as usize;
+    let base = row * n;
+    let (at, step) = strided_row(dp, row, valid);
+    let mut acc = 0.0f32;
+    if valid {
+        let mut j = u;
+        while j < n {
+            acc += f32::cast_from(dp[at + j * step]) * f32::cast_from(p[base + j]);
+            j += units as usize;
+        }
+    }
+    let (dot, _) = cube_sums(acc, 0.0f32, units);
+    if valid {
+        let mut j = u;
+        while j < n {
+            let pj = f32::cast_from(p[base + j]);
+            ds[base + j] = E::cast_from(scale * pj * (f32::cast_from(dp[at + j * step]) - dot));
+            j += units as usize;
+        }
     }
 }

@@ -209,7 +209,8 @@ fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTenso
 /// Largest block of the fused 8-bit kernel: one unit per word of four codes, 256 units a cube.
 const MAX_8BIT_BLOCK: usize = 1024;
 
-/// The shared launch of the 8-bit Adam kernel (`w`: update the weight, else write `N`).
+/// The shared launch of the 8-bit Adam kernel (`w`: update the weight, else write `N`), its
+/// output in `out_dtype` (`g`'s where it updates the weight).
 #[allow(clippy::too_many_arguments)]
 fn launch_adam_8bit<
     R: CubeRuntime,
@@ -222,6 +223,7 @@ fn launch_adam_8bit<
     maps: &DynamicMaps<B>,
     c: AdamCoefficients,
     skip: Skip<B>,
+    out_dtype: DType,
 ) -> (Tensor<B, 2>, Blockwise8<B>, Blockwise8<B>) {
     let shape = g.dims().to_vec();
     let len = m.len;
@@ -248,7 +250,7 @@ fn launch_adam_8bit<
         float_in(maps.signed.clone()),
         float_in(maps.unsigned.clone()),
     );
-    let out = empty(&g, shape, g.dtype);
+    let out = empty(&g, shape, out_dtype);
     let c1_out = empty(&c1, vec![blocks * words_per_block], c1.dtype);
     let c2_out = empty(&c2, vec![blocks * words_per_block], c2.dtype);
     let a1_out = empty(&g, vec![blocks], DType::F32);
@@ -257,7 +259,7 @@ fn launch_adam_8bit<
     let count = calculate_cube_count_elemwise(&g.client, blocks * words_per_block, dim);
     let w_arg = w.as_ref().map(arg).unwrap_or_else(|| arg(&g));
     let (skip_arg, guarded) = skip_arg(&skip, &g);
-    with_element!(g.dtype, E => kernels::adam_8bit::launch::<E, R>(
+    with_element!(g.dtype, E => with_element!(out_dtype, O => kernels::adam_8bit::launch::<E, O, R>(
         &g.client,
         count,
         dim,
@@ -289,7 +291,7 @@ fn launch_adam_8bit<
         words_per_block as u32,
         w.is_some(),
         guarded,
-    ));
+    )));
     let q = |codes, absmax, block| Blockwise8 {
         codes: Tensor::from_primitive(codes),
         absmax: float_out(absmax),
@@ -476,7 +478,29 @@ where
         if !supported::<F, I>() || !all_f32(&[&r]) || !fits_8bit(len, &m, &v) || !skip_ok(&skip) {
             return portable::adam_8bit(r, m, v, maps, c, skip);
         }
-        launch_adam_8bit(r, None, m, v, maps, c, skip)
+        launch_adam_8bit(r, None, m, v, maps, c, skip, DType::F32)
+    }
+
+    fn adam_8bit_into(
+        r: Tensor<Self, 2>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        maps: &DynamicMaps<Self>,
+        c: AdamCoefficients,
+        skip: Skip<Self>,
+        n_dtype: DType,
+    ) -> (Tensor<Self, 2>, Blockwise8<Self>, Blockwise8<Self>) {
+        let len = r.shape().num_elements();
+        if !supported::<F, I>()
+            || !all_f32(&[&r])
+            || !fits_8bit(len, &m, &v)
+            || !skip_ok(&skip)
+            || !matches!(n_dtype, DType::F32 | DType::BF16)
+        {
+            let (n, m, v) = Self::adam_8bit(r, m, v, maps, c, skip);
+            return (n.cast(n_dtype), m, v);
+        }
+        launch_adam_8bit(r, None, m, v, maps, c, skip, n_dtype)
     }
 
     fn adam_full_step_8bit(
@@ -497,7 +521,8 @@ where
         {
             return portable::adam_full_step_8bit(w, g, m, v, maps, adam, coef, skip);
         }
-        launch_adam_8bit(g, Some((w, coef)), m, v, maps, adam, skip)
+        let dtype = g.dtype();
+        launch_adam_8bit(g, Some((w, coef)), m, v, maps, adam, skip, dtype)
     }
 
     fn projected_update(
@@ -530,11 +555,12 @@ where
                 }
             }
             let dtype = w.dtype();
+            // (`N` may come rounded to the weight's dtype: `adam_8bit_into`)
             let (w, zeta) = Self::projected_update(
                 w.cast(DType::F32),
                 g.cast(DType::F32),
                 basis,
-                n,
+                n.cast(DType::F32),
                 r,
                 coef,
                 residual,
@@ -1175,6 +1201,71 @@ where
             len as u32,
         ));
         (float_out(dg), float_out(du))
+    }
+
+    fn causal_softmax(s: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        let shape = s.dims();
+        let [b, h, t, tk] = shape;
+        let rows = b * h * t;
+        if !layer_dtypes(&[s.dtype()])
+            || !fits(rows * tk)
+            || t == 0
+            || tk == 0
+            || !crate::fused_softmax_enabled()
+        {
+            return crate::attention::composed_softmax(s, scale);
+        }
+        // read through its strides: no copy of a product's output
+        let s: CubeTensor<R> = s.into_primitive().tensor();
+        let out = empty(&s, shape.to_vec(), s.dtype);
+        let (count, dim) = row_cubes(&s, rows);
+        with_element!(s.dtype, E => layers::causal_softmax::launch::<E, R>(
+            &s.client,
+            count,
+            dim,
+            s.clone().into_tensor_arg(),
+            arg(&out),
+            rows as u32,
+            t as u32,
+            tk as u32,
+            scale as f32,
+            layers::ROW_UNITS,
+        ));
+        float_out(out)
+    }
+
+    fn causal_softmax_backward(
+        p: Tensor<Self, 4>,
+        dp: Tensor<Self, 4>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        let shape = p.dims();
+        let [b, h, t, tk] = shape;
+        let rows = b * h * t;
+        if !layer_dtypes(&[p.dtype(), dp.dtype()])
+            || !fits(rows * tk)
+            || dp.dims() != shape
+            || !crate::fused_softmax_enabled()
+        {
+            return crate::attention::composed_softmax_backward(p, dp, scale);
+        }
+        let p = float_in(p);
+        let dp: CubeTensor<R> = dp.into_primitive().tensor();
+        let ds = empty(&p, shape.to_vec(), p.dtype);
+        let (count, dim) = row_cubes(&p, rows);
+        with_element!(p.dtype, E => layers::causal_softmax_backward::launch::<E, R>(
+            &p.client,
+            count,
+            dim,
+            arg(&p),
+            dp.clone().into_tensor_arg(),
+            arg(&ds),
+            rows as u32,
+            tk as u32,
+            scale as f32,
+            layers::ROW_UNITS,
+        ));
+        float_out(ds)
     }
 
     fn rotary(
