@@ -31,24 +31,7 @@ for o in galore adamw; do
   timeout 60 $B $ARGS > /dev/null 2>&1
   timeout $(( $(left) - 20 )) /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv \
     --log-file $OUT/ncu_$o.csv $B $ARGS > $OUT/ncu_step_$o.txt 2>&1
-  python3 - "$OUT/ncu_$o.csv" > $OUT/ncu_$o.txt <<'PY'
-import collections, csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-hdr, agg = None, collections.defaultdict(lambda: [0, 0.0])
-for r in rows:
-    if "Kernel Name" in r:
-        hdr = r
-        continue
-    if not hdr or len(r) != len(hdr):
-        continue
-    d = dict(zip(hdr, r))
-    if d.get("Metric Name") == "gpu__time_duration.sum":
-        a = agg[d["Kernel Name"][:90]]
-        a[0] += 1
-        a[1] += float(d["Metric Value"].replace(",", "")) / 1e3  # ns -> µs
-for n, (c, t) in sorted(agg.items(), key=lambda x: -x[1][1])[:30]:
-    print(f"{t:10.1f} µs total {c:5d} launches {t / c:8.1f} µs/launch  {n}")
-PY
+  python3 scripts/ncu_table.py $OUT/ncu_$o.csv > $OUT/ncu_$o.txt
   gzip -f $OUT/ncu_$o.csv
   head -12 $OUT/ncu_$o.txt | tee -a $OUT/summary.txt
   pack

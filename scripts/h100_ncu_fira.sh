@@ -9,21 +9,4 @@ ARGS="step --device cuda --optimizer fira --shapes 4096x11008 --ranks 512 --iter
 timeout 100 /tmp/eb $ARGS > /dev/null 2>&1
 timeout 400 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --log-file $OUT/ncu.csv \
   /tmp/eb $ARGS > $OUT/step.txt 2> $OUT/err.txt
-python3 - <<'PY'
-import collections, csv, os
-rows = list(csv.reader(open(os.environ["OUT"] + "/ncu.csv")))
-hdr, agg = None, collections.defaultdict(lambda: [0, 0.0])
-for r in rows:
-    if "Kernel Name" in r:
-        hdr = r
-        continue
-    if not hdr or len(r) != len(hdr):
-        continue
-    d = dict(zip(hdr, r))
-    if d.get("Metric Name") == "gpu__time_duration.sum":
-        a = agg[d["Kernel Name"][:90]]
-        a[0] += 1
-        a[1] += float(d["Metric Value"].replace(",", "")) / 1e3  # ns -> µs
-for n, (c, t) in sorted(agg.items(), key=lambda x: -x[1][1])[:30]:
-    print(f"{t:10.1f} µs total {c:5d} launches {t / c:8.1f} µs/launch  {n}")
-PY
+python3 scripts/ncu_table.py $OUT/ncu.csv
