@@ -66,16 +66,34 @@ pub fn orthonormalize<B: Backend>(x: Tensor<B, 2>, iters: usize) -> Tensor<B, 2>
 pub fn orthonormalize_fast<B: EmberBackend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let mut x = frobenius_normalized(x);
     for _ in 0..QUINTIC_STEPS {
-        let gram = x.clone().transpose().matmul(x.clone());
+        let gram = product(x.clone().transpose(), x.clone());
         let square = gram.clone().matmul(gram.clone());
         let poly = B::newton_schulz_poly(gram, Some(square), [3.4445, -4.7750, 2.0315]);
-        x = x.matmul(poly);
+        x = product(x, poly);
     }
     for _ in 0..CUBIC_STEPS {
-        let gram = x.clone().transpose().matmul(x.clone());
-        x = x.matmul(B::newton_schulz_poly(gram, None, [1.5, -0.5, 0.0]));
+        let gram = product(x.clone().transpose(), x.clone());
+        x = product(x, B::newton_schulz_poly(gram, None, [1.5, -0.5, 0.0]));
     }
     x
+}
+
+/// `a·b` for the fits' tall products (`XᵀX` with `K` the layer's width, `G·Z`, `Pᵀ·G`): the
+/// backend's projection product ([`EmberBackend::projection_matmul`]: cuBLAS on CUDA), burn's
+/// `matmul` elsewhere and with `EMBER_FIT_PRODUCTS=burn` (for comparisons). Same precision (TF32
+/// for f32 on CUDA either way). Measured on the H100 (a warm refresh, `ember-bench step
+/// --refreshes`): −15% at 4096×11008 r512, −6% at 2048×5461 r512, none at 512×1376 r128 — the
+/// fit is bound there by launches and by the host's `r × r` eigendecomposition, not by these
+/// products.
+fn product<B: EmberBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    static BURN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let burn =
+        *BURN.get_or_init(|| matches!(std::env::var("EMBER_FIT_PRODUCTS").as_deref(), Ok("burn")));
+    if burn || a.dtype() != b.dtype() {
+        a.matmul(b)
+    } else {
+        B::projection_matmul(a, b)
+    }
 }
 
 fn frobenius_normalized<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -108,8 +126,8 @@ pub fn subspace_iteration<B: EmberBackend>(
     // right side: a = G (m×n), z in ℝ^{n×r}; left side: a = Gᵀ (n×m), z in ℝ^{m×r}
     let mut z = start;
     for _ in 0..power_iters.max(1) {
-        let y = orthonormalize_fast(a.clone().matmul(z));
-        z = orthonormalize_fast(at.clone().matmul(y));
+        let y = orthonormalize_fast(product(a.clone(), z));
+        z = orthonormalize_fast(product(at.clone(), y));
     }
     if left {
         z
@@ -169,16 +187,20 @@ pub fn fit<B: EmberBackend>(
 /// exact one: the entry of largest magnitude of the left vector is positive (left: the new
 /// column itself; right: the column of `G·Pᵀ·W`). Returns `p` unchanged if the small matrix is
 /// not finite.
-pub fn rayleigh_ritz<B: Backend>(g: &Tensor<B, 2>, p: Tensor<B, 2>, left: bool) -> Tensor<B, 2> {
+pub fn rayleigh_ritz<B: EmberBackend>(
+    g: &Tensor<B, 2>,
+    p: Tensor<B, 2>,
+    left: bool,
+) -> Tensor<B, 2> {
     let b = if left {
-        p.clone().transpose().matmul(g.clone())
+        product(p.clone().transpose(), g.clone())
     } else {
-        g.clone().matmul(p.clone().transpose())
+        product(g.clone(), p.clone().transpose())
     };
     let gram = if left {
-        b.clone().matmul(b.clone().transpose())
+        product(b.clone(), b.clone().transpose())
     } else {
-        b.clone().transpose().matmul(b.clone())
+        product(b.clone().transpose(), b.clone())
     };
     let r = gram.dims()[0];
     let host: Vec<f32> = match gram.into_data().convert::<f32>().to_vec() {
@@ -201,12 +223,12 @@ pub fn rayleigh_ritz<B: Backend>(g: &Tensor<B, 2>, p: Tensor<B, 2>, left: bool) 
         .collect();
     let w = Tensor::<B, 2>::from_data(TensorData::new(w, [r, r]), &p.device()).cast(p.dtype());
     if left {
-        let q = p.matmul(w);
+        let q = product(p, w);
         let s = column_signs(q.clone());
         q.mul(s)
     } else {
-        let q = w.clone().transpose().matmul(p);
-        let s = column_signs(b.matmul(w));
+        let q = product(w.clone().transpose(), p);
+        let s = column_signs(product(b, w));
         q.mul(s.transpose())
     }
 }
