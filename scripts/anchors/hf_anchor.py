@@ -33,6 +33,11 @@ PRESETS = {"60m": (512, 1376, 8, 8), "130m": (768, 2048, 12, 12), "350m": (1024,
            "1b": (2048, 5461, 32, 24), "7b": (4096, 11008, 32, 32)}
 h, i, heads, layers = PRESETS[preset]
 dev = torch.device("cuda")
+# the device's used memory once the CUDA context exists, before any model (Ember's `measure`
+# reports the same as `device_bytes_at_start`)
+torch.zeros(1, device=dev); torch.cuda.synchronize()
+_free, _total = torch.cuda.mem_get_info()
+DEVICE_USED_START = _total - _free
 
 
 def make_optimizer(name, params_groups):
@@ -115,7 +120,8 @@ def run(optim_name):
            "train_step_ms": statistics.median(train),
            "optimizer_step_ms": None if layerwise else statistics.median(step),
            "peak_allocated": torch.cuda.max_memory_allocated(), "peak_reserved": torch.cuda.max_memory_reserved(),
-           "device_used_max": max(used), "loss_last": float(loss.detach())}
+           "device_used_max": max(used), "device_used_start": DEVICE_USED_START,
+           "loss_last": float(loss.detach())}
     del model, opt, loss
     return row
 

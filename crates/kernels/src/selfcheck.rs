@@ -404,7 +404,8 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         compare(out, format!("adam_full_step[{i}] M"), f.1, p.1);
         compare(out, format!("adam_full_step[{i}] V"), f.2, p.2);
     }
-    // non-contiguous inputs (transposed views): the kernels read dense copies
+    // non-contiguous inputs (transposed views; rows of a wider buffer, the layout of CUDA's
+    // padded rows, beside dense moments): the kernels read them through their strides
     {
         let (adam, coef) = (
             coefficient_sets()[0],
@@ -421,6 +422,16 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         let p = portable::adam_full_step(w, g, m, v, adam, coef, None);
         compare(out, "adam_full_step transposed inputs W".into(), f.0, p.0);
         compare(out, "adam_full_step transposed inputs M".into(), f.1, p.1);
+        let pitched = |seed: f64| normal::<B>([29, 64], seed, device).slice([0..29, 0..41]);
+        let (w, g) = (pitched(1.0), pitched(1.0));
+        let (m, v) = (
+            normal::<B>([29, 41], 0.1, device),
+            normal::<B>([29, 41], 0.1, device).abs(),
+        );
+        let f = B::adam_full_step(w.clone(), g.clone(), m.clone(), v.clone(), adam, coef, None);
+        let p = portable::adam_full_step(w, g, m, v, adam, coef, None);
+        compare(out, "adam_full_step pitched W, G W".into(), f.0, p.0);
+        compare(out, "adam_full_step pitched W, G V".into(), f.2, p.2);
     }
     for rule in [
         ResidualUpdate::Sign { step: 1e-2 },

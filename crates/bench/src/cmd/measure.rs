@@ -129,8 +129,15 @@ pub struct MeasureRow {
     /// weights + grads + state (tensors held).
     total_bytes: usize,
     /// Measured: the largest device-memory use NVML reported during the steps (CUDA; polled every
-    /// 2 ms and at each step's end).
+    /// 2 ms and at each step's end). NVML's total counts the driver's own reserve (≈ 0.5 GB on an
+    /// H100), so this is that much above what CUDA's API and PyTorch report for the same state.
     peak_device_bytes: Option<usize>,
+    /// Measured: the same peak as CUDA's `cuMemGetInfo` counts it — NVML's less the driver's
+    /// reserve, the difference of the two totals below (`ember_kernels::nvml::cuda_counted`):
+    /// the figure PyTorch's `torch.cuda.mem_get_info` gives, so the one to set beside a PyTorch
+    /// run's device use.
+    #[serde(default)]
+    peak_device_bytes_cuda: Option<usize>,
     /// Measured (CUDA): burn's own memory report — the largest bytes held by live tensors at a
     /// step's end (before the model: after it was built), and the largest bytes its pools reserved
     /// at a step's end (layer-wise training returns free pages after its input stage, so there
@@ -139,6 +146,30 @@ pub struct MeasureRow {
     burn_in_use_bytes: Option<usize>,
     #[serde(default)]
     burn_reserved_bytes: Option<usize>,
+    /// Measured (CUDA), true peaks rather than samples: the high-water mark of the bytes burn's
+    /// pages take from the CUDA driver's memory pool (CubeCL allocates every page with
+    /// `cuMemAllocAsync`) during the steps, and of what that pool reserved. NVML's peak minus
+    /// the latter is the context and what lies outside burn's pools.
+    #[serde(default)]
+    driver_pool_used_peak_bytes: Option<usize>,
+    #[serde(default)]
+    driver_pool_reserved_peak_bytes: Option<usize>,
+    /// Measured (CUDA): NVML's device memory in use once burn's CUDA client exists, before the
+    /// model is built (the context and CubeCL's start).
+    #[serde(default)]
+    device_bytes_at_start: Option<usize>,
+    /// The same, as CUDA's `cuMemGetInfo` counts it.
+    #[serde(default)]
+    device_bytes_at_start_cuda: Option<usize>,
+    /// The device's total memory as NVML counts it and as CUDA's `cuMemGetInfo` does (their
+    /// difference is the driver's reserve, inside NVML's used memory).
+    #[serde(default)]
+    nvml_total_bytes: Option<usize>,
+    #[serde(default)]
+    cuda_total_bytes: Option<usize>,
+    /// The CUDA context's per-thread stack size (`CU_LIMIT_STACK_SIZE`) at the end of the run.
+    #[serde(default)]
+    cuda_stack_size_bytes: Option<usize>,
     /// Measured: the peak heap bytes of a train step (counting allocator: bytes requested from
     /// the allocator; on CPU backends every tensor). Address space a library reserves without
     /// touching it counts too: on a GPU backend this is mostly faer's per-thread GEMM workspaces
@@ -249,6 +280,7 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
         let mut rows = vec![];
         for (s, est) in list.iter().zip(estimates) {
             let mut pool: Option<(u64, u64)> = None;
+            let start_bytes: Option<(Option<usize>, Option<usize>)>;
             let device_projector = match r.projector {
                 ProjectorChoice::Svd => false,
                 ProjectorChoice::Device => true,
@@ -268,6 +300,12 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 let cuda = device.is_cuda();
                 // NVML polled every 2 ms during the steps (the first call below starts them):
                 // a step's peak even where memory is returned before the step ends
+                // what the device holds once burn's client exists, as NVML and as CUDA count it
+                let cuda_used = || ember_kernels::nvml::cuda_mem_info(0).map(|(f, t)| t - f);
+                start_bytes = cuda.then(|| {
+                    ember_kernels::nvml::cuda_pool_usage(0);
+                    (nvml.as_ref().and_then(Nvml::used), cuda_used())
+                });
                 let sampler = cuda
                     .then(|| ember_kernels::nvml::PeakSampler::start(0, std::time::Duration::from_millis(2)))
                     .flatten();
@@ -275,6 +313,9 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 let mut peak = || {
                     if let (Some(s), false) = (&sampler, started) {
                         s.reset();
+                    }
+                    if cuda && !started {
+                        ember_kernels::nvml::reset_cuda_driver_peaks(0);
                     }
                     started = true;
                     if cuda {
@@ -291,6 +332,19 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 };
                 ember_bench::measure::try_measure::<B>(&shape, s, &opts, &Default::default(), &mut peak)
             })?;
+            let driver = device
+                .is_cuda()
+                .then(|| ember_kernels::nvml::cuda_driver_memory(0))
+                .flatten();
+            // the device's total as NVML and as CUDA count it (NVML's adds the driver's reserve)
+            let totals = device
+                .is_cuda()
+                .then(|| {
+                    Nvml::open(0)
+                        .total()
+                        .zip(ember_kernels::nvml::cuda_mem_info(0).map(|(_, t)| t))
+                })
+                .flatten();
             rows.push(MeasureRow {
                 optimizer: est.optimizer.clone(),
                 rank: est.rank,
@@ -314,6 +368,17 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
                 peak_device_bytes: m.peak_device_bytes,
                 burn_in_use_bytes: pool.map(|p| p.0 as usize),
                 burn_reserved_bytes: pool.map(|p| p.1 as usize),
+                driver_pool_used_peak_bytes: driver.map(|d| d.pool_used_high as usize),
+                driver_pool_reserved_peak_bytes: driver.map(|d| d.pool_reserved_high as usize),
+                cuda_stack_size_bytes: driver.map(|d| d.stack_size as usize),
+                device_bytes_at_start: start_bytes.and_then(|s| s.0),
+                device_bytes_at_start_cuda: start_bytes.and_then(|s| s.1),
+                peak_device_bytes_cuda: m
+                    .peak_device_bytes
+                    .zip(totals)
+                    .map(|(p, (n, c))| ember_kernels::nvml::cuda_counted(p, n, c)),
+                nvml_total_bytes: totals.map(|t| t.0),
+                cuda_total_bytes: totals.map(|t| t.1),
                 peak_heap_bytes: m.peak_heap_bytes,
                 peak_rss_bytes: ember_bench::heap::resident().map(|r| r.1),
                 heap_before_step_bytes: m.heap_before_step_bytes,
@@ -443,9 +508,10 @@ fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> R
                 ),
                 format!("{:+.3}%", 100.0 * r.state_diff),
                 human(r.weight_bytes + r.grad_bytes),
-                match r.peak_device_bytes {
-                    Some(d) => format!("{} device", human(d)),
-                    None => format!("{} heap", opt(r.peak_heap_bytes)),
+                match (r.peak_device_bytes_cuda, r.peak_device_bytes) {
+                    (Some(c), Some(d)) => format!("{} device ({} NVML)", human(c), human(d)),
+                    (None, Some(d)) => format!("{} device (NVML)", human(d)),
+                    _ => format!("{} heap", opt(r.peak_heap_bytes)),
                 },
                 opt(r.estimate.peak_bytes),
                 opt(r.step_temporary_heap_bytes),
@@ -463,7 +529,7 @@ fn report(c: &Common, r: &RunArgs, shape: &LlamaShape, rows: &[MeasureRow]) -> R
         println!(
             "Measured on {} for {} ({} parameters; weights {}{}, state {}{}): batch {}×{} tokens, {} warm-up + {} timed steps, one process per method.\n\
              \"held\" = numel × dtype size of the tensors held (accounting); \"peak\" = measured: the heap's peak during a train step \
-             (counting allocator) on the CPU, NVML's device-memory peak on CUDA; its estimate adds activations and step temporaries (docs/memory.md); \"step temporaries\" = the optimizer step's heap peak above its start. \
+             (counting allocator) on the CPU, the device-memory peak on CUDA as CUDA's API counts it (PyTorch's figure; NVML's, which adds the driver's reserve, beside it); its estimate adds activations and step temporaries (docs/memory.md); \"step temporaries\" = the optimizer step's heap peak above its start. \
              Times: medians with the device synchronized (crates/bench/src/measure.rs)\n",
             rows[0].device,
             shape.name,

@@ -87,21 +87,45 @@ pub fn subspace_adam(
     }
 }
 
+/// Elements each unit of [`adam_full`] updates: `ADAM_PER_UNIT` independent loads of each input
+/// in flight per thread (one element a thread kept a bf16 step's loads at two bytes each).
+pub const ADAM_PER_UNIT: usize = 4;
+
+/// Offset of element `i` (row-major over `cols` columns) in `t`: `i` itself where every input is
+/// dense, else through `t`'s strides (CUDA's padded rows, views) — no dense copy first.
+#[cube]
+fn offset_2d<E: CubePrimitive>(
+    t: &Tensor<E>,
+    i: usize,
+    cols: u32,
+    #[comptime] strided: bool,
+) -> usize {
+    let mut o = i;
+    if comptime![strided] {
+        o = (i / cols as usize) * t.stride(0) + (i % cols as usize) * t.stride(1);
+    }
+    o
+}
+
 /// Full-rank AdamW: reads `W`, `G`, `M`, `V` once, writes the new `W`, `M`, `V` once. `W` and
 /// `G` in `E`, the moments in `S` (each f32 or bf16): computed in f32, `N` from the f32 moments,
-/// then the weight and the moments rounded once.
+/// then the weight and the moments rounded once. The inputs are read through their strides
+/// where `strided` (2-D, `cols` columns), the outputs are dense; unit `u` of `units` updates
+/// elements `u, u + units, …` ([`ADAM_PER_UNIT`] of them, each access coalesced across a warp).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn adam_full<E: Float, S: Float>(
-    w: &Array<E>,
-    g: &Array<E>,
-    m: &Array<S>,
-    v: &Array<S>,
+    w: &Tensor<E>,
+    g: &Tensor<E>,
+    m: &Tensor<S>,
+    v: &Tensor<S>,
     w_out: &mut Array<E>,
     m_out: &mut Array<S>,
     v_out: &mut Array<S>,
     skip: &Array<f32>,
     len: u32,
+    cols: u32,
+    units: u32,
     beta_1: f32,
     beta_2: f32,
     inv_divisor: f32,
@@ -110,21 +134,29 @@ pub fn adam_full<E: Float, S: Float>(
     step: f32,
     post: f32,
     #[comptime] guarded: bool,
+    #[comptime] strided: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i < len as usize {
-        if held(skip, guarded) {
-            m_out[i] = m[i];
-            v_out[i] = v[i];
-            w_out[i] = w[i];
-        } else {
-            let x = f32::cast_from(g[i]);
-            let m1 = ema(f32::cast_from(m[i]), x, beta_1);
-            let v1 = ema(f32::cast_from(v[i]), x * x, beta_2);
-            m_out[i] = S::cast_from(m1);
-            v_out[i] = S::cast_from(v1);
-            let n = normalized(m1, v1, inv_divisor, epsilon);
-            w_out[i] = E::cast_from((f32::cast_from(w[i]) * pre - n * step) * post);
+    let hold = held(skip, guarded);
+    #[unroll]
+    for k in 0..ADAM_PER_UNIT as u32 {
+        let i = ABSOLUTE_POS + (k * units) as usize;
+        if i < len as usize {
+            let wi = w[offset_2d::<E>(w, i, cols, strided)];
+            let mi = m[offset_2d::<S>(m, i, cols, strided)];
+            let vi = v[offset_2d::<S>(v, i, cols, strided)];
+            if hold {
+                m_out[i] = mi;
+                v_out[i] = vi;
+                w_out[i] = wi;
+            } else {
+                let x = f32::cast_from(g[offset_2d::<E>(g, i, cols, strided)]);
+                let m1 = ema(f32::cast_from(mi), x, beta_1);
+                let v1 = ema(f32::cast_from(vi), x * x, beta_2);
+                m_out[i] = S::cast_from(m1);
+                v_out[i] = S::cast_from(v1);
+                let n = normalized(m1, v1, inv_divisor, epsilon);
+                w_out[i] = E::cast_from((f32::cast_from(wi) * pre - n * step) * post);
+            }
         }
     }
 }

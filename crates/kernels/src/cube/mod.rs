@@ -821,25 +821,33 @@ where
         }
         let skip = skip_in(skip);
         let shape = w.dims().to_vec();
-        let (w, g, m, v) = (float_in(w), float_in(g), float_in(m), float_in(v));
+        let cols = shape[1];
+        // pitched rows (e.g. 5461 columns) or views are read in place, through their strides
+        let raw = |t: Tensor<Self, 2>| t.into_primitive().tensor();
+        let (w, g, m, v) = (raw(w), raw(g), raw(m), raw(v));
+        let strided = ![&w, &g, &m, &v].iter().all(|t| t.is_contiguous());
         let w_out = empty(&w, shape.clone(), w.dtype);
         let m_out = empty(&w, shape.clone(), m.dtype);
         let v_out = empty(&w, shape, m.dtype);
-        let (count, dim) = launch_dims(&w, len);
+        let units = len.div_ceil(kernels::ADAM_PER_UNIT);
+        let (count, dim) = launch_dims(&w, units);
         let (skip_arg, guarded) = skip_arg(&skip, &w);
+        let targ = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
         with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full::launch::<E, S, R>(
             &w.client,
             count,
             dim,
-            arg(&w),
-            arg(&g),
-            arg(&m),
-            arg(&v),
+            targ(&w),
+            targ(&g),
+            targ(&m),
+            targ(&v),
             arg(&w_out),
             arg(&m_out),
             arg(&v_out),
             skip_arg,
             len as u32,
+            cols as u32,
+            units as u32,
             adam.beta_1 as f32,
             adam.beta_2 as f32,
             (1.0 / adam.sqrt_v_divisor) as f32,
@@ -848,6 +856,7 @@ where
             (coef.step * coef.scale) as f32,
             (1.0 - coef.decay_after) as f32,
             guarded,
+            strided,
         )));
         (float_out(w_out), float_out(m_out), float_out(v_out))
     }
