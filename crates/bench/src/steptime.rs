@@ -182,13 +182,10 @@ where
         state = Some(s);
     }
     // the two projection products alone, for the FLOP count in the notes
-    let basis = state.as_ref().filter(|_| f32_only).and_then(|s| {
-        match s.projector.materialize(optim.shared_bases()) {
-            ember_core::ProjectorState::Left(p) => Some(ember_kernels::Basis { p, left: true }),
-            ember_core::ProjectorState::Right(p) => Some(ember_kernels::Basis { p, left: false }),
-            _ => None,
-        }
-    });
+    let basis = state
+        .as_ref()
+        .filter(|_| f32_only)
+        .and_then(|s| s.projector.materialize(optim.shared_bases()).basis());
     let time_op = |f: &dyn Fn() -> Tensor<B::InnerBackend, 2>| -> f64 {
         let mut v = vec![];
         for i in 0..1 + warmup + iters {

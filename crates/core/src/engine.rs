@@ -440,18 +440,13 @@ impl EngineConfig {
         let keep = (native && keeps_projector_dtype()).then(|| g.dtype());
         let active = projector.materialize_keeping(ctx.bases, keep);
         let [rows, cols] = g.dims();
-        let basis = match &active {
-            ProjectorState::Left(p) => Some((p, true)),
-            ProjectorState::Right(p) => Some((p, false)),
-            _ => None,
-        };
-        let r = match (basis, self.update_chunks(rows, cols, true, low_precision)) {
-            (Some((p, left)), _) if native => Basis { p: p.clone(), left }.down(g),
+        let r = match (
+            active.basis(),
+            self.update_chunks(rows, cols, true, low_precision),
+        ) {
+            (Some(basis), _) if native => basis.down(g),
             // a large gradient: one row chunk in f32 at a time
-            (Some((p, left)), Some(chunks)) => {
-                let basis = Basis { p: p.clone(), left };
-                crate::chunked::down(&basis, g, &chunks)
-            }
+            (Some(basis), Some(chunks)) => crate::chunked::down(&basis, g, &chunks),
             _ => active.down(g.cast(DType::F32), ctx.bases),
         };
         let [a, b] = r.dims();
@@ -612,17 +607,7 @@ impl EngineConfig {
             && keeps_projector_dtype())
         .then_some(w_dtype);
         let active = projector.materialize_keeping(bases, keep);
-        let basis = match &active {
-            ProjectorState::Left(p) => Some(Basis {
-                p: p.clone(),
-                left: true,
-            }),
-            ProjectorState::Right(p) => Some(Basis {
-                p: p.clone(),
-                left: false,
-            }),
-            _ => None,
-        };
+        let basis = active.basis();
         // large parameters whose update is row-local: one row chunk in f32 at a time
         let [rows, cols] = w.dims();
         let low_precision =

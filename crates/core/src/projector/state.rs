@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use burn::record::Record;
-use ember_kernels::EmberBackend;
+use ember_kernels::{Basis, EmberBackend};
 
 use crate::dct::SharedBases;
 use crate::error::EmberError;
@@ -84,39 +84,32 @@ pub enum ProjectorState<B: Backend> {
 }
 
 impl<B: EmberBackend> ProjectorState<B> {
-    /// `R = down(G)`.
+    /// `R = down(G)`. A dense projector (SVD factors, dequantized codes, gathered DCT columns)
+    /// projects through [`Basis::down`], the one definition of the product; index selection and
+    /// the two-sided projection are their own maps.
     pub fn down(&self, g: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
-            ProjectorState::Quantized(q) if q.left => {
-                B::projection_matmul(q.dequantize().transpose(), g)
-            }
-            ProjectorState::Quantized(q) => B::projection_matmul(g, q.dequantize().transpose()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 g.select(if sel.left { 0 } else { 1 }, sel.indices.clone())
             }
-            ProjectorState::Selected(sel) => {
-                let p = sel.columns(bases, &g.device());
-                if sel.left {
-                    B::projection_matmul(p.transpose(), g)
-                } else {
-                    B::projection_matmul(g, p)
-                }
-            }
-            ProjectorState::Left(p) => B::projection_matmul(p.clone().transpose(), g),
-            ProjectorState::Right(p) => B::projection_matmul(g, p.clone().transpose()),
             ProjectorState::Both(t) => B::projection_matmul(
                 B::projection_matmul(t.left.clone().transpose(), g),
                 t.right.clone().transpose(),
             ),
             ProjectorState::Identity(()) => g,
+            dense => {
+                let dtype = g.dtype();
+                dense
+                    .dense_basis(bases, dtype)
+                    .expect("a dense projector")
+                    .down(g)
+            }
         }
     }
 
-    /// `up(N)`, without any scale.
+    /// `up(N)`, without any scale ([`Basis::up`] for a dense projector).
     pub fn up(&self, low: Tensor<B, 2>, bases: &SharedBases<B>) -> Tensor<B, 2> {
         match self {
-            ProjectorState::Quantized(q) if q.left => B::projection_matmul(q.dequantize(), low),
-            ProjectorState::Quantized(q) => B::projection_matmul(low, q.dequantize()),
             ProjectorState::Selected(sel) if !sel.dct => {
                 let [a, b] = low.dims();
                 let (dim, shape) = if sel.left {
@@ -131,21 +124,29 @@ impl<B: EmberBackend> ProjectorState<B> {
                     burn::tensor::IndexingUpdateOp::Add,
                 )
             }
-            ProjectorState::Selected(sel) => {
-                let p = sel.columns(bases, &low.device());
-                if sel.left {
-                    B::projection_matmul(p, low)
-                } else {
-                    B::projection_matmul(low, p.transpose())
-                }
-            }
-            ProjectorState::Left(p) => B::projection_matmul(p.clone(), low),
-            ProjectorState::Right(p) => B::projection_matmul(low, p.clone()),
             ProjectorState::Both(t) => {
                 B::projection_matmul(B::projection_matmul(t.left.clone(), low), t.right.clone())
             }
             ProjectorState::Identity(()) => low,
+            dense => {
+                let dtype = low.dtype();
+                dense
+                    .dense_basis(bases, dtype)
+                    .expect("a dense projector")
+                    .up(low)
+            }
         }
+    }
+
+    /// A dense projector (left, right, quantized, DCT columns) as the kernels' [`Basis`],
+    /// materialized for products with a `dtype` operand (a factor stored in that dtype is kept
+    /// in it, any other is widened to f32); `None` for index selection, two-sided and identity.
+    pub fn dense_basis(
+        &self,
+        bases: &SharedBases<B>,
+        dtype: burn::tensor::DType,
+    ) -> Option<Basis<B>> {
+        self.materialize_keeping(bases, Some(dtype)).basis()
     }
 
     /// The same projector as plain f32 factors, for one step's several uses: a quantized
@@ -193,6 +194,23 @@ impl<B: EmberBackend> ProjectorState<B> {
 }
 
 impl<B: Backend> ProjectorState<B> {
+    /// A one-sided projector's factor as the kernels' [`Basis`] (`Left`: `P` m×r, `Right`: `P`
+    /// r×n), as stored; `None` for the other forms ([`materialize`](Self::materialize) first
+    /// turns quantized and DCT projectors into one-sided ones).
+    pub fn basis(&self) -> Option<Basis<B>> {
+        match self {
+            ProjectorState::Left(p) => Some(Basis {
+                p: p.clone(),
+                left: true,
+            }),
+            ProjectorState::Right(p) => Some(Basis {
+                p: p.clone(),
+                left: false,
+            }),
+            _ => None,
+        }
+    }
+
     /// The projector with its dense factors stored as `dtype` (the state storage's projector
     /// dtype); indices and quantized codes are unchanged.
     pub fn stored_as(self, dtype: burn::tensor::DType) -> Self {
