@@ -105,6 +105,9 @@ where
     B::InnerBackend: ember_core::EmberBackend,
 {
     B::seed(device, 0);
+    // diagnosis: CubeCL's device thread kept from sleeping (`EMBER_KEEP_AWAKE=1`, CUDA)
+    #[cfg(feature = "cuda")]
+    let _awake = ember_kernels::cublas::timeline::keep_awake();
     let dtype = match weights {
         Dtype::Bf16 => burn::tensor::DType::BF16,
         _ => burn::tensor::DType::F32,
@@ -137,12 +140,17 @@ where
         for i in 0..1 + warmup + iters {
             let mut grads = GradientsParams::new();
             grads.register(model.w.id, g.clone());
+            let last = i == warmup + iters;
             B::sync(device).ok();
+            timeline_mark(last);
             let t = Instant::now();
             model = optim.step(1e-3, model, grads);
             B::sync(device).ok();
             if i > warmup {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            if last {
+                timeline_print("optimizer step", (m, n), rank, t.elapsed());
             }
         }
         (median(times), model)
@@ -169,7 +177,9 @@ where
         // a weight of the step's own, copied before the clock starts: a shared one could not be
         // updated in place (cuBLAS's accumulating GEMM), which the optimizer's step can
         let w = w0.clone().add_scalar(0.0);
+        let last = i == warmup + iters;
         B::sync(device).ok();
+        timeline_mark(last);
         let t = Instant::now();
         let (w1, s) = engine
             .step(1e-3, w, g.clone(), state.take(), &ctx)
@@ -177,6 +187,9 @@ where
         B::sync(device).ok();
         if i > warmup {
             engine_times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        if last {
+            timeline_print("engine", (m, n), rank, t.elapsed());
         }
         drop(w1);
         state = Some(s);
@@ -338,6 +351,51 @@ where
         check_ms,
         refresh_ms,
     }
+}
+
+/// Starts a cuBLAS window timeline when `on` (`EMBER_CUBLAS_TIMELINE=1`, CUDA builds; see
+/// `ember_kernels::cublas::timeline`).
+fn timeline_mark(on: bool) {
+    #[cfg(feature = "cuda")]
+    if on {
+        ember_kernels::cublas::timeline::mark();
+    }
+    if on {
+        ember_kernels::host_trace::mark();
+    }
+    // when CubeCL's device thread first runs a task after the synchronization
+    #[cfg(feature = "cuda")]
+    if on {
+        ember_kernels::cublas::timeline::probe("device thread: first task");
+    }
+}
+
+/// Prints the timeline of the step just synchronized as one JSON line on stderr: each cuBLAS
+/// window's points (GPU ms and host ms since the step started) and the step's wall clock.
+fn timeline_print(what: &str, (m, n): (usize, usize), rank: usize, wall: std::time::Duration) {
+    #[cfg(feature = "cuda")]
+    {
+        use ember_kernels::cublas::timeline;
+        if !timeline::enabled() {
+            return;
+        }
+        let points: Vec<String> = timeline::report()
+            .into_iter()
+            .map(|(p, gpu, host)| format!("[\"{p:?}\", {gpu:.4}, {host:.4}]"))
+            .collect();
+        let notes: Vec<String> = ember_kernels::host_trace::take()
+            .into_iter()
+            .map(|(label, host)| format!("[\"{label}\", {host:.4}]"))
+            .collect();
+        eprintln!(
+            "{{\"timeline\": \"{what}\", \"m\": {m}, \"n\": {n}, \"rank\": {rank}, \"wall_ms\": {:.4}, \"points\": [{}], \"host\": [{}]}}",
+            wall.as_secs_f64() * 1e3,
+            points.join(", "),
+            notes.join(", ")
+        );
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (what, m, n, rank, wall);
 }
 
 /// `‖C − A·B‖/‖A·B‖` over 512 sampled entries of `C`, the reference in f64 on the host.

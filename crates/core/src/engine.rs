@@ -544,6 +544,7 @@ impl EngineConfig {
         let StepContext {
             shape, bases, skip, ..
         } = *ctx;
+        ember_kernels::host_trace::note("engine step");
         self.state
             .check_device::<B>(&w.device())
             .map_err(EmberError::InvalidConfig)?;
@@ -740,6 +741,7 @@ impl EngineConfig {
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
         let identity = self.projector == ProjectorKind::Identity;
+        ember_kernels::host_trace::note("whole update");
         match basis {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
@@ -757,11 +759,14 @@ impl EngineConfig {
                 } else {
                     DType::F32
                 };
+                ember_kernels::host_trace::note("down queued");
                 let (n_low, m1, m2) =
                     self.state
                         .adam(r.clone(), moments, adam, bases, skip.clone(), n_dtype);
+                ember_kernels::host_trace::note("adam queued");
                 let (w, zeta) =
                     B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm, skip);
+                ember_kernels::host_trace::note("update queued");
                 (w, m1, m2, zeta)
             }
             // full rank (non-targeted parameters): AdamW in one kernel

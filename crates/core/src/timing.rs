@@ -85,6 +85,7 @@ impl StepTimer {
 
     /// Ends `phase` now: the time since the previous lap is added to it.
     pub fn lap(&mut self, phase: Phase) {
+        ember_kernels::host_trace::note(NAMES[phase as usize]);
         if let Some(last) = self.last {
             let now = Instant::now();
             self.laps[phase as usize] += (now - last).as_secs_f64() * 1e3;

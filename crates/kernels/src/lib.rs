@@ -54,6 +54,7 @@ pub use blockwise::{Blockwise8, DynamicMaps};
 pub mod attention;
 pub mod blockwise;
 pub mod dense;
+pub mod host_trace;
 pub mod model;
 pub mod norm;
 pub mod nvml;

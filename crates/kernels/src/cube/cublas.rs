@@ -762,7 +762,9 @@ fn pointers(
 /// are queued without blocking the caller, in three parts that CubeCL's device thread runs in
 /// order: the signal kernel, a task that reads the device pointers from the server and queues
 /// our waiter, the GEMMs and the release on our stream (`DeviceHandle::submit`), and the wait
-/// kernel. An error in that task (the driver or cuBLAS failing on a GEMM that ran before) still
+/// kernel; then CubeCL's task queue is flushed (its device thread runs queued tasks 32 at a time
+/// or when a caller blocks, so a window of a short step would otherwise wait for the step's
+/// final synchronization; `EMBER_CUBLAS_FLUSH=off` leaves it). An error in that task (the driver or cuBLAS failing on a GEMM that ran before) still
 /// releases burn's stream, but leaves that product invalid: it is logged, and the next product
 /// panics with the error ([`status`] reports it). The device's state stays locked while a window
 /// is queued, so windows take their sequence numbers in the order they reach the device thread.
@@ -770,6 +772,7 @@ fn gemms(jobs: &[Job]) -> bool {
     let Some(first) = jobs.first() else {
         return true;
     };
+    crate::host_trace::note("cuBLAS window requested");
     if let Some(e) = ASYNC_ERROR
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -809,8 +812,10 @@ fn gemms(jobs: &[Job]) -> bool {
     };
     if window.waiter.is_some() && validated && async_windows() {
         queue_window(&window, jobs, seq);
+        crate::host_trace::note("cuBLAS window queued");
         return true;
     }
+    crate::host_trace::note("cuBLAS window blocking");
     // without our kernels (host-synchronized windows) a guard's scalars are written by burn's
     // stream, before the synchronization below
     let written: Vec<Job>;
@@ -909,8 +914,15 @@ fn enqueue_gemms(
     unsafe {
         let mut outcome =
             drv::ctx::set_current(w.context).map_err(|e| format!("set_current: {e:?}"));
+        let timed = timeline::enabled() && outcome.is_ok();
+        if timed {
+            timeline::record(w.stream, timeline::Point::Queued);
+        }
         if let (Ok(()), Some(Waiter(own))) = (&outcome, w.waiter) {
             outcome = launch_waiter(own.wait, w.stream, w.flags_ptr, seq);
+        }
+        if timed {
+            timeline::record(w.stream, timeline::Point::Signaled);
         }
         if outcome.is_ok() {
             outcome = pointers.clone().and_then(|pointers| {
@@ -925,6 +937,9 @@ fn enqueue_gemms(
                 }
                 Ok(())
             });
+        }
+        if timed {
+            timeline::record(w.stream, timeline::Point::Done);
         }
         let mut released = false;
         if w.waiter.is_some() {
@@ -960,6 +975,9 @@ fn run_window(w: &Window, jobs: &[Job], seq: u32) -> (bool, Result<(), String>) 
 
 /// One window queued without blocking ([`gemms`]; device flags only).
 fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
+    if timeline::enabled() {
+        timeline::probe("device thread: before the signal");
+    }
     launch_signal(w, jobs, seq);
     let owned: Vec<OwnedJob> = jobs
         .iter()
@@ -973,6 +991,7 @@ fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
         .collect();
     let task_window = w.clone();
     let handle = DeviceHandle::<<CudaRuntime as Runtime>::Server>::new(jobs[0].a.device.to_id());
+    let submitted = handle.clone();
     handle.submit(move |server| {
         let jobs: Vec<Job> = owned.iter().map(OwnedJob::job).collect();
         // the device pointers from the server itself (this task holds it)
@@ -999,6 +1018,24 @@ fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
         }
     });
     launch_wait(w, jobs, seq);
+    // CubeCL's device thread runs queued tasks 32 at a time, or when a caller blocks: without
+    // this the window (and the launches before it) could wait for 32 more ops or the next
+    // synchronization while the GPU idles
+    if flush_windows() {
+        submitted.flush_queue();
+    }
+}
+
+/// Whether a queued window flushes CubeCL's task queue (`EMBER_CUBLAS_FLUSH=off`: it does not,
+/// for comparisons).
+fn flush_windows() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_CUBLAS_FLUSH").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
 }
 
 /// One `cublasGemmEx` of a job on the handle's stream (row-major `C = A·B` is column-major
@@ -1096,5 +1133,185 @@ fn check(r: dsys::CUresult, what: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{what}: {r:?}"))
+    }
+}
+
+/// A timeline of the cuBLAS windows for diagnosis (`EMBER_CUBLAS_TIMELINE=1`; off by default, and
+/// then nothing is recorded): CUDA events on our stream at each window's points — `Queued`
+/// (CubeCL's device thread queued the window; our stream idle, so the event fires then),
+/// `Signaled` (the waiter saw burn's stream reach the window: the operands were written) and
+/// `Done` (the GEMMs finished) — with the host's clock at queueing, relative to a
+/// [`mark`](timeline::mark) made after a device synchronization. [`report`](timeline::report)
+/// synchronizes our stream and returns the times in ms since the mark: where a step's GPU
+/// time goes between the products (ember-bench `step --timeline`).
+pub mod timeline {
+    use super::{drv, dsys, STATE};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// A window's recorded points.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Point {
+        /// Queued on our stream by CubeCL's device thread.
+        Queued,
+        /// The waiter returned: burn's stream reached the window's signal.
+        Signaled,
+        /// The window's GEMMs finished.
+        Done,
+    }
+
+    struct Event(dsys::CUevent, Point, f64);
+    // the raw events are created, recorded and destroyed under the mutex only
+    unsafe impl Send for Event {}
+
+    struct State {
+        base: Option<(dsys::CUevent, dsys::CUstream, Instant)>,
+        events: Vec<Event>,
+    }
+    unsafe impl Send for State {}
+
+    static TIMELINE: Mutex<State> = Mutex::new(State {
+        base: None,
+        events: Vec::new(),
+    });
+
+    /// Whether `EMBER_CUBLAS_TIMELINE=1`.
+    pub fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("EMBER_CUBLAS_TIMELINE").as_deref() == Ok("1"))
+    }
+
+    /// Records `point` on `stream` (CubeCL's device thread, the context current).
+    pub(super) fn record(stream: dsys::CUstream, point: Point) {
+        let mut t = TIMELINE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, _, start)) = t.base else { return };
+        // SAFETY: an event created and recorded on a live stream of the current context
+        unsafe {
+            let Ok(e) = drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT) else {
+                return;
+            };
+            if drv::event::record(e, stream).is_ok() {
+                let host = start.elapsed().as_secs_f64() * 1e3;
+                t.events.push(Event(e, point, host));
+            } else {
+                let _ = drv::event::destroy(e);
+            }
+        }
+    }
+
+    /// Starts a timeline: an event on our stream now (call it with the device synchronized, so
+    /// that it fires at once). Forgets an earlier timeline. A no-op unless [`enabled`] and
+    /// cuBLAS has run on device 0.
+    pub fn mark() {
+        if !enabled() {
+            return;
+        }
+        let Some((context, stream)) = STATE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .map(|b| (b.context, b.stream))
+        else {
+            return;
+        };
+        let mut t = TIMELINE.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: as in `record`; earlier events are destroyed once
+        unsafe {
+            let _ = drv::ctx::set_current(context);
+            for Event(e, ..) in t.events.drain(..) {
+                let _ = drv::event::destroy(e);
+            }
+            if let Some((e, ..)) = t.base.take() {
+                let _ = drv::event::destroy(e);
+            }
+            if let Ok(e) = drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT) {
+                if drv::event::record(e, stream).is_ok() {
+                    t.base = Some((e, stream, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Queues a task on CubeCL's device thread for device 0 that notes `label` in
+    /// [`crate::host_trace`] when the thread runs it: how far that thread is behind the caller.
+    pub fn probe(label: &'static str) {
+        if !enabled() {
+            return;
+        }
+        use cubecl::device::Device as _;
+        let device = cubecl::cuda::CudaDevice::new(0);
+        let handle = cubecl::device_handle::DeviceHandle::<
+            <cubecl::cuda::CudaRuntime as cubecl::prelude::Runtime>::Server,
+        >::new(device.to_id());
+        handle.submit(move |_server| crate::host_trace::note(label));
+    }
+
+    /// For diagnosis only (`EMBER_KEEP_AWAKE=1`, `ember-bench step`): a thread that flushes
+    /// CubeCL's task queue for device 0 (empty tasks up to the batch of 32 the device thread
+    /// waits for) every 50 µs for as long as the returned guard lives, so that the device thread never reaches its 150 µs sleeps while the host
+    /// waits for the GPU (cubecl-common 0.10 spins, yields, then sleeps in 150 µs steps when
+    /// idle; a task queued during a sleep waits for its end). Costs a CPU core; not for training.
+    pub fn keep_awake() -> Option<KeepAwake> {
+        if std::env::var("EMBER_KEEP_AWAKE").as_deref() != Ok("1") {
+            return None;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use cubecl::device::Device as _;
+            let device = cubecl::cuda::CudaDevice::new(0);
+            let handle = cubecl::device_handle::DeviceHandle::<
+                <cubecl::cuda::CudaRuntime as cubecl::prelude::Runtime>::Server,
+            >::new(device.to_id());
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                // a flush: the device thread runs queued tasks only by 32 or on a flush
+                handle.flush_queue();
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        });
+        Some(KeepAwake {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops [`keep_awake`]'s thread when dropped.
+    pub struct KeepAwake {
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for KeepAwake {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// The points recorded since [`mark`]: `(point, GPU ms since the mark, host ms since the
+    /// mark when queued)`, in order; synchronizes our stream. Empty when nothing was recorded.
+    pub fn report() -> Vec<(Point, f64, f64)> {
+        let mut t = TIMELINE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((base, stream, _)) = t.base else {
+            return vec![];
+        };
+        let mut out = vec![];
+        // SAFETY: as in `record`
+        unsafe {
+            if drv::stream::synchronize(stream).is_err() {
+                return vec![];
+            }
+            for Event(e, point, host) in &t.events {
+                if let Ok(ms) = drv::event::elapsed(base, *e) {
+                    out.push((*point, ms as f64, *host));
+                }
+            }
+            for Event(e, ..) in t.events.drain(..) {
+                let _ = drv::event::destroy(e);
+            }
+        }
+        out
     }
 }
