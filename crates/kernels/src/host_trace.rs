@@ -8,7 +8,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NOTES: Mutex<(Option<Instant>, Vec<(&'static str, f64)>)> = Mutex::new((None, Vec::new()));
+/// The trace's start and its notes (label, host ms since the start).
+type Notes = (Option<Instant>, Vec<(&'static str, f64)>);
+
+static NOTES: Mutex<Notes> = Mutex::new((None, Vec::new()));
 
 /// Whether `EMBER_CUBLAS_TIMELINE=1`.
 pub fn enabled() -> bool {
