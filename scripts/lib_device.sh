@@ -88,3 +88,25 @@ pretrain() {
   rm -rf $OUT/$name/checkpoint
   pack
 }
+# step_tables DIR: issue 18's step table into DIR — `ember-bench step` (f32: GaLore
+#   r128/512/1024 and AdamW; bf16: GaLore r512 and AdamW with bf16 state), then the PyTorch
+#   anchors of the same shapes (TF32 for f32) right after it, and DIR/step_table.md
+#   (scripts/step_table.py), appended to summary.txt
+step_tables() {
+  local R=$1; mkdir -p $R
+  for o in galore adamw; do
+    timeout 120 $B step --device cuda --optimizer $o --ranks 128,512,1024 --iters 40 --refreshes 0 \
+      > $R/step_f32_$o.jsonl 2>> $R/step.err
+  done
+  timeout 60 $B step --device cuda --optimizer galore --ranks 512 --iters 40 --refreshes 0 --weights-dtype bf16 \
+    > $R/step_bf16_galore.jsonl 2>> $R/step.err
+  timeout 60 $B step --device cuda --optimizer adamw --iters 40 --refreshes 0 --weights-dtype bf16 --state-dtype bf16 \
+    > $R/step_bf16_adamw_bf16.jsonl 2>> $R/step.err
+  echo "steps: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+  SVD=0 RANKS=128,512,1024 TF32=1 PYTHONUNBUFFERED=1 timeout 100 python3 .device/torch_anchor.py .device/whl \
+    $R/anchor_tf32.json > $R/anchor_tf32.log 2>&1
+  DTYPE=bf16 RANKS=512 TF32=1 PYTHONUNBUFFERED=1 timeout 80 python3 .device/torch_anchor.py .device/whl \
+    $R/anchor_bf16.json > $R/anchor_bf16.log 2>&1
+  echo "anchors: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+  python3 scripts/step_table.py $R > $R/step_table.md 2>&1; cat $R/step_table.md | tee -a $OUT/summary.txt
+}

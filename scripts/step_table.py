@@ -2,8 +2,10 @@
 beside the PyTorch anchor (anchor_tf32.json for f32 weights, anchor_bf16.json for bf16) from
 the same call. Columns (ms, medians): the step with the default check (flags read back on the
 host), with the check kept on the device, without a check, the engine alone, the check pass
-alone (over `G`, with its read-back), PyTorch (galore-torch's step, torch's fused AdamW), and
-the ratios. Usage: python3 step_table.py CALL_DIR"""
+alone (over `G`, with its read-back), PyTorch (galore-torch's step, torch's fused AdamW), the
+ratios, and the operands of Ember's update GEMM (`f16`: f16 tensor cores into the f32 weight;
+`f32`: TF32; `—`: no projection) with its sampled relative error against f64.
+Usage: python3 step_table.py CALL_DIR"""
 import glob
 import json
 import os
@@ -21,8 +23,8 @@ for dtype, name in (("f32", "anchor_tf32.json"), ("bf16", "anchor_bf16.json")):
             # galore-torch's rows are per rank; torch's AdamW has none
             torch[(what, dtype, r["m"], r["n"], r.get("rank") if what == "galore" else None)] = r["ms"]
 print("| step | shape | checked (host) | checked (device) | unchecked | engine | check | PyTorch "
-      "| ratio (host) | ratio (device) | ratio (unchecked) |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+      "| ratio (host) | ratio (device) | ratio (unchecked) | update operands (error) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(d, "step_*.jsonl"))):
     for line in open(path):
         r = json.loads(line)
@@ -37,4 +39,6 @@ for path in sorted(glob.glob(os.path.join(d, "step_*.jsonl"))):
         row = [name, shape] + [f"{c:.2f}" for c in cells]
         row.append(f"{t:.2f}" if t else "—")
         row += [f"{c / t:.2f}×" if t else "—" for c in cells[:3]]
+        ops, err = r.get("update_operands"), r.get("update_rel_err")
+        row.append(f"{ops} ({err:.1e})" if ops and err is not None else (ops or "—"))
         print("| " + " | ".join(row) + " |")

@@ -70,6 +70,15 @@ pub struct StepTiming {
     pub down_rel_err: Option<f64>,
     /// The same for `up(N)`.
     pub up_rel_err: Option<f64>,
+    /// Relative error (sampled against f64, as above) of the update's back-projection as the
+    /// engine runs it for an f32 weight on this backend — one `projected_update` from `W = 0`
+    /// with step 1 and α = 1, so `−up(N)` — against `up(N)` of the f32 `N`: with f16 operands
+    /// ([`update_operands`](Self::update_operands)) their rounding counts, as TF32's does.
+    pub update_rel_err: Option<f64>,
+    /// The operands of that update GEMM: `f16` (`EmberBackend::f16_update_operands`: `N` written
+    /// in f16 by Adam, `P` rounded to f16, f32 accumulation into the f32 weight) or `f32` (TF32
+    /// tensor cores on CUDA).
+    pub update_operands: Option<&'static str>,
     /// The precision the projection matmuls ran in, read off those errors (`f32` below 2e-5,
     /// else `tf32`): cuBLAS runs f32 products on TF32 tensor cores, as burn's CUDA matmul does.
     pub matmul_precision: Option<&'static str>,
@@ -85,6 +94,27 @@ pub struct StepTiming {
     /// CUDA builds on a CUDA device: how the projection products ran
     /// (`ember_kernels::cublas::status`: `flags`, `sync`, `off`, `failed: …`).
     pub cublas: Option<String>,
+}
+
+/// Waits for the device before and after each timed step: burn's `sync` (the caller waits for
+/// the GPU). `EMBER_SYNC=device-thread` (CUDA, for diagnosis) waits first on CubeCL's device
+/// thread (`ember_kernels::device_thread::sync`), so that the next step's first launch is not
+/// held by that thread's idle sleep; measured on the H100 without a clear gain (2026-11-25,
+/// `docs/perf-notes.md`), so it is not the default.
+fn sync<B: Backend>(device: &B::Device) {
+    #[cfg(feature = "cuda")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("EMBER_SYNC").as_deref() == Ok("device-thread"));
+        if on {
+            if let Some(d) =
+                (device as &dyn std::any::Any).downcast_ref::<cubecl::cuda::CudaDevice>()
+            {
+                let _ = ember_kernels::device_thread::sync(d);
+            }
+        }
+    }
+    B::sync(device).ok();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -141,11 +171,11 @@ where
             let mut grads = GradientsParams::new();
             grads.register(model.w.id, g.clone());
             let last = i == warmup + iters;
-            B::sync(device).ok();
+            sync::<B>(device);
             timeline_mark(last);
             let t = Instant::now();
             model = optim.step(1e-3, model, grads);
-            B::sync(device).ok();
+            sync::<B>(device);
             if i > warmup {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -178,13 +208,13 @@ where
         // updated in place (cuBLAS's accumulating GEMM), which the optimizer's step can
         let w = w0.clone().add_scalar(0.0);
         let last = i == warmup + iters;
-        B::sync(device).ok();
+        sync::<B>(device);
         timeline_mark(last);
         let t = Instant::now();
         let (w1, s) = engine
             .step(1e-3, w, g.clone(), state.take(), &ctx)
             .expect("engine step");
-        B::sync(device).ok();
+        sync::<B>(device);
         if i > warmup {
             engine_times.push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -202,10 +232,10 @@ where
     let time_op = |f: &dyn Fn() -> Tensor<B::InnerBackend, 2>| -> f64 {
         let mut v = vec![];
         for i in 0..1 + warmup + iters {
-            B::sync(device).ok();
+            sync::<B>(device);
             let t = Instant::now();
             let out = f();
-            B::sync(device).ok();
+            sync::<B>(device);
             if i > warmup {
                 v.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -239,6 +269,47 @@ where
         }
         None => (None, None),
     };
+    let f16_update = <B::InnerBackend as ember_kernels::EmberBackend>::f16_update_operands();
+    let update_operands = basis
+        .as_ref()
+        .map(|_| if f16_update { "f16" } else { "f32" });
+    let update_rel_err = basis.as_ref().map(|b| {
+        let low = b.down(g.clone());
+        let n_low = Tensor::<B::InnerBackend, 2>::random(
+            low.dims(),
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        let n_in = if f16_update {
+            n_low.clone().cast(burn::tensor::DType::F16)
+        } else {
+            n_low.clone()
+        };
+        let coef = ember_kernels::UpdateCoefficients {
+            decay_before: 0.0,
+            scale: 1.0,
+            step: 1.0,
+            decay_after: 0.0,
+        };
+        let zero = Tensor::<B::InnerBackend, 2>::zeros([m, n], device);
+        let (w, _) = <B::InnerBackend as ember_kernels::EmberBackend>::projected_update(
+            zero,
+            g.clone(),
+            b,
+            n_in,
+            low,
+            coef,
+            ember_kernels::ResidualUpdate::None,
+            None,
+            None,
+        );
+        let up = if b.left {
+            (b.p.clone(), n_low)
+        } else {
+            (n_low, b.p.clone())
+        };
+        sampled_rel_err(up, w.neg())
+    });
     let matmul_precision =
         down_rel_err
             .zip(up_rel_err)
@@ -246,14 +317,14 @@ where
     let check_ms = {
         let mut v = vec![];
         for i in 0..1 + warmup + iters {
-            B::sync(device).ok();
+            sync::<B>(device);
             let t = Instant::now();
             let flags = <B::InnerBackend as ember_kernels::EmberBackend>::non_finite_flags(
                 vec![g.clone()],
                 device,
             );
             let _ = flags.into_data();
-            B::sync(device).ok();
+            sync::<B>(device);
             if i > warmup {
                 v.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -272,11 +343,11 @@ where
         };
         let mut v = vec![];
         for i in 0..refreshes + 1 {
-            B::sync(device).ok();
+            sync::<B>(device);
             let t = Instant::now();
             let p = kind.fit(&g, r, &bases, 0, 0).expect("refresh");
             let _ = p.bytes();
-            B::sync(device).ok();
+            sync::<B>(device);
             if i > 0 || refreshes == 1 {
                 v.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -300,12 +371,12 @@ where
             let mut v = vec![];
             let mut last = None;
             for i in 0..refreshes + 1 {
-                B::sync(device).ok();
+                sync::<B>(device);
                 let t = Instant::now();
                 let (p, _) = kind
                     .fit_warm(&g, r, &bases, 0, 0, Some(&exact))
                     .expect("device projector");
-                B::sync(device).ok();
+                sync::<B>(device);
                 if i > 0 || refreshes == 1 {
                     v.push(t.elapsed().as_secs_f64() * 1e3);
                 }
@@ -347,6 +418,8 @@ where
         up_ms,
         down_rel_err,
         up_rel_err,
+        update_rel_err,
+        update_operands,
         matmul_precision,
         check_ms,
         refresh_ms,

@@ -756,6 +756,14 @@ impl EngineConfig {
                     && n_in_weight_dtype()
                 {
                     w_dtype
+                } else if w_dtype == DType::F32
+                    && B::f16_update_operands()
+                    && self.residual.is_discard()
+                    && self.n_fits_f16()
+                    && worth_f16_operands(w.dims(), r.dims())
+                {
+                    // the f32 weight's update GEMM on f16 tensor cores (TF32's significand)
+                    DType::F16
                 } else {
                     DType::F32
                 };
@@ -886,6 +894,39 @@ impl EngineConfig {
 /// Whether the low-rank update `N` of a weight updated in its own low precision is written in
 /// that dtype by the Adam kernel (default); `EMBER_N_IN_WEIGHT_DTYPE=off` writes it in f32 and
 /// leaves the rounding to the update (same values; for comparisons of the step time).
+/// Multiply-adds of an update GEMM below which an f32 weight keeps TF32 operands: the f16 path
+/// rounds `P` to f16 each step — one more launch per parameter — which a small GEMM does not win
+/// back (the half-rate saving is ≈ 0.05 ms at 4096×11008 r512's 2.3·10¹⁰, ≈ 0.03 ms at 4096²
+/// r512's 8.6·10⁹; a launch costs ≈ 5–20 µs on the host-bound steps of a small model).
+pub const F16_UPDATE_MIN_MACS: usize = 1 << 30;
+
+/// Whether an `[m, n]` weight whose low-rank gradient is `low` has an update GEMM large enough
+/// for f16 operands ([`F16_UPDATE_MIN_MACS`]).
+fn worth_f16_operands([m, n]: [usize; 2], [a, b]: [usize; 2]) -> bool {
+    let rank = a.min(b);
+    m.saturating_mul(n).saturating_mul(rank) >= F16_UPDATE_MIN_MACS
+}
+
+impl EngineConfig {
+    /// Whether Adam's normalized update `N` stays far inside f16's range (±65504) whatever the
+    /// gradients: `|N| ≤ |M|/√V ≤ (1−β₁)/√((1−β₂)(1−β₁²/β₂))` (Cauchy–Schwarz over the EMAs;
+    /// each flavor's `d ≤ 1` and `ε ≥ 0` only shrink `N`), with f32 or bf16 moments (8-bit
+    /// moments dequantize `V` with their own error, so they keep an f32 `N`). Required below
+    /// 1024 (7.3 at galore-torch's β = (0.9, 0.999)).
+    fn n_fits_f16(&self) -> bool {
+        let (b1, b2) = (self.adam.beta_1, self.adam.beta_2);
+        if self.state.dtype == crate::state::StateDtype::Int8Blockwise
+            || !(0.0..1.0).contains(&b1)
+            || !(0.0..1.0).contains(&b2)
+            || b1 * b1 >= b2
+        {
+            return false;
+        }
+        let bound = (1.0 - b1) / ((1.0 - b2) * (1.0 - b1 * b1 / b2)).sqrt();
+        bound < 1024.0
+    }
+}
+
 fn n_in_weight_dtype() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
@@ -939,7 +980,7 @@ mod tests {
         EngineConfig {
             rank: RankRule::Fixed(0),
             projector: ProjectorKind::Identity,
-            refresh: RefreshPolicy::Every { gap: 1 },
+            refresh: RefreshPolicy::every(1),
             adam: SubspaceAdam {
                 beta_1: 0.9,
                 beta_2: 0.999,
@@ -1082,7 +1123,7 @@ mod tests {
         let mut engine = EngineConfig {
             rank: RankRule::Fixed(2),
             projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
-            refresh: RefreshPolicy::Every { gap: 2 },
+            refresh: RefreshPolicy::every(2),
             ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
         };
         let run = |engine: &EngineConfig| {
@@ -1115,6 +1156,87 @@ mod tests {
         );
     }
 
+    /// `N` goes to f16 only where Adam bounds it far inside f16's range: galore-torch's
+    /// β = (0.9, 0.999) (bound 7.3) and β = (0.9, 0.95) yes; β₂ so close to 1 that the bound
+    /// passes 1024, β₁² ≥ β₂ (no bound) and 8-bit moments (dequantized `V`) no.
+    #[test]
+    fn n_goes_to_f16_only_within_its_bound() {
+        let with = |b1: f64, b2: f64, dtype: crate::state::StateDtype| {
+            let mut e = identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0);
+            e.adam.beta_1 = b1;
+            e.adam.beta_2 = b2;
+            e.state.dtype = dtype;
+            e.n_fits_f16()
+        };
+        use crate::state::StateDtype::*;
+        assert!(with(0.9, 0.999, F32));
+        assert!(with(0.9, 0.95, Bf16));
+        assert!(!with(0.0, 1.0 - 1e-7, F32)); // bound 3162
+        assert!(!with(0.99, 0.9, F32)); // β₁² ≥ β₂
+        assert!(!with(0.9, 0.999, Int8Blockwise));
+        // and only for GEMMs large enough to win back the rounding of `P`
+        assert!(worth_f16_operands([4096, 11008], [512, 11008]));
+        assert!(worth_f16_operands([2048, 2048], [2048, 512]));
+        assert!(!worth_f16_operands([2048, 2048], [128, 2048]));
+        assert!(!worth_f16_operands([512, 1376], [512, 128]));
+    }
+
+    /// A refresh rule of the caller's plugs in as `RefreshPolicy::Custom`: the engine refreshes
+    /// when it says (here at steps 0, 1 and 4 of 6) and hands it every fresh first vector; a
+    /// config holding it refuses to serialize instead of writing a config that cannot be read.
+    #[test]
+    fn a_custom_refresh_rule_plugs_in() {
+        use crate::refresh::{RefreshRule, RefreshState};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Debug, Default)]
+        struct AtSteps(AtomicUsize);
+        impl RefreshRule for AtSteps {
+            fn initial_gap(&self) -> usize {
+                1
+            }
+            fn is_due_after_first(&self, k: usize, _: &RefreshState) -> bool {
+                k == 1 || k == 4
+            }
+            fn observe(&self, _: &mut RefreshState, first: Option<Vec<f32>>) {
+                assert_eq!(first.map(|v| v.len()), Some(5), "the first right vector");
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let rule = std::sync::Arc::new(AtSteps::default());
+        let engine = EngineConfig {
+            rank: RankRule::Fixed(2),
+            projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
+            refresh: RefreshPolicy::Custom(rule.clone()),
+            ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.0)
+        };
+        engine.validate().unwrap();
+        let mut w = random([8, 5], 1);
+        let mut state = None;
+        let mut refreshes = vec![];
+        for t in 0..6 {
+            let (nw, s) = engine
+                .step(
+                    1e-2,
+                    w,
+                    random([8, 5], 40 + t),
+                    state,
+                    &StepContext::new(&[8, 5], &SharedBases::new()),
+                )
+                .unwrap();
+            refreshes.push(s.refresh.refreshes);
+            (w, state) = (nw, Some(s));
+        }
+        assert_eq!(refreshes, [1, 2, 2, 2, 3, 3]);
+        assert_eq!(rule.0.load(Ordering::Relaxed), 3);
+        let err = serde_json::to_string(&engine).unwrap_err().to_string();
+        assert!(err.contains("Custom"), "{err}");
+        // the built-in rules serialize as before the rule became a part: `{"Every":{"gap":2}}`
+        assert_eq!(
+            serde_json::to_string(&RefreshPolicy::every(2)).unwrap(),
+            r#"{"Every":{"gap":2}}"#
+        );
+    }
+
     /// A step given `R` computed before it beside `G` ([`Gradient::WithProjected`]) is the step
     /// from `G` alone, bit for bit, for Fira's and FRUGAL's residual rules and both sides; a step
     /// due for a refresh refuses it.
@@ -1129,7 +1251,7 @@ mod tests {
                 let engine = EngineConfig {
                     rank: RankRule::Fixed(3),
                     projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
-                    refresh: RefreshPolicy::Every { gap: 3 },
+                    refresh: RefreshPolicy::every(3),
                     residual: residual.clone(),
                     ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.1)
                 };
@@ -1197,7 +1319,7 @@ mod tests {
         let galore = |proj: crate::projector::ProjType| EngineConfig {
             rank: RankRule::Fixed(8),
             projector: ProjectorKind::ExactSvd(proj),
-            refresh: RefreshPolicy::Every { gap: 2 },
+            refresh: RefreshPolicy::every(2),
             ..identity(AdamFlavor::Galore, DecayTiming::AfterUpdate, 0.1)
         };
         let cases = [

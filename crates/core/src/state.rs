@@ -386,9 +386,9 @@ impl StateStorage {
             }
             (m, v) => {
                 let (m, v) = (m.to_f32(shared, true), v.to_f32(shared, false));
-                let (n, m, v) = B::subspace_adam(r, m, v, c, skip);
+                let (n, m, v) = B::subspace_adam_into(r, m, v, c, skip, n_dtype);
                 let (m, v) = self.store(m, v);
-                (n.cast(n_dtype), m, v)
+                (n, m, v)
             }
         }
     }

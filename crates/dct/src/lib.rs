@@ -79,9 +79,9 @@ impl DctConfig {
         EngineConfig {
             rank: RankRule::Fixed(self.rank),
             projector: ProjectorKind::Dct(self.proj_type),
-            refresh: RefreshPolicy::AtOneThenEvery {
+            refresh: RefreshPolicy::AtOneThenEvery(ember_core::refresh::AtOneThenEvery {
                 gap: self.update_proj_gap,
-            },
+            }),
             adam: SubspaceAdam {
                 beta_1: self.beta_1,
                 beta_2: self.beta_2,

@@ -99,9 +99,7 @@ impl FiraConfig {
             } else {
                 ProjectorKind::AutoSvd(self.proj_type)
             },
-            refresh: RefreshPolicy::Every {
-                gap: self.update_proj_gap,
-            },
+            refresh: RefreshPolicy::every(self.update_proj_gap),
             adam: SubspaceAdam {
                 beta_1: self.beta_1,
                 beta_2: self.beta_2,

@@ -194,9 +194,7 @@ impl FrugalConfig {
         EngineConfig {
             rank,
             projector,
-            refresh: RefreshPolicy::Every {
-                gap: self.update_gap,
-            },
+            refresh: RefreshPolicy::every(self.update_gap),
             adam: SubspaceAdam {
                 beta_1: self.beta_1,
                 beta_2: self.beta_2,

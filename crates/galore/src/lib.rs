@@ -124,9 +124,7 @@ impl GaloreConfig {
             } else {
                 ProjectorKind::AutoSvd(self.proj_type)
             },
-            refresh: RefreshPolicy::Every {
-                gap: self.update_proj_gap,
-            },
+            refresh: RefreshPolicy::every(self.update_proj_gap),
             adam: self.adam(),
             residual: ResidualRule::Discard,
             scale: self.scale,

@@ -70,6 +70,8 @@ pub mod cache;
 mod cube;
 #[cfg(feature = "cuda")]
 pub use cube::cublas;
+#[cfg(feature = "cuda")]
+pub use cube::device_thread;
 #[cfg(feature = "fusion")]
 mod fusion;
 
@@ -360,6 +362,33 @@ pub trait EmberBackend: Backend {
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         portable::subspace_adam(r, m, v, c, skip)
+    }
+
+    /// [`subspace_adam`](Self::subspace_adam) with `N` written in `n_dtype`: f16 where
+    /// [`f16_update_operands`](Self::f16_update_operands) lets the update GEMM read it (one
+    /// rounding in the kernel, no f32 `N`). Default: f32, then a cast.
+    fn subspace_adam_into(
+        r: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        c: AdamCoefficients,
+        skip: Skip<Self>,
+        n_dtype: burn::tensor::DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let (n, m, v) = Self::subspace_adam(r, m, v, c, skip);
+        (n.cast(n_dtype), m, v)
+    }
+
+    /// Whether [`projected_update`](Self::projected_update) without a residual takes an **f16
+    /// `N`** for an f32 weight and runs the back-projection on f16 tensor cores: `P` and `N`
+    /// rounded to f16 (the 10-bit significand of TF32, the precision burn's and PyTorch's f32
+    /// matmuls run at on CUDA), the products summed in f32 and added to the f32 `W` in one GEMM.
+    /// The engine asks for it only for GEMMs of at least 2³⁰ multiply-adds
+    /// (`ember_core::engine::F16_UPDATE_MIN_MACS`) and where `|N|` is bounded far inside f16's range (Adam's
+    /// `|M|/√V ≤ (1−β₁)/√((1−β₂)(1−β₁²/β₂))`, f32 or bf16 moments). `false` by default; CUDA
+    /// with cuBLAS (`EMBER_UPDATE_OPERANDS=tf32` keeps f32 operands on TF32 tensor cores).
+    fn f16_update_operands() -> bool {
+        false
     }
 
     /// Adam on the low-rank gradient `r` with **blockwise 8-bit moments** ([`blockwise`]):

@@ -93,6 +93,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     adam::<B>(&mut out, device);
     adam_8bit::<B>(&mut out, device);
     projected::<B>(&mut out, device);
+    f16_update::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
     stochastic_rounding::<B>(&mut out, device);
@@ -351,6 +352,101 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         }
     }
     crate::set_block_elements(saved);
+}
+
+/// Where the backend runs an f32 weight's update from an f16 `N`
+/// ([`EmberBackend::f16_update_operands`], CUDA): Adam writing `N` in f16 against the portable
+/// `N` rounded to f16 (within one f16 rounding: the two f32 computations may differ in their
+/// last bit), and the update from that `N` against the portable update of the same `N` widened
+/// to f32 (the f32 tolerance: the update is ~10⁻³ of `W`, its operands' f16 rounding far inside).
+/// No checks where the backend does not (nothing is counted).
+fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType;
+    if !B::f16_update_operands() {
+        return;
+    }
+    let c = coefficient_sets()[0];
+    let shape = [37, 301];
+    let r = normal::<B>(shape, 1.0, device);
+    let m = normal::<B>(shape, 0.1, device);
+    let v = normal::<B>(shape, 0.1, device).abs();
+    let f = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), c, None, DType::F16);
+    let p = portable::subspace_adam(r, m.clone(), v.clone(), c, None);
+    let dtype_ok = f.0.dtype() == DType::F16;
+    compare_within(
+        out,
+        format!("subspace_adam_into f16 N (dtype f16: {dtype_ok})"),
+        if dtype_ok {
+            f.0
+        } else {
+            f.0.mul_scalar(f32::NAN)
+        },
+        p.0.cast(DType::F16),
+        1e-3,
+    );
+    compare(out, "subspace_adam_into f16 M".into(), f.1, p.1);
+    // bf16 `N` (a bf16 weight's update GEMM): written in bf16 by the kernel, the same rounding
+    let r = normal::<B>(shape, 1.0, device);
+    let f = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), c, None, DType::BF16);
+    let p = portable::subspace_adam(r, m, v, c, None);
+    let dtype_ok = f.0.dtype() == DType::BF16;
+    compare_within(
+        out,
+        format!("subspace_adam_into bf16 N (dtype bf16: {dtype_ok})"),
+        if dtype_ok {
+            f.0
+        } else {
+            f.0.mul_scalar(f32::NAN)
+        },
+        p.0.cast(DType::BF16),
+        8e-3,
+    );
+    let coef = UpdateCoefficients {
+        decay_before: 0.0,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    };
+    for (m, n, r, left) in [(96, 300, 40, true), (300, 96, 40, false)] {
+        let basis = Basis {
+            p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
+            left,
+        };
+        let low = if left { [r, n] } else { [m, r] };
+        let w = normal::<B>([m, n], 1.0, device);
+        let g = normal::<B>([m, n], 1.0, device);
+        let n16 = normal::<B>(low, 1.0, device).cast(DType::F16);
+        let rr = basis.down(g.clone());
+        let fused = B::projected_update(
+            w.clone().add_scalar(0.0),
+            g.clone(),
+            &basis,
+            n16.clone(),
+            rr.clone(),
+            coef,
+            ResidualUpdate::None,
+            None,
+            None,
+        );
+        let reference = portable::projected_update(
+            w,
+            g,
+            &basis,
+            n16.cast(DType::F32),
+            rr,
+            coef,
+            ResidualUpdate::None,
+            None,
+            None,
+        );
+        let side = if left { "left" } else { "right" };
+        compare(
+            out,
+            format!("projected_update f16 N {m}x{n} r{r} {side} W"),
+            fused.0,
+            reference.0,
+        );
+    }
 }
 
 /// The fused and the portable projected update on the same inputs, `(W, ζ)` each. The fused path

@@ -135,12 +135,12 @@ impl QGaloreConfig {
             } else {
                 ProjectorKind::ExactSvd(ProjType::Std)
             },
-            refresh: RefreshPolicy::Adaptive {
+            refresh: RefreshPolicy::Adaptive(ember_core::refresh::Adaptive {
                 gap: self.update_proj_gap,
                 cos_threshold: self.cos_threshold,
                 gamma: self.gamma_proj,
                 queue_size: self.queue_size,
-            },
+            }),
             adam: SubspaceAdam {
                 beta_1: self.beta_1,
                 beta_2: self.beta_2,

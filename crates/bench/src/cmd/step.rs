@@ -43,7 +43,35 @@ pub fn run(
             }
         }
     }
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        print_tuning();
+    }
     Ok(())
+}
+
+/// What the cuBLAS algorithm timing measured for each GEMM signature of the run
+/// (`ember_kernels::cublas::tuning_report`), one JSON line each on stderr.
+#[cfg(feature = "cuda")]
+fn print_tuning() {
+    for r in ember_kernels::cublas::tuning_report() {
+        let candidates: Vec<String> = r
+            .candidates_ms
+            .iter()
+            .map(|t| t.map_or("null".into(), |t| format!("{t:.4}")))
+            .collect();
+        eprintln!(
+            "{{\"cublas_tuning\": [{}, {}, {}], \"dtype\": \"{}\", \"scratch\": {}, \"default_ms\": {:.4}, \"candidates_ms\": [{}], \"chosen\": {}}}",
+            r.mkn[0],
+            r.mkn[1],
+            r.mkn[2],
+            r.dtype,
+            r.scratch,
+            r.default_ms,
+            candidates.join(", "),
+            r.chosen.map_or("null".into(), |i| i.to_string())
+        );
+    }
 }
 
 /// `4096x11008,2048x2048` → `[(4096, 11008), (2048, 2048)]`.

@@ -59,6 +59,9 @@ use cudarc::driver::{result as drv, sys as dsys};
 
 use super::{empty, kernels};
 
+mod tune;
+pub use tune::{report as tuning_report, Record as TuningRecord};
+
 /// How cuBLAS is ordered with burn's stream ([module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -416,6 +419,13 @@ pub(super) fn matmul_f32_out<R: CubeRuntime>(
         .map(|t| *t)
 }
 
+/// Whether an f32 weight's update GEMM may read f16 operands (`EMBER_UPDATE_OPERANDS`: `f16`,
+/// the default, or `tf32`): see `EmberBackend::f16_update_operands`.
+pub(super) fn f16_update_operands() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_UPDATE_OPERANDS").as_deref() != Ok("tf32"))
+}
+
 /// Whether runtime `R` is CUDA with cuBLAS on (not `EMBER_CUBLAS=off`, not failed): where
 /// [`accumulate`] and [`matmul_f32_out`] can run.
 pub(super) fn available<R: CubeRuntime>() -> bool {
@@ -457,15 +467,26 @@ pub(super) fn accumulate<R: CubeRuntime>(
         Some((false, ld)) => ld,
         _ => return false,
     };
+    // f16 operands may add into an f32 `C` (the update of an f32 weight on f16 tensor cores)
+    let widened = c.dtype == DType::F32 && a.dtype == DType::F16;
     let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
-        && c.dtype == a.dtype
+        && (c.dtype == a.dtype || widened)
         && c.can_mut()
         && c.device == a.device
         && ldc < i32::MAX as usize;
     if !fits {
         return false;
     }
-    let plan = Plan { ldc, ..plan };
+    let c_dtype = if widened {
+        bsys::cudaDataType::CUDA_R_32F
+    } else {
+        plan.c_dtype
+    };
+    let plan = Plan {
+        ldc,
+        c_dtype,
+        ..plan
+    };
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
         // `[α, β]` written on our stream by the guard, after the waiter (no launch of burn's)
@@ -721,6 +742,7 @@ unsafe impl Send for Waiter {}
 /// CubeCL's device thread only) and the flags.
 #[derive(Clone)]
 struct Window {
+    device: usize,
     context: dsys::CUcontext,
     handle: bsys::cublasHandle_t,
     stream: dsys::CUstream,
@@ -795,6 +817,7 @@ fn gemms(jobs: &[Job]) -> bool {
         return false;
     };
     let window = Window {
+        device: blas.device,
         context: blas.context,
         handle: blas.handle,
         stream: blas.stream,
@@ -933,7 +956,22 @@ fn enqueue_gemms(
                         };
                         launch_guard(own.guard, w.stream, (skip, out), (g.alpha, g.beta))?;
                     }
-                    run_gemm(w.handle, j, pa, pb, pc, ps)?;
+                    // cuBLASLt's timed choice where `EMBER_CUBLASLT=tune` ([`tune`])
+                    let choice = if tune::enabled() {
+                        let sig = signature(j);
+                        Some(match tune::choice(&sig) {
+                            Some(c) => c,
+                            None => {
+                                tune::tune(w.device, w.handle, w.stream, sig, j, (pa, pb, pc), ps)
+                            }
+                        })
+                    } else {
+                        None
+                    };
+                    match choice.as_deref() {
+                        Some(tune::Choice::Lt(t)) => tune::run(t, w.stream, j, (pa, pb, pc), ps)?,
+                        _ => run_gemm(w.handle, j, pa, pb, pc, ps)?,
+                    }
                 }
                 Ok(())
             });

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cublas;
+#[cfg(feature = "cuda")]
+pub mod device_thread;
 mod kernels;
 mod layers;
 
@@ -42,6 +44,17 @@ macro_rules! with_element {
             }
         }
     };
+}
+
+/// Whether `R` is CUDA's runtime (f16 arrays in the kernels).
+#[cfg_attr(not(feature = "cuda"), allow(clippy::extra_unused_type_parameters))]
+fn cuda_runtime<R: CubeRuntime>() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        std::any::TypeId::of::<R>() == std::any::TypeId::of::<cubecl::cuda::CudaRuntime>()
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
 }
 
 fn float_in<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTensor<R>>, const D: usize>(
@@ -189,7 +202,12 @@ fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTenso
     coef: UpdateCoefficients,
     skip: &Skip<B>,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    let dtype = w.dtype();
+    // f16 operands into an f32 weight where `N` comes in f16 (`f16_update_operands`), else the
+    // weight's dtype
+    let dtype = match (w.dtype(), n.dtype()) {
+        (DType::F32, DType::F16) => DType::F16,
+        (w, _) => w,
+    };
     let (p, n) = (basis.p.clone().cast(dtype), n.clone().cast(dtype));
     let (a, b) = if basis.left { (p, n) } else { (n, p) };
     let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
@@ -354,6 +372,18 @@ where
         }
     }
 
+    fn f16_update_operands() -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            supported::<F, I>()
+                && crate::fused_enabled()
+                && cublas::available::<R>()
+                && cublas::f16_update_operands()
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
         // a bf16 operand (a gradient) with an f32 one (the basis): the f32 one rounded to bf16,
         // the product in f32 (cuBLAS: bf16 tensor cores, f32 accumulation and output); without
@@ -432,37 +462,65 @@ where
         c: AdamCoefficients,
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        Self::subspace_adam_into(r, m, v, c, skip, DType::F32)
+    }
+
+    fn subspace_adam_into(
+        r: Tensor<Self, 2>,
+        m: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        c: AdamCoefficients,
+        skip: Skip<Self>,
+        n_dtype: DType,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let len = r.shape().num_elements();
         if !supported::<F, I>() || !fits(len) || !all_f32(&[&r, &m, &v]) || !skip_ok(&skip) {
-            return portable::subspace_adam(r, m, v, c, skip);
+            let (n, m, v) = portable::subspace_adam(r, m, v, c, skip);
+            return (n.cast(n_dtype), m, v);
+        }
+        // `N` written in f16 or bf16 where the runtime has them (CUDA), else in f32 and cast
+        let n_native = n_dtype == DType::F32
+            || (matches!(n_dtype, DType::F16 | DType::BF16) && cuda_runtime::<R>());
+        if !n_native {
+            let (n, m, v) = Self::subspace_adam_into(r, m, v, c, skip, DType::F32);
+            return (n.cast(n_dtype), m, v);
         }
         let skip = skip_in(skip);
         let shape = r.dims().to_vec();
         let r = float_in(r);
         let (m, v) = (float_in(m), float_in(v));
-        let n = empty(&r, shape.clone(), DType::F32);
+        let n = empty(&r, shape.clone(), n_dtype);
         let m_out = empty(&r, shape.clone(), DType::F32);
         let v_out = empty(&r, shape, DType::F32);
         let (count, dim) = launch_dims(&r, len);
         let (skip_arg, guarded) = skip_arg(&skip, &r);
-        kernels::subspace_adam::launch::<R>(
-            &r.client,
-            count,
-            dim,
-            arg(&r),
-            arg(&m),
-            arg(&v),
-            arg(&m_out),
-            arg(&v_out),
-            arg(&n),
-            skip_arg,
-            len as u32,
-            c.beta_1 as f32,
-            c.beta_2 as f32,
-            (1.0 / c.sqrt_v_divisor) as f32,
-            c.epsilon as f32,
-            guarded,
-        );
+        macro_rules! launch {
+            ($O:ty) => {
+                kernels::subspace_adam::launch::<$O, R>(
+                    &r.client,
+                    count,
+                    dim,
+                    arg(&r),
+                    arg(&m),
+                    arg(&v),
+                    arg(&m_out),
+                    arg(&v_out),
+                    arg(&n),
+                    skip_arg,
+                    len as u32,
+                    c.beta_1 as f32,
+                    c.beta_2 as f32,
+                    (1.0 / c.sqrt_v_divisor) as f32,
+                    c.epsilon as f32,
+                    guarded,
+                )
+            };
+        }
+        match n_dtype {
+            DType::F16 => launch!(burn::tensor::f16),
+            DType::BF16 => launch!(burn::tensor::bf16),
+            _ => launch!(f32),
+        }
         (float_out(n), float_out(m_out), float_out(v_out))
     }
 
@@ -536,18 +594,22 @@ where
         zeta: Option<Tensor<Self, 1>>,
         skip: Skip<Self>,
     ) -> (Tensor<Self, 2>, Option<Tensor<Self, 1>>) {
-        // a bf16 weight: without a residual, one GEMM accumulating into it (cuBLAS: `P` and
-        // `N` rounded to bf16, the product and `β·W` in f32, `W` rounded once); otherwise the
-        // update in f32, rounded once
+        // a bf16 weight, or an f16 `N` for an f32 weight (`f16_update_operands`): without a
+        // residual, one GEMM accumulating into the weight (cuBLAS: `P` and `N` rounded to the
+        // operands' type, the product and `β·W` in f32, `W` rounded once to its dtype);
+        // otherwise, or where cuBLAS does not take it, the update in f32, rounded once
         #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
         let mut w = w;
-        if w.dtype() != DType::F32 {
+        if w.dtype() != DType::F32 || n.dtype() == DType::F16 {
             #[cfg(feature = "cuda")]
             if residual == ResidualUpdate::None
                 && supported::<F, I>()
                 && crate::fused_enabled()
                 && skip_ok(&skip)
-                && w.dtype() == DType::BF16
+                && matches!(
+                    (w.dtype(), n.dtype()),
+                    (DType::BF16, _) | (DType::F32, DType::F16)
+                )
             {
                 match accumulate_update(w, basis, &n, coef, &skip) {
                     Ok(w) => return (w, None),
@@ -555,7 +617,7 @@ where
                 }
             }
             let dtype = w.dtype();
-            // (`N` may come rounded to the weight's dtype: `adam_8bit_into`)
+            // (`N` may come rounded to the weight's dtype: `adam_8bit_into`, or to f16)
             let (w, zeta) = Self::projected_update(
                 w.cast(DType::F32),
                 g.cast(DType::F32),
