@@ -367,40 +367,28 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     }
     let c = coefficient_sets()[0];
     let shape = [37, 301];
-    let r = normal::<B>(shape, 1.0, device);
     let m = normal::<B>(shape, 0.1, device);
     let v = normal::<B>(shape, 0.1, device).abs();
-    let f = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), c, None, DType::F16);
-    let p = portable::subspace_adam(r, m.clone(), v.clone(), c, None);
-    let dtype_ok = f.0.dtype() == DType::F16;
-    compare_within(
-        out,
-        format!("subspace_adam_into f16 N (dtype f16: {dtype_ok})"),
-        if dtype_ok {
-            f.0
-        } else {
-            f.0.mul_scalar(f32::NAN)
-        },
-        p.0.cast(DType::F16),
-        1e-3,
-    );
-    compare(out, "subspace_adam_into f16 M".into(), f.1, p.1);
-    // bf16 `N` (a bf16 weight's update GEMM): written in bf16 by the kernel, the same rounding
-    let r = normal::<B>(shape, 1.0, device);
-    let f = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), c, None, DType::BF16);
-    let p = portable::subspace_adam(r, m, v, c, None);
-    let dtype_ok = f.0.dtype() == DType::BF16;
-    compare_within(
-        out,
-        format!("subspace_adam_into bf16 N (dtype bf16: {dtype_ok})"),
-        if dtype_ok {
-            f.0
-        } else {
-            f.0.mul_scalar(f32::NAN)
-        },
-        p.0.cast(DType::BF16),
-        8e-3,
-    );
+    // f16 `N` (an f32 weight's update GEMM) and bf16 `N` (a bf16 weight's): written in that
+    // dtype by the kernel, within one rounding of the portable `N` rounded
+    for (dtype, name, tolerance) in [(DType::F16, "f16", 1e-3), (DType::BF16, "bf16", 8e-3)] {
+        let r = normal::<B>(shape, 1.0, device);
+        let f = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), c, None, dtype);
+        let p = portable::subspace_adam(r, m.clone(), v.clone(), c, None);
+        let dtype_ok = f.0.dtype() == dtype;
+        compare_within(
+            out,
+            format!("subspace_adam_into {name} N (dtype {name}: {dtype_ok})"),
+            if dtype_ok {
+                f.0
+            } else {
+                f.0.mul_scalar(f32::NAN)
+            },
+            p.0.cast(dtype),
+            tolerance,
+        );
+        compare(out, format!("subspace_adam_into {name} M"), f.1, p.1);
+    }
     let coef = UpdateCoefficients {
         decay_before: 0.0,
         scale: 0.25,
