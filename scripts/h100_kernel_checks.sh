@@ -5,8 +5,6 @@
 PACKED=1
 . scripts/lib_device.sh
 kernel_checks
-timeout 100 $B kernels --device cuda-fusion > $OUT/kernels_cuda-fusion.log 2>&1
-echo "kernels cuda-fusion: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda-fusion.log) ok" | tee -a $OUT/summary.txt
-grep -v '^ok ' $OUT/kernels_cuda-fusion.log | head -10 | tee -a $OUT/summary.txt
+kernel_checks cuda-fusion 100
 pack
 cat $OUT/summary.txt

@@ -58,9 +58,7 @@ pretrain frugal -- --optimizer frugal
 pretrain dct -- --optimizer dct
 pack
 if [ $(left) -gt 100 ]; then
-  timeout 90 $B kernels --device cuda-fusion > $OUT/kernels_cuda-fusion.log 2>&1
-  echo "kernels cuda-fusion: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda-fusion.log) ok" | tee -a $OUT/summary.txt
-  grep -v '^ok ' $OUT/kernels_cuda-fusion.log | head -10 | tee -a $OUT/summary.txt
+  kernel_checks cuda-fusion 90
 fi
 pack
 cat $OUT/summary.txt

@@ -53,12 +53,14 @@ print(json.dumps({"name": name, "exit": int(rc), "wall_s": (int(t1) - int(t0)) /
 PY
   echo "$name: exit $rc, $(( (t1 - t0) / 1000000000 )) s; $(grep -m1 'step 1/' /tmp/$name.err); $(tail -1 /tmp/$name.err)" | tee -a $OUT/summary.txt
 }
-# kernel_checks: `ember-bench kernels --device cuda` into $OUT/kernels_cuda.log, its exit status
-# and count of passed checks and every line that is not a pass appended to $OUT/summary.txt
+# kernel_checks [DEVICE [LIMIT]]: `ember-bench kernels --device DEVICE` (default cuda; cuda-fusion:
+#   under burn's fusion backend) into $OUT/kernels_DEVICE.log, its exit status and count of
+#   passed checks and every line that is not a pass appended to $OUT/summary.txt
 kernel_checks() {
-  timeout 150 $B kernels --device cuda > $OUT/kernels_cuda.log 2>&1
-  echo "kernels cuda: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_cuda.log) ok" | tee -a $OUT/summary.txt
-  grep -v '^ok ' $OUT/kernels_cuda.log | head -20 | tee -a $OUT/summary.txt
+  local dev=${1:-cuda} lim=${2:-150}
+  timeout $lim $B kernels --device $dev > $OUT/kernels_$dev.log 2>&1
+  echo "kernels $dev: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_$dev.log) ok" | tee -a $OUT/summary.txt
+  grep -v '^ok ' $OUT/kernels_$dev.log | head -20 | tee -a $OUT/summary.txt
 }
 # pretrain_setup: unpacks the pretraining binary ($P, from .device4/) and sets $COMMON, the
 #   arguments of docs/benchmarks.md's pretraining table (`small`, EPOCHS×STEPS, default 6×100)
