@@ -79,6 +79,10 @@ pub struct StepTiming {
     /// in f16 by Adam, `P` rounded to f16, f32 accumulation into the f32 weight) or `f32` (TF32
     /// tensor cores on CUDA).
     pub update_operands: Option<&'static str>,
+    /// What ran that update GEMM with f16 operands on CUDA (`ember_kernels::cublas::update_gemm`:
+    /// the pinned cuBLASLt algorithm with 128×128 tiles and device scalars, or `cublasGemmEx`'s
+    /// default); `None` elsewhere.
+    pub update_gemm: Option<&'static str>,
     /// The precision the projection matmuls ran in, read off those errors (`f32` below 2e-5,
     /// else `tf32`): cuBLAS runs f32 products on TF32 tensor cores, as burn's CUDA matmul does.
     pub matmul_precision: Option<&'static str>,
@@ -273,6 +277,10 @@ where
     let update_operands = basis
         .as_ref()
         .map(|_| if f16_update { "f16" } else { "f32" });
+    #[cfg(feature = "cuda")]
+    let update_gemm = (update_operands == Some("f16")).then(ember_kernels::cublas::update_gemm);
+    #[cfg(not(feature = "cuda"))]
+    let update_gemm = None;
     let update_rel_err = basis.as_ref().map(|b| {
         let low = b.down(g.clone());
         let n_low = Tensor::<B::InnerBackend, 2>::random(
@@ -420,6 +428,7 @@ where
         up_rel_err,
         update_rel_err,
         update_operands,
+        update_gemm,
         matmul_precision,
         check_ms,
         refresh_ms,

@@ -225,11 +225,7 @@ impl<B: EmberBackend> Basis<B> {
         } else {
             (g, self.p.clone().transpose())
         };
-        if a.dtype() == b.dtype() && a.dtype() != burn::tensor::DType::F32 {
-            B::projection_matmul_wide(a, b)
-        } else {
-            B::projection_matmul(a, b)
-        }
+        B::projection_down(a, b)
     }
 
     /// `up(X)`.
@@ -341,6 +337,21 @@ pub trait EmberBackend: Backend {
     fn projection_matmul_wide(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let f32 = burn::tensor::DType::F32;
         Self::projection_matmul(a.cast(f32), b.cast(f32))
+    }
+
+    /// The down projection's product `R = A·B` ([`Basis::down`]): in f32,
+    /// [`projection_matmul_wide`](Self::projection_matmul_wide) for two operands of one low
+    /// precision, else [`projection_matmul`](Self::projection_matmul). CUDA (cuBLAS): a product
+    /// whose rows are not a multiple of 16 bytes (`n` = 5461) gets rows padded to CubeCL's pitch,
+    /// so that cuBLAS writes it with its aligned kernels and the subspace Adam kernel, which reads
+    /// `R` through its strides, writes an `N` with aligned rows for the update GEMM (the other
+    /// consumers copy a padded `R` first); `EMBER_ALIGNED_ROWS=off` keeps it dense.
+    fn projection_down(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if a.dtype() == b.dtype() && a.dtype() != burn::tensor::DType::F32 {
+            Self::projection_matmul_wide(a, b)
+        } else {
+            Self::projection_matmul(a, b)
+        }
     }
 
     fn projection_matmul_pair(

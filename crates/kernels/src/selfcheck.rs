@@ -94,6 +94,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     adam_8bit::<B>(&mut out, device);
     projected::<B>(&mut out, device);
     f16_update::<B>(&mut out, device);
+    padded_rows::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
     stochastic_rounding::<B>(&mut out, device);
@@ -433,6 +434,101 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             format!("projected_update f16 N {m}x{n} r{r} {side} W"),
             fused.0,
             reference.0,
+        );
+    }
+}
+
+/// Rows that are not a multiple of 16 bytes (`n` = 301): the down projection's product as
+/// [`EmberBackend::projection_down`] writes it (rows padded on CUDA) against burn's matmul, and
+/// the subspace Adam kernel reading such an `R`, and a row slice of a wider buffer, through its
+/// strides — `N` in f32, and in f16/bf16 (rows padded on CUDA) where the backend writes them —
+/// against the portable Adam on the same `R`.
+fn padded_rows<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType;
+    let c = coefficient_sets()[0];
+    let (r, m, n) = (40, 96, 301);
+    let p = normal::<B>([m, r], 0.3, device);
+    let g = normal::<B>([m, n], 1.0, device);
+    let down = B::projection_down(p.clone().transpose(), g.clone());
+    compare_within(
+        out,
+        format!("projection_down {r}x{m}·{m}x{n}"),
+        down.clone(),
+        p.transpose().matmul(g),
+        PRODUCT_TOLERANCE,
+    );
+    let mut dtypes = vec![(DType::F32, "f32", TOLERANCE)];
+    if B::f16_update_operands() {
+        dtypes.extend([(DType::F16, "f16", 1e-3), (DType::BF16, "bf16", 8e-3)]);
+    }
+    let slice = normal::<B>([r, n + 19], 1.0, device).slice([0..r, 0..n]);
+    for (input, rr) in [("projection_down's R", down), ("R a row slice", slice)] {
+        for &(dtype, name, tolerance) in &dtypes {
+            let mm = normal::<B>([r, n], 0.1, device);
+            let vv = normal::<B>([r, n], 0.1, device).abs();
+            let f = B::subspace_adam_into(rr.clone(), mm.clone(), vv.clone(), c, None, dtype);
+            let p = portable::subspace_adam(rr.clone(), mm, vv, c, None);
+            let label = format!("subspace_adam_into {input} {r}x{n}, {name} N");
+            compare_within(out, format!("{label}: N"), f.0, p.0.cast(dtype), tolerance);
+            compare(out, format!("{label}: M"), f.1, p.1);
+            compare(out, format!("{label}: V"), f.2, p.2);
+        }
+    }
+    // the update GEMM from a padded 16-bit `N` (as the Adam kernel writes it) into a weight of
+    // the same odd width: on CUDA the GEMM runs over the padded width (`cube::cublas::widen`);
+    // against the portable update of the same `N` widened to f32 (for a bf16 weight: of the
+    // same weight values, within one bf16 rounding of `W`)
+    if !B::f16_update_operands() {
+        return;
+    }
+    let coef = UpdateCoefficients {
+        decay_before: 0.0,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    };
+    let basis = Basis {
+        p: normal::<B>([m, r], 0.3, device),
+        left: true,
+    };
+    for (n_dtype, w_dtype, tolerance) in [
+        (DType::F16, DType::F32, TOLERANCE),
+        (DType::BF16, DType::BF16, 8e-3),
+    ] {
+        let g = normal::<B>([m, n], 1.0, device);
+        let rr = basis.down(g.clone());
+        let mm = normal::<B>([r, n], 0.1, device);
+        let vv = normal::<B>([r, n], 0.1, device).abs();
+        let (n_low, _, _) = B::subspace_adam_into(rr.clone(), mm, vv, c, None, n_dtype);
+        let w = normal::<B>([m, n], 1.0, device).cast(w_dtype);
+        let fused = B::projected_update(
+            w.clone().add_scalar(0.0),
+            g.clone().cast(w_dtype),
+            &basis,
+            n_low.clone(),
+            rr.clone(),
+            coef,
+            ResidualUpdate::None,
+            None,
+            None,
+        );
+        let reference = portable::projected_update(
+            w.cast(DType::F32),
+            g,
+            &basis,
+            n_low.cast(DType::F32),
+            rr,
+            coef,
+            ResidualUpdate::None,
+            None,
+            None,
+        );
+        compare_within(
+            out,
+            format!("projected_update {m}x{n} r{r} left, padded {n_dtype:?} N into {w_dtype:?} W"),
+            fused.0.cast(DType::F32),
+            reference.0,
+            tolerance,
         );
     }
 }

@@ -61,7 +61,7 @@ fn print_tuning() {
             .map(|t| t.map_or("null".into(), |t| format!("{t:.4}")))
             .collect();
         eprintln!(
-            "{{\"cublas_tuning\": [{}, {}, {}], \"dtype\": \"{}\", \"scratch\": {}, \"default_ms\": {:.4}, \"candidates_ms\": [{}], \"chosen\": {}}}",
+            "{{\"cublas_tuning\": [{}, {}, {}], \"dtype\": \"{}\", \"scratch\": {}, \"default_ms\": {:.4}, \"candidates_ms\": [{}], \"chosen\": {}, \"candidates_config\": [{}]}}",
             r.mkn[0],
             r.mkn[1],
             r.mkn[2],
@@ -69,7 +69,12 @@ fn print_tuning() {
             r.scratch,
             r.default_ms,
             candidates.join(", "),
-            r.chosen.map_or("null".into(), |i| i.to_string())
+            r.chosen.map_or("null".into(), |i| i.to_string()),
+            r.candidates_config
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 }

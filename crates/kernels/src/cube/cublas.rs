@@ -60,7 +60,7 @@ use cudarc::driver::{result as drv, sys as dsys};
 use super::{empty, kernels};
 
 mod tune;
-pub use tune::{report as tuning_report, Record as TuningRecord};
+pub use tune::{report as tuning_report, update_gemm, Record as TuningRecord};
 
 /// How cuBLAS is ordered with burn's stream ([module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,11 +386,13 @@ fn types(dtype: DType) -> Option<(bsys::cudaDataType, bsys::cublasComputeType_t)
 pub(super) fn matmul<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
+    rows: Rows,
 ) -> Option<CubeTensor<R>> {
     let (a, b) = (cuda(a)?, cuda(b)?);
     // decided before the output is allocated: a product left to burn allocates nothing here
-    let plan = plan(a, b)?;
-    let out = empty(a, vec![plan.m, plan.n], a.dtype);
+    let mut plan = plan(a, b)?;
+    let out = output(a, b, &mut plan, a.dtype, rows);
+    widen(&mut plan, b, &out);
     gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
     (Box::new(out) as Box<dyn Any>)
         .downcast::<CubeTensor<R>>()
@@ -404,6 +406,7 @@ pub(super) fn matmul<R: CubeRuntime>(
 pub(super) fn matmul_f32_out<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
+    rows: Rows,
 ) -> Option<CubeTensor<R>> {
     let (a, b) = (cuda(a)?, cuda(b)?);
     if !matches!(a.dtype, DType::BF16 | DType::F16) {
@@ -411,12 +414,99 @@ pub(super) fn matmul_f32_out<R: CubeRuntime>(
     }
     let mut plan = plan(a, b)?;
     plan.c_dtype = bsys::cudaDataType::CUDA_R_32F;
-    let out = empty(a, vec![plan.m, plan.n], DType::F32);
+    let out = output(a, b, &mut plan, DType::F32, rows);
+    widen(&mut plan, b, &out);
     gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
     (Box::new(out) as Box<dyn Any>)
         .downcast::<CubeTensor<R>>()
         .ok()
         .map(|t| *t)
+}
+
+/// How a fresh product's rows are laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rows {
+    /// `n` elements apart (a dense tensor): what the model's layers get.
+    Dense,
+    /// Padded to CubeCL's pitch where `n` elements are not a multiple of 16 bytes (a row of
+    /// 5461 f32 or bf16) and `B` is padded too, so that the GEMM runs over the padded width
+    /// ([`widen`]). Only for consumers that read strides (the subspace Adam kernel) or copy a
+    /// padded input first (`float_in`).
+    Aligned,
+}
+
+/// Whether products may get padded rows ([`Rows::Aligned`]): `EMBER_ALIGNED_ROWS=off` keeps every
+/// product dense (the comparison).
+pub(super) fn aligned_rows() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_ALIGNED_ROWS").as_deref() != Ok("off"))
+}
+
+/// Whether a row of `cols` elements of `dtype` needs padding for cuBLAS's aligned kernels (16
+/// bytes: the vector width of their loads and stores).
+pub(super) fn unaligned(cols: usize, dtype: DType) -> bool {
+    (cols * dtype.size()) % 16 != 0
+}
+
+/// The output of `plan`'s product `A·B`, `[m, n]` in `dtype`, laid out as `rows` says — padded
+/// only where the GEMM can then run over the padded width ([`widen`]: `B` has the padding too;
+/// a dense `B`, as the model's layers write gradients, keeps a dense product, which the kernels
+/// read without a copy); `plan.ldc` set to its row stride.
+fn output(
+    like: &CubeTensor<CudaRuntime>,
+    b: &CubeTensor<CudaRuntime>,
+    plan: &mut Plan,
+    dtype: DType,
+    rows: Rows,
+) -> CubeTensor<CudaRuntime> {
+    let shape = vec![plan.m, plan.n];
+    let padded = rows == Rows::Aligned
+        && aligned_rows()
+        && unaligned(plan.n, dtype)
+        && !plan.b.0
+        && holds_width(b, plan.k, plan.b.1, plan.n.next_multiple_of(64));
+    let out = if padded {
+        super::empty_pitched(like, shape, dtype)
+    } else {
+        empty(like, shape, dtype)
+    };
+    plan.ldc = match layout(&out) {
+        Some((false, ld)) if ld >= plan.n => ld,
+        _ => plan.n,
+    };
+    out
+}
+
+/// The extent the GEMM runs at in `n` (the product's contiguous dimension): where a row of `n`
+/// elements is not a multiple of 16 bytes (`n` = 5461), cuBLAS's heuristics pick kernels that
+/// run at a third of the rate of an extent of a multiple of 64 (PyTorch's `mm` at 2048×5461 r512
+/// bf16: 111 µs at 5461, 36 µs at 5504; the update GEMM 138 against 44 µs —
+/// `scripts/anchors/extent_probe.py`). So where `B` (row-major) and `C` both have rows padded to
+/// at least `n` rounded up to 64 (CubeCL's pitched layout, [`Rows::Aligned`]) and their buffers
+/// hold the last row's padding, the GEMM runs over the padded width: each extra column of `C`
+/// is computed from the same column of `B`'s padding (whatever it holds) and lies in `C`'s
+/// padding, which no tensor reads — `C` is a fresh product or not shared ([`accumulate`]'s
+/// `can_mut`), so the padding is no other tensor's data either. Columns never mix in a GEMM, so
+/// the product's own columns are those of the `n`-wide GEMM. `EMBER_ALIGNED_ROWS=off` keeps `n`.
+fn widen(plan: &mut Plan, b: &CubeTensor<CudaRuntime>, c: &CubeTensor<CudaRuntime>) {
+    if !aligned_rows() || plan.b.0 || !unaligned(plan.n, b.dtype) {
+        return;
+    }
+    let wide = plan.n.next_multiple_of(64);
+    if holds_width(b, plan.k, plan.b.1, wide)
+        && holds_width(c, plan.m, plan.ldc, wide)
+        && wide < i32::MAX as usize
+    {
+        plan.n = wide;
+    }
+}
+
+/// Whether row-major `t` (`rows` rows `ld` apart) has at least `wide` elements in every row,
+/// padding included, within its buffer.
+fn holds_width(t: &CubeTensor<CudaRuntime>, rows: usize, ld: usize, wide: usize) -> bool {
+    ld >= wide
+        && rows > 0
+        && ((rows - 1) * ld + wide) * t.dtype.size() <= t.handle.size_in_used() as usize
 }
 
 /// Whether an f32 weight's update GEMM may read f16 operands (`EMBER_UPDATE_OPERANDS`: `f16`,
@@ -451,7 +541,18 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let (Some(a), Some(b), Some(c)) = (cuda(a), cuda(b), cuda(c)) else {
         return false;
     };
+    // f16 operands may add into an f32 `C` (the update of an f32 weight on f16 tensor cores)
+    let widened = c.dtype == DType::F32 && a.dtype == DType::F16;
+    let zero;
     let skip = match skip {
+        // the f32 weight's update GEMM reads its scalars on the device without a skip flag too
+        // (a flag that is never set), as a guarded GEMM does: the pointer mode of the pinned
+        // algorithm ([`tune::pinned_update`]); likewise any accumulating GEMM under the
+        // diagnosis `EMBER_UPDATE_SCALARS=device`
+        None if device_scalars() || (widened && tune::pinned_update()) => {
+            zero = zero_flag(c);
+            Some(&zero)
+        }
         None => None,
         Some(s) => match cuda(s) {
             Some(s) if s.dtype == DType::F32 && s.device == a.device => Some(s),
@@ -467,8 +568,6 @@ pub(super) fn accumulate<R: CubeRuntime>(
         Some((false, ld)) => ld,
         _ => return false,
     };
-    // f16 operands may add into an f32 `C` (the update of an f32 weight on f16 tensor cores)
-    let widened = c.dtype == DType::F32 && a.dtype == DType::F16;
     let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
         && (c.dtype == a.dtype || widened)
         && c.can_mut()
@@ -482,11 +581,13 @@ pub(super) fn accumulate<R: CubeRuntime>(
     } else {
         plan.c_dtype
     };
-    let plan = Plan {
+    let mut plan = Plan {
         ldc,
         c_dtype,
         ..plan
     };
+    // (`C` is not shared: `can_mut` above, so its padding columns are no one's data)
+    widen(&mut plan, b, c);
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
         // `[α, β]` written on our stream by the guard, after the waiter (no launch of burn's)
@@ -498,6 +599,33 @@ pub(super) fn accumulate<R: CubeRuntime>(
         })),
     };
     gemm(&plan, a, b, c, scalars)
+}
+
+/// Whether every accumulating GEMM without a skip flag reads its scalars on the device
+/// (`EMBER_UPDATE_SCALARS=device`; diagnosis: cuBLAS's algorithms run at different speeds by
+/// pointer mode, `docs/perf-notes.md`).
+fn device_scalars() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_UPDATE_SCALARS").as_deref() == Ok("device"))
+}
+
+/// A skip flag that is never set (f32 `[0]`), one a device, kept for the process.
+fn zero_flag(like: &CubeTensor<CudaRuntime>) -> CubeTensor<CudaRuntime> {
+    static ZEROS: Mutex<Vec<(usize, CubeTensor<CudaRuntime>)>> = Mutex::new(Vec::new());
+    let mut zeros = ZEROS.lock().unwrap_or_else(|e| e.into_inner());
+    let index = like.device.index;
+    if let Some((_, z)) = zeros.iter().find(|(d, _)| *d == index) {
+        return z.clone();
+    }
+    let z = CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(vec![1]),
+        like.client.create_from_slice(&0f32.to_le_bytes()),
+        DType::F32,
+    );
+    zeros.push((index, z.clone()));
+    z
 }
 
 /// The device-side `α, β` of a skip-guarded GEMM, before they are written: the skip flag,
@@ -956,7 +1084,8 @@ fn enqueue_gemms(
                         };
                         launch_guard(own.guard, w.stream, (skip, out), (g.alpha, g.beta))?;
                     }
-                    // cuBLASLt's timed choice where `EMBER_CUBLASLT=tune` ([`tune`])
+                    // cuBLASLt's timed choice where `EMBER_CUBLASLT=tune` ([`tune`]), else
+                    // the pinned algorithm of an f32 weight's update GEMM
                     let choice = if tune::enabled() {
                         let sig = signature(j);
                         Some(match tune::choice(&sig) {
@@ -964,6 +1093,12 @@ fn enqueue_gemms(
                             None => {
                                 tune::tune(w.device, w.handle, w.stream, sig, j, (pa, pb, pc), ps)
                             }
+                        })
+                    } else if tune::pins(j, ps) {
+                        let sig = signature(j);
+                        Some(match tune::choice(&sig) {
+                            Some(c) => c,
+                            None => tune::pin(w.device, sig, j),
                         })
                     } else {
                         None

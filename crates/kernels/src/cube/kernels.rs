@@ -53,37 +53,46 @@ fn held(skip: &Array<f32>, #[comptime] guarded: bool) -> bool {
 }
 
 /// Adam: reads `M`, `V`, writes the new moments to `m_out`, `v_out` and `N` to `n` (in `O`: f32,
-/// or f16 for an update GEMM on f16 tensor cores, rounded once).
+/// or f16/bf16 for an update GEMM on 16-bit tensor cores, rounded once). Where `strided`, `R` is
+/// read and `N` written through their row strides (`cols` columns; rows padded for cuBLAS's
+/// aligned kernels, `EmberBackend::projection_down`); the moments are dense.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn subspace_adam<O: Float>(
-    r: &Array<f32>,
+    r: &Tensor<f32>,
     m: &Array<f32>,
     v: &Array<f32>,
     m_out: &mut Array<f32>,
     v_out: &mut Array<f32>,
-    n: &mut Array<O>,
+    n: &mut Tensor<O>,
     skip: &Array<f32>,
     len: u32,
+    cols: u32,
     beta_1: f32,
     beta_2: f32,
     inv_divisor: f32,
     epsilon: f32,
     #[comptime] guarded: bool,
+    #[comptime] strided: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < len as usize {
+        let ri = offset_2d::<f32>(r, i, cols, strided);
+        let mut ni = i;
+        if comptime![strided] {
+            ni = (i / cols as usize) * n.stride(0) + i % cols as usize;
+        }
         if held(skip, guarded) {
             m_out[i] = m[i];
             v_out[i] = v[i];
-            n[i] = O::cast_from(0.0f32);
+            n[ni] = O::cast_from(0.0f32);
         } else {
-            let x = r[i];
+            let x = r[ri];
             let m1 = ema(m[i], x, beta_1);
             let v1 = ema(v[i], x * x, beta_2);
             m_out[i] = m1;
             v_out[i] = v1;
-            n[i] = O::cast_from(normalized(m1, v1, inv_divisor, epsilon));
+            n[ni] = O::cast_from(normalized(m1, v1, inv_divisor, epsilon));
         }
     }
 }

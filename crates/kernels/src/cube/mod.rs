@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::backend::DeviceOps;
 use burn::tensor::{DType, Int, Shape, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, empty_device_dtype};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{ArrayArg, CubeCount};
@@ -107,6 +107,29 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) 
         Shape::from(shape),
         dtype,
     )
+}
+
+/// A 2-D tensor in CubeCL's own layout for the runtime: on CUDA rows padded to its pitch (up
+/// to 512 bytes) where they are not already a multiple of it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn empty_pitched<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: Vec<usize>,
+    dtype: DType,
+) -> CubeTensor<R> {
+    empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        dtype,
+    )
+}
+
+/// Whether `t` is 2-D row-major with rows possibly padded (strides `[ld ≥ cols, 1]`): what a
+/// kernel that indexes rows through `stride(0)` reads in place.
+fn row_major<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    shape.len() == 2 && (strides[1] == 1 || shape[1] <= 1) && strides[0] >= shape[1]
 }
 
 fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
@@ -222,6 +245,70 @@ fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTenso
     } else {
         Err(float_out(w))
     }
+}
+
+/// The projections' product `A·B` ([`EmberBackend::projection_matmul`]; `wide`: an f32 product
+/// of two bf16/f16 operands, [`EmberBackend::projection_matmul_wide`]; `aligned`: rows padded
+/// where they are not a multiple of 16 bytes, [`EmberBackend::projection_down`]).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn product<R, F, I, BT>(
+    a: Tensor<Cube<R, F, I, BT>, 2>,
+    b: Tensor<Cube<R, F, I, BT>, 2>,
+    wide: bool,
+    aligned: bool,
+) -> Tensor<Cube<R, F, I, BT>, 2>
+where
+    R: CubeRuntime,
+    R::Device: DeviceOps,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    #[cfg(feature = "cuda")]
+    let rows = if aligned {
+        cublas::Rows::Aligned
+    } else {
+        cublas::Rows::Dense
+    };
+    let prim = |t: &Tensor<Cube<R, F, I, BT>, 2>| t.clone().into_primitive().tensor();
+    if wide {
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled()
+            && a.dtype() == b.dtype()
+            && matches!(a.dtype(), DType::BF16 | DType::F16)
+        {
+            if let Some(out) = cublas::matmul_f32_out::<R>(&prim(&a), &prim(&b), rows) {
+                return float_out(out);
+            }
+        }
+        return product(a.cast(DType::F32), b.cast(DType::F32), false, aligned);
+    }
+    // a bf16 operand (a gradient) with an f32 one (the basis): the f32 one rounded to bf16, the
+    // product in f32 (cuBLAS: bf16 tensor cores, f32 accumulation and output); without cuBLAS
+    // the bf16 one widened to f32
+    if a.dtype() != b.dtype() {
+        let low = if a.dtype() == DType::F32 {
+            b.dtype()
+        } else {
+            a.dtype()
+        };
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled() && matches!(low, DType::BF16 | DType::F16) {
+            let (pa, pb) = (prim(&a.clone().cast(low)), prim(&b.clone().cast(low)));
+            if let Some(out) = cublas::matmul_f32_out::<R>(&pa, &pb, rows) {
+                return float_out(out);
+            }
+        }
+        let _ = low;
+        return portable::projection_matmul(a, b);
+    }
+    #[cfg(feature = "cuda")]
+    if crate::fused_enabled() {
+        if let Some(out) = cublas::matmul::<R>(&prim(&a), &prim(&b), rows) {
+            return float_out(out);
+        }
+    }
+    a.matmul(b)
 }
 
 /// Largest block of the fused 8-bit kernel: one unit per word of four codes, 256 units a cube.
@@ -385,56 +472,16 @@ where
     }
 
     fn projection_matmul(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        // a bf16 operand (a gradient) with an f32 one (the basis): the f32 one rounded to bf16,
-        // the product in f32 (cuBLAS: bf16 tensor cores, f32 accumulation and output); without
-        // cuBLAS the bf16 one widened to f32
-        if a.dtype() != b.dtype() {
-            let low = if a.dtype() == DType::F32 {
-                b.dtype()
-            } else {
-                a.dtype()
-            };
-            #[cfg(feature = "cuda")]
-            if crate::fused_enabled() && matches!(low, DType::BF16 | DType::F16) {
-                let (pa, pb) = (
-                    a.clone().cast(low).into_primitive().tensor(),
-                    b.clone().cast(low).into_primitive().tensor(),
-                );
-                if let Some(out) = cublas::matmul_f32_out::<R>(&pa, &pb) {
-                    return float_out(out);
-                }
-            }
-            let _ = low;
-            return portable::projection_matmul(a, b);
-        }
-        #[cfg(feature = "cuda")]
-        if crate::fused_enabled() {
-            let (pa, pb) = (
-                a.clone().into_primitive().tensor(),
-                b.clone().into_primitive().tensor(),
-            );
-            if let Some(out) = cublas::matmul::<R>(&pa, &pb) {
-                return float_out(out);
-            }
-        }
-        a.matmul(b)
+        product::<R, F, I, BT>(a, b, false, false)
     }
 
     fn projection_matmul_wide(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        #[cfg(feature = "cuda")]
-        if crate::fused_enabled()
-            && a.dtype() == b.dtype()
-            && matches!(a.dtype(), DType::BF16 | DType::F16)
-        {
-            let (pa, pb) = (
-                a.clone().into_primitive().tensor(),
-                b.clone().into_primitive().tensor(),
-            );
-            if let Some(out) = cublas::matmul_f32_out::<R>(&pa, &pb) {
-                return float_out(out);
-            }
-        }
-        Self::projection_matmul(a.cast(DType::F32), b.cast(DType::F32))
+        product::<R, F, I, BT>(a, b, true, false)
+    }
+
+    fn projection_down(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let wide = a.dtype() == b.dtype() && a.dtype() != DType::F32;
+        product::<R, F, I, BT>(a, b, wide, true)
     }
 
     fn projection_matmul_pair(
@@ -487,32 +534,50 @@ where
         }
         let skip = skip_in(skip);
         let shape = r.dims().to_vec();
-        let r = float_in(r);
+        // `R` read through its row stride (a padded product of `projection_down`), else dense
+        let r = r.into_primitive().tensor();
+        let r = if row_major(&r) { r } else { dense(r) };
         let (m, v) = (float_in(m), float_in(v));
+        // a 16-bit `N` goes to the update GEMM only: rows padded where cuBLAS needs it (CUDA)
+        #[cfg(feature = "cuda")]
+        let n = if n_dtype != DType::F32
+            && cublas::aligned_rows()
+            && cublas::unaligned(shape[1], n_dtype)
+        {
+            empty_pitched(&r, shape.clone(), n_dtype)
+        } else {
+            empty(&r, shape.clone(), n_dtype)
+        };
+        #[cfg(not(feature = "cuda"))]
         let n = empty(&r, shape.clone(), n_dtype);
+        let strided = !(r.is_contiguous() && n.is_contiguous());
+        let cols = shape[1];
         let m_out = empty(&r, shape.clone(), DType::F32);
         let v_out = empty(&r, shape, DType::F32);
         let (count, dim) = launch_dims(&r, len);
         let (skip_arg, guarded) = skip_arg(&skip, &r);
+        let targ = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
         macro_rules! launch {
             ($O:ty) => {
                 kernels::subspace_adam::launch::<$O, R>(
                     &r.client,
                     count,
                     dim,
-                    arg(&r),
+                    targ(&r),
                     arg(&m),
                     arg(&v),
                     arg(&m_out),
                     arg(&v_out),
-                    arg(&n),
+                    targ(&n),
                     skip_arg,
                     len as u32,
+                    cols as u32,
                     c.beta_1 as f32,
                     c.beta_2 as f32,
                     (1.0 / c.sqrt_v_divisor) as f32,
                     c.epsilon as f32,
                     guarded,
+                    strided,
                 )
             };
         }

@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::{result as lt, sys as lsys};
@@ -87,6 +88,10 @@ pub struct Record {
     pub candidates_ms: Vec<Option<f64>>,
     /// The index of the chosen candidate, `None` for `cublasGemmEx`'s default.
     pub chosen: Option<usize>,
+    /// Each candidate's configuration as cuBLASLt reports it (algorithm id, tile, split-K,
+    /// reduction, swizzle, custom option, stages, inner shape, cluster shape, workspace, waves):
+    /// which property makes a candidate fast.
+    pub candidates_config: Vec<String>,
 }
 
 static CHOICES: Mutex<Option<HashMap<Signature, Arc<Choice>>>> = Mutex::new(None);
@@ -285,45 +290,10 @@ unsafe fn measure(
         workspace: (workspace, WORKSPACE_BYTES),
     };
     // the candidates
-    let pref = lt::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
-    let bytes = WORKSPACE_BYTES as u64;
-    let mut found = 0i32;
-    let mut results: Vec<lsys::cublasLtMatmulHeuristicResult_t> =
-        vec![unsafe { std::mem::zeroed() }; CANDIDATES];
-    let heuristics = unsafe {
-        lt::set_matmul_pref_attribute(
-            pref,
-            lsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            &bytes as *const u64 as *const c_void,
-            std::mem::size_of::<u64>(),
-        )
-        .map_err(lt_err("cublasLtMatmulPreferenceSetAttribute"))
-        .and_then(|()| {
-            lsys::cublasLtMatmulAlgoGetHeuristic(
-                handle,
-                desc,
-                layouts[0],
-                layouts[1],
-                layouts[2],
-                layouts[2],
-                pref,
-                CANDIDATES as i32,
-                results.as_mut_ptr(),
-                &mut found,
-            )
-            .result()
-            .map_err(lt_err("cublasLtMatmulAlgoGetHeuristic"))
-        })
-    };
-    unsafe {
-        let _ = lt::destroy_matmul_pref(pref);
-    }
-    heuristics?;
-    let candidates: Vec<lsys::cublasLtMatmulAlgo_t> = results[..found.max(0) as usize]
-        .iter()
-        .filter(|r| r.state == lsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-        .map(|r| r.algo)
-        .collect();
+    let results = unsafe { heuristics(handle, desc, &layouts)? };
+    let usable: Vec<&lsys::cublasLtMatmulHeuristicResult_t> = results.iter().collect();
+    let candidates: Vec<lsys::cublasLtMatmulAlgo_t> = usable.iter().map(|r| r.algo).collect();
+    let configs: Vec<String> = usable.iter().map(|r| config_of(r)).collect();
     // the output the timing runs write: in place for a fresh product with host scalars
     let fresh = matches!(j.scalars, Scalars::Host(_, beta) if beta == 0.0) && ps.is_none();
     let scratch = if fresh {
@@ -389,6 +359,7 @@ unsafe fn measure(
             default_ms: default,
             candidates_ms: timed,
             chosen: best.map(|(i, _)| i),
+            candidates_config: configs,
         });
     match best {
         Some((i, _)) => Ok(Choice::Lt(tuned(candidates[i]))),
@@ -402,6 +373,208 @@ unsafe fn measure(
             Ok(Choice::Default)
         }
     }
+}
+
+/// cuBLASLt's heuristic candidates for `desc` (up to [`CANDIDATES`], in its order), those it says
+/// can run.
+unsafe fn heuristics(
+    handle: lsys::cublasLtHandle_t,
+    desc: lsys::cublasLtMatmulDesc_t,
+    layouts: &[lsys::cublasLtMatrixLayout_t; 3],
+) -> Result<Vec<lsys::cublasLtMatmulHeuristicResult_t>, String> {
+    let pref = lt::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
+    let bytes = WORKSPACE_BYTES as u64;
+    let mut found = 0i32;
+    let mut results: Vec<lsys::cublasLtMatmulHeuristicResult_t> =
+        vec![unsafe { std::mem::zeroed() }; CANDIDATES];
+    let queried = unsafe {
+        lt::set_matmul_pref_attribute(
+            pref,
+            lsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &bytes as *const u64 as *const c_void,
+            std::mem::size_of::<u64>(),
+        )
+        .map_err(lt_err("cublasLtMatmulPreferenceSetAttribute"))
+        .and_then(|()| {
+            lsys::cublasLtMatmulAlgoGetHeuristic(
+                handle,
+                desc,
+                layouts[0],
+                layouts[1],
+                layouts[2],
+                layouts[2],
+                pref,
+                CANDIDATES as i32,
+                results.as_mut_ptr(),
+                &mut found,
+            )
+            .result()
+            .map_err(lt_err("cublasLtMatmulAlgoGetHeuristic"))
+        })
+    };
+    unsafe {
+        let _ = lt::destroy_matmul_pref(pref);
+    }
+    queried?;
+    results.truncate(found.max(0) as usize);
+    results.retain(|r| r.state == lsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+    Ok(results)
+}
+
+/// One attribute of a candidate's configuration (`None` where cuBLASLt does not report it).
+fn config_attribute(
+    r: &lsys::cublasLtMatmulHeuristicResult_t,
+    attr: lsys::cublasLtMatmulAlgoConfigAttributes_t,
+) -> Option<u64> {
+    let mut size = 0usize;
+    let mut buf = [0u8; 8];
+    unsafe {
+        // the attribute's size first (the call checks it exactly), then its value
+        let _ = lsys::cublasLtMatmulAlgoConfigGetAttribute(
+            &r.algo,
+            attr,
+            std::ptr::null_mut(),
+            0,
+            &mut size,
+        );
+        if size == 0 || size > buf.len() {
+            return None;
+        }
+        let mut written = 0usize;
+        let ok = lsys::cublasLtMatmulAlgoConfigGetAttribute(
+            &r.algo,
+            attr,
+            buf.as_mut_ptr() as *mut c_void,
+            size,
+            &mut written,
+        );
+        (ok == lsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then(|| u64::from_le_bytes(buf))
+    }
+}
+
+/// Whether the pinned algorithm of an f32 weight's update GEMM is on (`EMBER_UPDATE_GEMM`:
+/// `pinned`, the default, or `default` for `cublasGemmEx`'s own choice with host scalars).
+///
+/// The update GEMM of an f32 weight on f16 tensor cores (f16 `P` and `N` summed into the f32
+/// `W`, `W ← β·W + α·P·N`) is memory-bound: `K` is the rank, so `W`'s read and write outweigh
+/// the products. Measured on the H100 at 4096×11008 (2026-11-25, `docs/perf-notes.md`, "What is
+/// left at 4096×11008 r512"): `cublasGemmEx`'s default takes 256×128 tiles and ran 0.20 ms with
+/// host scalars, 0.24–0.26 ms with scalars on the device (the checked policies); cuBLASLt's
+/// candidate with 128×128 tiles ran 0.155–0.162 ms with device scalars (r128 0.137 against
+/// 0.213, r1024 0.194 against 0.297) and 0.19 with host scalars. So the update reads its scalars
+/// on the device always and runs cuBLASLt's first heuristic candidate with 128×128 tiles: a rule,
+/// not a timing — every process on one GPU and cuBLAS version makes the same choice (the
+/// heuristics are deterministic), so runs repeat bit for bit.
+pub fn pinned_update() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_UPDATE_GEMM").as_deref() != Ok("default"))
+}
+
+/// What runs an f32 weight's update GEMM in this process (for reports): the pinned cuBLASLt
+/// algorithm, or `cublasGemmEx`'s default where the rule is off or found no 128×128 candidate.
+pub fn update_gemm() -> &'static str {
+    match (pinned_update(), PINNED.load(Ordering::Relaxed)) {
+        (true, true) => "cublaslt-128x128-device-scalars",
+        (true, false) => "cublasgemmex-default-device-scalars",
+        (false, _) => "cublasgemmex-default",
+    }
+}
+
+/// Whether a pinned choice was made (for [`update_gemm`]).
+static PINNED: AtomicBool = AtomicBool::new(false);
+
+/// Whether job `j` is an f32 weight's update GEMM under the pinned rule: f16 operands into an
+/// f32 `C`, scalars on the device (`ps`).
+pub(super) fn pins(j: &Job, ps: Option<u64>) -> bool {
+    pinned_update()
+        && ps.is_some()
+        && j.plan.dtype == bsys::cudaDataType::CUDA_R_16F
+        && j.plan.c_dtype == bsys::cudaDataType::CUDA_R_32F
+}
+
+/// The pinned choice for `sig` ([`pinned_update`]): cuBLASLt's first heuristic candidate with
+/// 128×128 tiles, else `cublasGemmEx`'s default (logged); recorded for the signature.
+pub(super) unsafe fn pin(device: usize, sig: Signature, j: &Job) -> Arc<Choice> {
+    let chosen = match unsafe { tile_rule(device, j.plan) } {
+        Ok(Some(t)) => {
+            PINNED.store(true, Ordering::Relaxed);
+            Choice::Lt(t)
+        }
+        Ok(None) => {
+            log::warn!(
+                "ember-kernels: no 128x128 cuBLASLt candidate for the update GEMM {:?}; \
+                 cublasGemmEx's default",
+                [j.plan.m, j.plan.k, j.plan.n]
+            );
+            Choice::Default
+        }
+        Err(e) => {
+            log::warn!("ember-kernels: cuBLASLt for the update GEMM failed ({e}); cublasGemmEx");
+            Choice::Default
+        }
+    };
+    let chosen = Arc::new(chosen);
+    CHOICES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default)
+        .insert(sig, chosen.clone());
+    chosen
+}
+
+/// cuBLAS's tile enumeration: 128×128 (`CUBLASLT_MATMUL_TILE_128x128`).
+const TILE_128X128: u64 = 20;
+
+unsafe fn tile_rule(device: usize, plan: &Plan) -> Result<Option<Tuned>, String> {
+    let (handle, workspace) = lt_state(device)?;
+    let (desc, layouts) = unsafe { describe(plan, true)? };
+    let found = unsafe { heuristics(handle, desc, &layouts) }.map(|results| {
+        results.into_iter().find(|r| {
+            config_attribute(
+                r,
+                lsys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_TILE_ID,
+            ) == Some(TILE_128X128)
+        })
+    });
+    match found {
+        Ok(Some(r)) => Ok(Some(Tuned {
+            handle,
+            desc,
+            layouts,
+            algo: r.algo,
+            workspace: (workspace, WORKSPACE_BYTES),
+        })),
+        other => {
+            unsafe {
+                let _ = lt::destroy_matmul_desc(desc);
+                for l in layouts {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            other.map(|_| None)
+        }
+    }
+}
+
+/// A heuristic candidate's configuration, as `cublasLtMatmulAlgoConfigGetAttribute` reports it.
+fn config_of(r: &lsys::cublasLtMatmulHeuristicResult_t) -> String {
+    use lsys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let get = |attr: A| config_attribute(r, attr).map_or("?".into(), |v| v.to_string());
+    format!(
+        "id {} tile {} splitk {} reduction {} swizzle {} custom {} stages {} inner {} cluster {} \
+         workspace {} waves {:.2}",
+        get(A::CUBLASLT_ALGO_CONFIG_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_TILE_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+        get(A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+        get(A::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+        get(A::CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION),
+        get(A::CUBLASLT_ALGO_CONFIG_STAGES_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+        r.workspaceSize,
+        r.wavesCount,
+    )
 }
 
 /// `C ← α·A·B + β·C` with a chosen cuBLASLt algorithm on `stream` (scalars as [`run_gemm`]

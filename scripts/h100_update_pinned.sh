@@ -1,0 +1,45 @@
+#!/bin/bash
+# One device call (carry [".device", ".device4"]; issue 18): the f32 weight's update GEMM (f16
+# operands into f32) on cuBLASLt's first 128×128-tile candidate with its scalars on the device
+# (the pinned rule, `ember_kernels::cublas::update_gemm`; EMBER_UPDATE_GEMM=default is the build
+# before). Most important first:
+#  1. kernel checks on CUDA (bare);
+#  2. the rule against EMBER_UPDATE_GEMM=default, alternating twice, f32 GaLore r128/512/1024 at
+#     4096×11008, 4096², 2048×5461 and 2048², medians of 40, the last step's timeline each;
+#  3. the step table REPS times (default 2), each beside its own PyTorch run;
+#  4. kernel checks under burn's fusion backend.
+PACKED=1
+. scripts/lib_device.sh
+kernel_checks
+pack
+mkdir -p $OUT/ab
+for round in 1 2; do
+  for rule in default pinned; do
+    EMBER_UPDATE_GEMM=$rule EMBER_CUBLAS_TIMELINE=1 timeout 90 $B step --device cuda --optimizer galore \
+      --shapes 4096x11008,4096x4096,2048x5461,2048x2048 --ranks 128,512,1024 --iters 40 --refreshes 0 \
+      > $OUT/ab/${rule}_$round.jsonl 2> $OUT/ab/${rule}_$round.err
+    echo "ab $rule round $round: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+  done
+done
+python3 - $OUT/ab >> $OUT/summary.txt <<'PY'
+import json, sys, glob, os
+for f in sorted(glob.glob(sys.argv[1] + "/*.jsonl")):
+    for line in open(f):
+        try:
+            r = json.loads(line)
+        except Exception:
+            continue
+        if isinstance(r, dict) and "m" in r:
+            print(os.path.basename(f), "%dx%d r%d" % (r["m"], r["n"], r["rank"]),
+                  {k: r.get(k) for k in ("step_ms", "step_on_device_ms", "step_unchecked_ms", "engine_ms",
+                                         "update_rel_err", "update_gemm")})
+PY
+tail -50 $OUT/summary.txt
+pack
+for rep in $(seq 1 ${REPS:-2}); do
+  step_tables $OUT/rep$rep
+  pack
+done
+kernel_checks cuda-fusion 100
+pack
+cat $OUT/summary.txt
