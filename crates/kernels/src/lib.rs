@@ -11,7 +11,8 @@
 //! | op | fused kernel (CubeCL backends) |
 //! |---|---|
 //! | [`projection_matmul`](EmberBackend::projection_matmul) | `A·B` of the projections: cuBLAS on burn's CUDA buffers (TF32 / bf16 tensor cores), burn's matmul elsewhere |
-//! | [`subspace_adam`](EmberBackend::subspace_adam) | moments, bias correction and normalization in one pass over `R` |
+//! | [`projection_down`](EmberBackend::projection_down) | the down projection `R = down(G)`: as `projection_matmul`; on CUDA a row of unaligned bytes (`n` = 5461) gets padded rows and the GEMM runs over the padded width (three times faster on cuBLAS) |
+//! | [`subspace_adam`](EmberBackend::subspace_adam) | moments, bias correction and normalization in one pass over `R` (read through its row stride; a 16-bit `N` written with padded rows where its row is unaligned) |
 //! | [`projected_update`](EmberBackend::projected_update) | back-projection `P·N` by row blocks (burn's matmul), each block folded into `W` in place with decay, `α`, the step size and the residual rule (FRUGAL's signSGD/SGD, Fira's scaled and limited residual): no `m×n` temporary |
 //! | [`adam_full_step`](EmberBackend::adam_full_step) | full-rank AdamW (non-targeted parameters) in one pass: `W`, `M`, `V` updated in place |
 //! | [`state_free_step`](EmberBackend::state_free_step) | FRUGAL's signSGD/SGD on a whole block, in place |

@@ -445,7 +445,7 @@ pub(super) fn aligned_rows() -> bool {
 /// Whether a row of `cols` elements of `dtype` needs padding for cuBLAS's aligned kernels (16
 /// bytes: the vector width of their loads and stores).
 pub(super) fn unaligned(cols: usize, dtype: DType) -> bool {
-    (cols * dtype.size()) % 16 != 0
+    !(cols * dtype.size()).is_multiple_of(16)
 }
 
 /// The output of `plan`'s product `A·B`, `[m, n]` in `dtype`, laid out as `rows` says — padded

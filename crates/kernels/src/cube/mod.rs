@@ -250,7 +250,10 @@ fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTenso
 /// The projections' product `A·B` ([`EmberBackend::projection_matmul`]; `wide`: an f32 product
 /// of two bf16/f16 operands, [`EmberBackend::projection_matmul_wide`]; `aligned`: rows padded
 /// where they are not a multiple of 16 bytes, [`EmberBackend::projection_down`]).
-#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+#[cfg_attr(
+    not(feature = "cuda"),
+    allow(unused_variables, clippy::only_used_in_recursion)
+)]
 fn product<R, F, I, BT>(
     a: Tensor<Cube<R, F, I, BT>, 2>,
     b: Tensor<Cube<R, F, I, BT>, 2>,

@@ -1,0 +1,21 @@
+#!/bin/bash
+# One device call (carry [".device", ".device4"]; issue 18) on a build whose kernel checks ran in
+# an earlier call: the step table REPS times (default 2), each beside its own PyTorch run (CUDA
+# events and the host's clock, `ms_wall`), then pretraining (f32, `small`) after a warm-up run —
+# PRETRAIN names the runs in order (a repeated method's run is NAME_2, …).
+PACKED=1
+. scripts/lib_device.sh
+for rep in $(seq 1 ${REPS:-2}); do
+  step_tables $OUT/rep$rep
+  pack
+done
+pretrain_setup
+pretrain_warmup galore
+declare -A seen
+for m in ${PRETRAIN:-adamw galore fira frugal dct}; do
+  seen[$m]=$(( ${seen[$m]:-0} + 1 ))
+  name=$m; [ ${seen[$m]} -gt 1 ] && name=${m}_${seen[$m]}
+  pretrain $name -- --optimizer $m
+done
+pack
+cat $OUT/summary.txt
