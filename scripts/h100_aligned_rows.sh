@@ -20,27 +20,12 @@ for round in 1 2; do
   for rows in off on; do
     for wd in f32 bf16; do
       ranks=128,512,1024; [ $wd = bf16 ] && ranks=512
-      EMBER_ALIGNED_ROWS=$rows EMBER_CUBLAS_TIMELINE=1 timeout 60 $B step --device cuda --optimizer galore \
-        --shapes 2048x5461 --ranks $ranks --iters 40 --refreshes 0 --weights-dtype $wd \
-        > $OUT/ab/${wd}_${rows}_$round.jsonl 2> $OUT/ab/${wd}_${rows}_$round.err
-      echo "ab $wd rows=$rows round $round: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+      STEP_LIMIT=60 step_run $OUT/ab/${wd}_${rows}_$round EMBER_ALIGNED_ROWS=$rows EMBER_CUBLAS_TIMELINE=1 -- \
+        --optimizer galore --shapes 2048x5461 --ranks $ranks --iters 40 --refreshes 0 --weights-dtype $wd
     done
   done
 done
-python3 - $OUT/ab >> $OUT/summary.txt <<'PY'
-import json, sys, glob, os
-for f in sorted(glob.glob(sys.argv[1] + "/*.jsonl")):
-    for line in open(f):
-        try:
-            r = json.loads(line)
-        except Exception:
-            continue
-        if not isinstance(r, dict) or "m" not in r:
-            continue
-        keys = ("step_unchecked_ms", "engine_ms", "down_ms", "up_ms", "down_rel_err", "update_rel_err",
-                "update_operands")
-        print(os.path.basename(f), "r%s" % r.get("rank"), {k: r.get(k) for k in keys})
-PY
+step_summary $OUT/ab step_unchecked_ms engine_ms down_ms up_ms down_rel_err update_rel_err update_operands
 tail -40 $OUT/summary.txt
 pack
 # PyTorch: the down product's time by G's layout (row-major, K-major, padded rows); PROBE=0 skips

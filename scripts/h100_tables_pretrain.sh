@@ -11,11 +11,6 @@ for rep in $(seq 1 ${REPS:-2}); do
 done
 pretrain_setup
 pretrain_warmup galore
-declare -A seen
-for m in ${PRETRAIN:-adamw galore fira frugal dct}; do
-  seen[$m]=$(( ${seen[$m]:-0} + 1 ))
-  name=$m; [ ${seen[$m]} -gt 1 ] && name=${m}_${seen[$m]}
-  pretrain $name -- --optimizer $m
-done
+pretrain_runs ${PRETRAIN:-adamw galore fira frugal dct}
 pack
 cat $OUT/summary.txt

@@ -7,14 +7,16 @@
 #  2. three rounds at 4096×11008 r512 of: the default, EMBER_SYNC=device-thread (the step's
 #     synchronization on CubeCL's device thread), EMBER_KEEP_AWAKE=1 (a thread that keeps it from
 #     sleeping), EMBER_CUBLASLT=tune — medians of 60, each with the last step's timeline.
+# (Call 4 of 2026-11-25 ran the same commands written out before they were folded into
+# lib_device.sh's step_run/step_summary; its rounds' files are x/*_N.*, not x/ab/.)
 PACKED=1
 . scripts/lib_device.sh
 mkdir -p $OUT/x
-EMBER_CUBLASLT=tune timeout 120 $B step --device cuda --optimizer galore --shapes 4096x11008,4096x4096 \
-  --ranks 128,512,1024 --iters 30 --refreshes 0 > $OUT/x/lt_tune.jsonl 2> $OUT/x/lt_tune.err
-echo "lt tune: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+STEP_LIMIT=120 step_run $OUT/x/lt_tune EMBER_CUBLASLT=tune -- --optimizer galore \
+  --shapes 4096x11008,4096x4096 --ranks 128,512,1024 --iters 30 --refreshes 0
 grep -h cublas_tuning $OUT/x/lt_tune.err | tee -a $OUT/summary.txt
 pack
+mkdir -p $OUT/x/ab
 for round in 1 2 3; do
   for v in default sync awake lt; do
     case $v in
@@ -23,21 +25,10 @@ for round in 1 2 3; do
       awake) envs="EMBER_CUBLAS_TIMELINE=1 EMBER_KEEP_AWAKE=1" ;;
       lt) envs="EMBER_CUBLAS_TIMELINE=1 EMBER_CUBLASLT=tune" ;;
     esac
-    env $envs timeout 60 $B step --device cuda --optimizer galore --shapes 4096x11008 --ranks 512 \
-      --iters 60 --refreshes 0 > $OUT/x/${v}_$round.jsonl 2> $OUT/x/${v}_$round.err
-    echo "$v round $round: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+    STEP_LIMIT=60 step_run $OUT/x/ab/${v}_$round $envs -- --optimizer galore --shapes 4096x11008 \
+      --ranks 512 --iters 60 --refreshes 0
   done
 done
-python3 - $OUT/x >> $OUT/summary.txt <<'PY'
-import json, sys, glob, os
-for f in sorted(glob.glob(sys.argv[1] + "/*_[123].jsonl")):
-    for line in open(f):
-        try:
-            r = json.loads(line)
-        except Exception:
-            continue
-        if isinstance(r, dict) and "m" in r:
-            print(os.path.basename(f), {k: r.get(k) for k in ("step_unchecked_ms", "engine_ms", "down_ms", "up_ms")})
-PY
+step_summary $OUT/x/ab step_unchecked_ms engine_ms down_ms up_ms
 pack
 cat $OUT/summary.txt

@@ -15,25 +15,11 @@ pack
 mkdir -p $OUT/ab
 for round in 1 2; do
   for rule in default pinned; do
-    EMBER_UPDATE_GEMM=$rule EMBER_CUBLAS_TIMELINE=1 timeout 90 $B step --device cuda --optimizer galore \
-      --shapes 4096x11008,4096x4096,2048x5461,2048x2048 --ranks 128,512,1024 --iters 40 --refreshes 0 \
-      > $OUT/ab/${rule}_$round.jsonl 2> $OUT/ab/${rule}_$round.err
-    echo "ab $rule round $round: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+    step_run $OUT/ab/${rule}_$round EMBER_UPDATE_GEMM=$rule EMBER_CUBLAS_TIMELINE=1 -- --optimizer galore \
+      --shapes 4096x11008,4096x4096,2048x5461,2048x2048 --ranks 128,512,1024 --iters 40 --refreshes 0
   done
 done
-python3 - $OUT/ab >> $OUT/summary.txt <<'PY'
-import json, sys, glob, os
-for f in sorted(glob.glob(sys.argv[1] + "/*.jsonl")):
-    for line in open(f):
-        try:
-            r = json.loads(line)
-        except Exception:
-            continue
-        if isinstance(r, dict) and "m" in r:
-            print(os.path.basename(f), "%dx%d r%d" % (r["m"], r["n"], r["rank"]),
-                  {k: r.get(k) for k in ("step_ms", "step_on_device_ms", "step_unchecked_ms", "engine_ms",
-                                         "update_rel_err", "update_gemm")})
-PY
+step_summary $OUT/ab step_ms step_on_device_ms step_unchecked_ms engine_ms update_rel_err update_gemm
 tail -50 $OUT/summary.txt
 pack
 for rep in $(seq 1 ${REPS:-2}); do

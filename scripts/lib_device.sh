@@ -6,6 +6,12 @@
 #              (at most `left` − RUN_MARGIN seconds, skipped under RUN_MIN; both default 20);
 #              appends {"name","exit","wall_s","args","rows"} to $OUT/$JSONL and a line to
 #              $OUT/summary.txt
+#   step_run STEM [ENV=VALUE…] -- ARGS...   `ember-bench step --device cuda ARGS` with those
+#              variables (limit STEP_LIMIT, default 90 s) into STEM.jsonl / STEM.err, a line to
+#              $OUT/summary.txt
+#   step_summary DIR KEY...   one line a row of DIR's *.jsonl (`step` output: shape, rank, KEYs)
+#              to $OUT/summary.txt
+#   pretrain_runs METHOD...   pretraining runs after pretrain_setup (a repeated method is NAME_2, …)
 #   PACKED=1   (set before sourcing) results go to /tmp/res and `pack` writes them to the call's
 #              $OUT/res.tgz (a call returns at most 8 files) with summary.txt beside it; $REAL_OUT
 #              is the call's $OUT; env.txt records the machine
@@ -111,4 +117,35 @@ step_tables() {
     $R/anchor_bf16.json > $R/anchor_bf16.log 2>&1
   echo "anchors: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
   python3 scripts/step_table.py $R > $R/step_table.md 2>&1; cat $R/step_table.md | tee -a $OUT/summary.txt
+}
+step_run() {  # stem, [ENV=VALUE…], --, step args…
+  local stem=$1; shift
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  env "${envs[@]}" timeout ${STEP_LIMIT:-90} $B step --device cuda "$@" > $stem.jsonl 2> $stem.err
+  echo "$(basename $stem): exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+}
+step_summary() {  # dir, keys…
+  python3 - "$@" >> $OUT/summary.txt <<'PY'
+import json, sys, glob, os
+d, keys = sys.argv[1], sys.argv[2:]
+for f in sorted(glob.glob(d + "/*.jsonl")):
+    for line in open(f):
+        try:
+            r = json.loads(line)
+        except Exception:
+            continue
+        if isinstance(r, dict) and "m" in r:
+            print(os.path.basename(f), "%dx%d r%s" % (r["m"], r["n"], r.get("rank")), {k: r.get(k) for k in keys})
+PY
+}
+pretrain_runs() {  # methods… (a repeated method's run is NAME_2, …)
+  declare -A seen
+  local m name
+  for m in "$@"; do
+    seen[$m]=$(( ${seen[$m]:-0} + 1 ))
+    name=$m; [ ${seen[$m]} -gt 1 ] && name=${m}_${seen[$m]}
+    pretrain $name -- --optimizer $m
+  done
 }

@@ -5,22 +5,13 @@ to 64 (a pitched row, as CubeCL allocates it); the products are timed on views o
 a pitched tensor of n columns is) and on the full width n_pad (the extra columns computed and
 discarded): the down product R = PᵀG and the update W ← β·W + α·P·N (addmm_ in place). TF32 (f32)
 and bf16. Prints JSON lines. Usage: python3 extent_probe.py OUT_JSONL"""
-import json, sys, statistics
+import json, sys
 import torch
+
+from cuda_timing import timed
 
 torch.backends.cuda.matmul.allow_tf32 = True
 dev = torch.device("cuda")
-
-
-def timed(f, n=50):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
 
 
 out = open(sys.argv[1], "a")

@@ -5,22 +5,13 @@ transposed (Gᵀ contiguous, so both operands are contiguous along the contracti
 timed beside it, as is the transposed store alone (what producing Gᵀ would cost if it were a
 pass of its own). TF32 (f32) and bf16; odd widths (5461) also with rows padded to 5504.
 Prints JSON lines. Usage: python3 layout_probe.py OUT_JSONL"""
-import json, sys, statistics
+import json, sys
 import torch
+
+from cuda_timing import timed
 
 torch.backends.cuda.matmul.allow_tf32 = True
 dev = torch.device("cuda")
-
-
-def timed(f, n=50):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
 
 
 out = open(sys.argv[1], "a")

@@ -3,22 +3,13 @@ R = PᵀG over cuBLAS's default choice, measured with PyTorch on the GPU (CUDA e
 50): for each shape, torch.mm(P.t(), G) (what galore-torch runs, cuBLAS's heuristic), then
 torch.bmm over s slices of K with a sum (s = 2, 3, 4, 8), TF32 (f32) and bf16. Prints JSON lines.
 Usage: python3 splitk_probe.py OUT_JSONL"""
-import json, sys, statistics
+import json, sys
 import torch
+
+from cuda_timing import timed
 
 torch.backends.cuda.matmul.allow_tf32 = True
 dev = torch.device("cuda")
-
-
-def timed(f, n=50):
-    for _ in range(5):
-        f()
-    ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
 
 
 out = open(sys.argv[1], "a")

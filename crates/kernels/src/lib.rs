@@ -110,6 +110,13 @@ pub fn set_block_elements(n: usize) {
 static VENDOR_GEMM_MIN_MACS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(usize::MAX);
 
+/// Whether the down product of operands in these dtypes is [`EmberBackend::projection_matmul_wide`]
+/// (two operands of one low precision: an f32 product of bf16/f16 values) rather than
+/// [`EmberBackend::projection_matmul`].
+pub(crate) fn down_is_wide(a: burn::tensor::DType, b: burn::tensor::DType) -> bool {
+    a == b && a != burn::tensor::DType::F32
+}
+
 /// Smallest product, in multiply-adds `m·k·n`, that [`EmberBackend::projection_matmul`] hands to
 /// the vendor's GEMM (cuBLAS on CUDA; default `2²⁴`, environment `EMBER_CUBLAS_MIN_MACS`). Each
 /// cuBLAS product adds two one-thread CubeCL kernels and our waiter around the GEMM
@@ -348,7 +355,7 @@ pub trait EmberBackend: Backend {
     /// `R` through its strides, writes an `N` with aligned rows for the update GEMM (the other
     /// consumers copy a padded `R` first); `EMBER_ALIGNED_ROWS=off` keeps it dense.
     fn projection_down(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if a.dtype() == b.dtype() && a.dtype() != burn::tensor::DType::F32 {
+        if down_is_wide(a.dtype(), b.dtype()) {
             Self::projection_matmul_wide(a, b)
         } else {
             Self::projection_matmul(a, b)

@@ -390,12 +390,6 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         );
         compare(out, format!("subspace_adam_into {name} M"), f.1, p.1);
     }
-    let coef = UpdateCoefficients {
-        decay_before: 0.0,
-        scale: 0.25,
-        step: 1e-2,
-        decay_after: 1e-3,
-    };
     for (m, n, r, left) in [(96, 300, 40, true), (300, 96, 40, false)] {
         let basis = Basis {
             p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
@@ -406,34 +400,13 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let g = normal::<B>([m, n], 1.0, device);
         let n16 = normal::<B>(low, 1.0, device).cast(DType::F16);
         let rr = basis.down(g.clone());
-        let fused = B::projected_update(
-            w.clone().add_scalar(0.0),
-            g.clone(),
-            &basis,
-            n16.clone(),
-            rr.clone(),
-            coef,
-            ResidualUpdate::None,
-            None,
-            None,
-        );
-        let reference = portable::projected_update(
-            w,
-            g,
-            &basis,
-            n16.cast(DType::F32),
-            rr,
-            coef,
-            ResidualUpdate::None,
-            None,
-            None,
-        );
+        let (fused, reference) = low_n_update(w, g, &basis, n16, rr);
         let side = if left { "left" } else { "right" };
         compare(
             out,
             format!("projected_update f16 N {m}x{n} r{r} {side} W"),
-            fused.0,
-            reference.0,
+            fused,
+            reference,
         );
     }
 }
@@ -481,12 +454,6 @@ fn padded_rows<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     if !B::f16_update_operands() {
         return;
     }
-    let coef = UpdateCoefficients {
-        decay_before: 0.0,
-        scale: 0.25,
-        step: 1e-2,
-        decay_after: 1e-3,
-    };
     let basis = Basis {
         p: normal::<B>([m, r], 0.3, device),
         left: true,
@@ -501,36 +468,58 @@ fn padded_rows<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let vv = normal::<B>([r, n], 0.1, device).abs();
         let (n_low, _, _) = B::subspace_adam_into(rr.clone(), mm, vv, c, None, n_dtype);
         let w = normal::<B>([m, n], 1.0, device).cast(w_dtype);
-        let fused = B::projected_update(
-            w.clone().add_scalar(0.0),
-            g.clone().cast(w_dtype),
-            &basis,
-            n_low.clone(),
-            rr.clone(),
-            coef,
-            ResidualUpdate::None,
-            None,
-            None,
-        );
-        let reference = portable::projected_update(
-            w.cast(DType::F32),
-            g,
-            &basis,
-            n_low.cast(DType::F32),
-            rr,
-            coef,
-            ResidualUpdate::None,
-            None,
-            None,
-        );
+        let (fused, reference) = low_n_update(w, g, &basis, n_low, rr);
         compare_within(
             out,
             format!("projected_update {m}x{n} r{r} left, padded {n_dtype:?} N into {w_dtype:?} W"),
-            fused.0.cast(DType::F32),
-            reference.0,
+            fused.cast(DType::F32),
+            reference,
             tolerance,
         );
     }
+}
+
+/// An update without a residual from a 16-bit `N` (an update GEMM's operand), fused and portable:
+/// the fused one on a weight of its own (CUDA updates it in place) with the gradient in the
+/// weight's dtype, the reference on `W`, `G` and `N` widened to f32 (one coefficient set:
+/// decay after, `α` = 0.25).
+fn low_n_update<B: EmberBackend>(
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    basis: &Basis<B>,
+    n: Tensor<B, 2>,
+    r: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    use burn::tensor::DType;
+    let coef = UpdateCoefficients {
+        decay_before: 0.0,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    };
+    let fused = B::projected_update(
+        w.clone().add_scalar(0.0),
+        g.clone().cast(w.dtype()),
+        basis,
+        n.clone(),
+        r.clone(),
+        coef,
+        ResidualUpdate::None,
+        None,
+        None,
+    );
+    let reference = portable::projected_update(
+        w.cast(DType::F32),
+        g.cast(DType::F32),
+        basis,
+        n.cast(DType::F32),
+        r,
+        coef,
+        ResidualUpdate::None,
+        None,
+        None,
+    );
+    (fused.0, reference.0)
 }
 
 /// The fused and the portable projected update on the same inputs, `(W, ζ)` each. The fused path

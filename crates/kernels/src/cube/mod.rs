@@ -483,7 +483,7 @@ where
     }
 
     fn projection_down(a: Tensor<Self, 2>, b: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        let wide = a.dtype() == b.dtype() && a.dtype() != DType::F32;
+        let wide = crate::down_is_wide(a.dtype(), b.dtype());
         product::<R, F, I, BT>(a, b, wide, true)
     }
 

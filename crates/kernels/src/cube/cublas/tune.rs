@@ -251,6 +251,11 @@ pub(super) unsafe fn tune(
     } else {
         Choice::Default
     };
+    remember(sig, chosen)
+}
+
+/// Records `chosen` for every later GEMM of signature `sig`.
+fn remember(sig: Signature, chosen: Choice) -> Arc<Choice> {
     let chosen = Arc::new(chosen);
     CHOICES
         .lock()
@@ -258,6 +263,16 @@ pub(super) unsafe fn tune(
         .get_or_insert_with(Default::default)
         .insert(sig, chosen.clone());
     chosen
+}
+
+/// Frees cuBLASLt descriptors that no choice keeps.
+unsafe fn destroy(desc: lsys::cublasLtMatmulDesc_t, layouts: [lsys::cublasLtMatrixLayout_t; 3]) {
+    unsafe {
+        let _ = lt::destroy_matmul_desc(desc);
+        for l in layouts {
+            let _ = lt::destroy_matrix_layout(l);
+        }
+    }
 }
 
 /// An event pair's elapsed time, ms (synchronizes the end event).
@@ -364,12 +379,7 @@ unsafe fn measure(
     match best {
         Some((i, _)) => Ok(Choice::Lt(tuned(candidates[i]))),
         None => {
-            unsafe {
-                let _ = lt::destroy_matmul_desc(desc);
-                for l in layouts {
-                    let _ = lt::destroy_matrix_layout(l);
-                }
-            }
+            unsafe { destroy(desc, layouts) };
             Ok(Choice::Default)
         }
     }
@@ -513,13 +523,7 @@ pub(super) unsafe fn pin(device: usize, sig: Signature, j: &Job) -> Arc<Choice> 
             Choice::Default
         }
     };
-    let chosen = Arc::new(chosen);
-    CHOICES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(Default::default)
-        .insert(sig, chosen.clone());
-    chosen
+    remember(sig, chosen)
 }
 
 /// cuBLAS's tile enumeration: 128×128 (`CUBLASLT_MATMUL_TILE_128x128`).
@@ -545,12 +549,7 @@ unsafe fn tile_rule(device: usize, plan: &Plan) -> Result<Option<Tuned>, String>
             workspace: (workspace, WORKSPACE_BYTES),
         })),
         other => {
-            unsafe {
-                let _ = lt::destroy_matmul_desc(desc);
-                for l in layouts {
-                    let _ = lt::destroy_matrix_layout(l);
-                }
-            }
+            unsafe { destroy(desc, layouts) };
             other.map(|_| None)
         }
     }
