@@ -33,10 +33,7 @@ pack
 echo "layout probe: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 cat $OUT/layout_probe.jsonl >> $OUT/summary.txt 2>/dev/null
 pack
-for rep in $(seq 1 ${REPS:-1}); do
-  step_tables $OUT/rep$rep
-  pack
-done
+step_table_reps 1
 kernel_checks cuda-fusion 100
 pack
 cat $OUT/summary.txt

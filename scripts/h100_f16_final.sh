@@ -13,10 +13,7 @@ PACKED=1
 kernel_checks
 kernel_checks cuda-fusion 100
 pack
-for rep in $(seq 1 ${REPS:-2}); do
-  step_tables $OUT/rep$rep
-  pack
-done
+step_table_reps
 pretrain_setup
 pretrain_warmup galore
 # PRETRAIN="adamw galore fira frugal dct adamw galore" repeats methods (NAME_2 for a repeat)

@@ -5,10 +5,7 @@
 # PRETRAIN names the runs in order (a repeated method's run is NAME_2, …).
 PACKED=1
 . scripts/lib_device.sh
-for rep in $(seq 1 ${REPS:-2}); do
-  step_tables $OUT/rep$rep
-  pack
-done
+step_table_reps
 pretrain_setup
 pretrain_warmup galore
 pretrain_runs ${PRETRAIN:-adamw galore fira frugal dct}

@@ -22,10 +22,7 @@ done
 step_summary $OUT/ab step_ms step_on_device_ms step_unchecked_ms engine_ms update_rel_err update_gemm
 tail -50 $OUT/summary.txt
 pack
-for rep in $(seq 1 ${REPS:-2}); do
-  step_tables $OUT/rep$rep
-  pack
-done
+step_table_reps
 kernel_checks cuda-fusion 100
 pack
 cat $OUT/summary.txt

@@ -11,6 +11,7 @@
 #              $OUT/summary.txt
 #   step_summary DIR KEY...   one line a row of DIR's *.jsonl (`step` output: shape, rank, KEYs)
 #              to $OUT/summary.txt
+#   step_table_reps          the step table REPS times (default 2) in $OUT/rep1…, each packed
 #   pretrain_runs METHOD...   pretraining runs after pretrain_setup (a repeated method is NAME_2, …)
 #   PACKED=1   (set before sourcing) results go to /tmp/res and `pack` writes them to the call's
 #              $OUT/res.tgz (a call returns at most 8 files) with summary.txt beside it; $REAL_OUT
@@ -147,5 +148,12 @@ pretrain_runs() {  # methods… (a repeated method's run is NAME_2, …)
     seen[$m]=$(( ${seen[$m]:-0} + 1 ))
     name=$m; [ ${seen[$m]} -gt 1 ] && name=${m}_${seen[$m]}
     pretrain $name -- --optimizer $m
+  done
+}
+step_table_reps() {  # the step table REPS times (default ${1:-2}), each beside its own PyTorch run
+  local rep
+  for rep in $(seq 1 ${REPS:-${1:-2}}); do
+    step_tables $OUT/rep$rep
+    pack
   done
 }
