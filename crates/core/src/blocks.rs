@@ -96,6 +96,11 @@ impl BlockSchedule {
         if self.gap == 0 {
             return Err("update_gap must be at least 1".into());
         }
+        if matches!(self.inactive, ResidualRule::Custom(_)) {
+            return Err(
+                "inactive blocks take a built-in state-free rule (signSGD, SGD or none)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -110,7 +115,7 @@ mod tests {
             gap: 3,
             order,
             seed: 7,
-            inactive: ResidualRule::SignSgd { lr_scale: 1.0 },
+            inactive: ResidualRule::SignSgd(crate::residual::SignSgd { lr_scale: 1.0 }),
         }
     }
 

@@ -25,10 +25,11 @@ use crate::dct::SharedBases;
 use crate::error::EmberError;
 use crate::projector::{tensor_bytes, ProjectorKind, ProjectorState, Side};
 use crate::refresh::{RefreshPolicy, RefreshState};
-use crate::residual::ResidualRule;
+use crate::residual::{ResidualPart, ResidualRule};
 use crate::state::{Moment, StateStorage};
 use burn::tensor::DType;
-use ember_kernels::{Basis, EmberBackend, UpdateCoefficients};
+use ember_kernels::portable::ResidualInputs;
+use ember_kernels::{Basis, EmberBackend, ResidualUpdate, UpdateCoefficients};
 
 /// When weight decay is applied relative to the update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +227,11 @@ impl EngineConfig {
         | ProjectorKind::DeviceRange {
             proj_type: crate::projector::ProjType::Full,
             ..
-        } = self.projector
+        }
+        | ProjectorKind::Custom(crate::projector::CustomProjector {
+            proj_type: crate::projector::ProjType::Full,
+            ..
+        }) = self.projector
         {
             return Err(bad("this projector has no two-sided (`full`) mode".into()));
         }
@@ -242,6 +247,16 @@ impl EngineConfig {
                 "weight_decay = {} must be ≥ 0",
                 self.weight_decay
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks that the parts of the caller's (a [`ResidualRule::Custom`], a
+    /// [`ProjectorKind::Custom`]) were built for the backend `B` the engine steps on.
+    pub fn check_parts<B: Backend>(&self) -> Result<(), EmberError> {
+        self.residual.part::<B>()?;
+        if let ProjectorKind::Custom(c) = &self.projector {
+            c.part::<B>()?;
         }
         Ok(())
     }
@@ -550,6 +565,8 @@ impl EngineConfig {
             .map_err(EmberError::InvalidConfig)?;
         let w_dtype = w.dtype();
         let identity = self.projector == ProjectorKind::Identity;
+        // a residual rule of the caller's, on this backend (an error if built for another)
+        let custom = self.residual.part::<B>()?;
         let mut p = Parts::unpack(state, &self.refresh);
         // the full gradient `g` (stored dtype) or the projected one `r` (f32)
         let (g, r_given) = match grad {
@@ -596,7 +613,6 @@ impl EngineConfig {
         let adam_step = p.adam_step + 1;
         let (adam, c) = self.adam.coefficients(adam_step, lr);
         let coef = self.update_coefficients(lr, c);
-        let rule = self.residual.to_update(lr);
 
         // dequantize / gather / widen the basis once for this step's down and up projections;
         // a projector stored in the weight's dtype stays in it where the backend updates that
@@ -649,7 +665,7 @@ impl EngineConfig {
                             n_k,
                             r.clone(),
                             coef,
-                            rule,
+                            ResidualUpdate::None,
                             None,
                             skip.cloned(),
                         );
@@ -700,7 +716,8 @@ impl EngineConfig {
                 .expect("a gradient or a projected one");
             self.whole_update(
                 w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip,
-            )
+                custom,
+            )?
         };
 
         Ok((
@@ -736,13 +753,16 @@ impl EngineConfig {
         lr: f64,
         bases: &SharedBases<B>,
         skip: Option<&Tensor<B, 1>>,
-    ) -> (Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>) {
+        custom: Option<&dyn ResidualPart<B>>,
+    ) -> Result<(Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>), EmberError> {
         let skip = skip.cloned();
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
+        // a rule of the caller's: its term on the portable path, its result checked
+        let checked = custom.map(|part| CustomTerm::new(part, lr, w.dims(), prev_norm.as_ref()));
         let identity = self.projector == ProjectorKind::Identity;
         ember_kernels::host_trace::note("whole update");
-        match basis {
+        Ok(match basis {
             // a dense basis: the backend's projected update (fused on CubeCL backends)
             Some(basis) => {
                 let r = r_given.unwrap_or_else(|| basis.down(g.clone()));
@@ -772,9 +792,25 @@ impl EngineConfig {
                     self.state
                         .adam(r.clone(), moments, adam, bases, skip.clone(), n_dtype);
                 ember_kernels::host_trace::note("adam queued");
-                let (w, zeta) =
-                    B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm, skip);
+                let (w, zeta) = match (rule, &checked) {
+                    (Some(rule), _) => {
+                        B::projected_update(w, g, &basis, n_low, r, coef, rule, prev_norm, skip)
+                    }
+                    (None, Some(term)) => ember_kernels::portable::projected_update_with(
+                        w,
+                        g,
+                        &|x| basis.up(x),
+                        n_low,
+                        r,
+                        coef,
+                        Some(&|x| term.call(x)),
+                        prev_norm,
+                        skip,
+                    ),
+                    (None, None) => unreachable!("a custom rule is resolved in `step_with`"),
+                };
                 ember_kernels::host_trace::note("update queued");
+                checked.map_or(Ok(()), |t| t.result())?;
                 (w, m1, m2, zeta)
             }
             // full rank (non-targeted parameters): AdamW in one kernel
@@ -789,6 +825,15 @@ impl EngineConfig {
                 let (n_low, m1, m2) =
                     self.state
                         .adam(r.clone(), moments, adam, bases, skip.clone(), DType::F32);
+                let built_in = rule.filter(|r| *r != ResidualUpdate::None).map(|rule| {
+                    move |x| ember_kernels::portable::residual_term(rule, x).expect("a rule")
+                });
+                let term: Option<ember_kernels::portable::ResidualFn<'_, B>> =
+                    match (&built_in, &checked) {
+                        (Some(f), _) => Some(f),
+                        (None, Some(t)) => Some(&|x| t.call(x)),
+                        (None, None) => None,
+                    };
                 let (w, residual_norm) = ember_kernels::portable::projected_update_with(
                     w,
                     g,
@@ -796,13 +841,14 @@ impl EngineConfig {
                     n_low,
                     r,
                     coef,
-                    rule,
+                    term,
                     prev_norm,
                     skip,
                 );
+                checked.map_or(Ok(()), |t| t.result())?;
                 (w, m1, m2, residual_norm)
             }
-        }
+        })
     }
 
     /// Row chunks for a step of an `rows × cols` parameter ([`crate::chunked`]): `None` unless
@@ -854,7 +900,8 @@ impl EngineConfig {
 
     /// A state-free update with `rule` on the whole gradient (FRUGAL's inactive blocks): decay
     /// as configured, then `W ← W − lr·s·sign(G)` (signSGD), `W ← W − lr·s·G` (SGD) or nothing
-    /// (`Discard`). `skip`: the step's skip flag ([`StepContext::skip`]).
+    /// (`Discard`); a rule of the caller's is an error (it needs a projected step).
+    /// `skip`: the step's skip flag ([`StepContext::skip`]).
     pub fn state_free_step<B: EmberBackend>(
         &self,
         lr: f64,
@@ -862,14 +909,19 @@ impl EngineConfig {
         g: Tensor<B, 2>,
         rule: &ResidualRule,
         skip: Option<&Tensor<B, 1>>,
-    ) -> Tensor<B, 2> {
-        B::state_free_step(
+    ) -> Result<Tensor<B, 2>, EmberError> {
+        let rule = rule.to_update(lr).ok_or_else(|| {
+            EmberError::InvalidConfig(
+                "a state-free step takes a built-in rule (signSGD, SGD or none)".into(),
+            )
+        })?;
+        Ok(B::state_free_step(
             w,
             g,
-            rule.to_update(lr),
+            rule,
             self.update_coefficients(lr, 0.0),
             skip.cloned(),
-        )
+        ))
     }
 
     /// Bytes of optimizer state this pipeline holds for an `m × n` parameter (moments as the
@@ -879,15 +931,78 @@ impl EngineConfig {
     pub fn state_bytes(&self, m: usize, n: usize) -> usize {
         let r = self.rank_for(m, n);
         let [a, b] = self.projector.low_rank_shape(m, n, r);
-        let residual = match self.residual {
-            ResidualRule::Fira { .. } => 4,
-            _ => 0,
-        };
+        let residual = self.residual.memory_bytes();
         2 * self.state.moment_bytes(a * b)
             + self
                 .projector
                 .projector_bytes(m, n, r, self.state.projector_element_bytes())
             + residual
+    }
+}
+
+/// A residual rule of the caller's on the portable path, its result checked: a term of another
+/// shape or dtype than the f32 weight's, or a memory whose shape changed, is an error of the step
+/// rather than a panic inside the update that follows (which then gets a zero term and the old
+/// memory, and whose result is dropped).
+struct CustomTerm<'a, B: Backend> {
+    part: &'a dyn ResidualPart<B>,
+    lr: f64,
+    shape: [usize; 2],
+    memory: Option<[usize; 1]>,
+    error: std::cell::RefCell<Option<String>>,
+}
+
+impl<'a, B: Backend> CustomTerm<'a, B> {
+    fn new(
+        part: &'a dyn ResidualPart<B>,
+        lr: f64,
+        shape: [usize; 2],
+        memory: Option<&Tensor<B, 1>>,
+    ) -> Self {
+        Self {
+            part,
+            lr,
+            shape,
+            memory: memory.map(|m| m.dims()),
+            error: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn call(&self, x: ResidualInputs<B>) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+        let (zero, old) = (x.g.zeros_like(), x.memory.clone());
+        let (term, memory) = self.part.term(x, self.lr);
+        let bad = if term.dims() != self.shape || term.dtype() != DType::F32 {
+            Some(format!(
+                "returned a {:?} term of shape {:?} for an f32 weight of shape {:?}",
+                term.dtype(),
+                term.dims(),
+                self.shape
+            ))
+        } else {
+            match (self.memory, &memory) {
+                (Some(before), Some(m)) if m.dims() != before => Some(format!(
+                    "changed its memory's shape from {before:?} to {:?}",
+                    m.dims()
+                )),
+                _ => None,
+            }
+        };
+        match bad {
+            Some(why) => {
+                *self.error.borrow_mut() = Some(why);
+                (zero, old)
+            }
+            None => (term, memory),
+        }
+    }
+
+    fn result(&self) -> Result<(), EmberError> {
+        match self.error.borrow_mut().take() {
+            Some(why) => Err(EmberError::InvalidConfig(format!(
+                "the custom residual rule {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1237,14 +1352,114 @@ mod tests {
         );
     }
 
+    /// A residual rule of the caller's plugs in as a part ([`ResidualRule::custom`]): FRUGAL's
+    /// SGD written as one gives the built-in rule's weights bit for bit over refreshes and both
+    /// sides (flex runs the built-in rule on the same portable path); a rule with memory gets its
+    /// memory back each step, in the record and counted by the estimate; a rule built for another
+    /// backend, a term of the wrong shape, a config holding one in serde, and a custom rule for
+    /// FRUGAL's inactive blocks are errors, not panics.
+    #[test]
+    fn custom_residual_rules_plug_in() {
+        use crate::residual::{ResidualPart, Sgd};
+        #[derive(Debug)]
+        struct MySgd(f64);
+        impl ResidualPart<B> for MySgd {
+            fn term(&self, x: ResidualInputs<B>, lr: f64) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+                (x.g.sub(x.up_r).mul_scalar(lr * self.0), None)
+            }
+        }
+        /// Counts its steps in its memory; adds nothing.
+        #[derive(Debug)]
+        struct Counter;
+        impl ResidualPart<B> for Counter {
+            fn term(&self, x: ResidualInputs<B>, _: f64) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+                let count = match x.memory {
+                    Some(m) => m.add_scalar(1.0),
+                    None => Tensor::ones([1], &x.g.device()),
+                };
+                (x.g.zeros_like(), Some(count))
+            }
+            fn memory_bytes(&self) -> usize {
+                4
+            }
+        }
+        /// Returns a term of the transposed shape.
+        #[derive(Debug)]
+        struct Transposed;
+        impl ResidualPart<B> for Transposed {
+            fn term(&self, x: ResidualInputs<B>, _: f64) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+                (x.g.transpose(), None)
+            }
+        }
+        let engine = |residual: ResidualRule| EngineConfig {
+            rank: RankRule::Fixed(3),
+            projector: ProjectorKind::ExactSvd(crate::projector::ProjType::Std),
+            refresh: RefreshPolicy::every(2),
+            residual,
+            ..identity(AdamFlavor::Torch, DecayTiming::BeforeUpdate, 0.1)
+        };
+        let run = |engine: &EngineConfig, shape: [usize; 2]| {
+            let bases = SharedBases::new();
+            let ctx = StepContext::new(&shape, &bases);
+            let mut w = random(shape, 2);
+            let mut state: Option<ParamState<B>> = None;
+            for t in 0..5 {
+                let (nw, s) = engine.step(1e-2, w, random(shape, 30 + t), state, &ctx)?;
+                (w, state) = (nw, Some(s));
+            }
+            Ok::<_, EmberError>((w, state.unwrap()))
+        };
+        for shape in [[12, 20], [20, 12]] {
+            let built_in = engine(ResidualRule::Sgd(Sgd { lr_scale: 0.5 }));
+            let custom = engine(ResidualRule::custom::<B, _>("my sgd", MySgd(0.5)).unwrap());
+            let (a, _) = run(&built_in, shape).unwrap();
+            let (b, _) = run(&custom, shape).unwrap();
+            a.into_data().assert_eq(&b.into_data(), true);
+        }
+        let counting = engine(ResidualRule::custom::<B, _>("counter", Counter).unwrap());
+        let (_, state) = run(&counting, [12, 20]).unwrap();
+        let count = state.residual_norm.clone().expect("the rule's memory");
+        count.into_data().assert_eq(&TensorData::from([5.0f32]), true);
+        assert_eq!(state.bytes(), counting.state_bytes(12, 20));
+        // for another backend: the step says so
+        type Other = burn::backend::Autodiff<B>;
+        let other = engine(ResidualRule::custom::<Other, _>("elsewhere", Counter2).unwrap());
+        #[derive(Debug)]
+        struct Counter2;
+        impl ResidualPart<Other> for Counter2 {
+            fn term(
+                &self,
+                x: ResidualInputs<Other>,
+                _: f64,
+            ) -> (Tensor<Other, 2>, Option<Tensor<Other, 1>>) {
+                (x.g.zeros_like(), None)
+            }
+        }
+        let err = run(&other, [12, 20]).unwrap_err().to_string();
+        assert!(err.contains("built for the backend"), "{err}");
+        let wrong = engine(ResidualRule::custom::<B, _>("transposed", Transposed).unwrap());
+        let err = run(&wrong, [12, 20]).unwrap_err().to_string();
+        assert!(err.contains("term of shape [20, 12]"), "{err}");
+        let err = serde_json::to_string(&counting).unwrap_err().to_string();
+        assert!(err.contains("Custom"), "{err}");
+        let blocks = crate::blocks::BlockSchedule {
+            density: 0.5,
+            gap: 2,
+            order: crate::blocks::BlockOrder::Ascending,
+            seed: 0,
+            inactive: ResidualRule::custom::<B, _>("counter", Counter).unwrap(),
+        };
+        assert!(blocks.validate().is_err());
+    }
+
     /// A step given `R` computed before it beside `G` ([`Gradient::WithProjected`]) is the step
     /// from `G` alone, bit for bit, for Fira's and FRUGAL's residual rules and both sides; a step
     /// due for a refresh refuses it.
     #[test]
     fn steps_with_r_computed_before_equal_full_steps() {
         let rules = [
-            ResidualRule::Fira { gamma: 1.01 },
-            ResidualRule::SignSgd { lr_scale: 0.5 },
+            ResidualRule::fira(1.01),
+            ResidualRule::SignSgd(crate::residual::SignSgd { lr_scale: 0.5 }),
         ];
         for residual in rules {
             for shape in [[12, 20], [20, 12]] {

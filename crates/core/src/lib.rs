@@ -2,7 +2,11 @@
 //!
 //! One pipeline — projector, refresh policy, inner Adam, residual rule, apply — shared by every
 //! Ember method (see [`engine`]). Method crates (`ember-galore`, …) choose the parts in a
-//! `#[derive(Config)]` and call [`EmberOptimizer::new`].
+//! `#[derive(Config)]` and call [`EmberOptimizer::new`]. Three parts are open to the caller's
+//! own implementations: the projector's fit ([`FitProjector`], as
+//! [`ProjectorKind::Custom`]), the refresh rule ([`refresh::RefreshRule`], as
+//! [`RefreshPolicy::Custom`]) and the residual rule ([`ResidualPart`], as
+//! [`ResidualRule::Custom`]).
 
 #![warn(missing_docs)]
 
@@ -16,6 +20,7 @@ pub mod groups;
 pub mod layerwise;
 pub mod method;
 pub mod optimizer;
+pub mod part;
 pub mod projector;
 pub mod qlinear;
 pub mod quant;
@@ -45,9 +50,9 @@ pub use layerwise::{BlockModel, LayerwiseConfig, LayerwiseTrainer, Stage, StageE
 pub use optimizer::{
     Accumulated, EmberOptimizer, EmberRecord, EmberState, NonFinitePolicy, PlanEntry,
 };
-pub use projector::{ProjType, ProjectorKind, ProjectorState, Side};
+pub use projector::{FitContext, FitProjector, ProjType, ProjectorKind, ProjectorState, Side};
 pub use qlinear::{quantized_grads, QLinear, QLinearConfig};
 pub use refresh::{RefreshPolicy, RefreshState};
-pub use residual::ResidualRule;
+pub use residual::{ResidualPart, ResidualRule};
 pub use state::{Moment, StateDtype, StateStorage};
 pub use targets::Targets;

@@ -178,6 +178,9 @@ where
             };
             g.engine.validate().map_err(named)?;
             g.dense.validate().map_err(named)?;
+            // parts of the caller's must be built for the backend the engine steps on
+            g.engine.check_parts::<B::InnerBackend>().map_err(named)?;
+            g.dense.check_parts::<B::InnerBackend>().map_err(named)?;
             g.selector
                 .validate()
                 .map_err(|m| EmberError::InvalidConfig(format!("group `{}`: {m}", g.name)))?;
@@ -1408,7 +1411,7 @@ where
             let dense = &group.dense;
             if !is_active {
                 self.states.remove(&id);
-                return Ok(dense.state_free_step(lr, w, g, &blocks.inactive, self.skip.as_ref()));
+                return dense.state_free_step(lr, w, g, &blocks.inactive, self.skip.as_ref());
             }
             let state = if self.reselect {
                 self.states.remove(&id);

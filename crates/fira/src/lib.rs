@@ -108,7 +108,7 @@ impl FiraConfig {
                 flavor: AdamFlavor::Galore,
                 reset_on_refresh: false,
             },
-            residual: ResidualRule::Fira { gamma: self.gamma },
+            residual: ResidualRule::fira(self.gamma),
             scale: self.alpha,
             weight_decay: self.weight_decay,
             decay: DecayTiming::AfterUpdate,

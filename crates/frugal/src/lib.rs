@@ -27,6 +27,7 @@
 //! identical on every replica and after a resume.
 
 use burn::config::Config;
+use ember_core::residual::{SignSgd, Sgd};
 use ember_core::{
     AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy,
     ResidualRule, StateStorage, SubspaceAdam,
@@ -140,12 +141,12 @@ pub struct FrugalConfig {
 impl FrugalConfig {
     fn inactive(&self) -> ResidualRule {
         match self.inactive_update_rule {
-            InactiveRule::SignSgd => ResidualRule::SignSgd {
+            InactiveRule::SignSgd => ResidualRule::SignSgd(SignSgd {
                 lr_scale: self.inactive_lr_scale,
-            },
-            InactiveRule::Sgd => ResidualRule::Sgd {
+            }),
+            InactiveRule::Sgd => ResidualRule::Sgd(Sgd {
                 lr_scale: self.inactive_lr_scale,
-            },
+            }),
             InactiveRule::No => ResidualRule::Discard,
         }
     }

@@ -164,32 +164,60 @@ pub fn fira_limiter<B: Backend>(
     }
 }
 
-/// The residual term (`W ← W − term`) and Fira's new norm, from the full gradient `g` and
-/// `up_r = up(R)` (without α); `eta` is the Adam step size `c` (Fira's term uses it).
-#[allow(clippy::too_many_arguments)]
+/// What a residual rule's term is computed from on the portable path
+/// ([`projected_update_with`]); a rule of the caller's sees the same
+/// (`ember_core::residual::ResidualPart`).
+#[derive(Debug, Clone)]
+pub struct ResidualInputs<B: Backend> {
+    /// The full gradient `G`, in f32.
+    pub g: Tensor<B, 2>,
+    /// `up(R)`, without the scale α.
+    pub up_r: Tensor<B, 2>,
+    /// The low-rank gradient `R`.
+    pub r: Tensor<B, 2>,
+    /// Adam's normalized update `N` of `R`.
+    pub n: Tensor<B, 2>,
+    /// The scale α of the back-projection.
+    pub scale: f64,
+    /// The Adam step size `c` of this step (Fira's term uses it).
+    pub step: f64,
+    /// The rule's memory from the previous step (Fira's `ζ`); `None` on the first.
+    pub memory: Option<Tensor<B, 1>>,
+}
+
+/// A residual rule's term on the portable path: `T` of `W ← W − T` (before the decay after the
+/// update) and the rule's new memory.
+pub type ResidualFn<'a, B> =
+    &'a dyn Fn(ResidualInputs<B>) -> (Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// The term (`W ← W − term`) of one of the kernels' residual rules and Fira's new norm; `None`
+/// for [`ResidualUpdate::None`].
 pub fn residual_term<B: Backend>(
-    g: Tensor<B, 2>,
-    up_r: Tensor<B, 2>,
     rule: ResidualUpdate,
-    scale: f64,
-    r: &Tensor<B, 2>,
-    n: &Tensor<B, 2>,
-    eta: f64,
-    zeta: Option<Tensor<B, 1>>,
+    x: ResidualInputs<B>,
 ) -> Option<(Tensor<B, 2>, Option<Tensor<B, 1>>)> {
+    let ResidualInputs {
+        g,
+        up_r,
+        r,
+        n,
+        scale,
+        step,
+        memory,
+    } = x;
     match rule {
         ResidualUpdate::None => None,
         ResidualUpdate::Sign { step } => Some((g.sub(up_r).sign().mul_scalar(step), None)),
         ResidualUpdate::Sgd { step } => Some((g.sub(up_r).mul_scalar(step), None)),
         ResidualUpdate::Fira { gamma } => {
             let residual = g.sub(up_r.mul_scalar(scale));
-            let mut psi = residual.mul(fira_phi(n, r));
+            let mut psi = residual.mul(fira_phi(&n, &r));
             let norm = psi.clone().powi_scalar(2).sum().sqrt();
-            let (limiter, zeta) = fira_limiter(norm, zeta, gamma);
+            let (limiter, zeta) = fira_limiter(norm, memory, gamma);
             if let Some(limiter) = limiter {
                 psi = psi.div(limiter.unsqueeze());
             }
-            Some((psi.mul_scalar(eta), Some(zeta)))
+            Some((psi.mul_scalar(step), Some(zeta)))
         }
     }
 }
@@ -216,13 +244,17 @@ pub fn projected_update<B: crate::EmberBackend>(
     zeta: Option<Tensor<B, 1>>,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
-    projected_update_with(w, g, &|x| basis.up(x), n, r, coef, residual, zeta, skip)
+    let term = |x| residual_term(residual, x).expect("a residual rule other than `None`");
+    let rule = (residual != ResidualUpdate::None).then_some(&term as ResidualFn<'_, B>);
+    projected_update_with(w, g, &|x| basis.up(x), n, r, coef, rule, zeta, skip)
 }
 
 /// The update of [`projected_update`] with any back-projection `up` (the engine's coordinate
-/// selections and two-sided projectors use it with their own): the one place the update is
-/// written on the portable path,
-/// `W ← (1−λ_after)·((1−λ_before)·W − c·α·up(N) − residual)`, Fira's new norm, and the skip flag.
+/// selections and two-sided projectors use it with their own) and any residual rule's term
+/// (`None`: discarded; the kernels' rules through [`residual_term`], a rule of the caller's
+/// through its own): the one place the update is written on the portable path,
+/// `W ← (1−λ_after)·((1−λ_before)·W − c·α·up(N) − residual)`, the rule's new memory, and the
+/// skip flag (where it is set, `W` and the memory stay as they were).
 #[allow(clippy::too_many_arguments)]
 pub fn projected_update_with<B: Backend>(
     w: Tensor<B, 2>,
@@ -231,7 +263,7 @@ pub fn projected_update_with<B: Backend>(
     n: Tensor<B, 2>,
     r: Tensor<B, 2>,
     coef: UpdateCoefficients,
-    residual: ResidualUpdate,
+    residual: Option<ResidualFn<'_, B>>,
     zeta: Option<Tensor<B, 1>>,
     skip: Skip<B>,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
@@ -241,13 +273,17 @@ pub fn projected_update_with<B: Backend>(
     let w_old = skip.as_ref().map(|_| w.clone());
     let zeta_old = skip.as_ref().map(|_| zeta.clone());
     let mut w = decay_before(w, coef);
-    let term = match residual {
-        ResidualUpdate::None => None,
-        rule => {
-            let up_r = up(r.clone());
-            residual_term(g, up_r, rule, coef.scale, &r, &n, coef.step, zeta)
-        }
-    };
+    let term = residual.map(|term| {
+        term(ResidualInputs {
+            g,
+            up_r: up(r.clone()),
+            r: r.clone(),
+            n: n.clone(),
+            scale: coef.scale,
+            step: coef.step,
+            memory: zeta,
+        })
+    });
     let mut delta = up(n);
     if coef.scale != 1.0 {
         delta = delta.mul_scalar(coef.scale);

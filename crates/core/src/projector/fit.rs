@@ -5,7 +5,7 @@ use burn::prelude::*;
 use ember_kernels::EmberBackend;
 
 use super::state::quantized_state;
-use super::{ProjType, ProjectorKind, ProjectorState, Selection, Side, TwoSided};
+use super::{FitContext, ProjType, ProjectorKind, ProjectorState, Selection, Side, TwoSided};
 use crate::dct::SharedBases;
 use crate::error::EmberError;
 use crate::rng::SplitMix64;
@@ -105,6 +105,43 @@ impl ProjectorKind {
                 },
                 None,
             ));
+        }
+        if let ProjectorKind::Custom(custom) = self {
+            let [m, n] = g.dims();
+            let what = format!("the custom projector `{}`", custom.name());
+            let left = left_side(custom.proj_type, m, n, &what)?;
+            let want = if left { [m, rank] } else { [rank, n] };
+            let previous = match prev {
+                Some(ProjectorState::Left(p) | ProjectorState::Right(p)) if p.dims() == want => {
+                    Some(p.clone().cast(burn::tensor::DType::F32))
+                }
+                _ => None,
+            };
+            let ctx = FitContext {
+                rank,
+                side: if left { Side::Left } else { Side::Right },
+                previous,
+                salt,
+                refreshes,
+            };
+            let p = custom
+                .part::<B>()?
+                .fit(g, ctx)
+                .map_err(|e| EmberError::InvalidConfig(format!("{what}: {e}")))?;
+            if p.dims() != want {
+                return Err(EmberError::InvalidConfig(format!(
+                    "{what} returned a basis of shape {:?} for a {m}×{n} gradient at rank {rank} \
+                     (expected {want:?})",
+                    p.dims()
+                )));
+            }
+            let p = p.cast(burn::tensor::DType::F32);
+            let state = if left {
+                ProjectorState::Left(p)
+            } else {
+                ProjectorState::Right(p)
+            };
+            return Ok((state, None));
         }
         if let ProjectorKind::AutoSvd(t) = self {
             let kind = if *t != ProjType::Full && !crate::dct::is_host_backend::<B>(&g.device()) {
@@ -226,7 +263,8 @@ impl ProjectorKind {
             ProjectorKind::ExactSvd(_)
             | ProjectorKind::AutoSvd(_)
             | ProjectorKind::QuantizedSvd { .. }
-            | ProjectorKind::DeviceRange { .. } => {
+            | ProjectorKind::DeviceRange { .. }
+            | ProjectorKind::Custom(_) => {
                 unreachable!("fitted above")
             }
         }?;

@@ -12,12 +12,22 @@
 //! `Q` ([`crate::dct`]); its state holds only their indices.
 
 //!
-//! Files: this one — the kinds ([`ProjectorKind`], [`ProjType`]) and the shapes and bytes they
-//! imply; `fit.rs` — computing a fresh projector from a gradient (host SVD, device subspace
-//! iteration, DCT selection, random kinds); `state.rs` — the fitted projector
-//! ([`ProjectorState`]) and the two maps `down`/`up`.
+//! A projector of the caller's plugs in as [`ProjectorKind::Custom`]: its fit ([`FitProjector`])
+//! returns a dense one-sided `P`, which the engine then stores, projects with and back-projects
+//! with as it does the exact SVD's (the fused kernels and cuBLAS included).
+//!
+//! Files: this one — the kinds ([`ProjectorKind`], [`ProjType`]), the caller's fit
+//! ([`FitProjector`]) and the shapes and bytes they imply; `fit.rs` — computing a fresh projector
+//! from a gradient (host SVD, device subspace iteration, DCT selection, random kinds, the
+//! caller's); `state.rs` — the fitted projector ([`ProjectorState`]) and the two maps `down`/`up`.
 
+use std::sync::Arc;
+
+use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::error::EmberError;
+use crate::part::BackendPart;
 
 mod fit;
 mod state;
@@ -63,6 +73,52 @@ impl ProjType {
             ProjType::Right => Side::Right,
             ProjType::Full => Side::Both,
         }
+    }
+}
+
+/// What a projector fit of the caller's is given besides the gradient.
+#[derive(Debug, Clone)]
+pub struct FitContext<B: Backend> {
+    /// The rank `r` of the basis to return.
+    pub rank: usize,
+    /// The side it acts on (`Left` or `Right`; the kind's `ProjType` met the gradient's shape).
+    pub side: Side,
+    /// The previous `P` of this parameter (f32, the shape this fit returns), for a warm start.
+    pub previous: Option<Tensor<B, 2>>,
+    /// Identifies the parameter (random draws from `(salt, refreshes)` repeat on resume).
+    pub salt: u64,
+    /// How many times this parameter's projector was fitted before.
+    pub refreshes: usize,
+}
+
+/// A projector fit of the caller's on backend `B` ([`ProjectorKind::custom`]): a dense
+/// one-sided basis of the gradient's subspace.
+pub trait FitProjector<B: Backend>: std::fmt::Debug + Send + Sync {
+    /// `P` for the gradient `g` (m×n, in the gradient's dtype): `m × r` with orthonormal columns
+    /// on the left (`R = Pᵀ·G`, `up(N) = P·N`), `r × n` with orthonormal rows on the right
+    /// (`R = G·Pᵀ`, `up(N) = N·P`). An error message fails the step with it.
+    fn fit(&self, g: &Tensor<B, 2>, ctx: FitContext<B>) -> Result<Tensor<B, 2>, String>;
+}
+
+/// A projector of the caller's, held for one backend, with the side rule it acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomProjector {
+    /// Which side of each parameter it acts on (`Full` is not supported).
+    pub proj_type: ProjType,
+    part: BackendPart,
+}
+
+impl CustomProjector {
+    /// The fit on `B`, or an error if it was built for another backend.
+    pub fn part<B: Backend>(&self) -> Result<&dyn FitProjector<B>, EmberError> {
+        self.part
+            .get::<B, Arc<dyn FitProjector<B>>>()
+            .map(|p| p.as_ref())
+    }
+
+    /// The name it was given.
+    pub fn name(&self) -> &str {
+        self.part.name()
     }
 }
 
@@ -129,9 +185,29 @@ pub enum ProjectorKind {
         /// Seed.
         seed: u64,
     },
+    /// A projector of the caller's ([`ProjectorKind::custom`]): a dense one-sided basis fitted by
+    /// its [`FitProjector`] at each refresh, then used as the exact SVD's is. A config holding
+    /// one does not serialize (serde reports the variant as skipped); the fitted `P` in the
+    /// parameter's record does.
+    #[serde(skip)]
+    Custom(CustomProjector),
 }
 
 impl ProjectorKind {
+    /// A projector of the caller's for the backend `B` (the optimizer's inner backend: `Flex` for
+    /// an optimizer of `Autodiff<Flex>`) acting on the side `proj_type` gives each parameter.
+    pub fn custom<B: Backend, P: FitProjector<B> + 'static>(
+        name: impl Into<String>,
+        proj_type: ProjType,
+        fit: P,
+    ) -> Self {
+        let fit: Arc<dyn FitProjector<B>> = Arc::new(fit);
+        ProjectorKind::Custom(CustomProjector {
+            proj_type,
+            part: BackendPart::new::<B, _>(name, fit),
+        })
+    }
+
     /// The shape of `R = down(G)` for an `m × n` parameter at rank `r`.
     pub fn low_rank_shape(&self, m: usize, n: usize, r: usize) -> [usize; 2] {
         match self {
@@ -141,7 +217,8 @@ impl ProjectorKind {
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::RandomCoordinates { proj_type: t, .. }
-            | ProjectorKind::DeviceRange { proj_type: t, .. } => match t.side(m, n) {
+            | ProjectorKind::DeviceRange { proj_type: t, .. }
+            | ProjectorKind::Custom(CustomProjector { proj_type: t, .. }) => match t.side(m, n) {
                 Side::Left => [r, n],
                 Side::Right => [m, r],
                 Side::Both => [r, r],
@@ -162,7 +239,8 @@ impl ProjectorKind {
             | ProjectorKind::Dct(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
             | ProjectorKind::RandomCoordinates { proj_type: t, .. }
-            | ProjectorKind::DeviceRange { proj_type: t, .. } => Some(t.side(m, n)),
+            | ProjectorKind::DeviceRange { proj_type: t, .. }
+            | ProjectorKind::Custom(CustomProjector { proj_type: t, .. }) => Some(t.side(m, n)),
             ProjectorKind::QuantizedSvd { .. } => Some(ProjType::Std.side(m, n)),
         }
     }
@@ -201,7 +279,8 @@ impl ProjectorKind {
             ProjectorKind::ExactSvd(t)
             | ProjectorKind::AutoSvd(t)
             | ProjectorKind::RandomOrthogonal { proj_type: t, .. }
-            | ProjectorKind::DeviceRange { proj_type: t, .. } => match t.side(m, n) {
+            | ProjectorKind::DeviceRange { proj_type: t, .. }
+            | ProjectorKind::Custom(CustomProjector { proj_type: t, .. }) => match t.side(m, n) {
                 Side::Left => m * r,
                 Side::Right => r * n,
                 Side::Both => m * r + r * n,
