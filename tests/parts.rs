@@ -11,8 +11,8 @@ use ember::core::kernels::portable::ResidualInputs;
 use ember::core::projector::{FitContext, FitProjector, ProjType, ProjectorState};
 use ember::core::residual::{ResidualPart, Sgd};
 use ember::core::{
-    EmberOptimizer, EngineConfig, NonFinitePolicy, ProjectorKind, ResidualRule, SharedBases,
-    Side, Targets,
+    EmberOptimizer, EngineConfig, NonFinitePolicy, ProjectorKind, ResidualRule, SharedBases, Side,
+    Targets,
 };
 use ember::galore::GaloreConfig;
 
@@ -24,12 +24,10 @@ struct Svd {
 
 impl FitProjector<Flex> for Svd {
     fn fit(&self, g: &Tensor<Flex, 2>, ctx: FitContext<Flex>) -> Result<Tensor<Flex, 2>, String> {
-        self.seen.lock().unwrap().push((
-            ctx.rank,
-            ctx.side,
-            ctx.previous.is_some(),
-            ctx.refreshes,
-        ));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((ctx.rank, ctx.side, ctx.previous.is_some(), ctx.refreshes));
         let state = ProjectorKind::ExactSvd(ProjType::Std)
             .fit(g, ctx.rank, &SharedBases::new(), ctx.salt, ctx.refreshes)
             .map_err(|e| e.to_string())?;
@@ -151,13 +149,19 @@ fn a_custom_residual_rule_trains_as_the_built_in_one() {
 /// optimizer's construction, before any step), a two-sided custom projector (the config).
 #[test]
 fn parts_built_wrong_are_clear_errors() {
-    let galore = GaloreConfig::new().with_rank(4).with_host_svd(true).engine();
+    let galore = GaloreConfig::new()
+        .with_rank(4)
+        .with_host_svd(true)
+        .engine();
     let wide = EngineConfig {
         projector: ProjectorKind::custom::<Flex, _>("too wide", ProjType::Std, TooWide),
         ..galore.clone()
     };
     let err = train(wide, 1).unwrap_err();
-    assert!(err.contains("`too wide` returned a basis of shape"), "{err}");
+    assert!(
+        err.contains("`too wide` returned a basis of shape"),
+        "{err}"
+    );
 
     #[derive(Debug)]
     struct Outer;

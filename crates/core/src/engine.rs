@@ -715,8 +715,7 @@ impl EngineConfig {
                 .or_else(|| r_given.clone())
                 .expect("a gradient or a projected one");
             self.whole_update(
-                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip,
-                custom,
+                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip, custom,
             )?
         };
 
@@ -754,7 +753,7 @@ impl EngineConfig {
         bases: &SharedBases<B>,
         skip: Option<&Tensor<B, 1>>,
         custom: Option<&dyn ResidualPart<B>>,
-    ) -> Result<(Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>), EmberError> {
+    ) -> Result<Updated<B>, EmberError> {
         let skip = skip.cloned();
         let coef = self.update_coefficients(lr, c);
         let rule = self.residual.to_update(lr);
@@ -939,6 +938,10 @@ impl EngineConfig {
             + residual
     }
 }
+
+/// What a whole-tensor update returns: the new weight, the two moments and the residual rule's
+/// new memory.
+type Updated<B> = (Tensor<B, 2>, Moment<B>, Moment<B>, Option<Tensor<B, 1>>);
 
 /// A residual rule of the caller's on the portable path, its result checked: a term of another
 /// shape or dtype than the f32 weight's, or a memory whose shape changed, is an error of the step
@@ -1419,7 +1422,9 @@ mod tests {
         let counting = engine(ResidualRule::custom::<B, _>("counter", Counter).unwrap());
         let (_, state) = run(&counting, [12, 20]).unwrap();
         let count = state.residual_norm.clone().expect("the rule's memory");
-        count.into_data().assert_eq(&TensorData::from([5.0f32]), true);
+        count
+            .into_data()
+            .assert_eq(&TensorData::from([5.0f32]), true);
         assert_eq!(state.bytes(), counting.state_bytes(12, 20));
         // for another backend: the step says so
         type Other = burn::backend::Autodiff<B>;

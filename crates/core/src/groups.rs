@@ -12,6 +12,7 @@
 //! rank, projector and refresh policy — all parts of its [`EngineConfig`].
 
 use burn::prelude::*;
+use ember_kernels::portable::fixed_order_sum;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
@@ -113,7 +114,7 @@ impl Clipping {
                         .finfo()
                         .unwrap_or(burn::tensor::FloatDType::F32.finfo())
                         .min_positive;
-                    let norm = g.clone().square().sum().sqrt();
+                    let norm = fixed_order_sum(g.clone().square()).sqrt();
                     let coef = norm.add_scalar(min_positive).recip().mul_scalar(v);
                     g.mul(coef.clamp_max(1.0).unsqueeze())
                 })
@@ -126,10 +127,7 @@ impl Clipping {
                 let total = grads
                     .iter()
                     .map(|g| {
-                        g.clone()
-                            .cast(burn::tensor::DType::F32)
-                            .square()
-                            .sum()
+                        fixed_order_sum(g.clone().cast(burn::tensor::DType::F32).square())
                             .to_device(&device)
                     })
                     .reduce(|a, b| a + b)

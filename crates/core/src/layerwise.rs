@@ -171,7 +171,9 @@ impl<B: AutodiffBackend> ClipNorm<'_, B> {
                 self.grads.register::<B::InnerBackend, D>(id, g * s);
             }
         } else if let Some(g) = self.grads.get::<B::InnerBackend, D>(id) {
-            let sq = g.cast(burn::tensor::DType::F32).powi_scalar(2).sum();
+            let sq = ember_kernels::portable::fixed_order_sum(
+                g.cast(burn::tensor::DType::F32).powi_scalar(2),
+            );
             self.sum = Some(match self.sum.take() {
                 Some(s) => s + sq,
                 None => sq,

@@ -39,6 +39,7 @@
 //! the cubic steps then finish the convergence that those coefficients leave at about ±30 %.
 
 use burn::prelude::*;
+use ember_kernels::portable::fixed_order_sum;
 use ember_kernels::EmberBackend;
 
 /// Quintic steps of [`orthonormalize_fast`].
@@ -97,7 +98,9 @@ fn product<B: EmberBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 fn frobenius_normalized<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = x.clone().powi_scalar(2).sum().sqrt().add_scalar(1e-30);
+    let norm = fixed_order_sum(x.clone().powi_scalar(2))
+        .sqrt()
+        .add_scalar(1e-30);
     x.div(norm.unsqueeze())
 }
 
@@ -154,7 +157,9 @@ pub fn fit<B: EmberBackend>(
 ) -> Tensor<B, 2> {
     let r = |p: &Tensor<B, 2>| p.dims()[if left { 1 } else { 0 }] as f64;
     let collapsed = |p: &Tensor<B, 2>| {
-        let n2: f64 = p.clone().powi_scalar(2).sum().into_scalar().elem();
+        let n2: f64 = fixed_order_sum(p.clone().powi_scalar(2))
+            .into_scalar()
+            .elem();
         n2.is_nan() || n2 < r(p) - 0.5
     };
     let was_warm = warm.is_some();
@@ -269,7 +274,9 @@ pub fn top_vector<B: Backend>(
     let mut w = Tensor::<B, 2>::ones([r, 1], &device);
     for _ in 0..iters.max(1) {
         let next = gram.clone().matmul(w);
-        let norm = next.clone().powi_scalar(2).sum().sqrt().add_scalar(1e-30);
+        let norm = fixed_order_sum(next.clone().powi_scalar(2))
+            .sqrt()
+            .add_scalar(1e-30);
         w = next.div(norm.unsqueeze());
     }
     let v = if left {

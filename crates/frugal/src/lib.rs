@@ -27,7 +27,7 @@
 //! identical on every replica and after a resume.
 
 use burn::config::Config;
-use ember_core::residual::{SignSgd, Sgd};
+use ember_core::residual::{Sgd, SignSgd};
 use ember_core::{
     AdamFlavor, BlockSchedule, DecayTiming, EngineConfig, ProjectorKind, RankRule, RefreshPolicy,
     ResidualRule, StateStorage, SubspaceAdam,

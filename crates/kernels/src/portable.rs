@@ -164,6 +164,24 @@ pub fn fira_limiter<B: Backend>(
     }
 }
 
+/// The sum of every element of `x` as a one-element tensor, added in an order that is the same
+/// from run to run: burn's `sum()` on CubeCL backends adds its cubes' partial sums with atomics
+/// (`shared_sum`), in whatever order the cubes finish — on the H100, GaLore with the device
+/// projector (whose Newton–Schulz steps normalize by a Frobenius norm) did not repeat bit for bit
+/// from one run to the next. Here: the sums of rows of `x` viewed as `[d₀, numel/d₀]`, then
+/// their sum (`sum_dim`: each output reduced by one unit, plane or cube, without atomics).
+pub fn fixed_order_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    let numel = x.shape().num_elements();
+    if numel == 0 {
+        return Tensor::<B, 1>::zeros([1], &x.device()).cast(x.dtype());
+    }
+    let rows = if D == 0 { 1 } else { x.dims()[0].max(1) };
+    x.reshape([rows, numel / rows])
+        .sum_dim(1)
+        .sum_dim(0)
+        .reshape([1])
+}
+
 /// What a residual rule's term is computed from on the portable path
 /// ([`projected_update_with`]); a rule of the caller's sees the same
 /// (`ember_core::residual::ResidualPart`).
@@ -187,8 +205,7 @@ pub struct ResidualInputs<B: Backend> {
 
 /// A residual rule's term on the portable path: `T` of `W ← W − T` (before the decay after the
 /// update) and the rule's new memory.
-pub type ResidualFn<'a, B> =
-    &'a dyn Fn(ResidualInputs<B>) -> (Tensor<B, 2>, Option<Tensor<B, 1>>);
+pub type ResidualFn<'a, B> = &'a dyn Fn(ResidualInputs<B>) -> (Tensor<B, 2>, Option<Tensor<B, 1>>);
 
 /// The term (`W ← W − term`) of one of the kernels' residual rules and Fira's new norm; `None`
 /// for [`ResidualUpdate::None`].
@@ -212,7 +229,7 @@ pub fn residual_term<B: Backend>(
         ResidualUpdate::Fira { gamma } => {
             let residual = g.sub(up_r.mul_scalar(scale));
             let mut psi = residual.mul(fira_phi(&n, &r));
-            let norm = psi.clone().powi_scalar(2).sum().sqrt();
+            let norm = fixed_order_sum(psi.clone().powi_scalar(2)).sqrt();
             let (limiter, zeta) = fira_limiter(norm, memory, gamma);
             if let Some(limiter) = limiter {
                 psi = psi.div(limiter.unsqueeze());
@@ -571,6 +588,30 @@ fn non_finite_flag_in_chunks<B: Backend>(g: Tensor<B, 2>, chunk: usize) -> Tenso
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    /// [`fixed_order_sum`] is the sum of every element (integer values: exact in any order) for
+    /// tensors of rank 1 to 3, an empty one included, in the input's dtype.
+    #[test]
+    fn fixed_order_sum_adds_every_element() {
+        let device = Default::default();
+        let values = |n: usize| (0..n).map(|i| (i % 7) as f32 - 2.0).collect::<Vec<_>>();
+        let want = |n: usize| values(n).iter().sum::<f32>();
+        let one = Tensor::<Flex, 1>::from_data(TensorData::new(values(13), [13]), &device);
+        let two = Tensor::<Flex, 2>::from_data(TensorData::new(values(35), [5, 7]), &device);
+        let three = Tensor::<Flex, 3>::from_data(TensorData::new(values(24), [2, 3, 4]), &device);
+        let empty = Tensor::<Flex, 2>::zeros([0, 4], &device);
+        for (got, n) in [
+            (fixed_order_sum(one), 13),
+            (fixed_order_sum(two.clone()), 35),
+            (fixed_order_sum(three), 24),
+            (fixed_order_sum(empty), 0),
+        ] {
+            assert_eq!(got.dims(), [1]);
+            assert_eq!(got.into_scalar(), want(n));
+        }
+        let bf16 = fixed_order_sum(two.cast(DType::BF16));
+        assert_eq!(bf16.dtype(), DType::BF16);
+    }
 
     /// `Σ 0·g` flags exactly the gradients holding a NaN or ±Inf, in f32 and bf16, whatever the
     /// chunk the non-finite value falls in — and not finite values whose plain sum overflows.

@@ -135,7 +135,8 @@ impl ProjectorKind {
                     p.dims()
                 )));
             }
-            let p = p.cast(burn::tensor::DType::F32);
+            // on the gradient's device, in f32, whatever the fit returned
+            let p = p.to_device(&g.device()).cast(burn::tensor::DType::F32);
             let state = if left {
                 ProjectorState::Left(p)
             } else {
