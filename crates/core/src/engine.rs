@@ -89,13 +89,21 @@ pub enum Gradient<B: Backend> {
     /// before the step ([`EngineConfig::project`]) for a residual rule that reads both
     /// ([`EngineConfig::projects_beside`]).
     WithProjected(Tensor<B, 2>, Tensor<B, 2>),
+    /// Fira's residual `D = G − α·up(R)` and `R = down(G)`, computed before the step in place of
+    /// [`WithProjected`](Self::WithProjected)'s `G` where the backend does it with the down
+    /// product ([`EngineConfig::project_beside`], `EmberBackend::projection_down_residual`).
+    WithResidual(Tensor<B, 2>, Tensor<B, 2>),
 }
 
 impl<B: Backend> Gradient<B> {
-    /// The tensor a NaN/Inf check reads: `G`, or `R` where only `R` is kept.
+    /// The tensor a NaN/Inf check reads: `G`, or `R` where only `R` is kept, or Fira's residual
+    /// `D` (non-finite wherever `G` is: a non-finite `G` makes `R` and `up(R)` non-finite).
     pub fn checked(&self) -> &Tensor<B, 2> {
         match self {
-            Gradient::Full(t) | Gradient::Projected(t) | Gradient::WithProjected(t, _) => t,
+            Gradient::Full(t)
+            | Gradient::Projected(t)
+            | Gradient::WithProjected(t, _)
+            | Gradient::WithResidual(t, _) => t,
         }
     }
 
@@ -105,7 +113,7 @@ impl<B: Backend> Gradient<B> {
         match self {
             Gradient::Full(_) => Some(Gradient::Full(t)),
             Gradient::Projected(_) => Some(Gradient::Projected(t)),
-            Gradient::WithProjected(..) => None,
+            Gradient::WithProjected(..) | Gradient::WithResidual(..) => None,
         }
     }
 }
@@ -442,6 +450,40 @@ impl EngineConfig {
         ctx: &StepContext<'_, B>,
         allow_refresh: bool,
     ) -> Result<(Tensor<B, 2>, ParamState<B>), EmberError> {
+        self.project_inner(g, state, ctx, allow_refresh, false)
+            .map(|(r, _, state)| (r, state))
+    }
+
+    /// `R = down(G)` computed before the step beside what the residual rule reads
+    /// ([`projects_beside`](Self::projects_beside)): [`Gradient::WithResidual`] with Fira's
+    /// residual `G − α·up(R)` where the backend computes it with the down product
+    /// (`EmberBackend::projection_down_residual`: in place over `G`, one cuBLAS window for both
+    /// products on CUDA), else [`Gradient::WithProjected`] with `G`.
+    pub fn project_beside<B: EmberBackend>(
+        &self,
+        g: Tensor<B, 2>,
+        state: Option<ParamState<B>>,
+        ctx: &StepContext<'_, B>,
+    ) -> Result<(Gradient<B>, ParamState<B>), EmberError> {
+        let (r, beside, state) = self.project_inner(g, state, ctx, false, true)?;
+        let grad = match beside {
+            Some((d, true)) => Gradient::WithResidual(d, r),
+            Some((g, false)) => Gradient::WithProjected(g, r),
+            None => unreachable!("kept beside"),
+        };
+        Ok((grad, state))
+    }
+
+    /// [`project`](Self::project); with `beside`, also `G` — or Fira's residual, flagged `true`.
+    #[allow(clippy::type_complexity)]
+    fn project_inner<B: EmberBackend>(
+        &self,
+        g: Tensor<B, 2>,
+        state: Option<ParamState<B>>,
+        ctx: &StepContext<'_, B>,
+        allow_refresh: bool,
+        beside: bool,
+    ) -> Result<(Tensor<B, 2>, Option<(Tensor<B, 2>, bool)>, ParamState<B>), EmberError> {
         let mut p = Parts::unpack(state, &self.refresh);
         if allow_refresh || p.projector.is_none() {
             self.refresh_parts(&mut p, &g, ctx)?;
@@ -455,14 +497,26 @@ impl EngineConfig {
         let keep = (native && keeps_projector_dtype()).then(|| g.dtype());
         let active = projector.materialize_keeping(ctx.bases, keep);
         let [rows, cols] = g.dims();
-        let r = match (
+        let fira = matches!(self.residual, ResidualRule::Fira(_));
+        let (r, beside) = match (
             active.basis(),
             self.update_chunks(rows, cols, true, low_precision),
         ) {
-            (Some(basis), _) if native => basis.down(g),
-            // a large gradient: one row chunk in f32 at a time
-            (Some(basis), Some(chunks)) => crate::chunked::down(&basis, g, &chunks),
-            _ => active.down(g.cast(DType::F32), ctx.bases),
+            // Fira's residual with the down product where the backend does it
+            (Some(basis), None) if beside && fira && g.dtype() == DType::F32 => {
+                let (r, d, given) = B::projection_down_residual(&basis, g, self.scale);
+                (r, Some((d, given)))
+            }
+            (basis, chunks) => {
+                let kept = beside.then(|| (g.clone(), false));
+                let r = match (basis, chunks) {
+                    (Some(basis), _) if native => basis.down(g),
+                    // a large gradient: one row chunk in f32 at a time
+                    (Some(basis), Some(chunks)) => crate::chunked::down(&basis, g, &chunks),
+                    _ => active.down(g.cast(DType::F32), ctx.bases),
+                };
+                (r, kept)
+            }
         };
         let [a, b] = r.dims();
         let (m1, m2) = p
@@ -471,6 +525,7 @@ impl EngineConfig {
             .unwrap_or_else(|| self.state.zeros([a, b], &r.device()));
         Ok((
             r,
+            beside,
             ParamState {
                 shape: ctx.shape.to_vec(),
                 step: p.step,
@@ -569,9 +624,16 @@ impl EngineConfig {
         let custom = self.residual.part::<B>()?;
         let mut p = Parts::unpack(state, &self.refresh);
         // the full gradient `g` (stored dtype) or the projected one `r` (f32)
+        // Fira's residual computed with the down projection ([`Gradient::WithResidual`])
+        let residual_given = matches!(grad, Gradient::WithResidual(..));
+        if residual_given && !matches!(self.residual, ResidualRule::Fira(_)) {
+            return Err(EmberError::Internal(
+                "a residual computed before the step needs Fira's rule".into(),
+            ));
+        }
         let (g, r_given) = match grad {
             Gradient::Full(g) => (Some(g), None),
-            Gradient::WithProjected(g, r) => {
+            Gradient::WithProjected(g, r) | Gradient::WithResidual(g, r) => {
                 if identity || p.projector.is_none() || self.refresh_due(&p) {
                     return Err(EmberError::Internal(
                         "a gradient projected before its step needs a projector that is not due \
@@ -715,7 +777,19 @@ impl EngineConfig {
                 .or_else(|| r_given.clone())
                 .expect("a gradient or a projected one");
             self.whole_update(
-                w, g, r_given, basis, &active, moments, prev_norm, adam, c, lr, bases, skip, custom,
+                w,
+                g,
+                r_given,
+                basis,
+                &active,
+                moments,
+                prev_norm,
+                adam,
+                c,
+                lr,
+                bases,
+                skip,
+                (custom, residual_given),
             )?
         };
 
@@ -752,11 +826,17 @@ impl EngineConfig {
         lr: f64,
         bases: &SharedBases<B>,
         skip: Option<&Tensor<B, 1>>,
-        custom: Option<&dyn ResidualPart<B>>,
+        (custom, residual_given): (Option<&dyn ResidualPart<B>>, bool),
     ) -> Result<Updated<B>, EmberError> {
         let skip = skip.cloned();
         let coef = self.update_coefficients(lr, c);
-        let rule = self.residual.to_update(lr);
+        // Fira's residual computed with the down projection: `g` is `G − α·up(R)`
+        let rule = match self.residual.to_update(lr) {
+            Some(ResidualUpdate::Fira { gamma, .. }) if residual_given => {
+                Some(ResidualUpdate::Fira { gamma, given: true })
+            }
+            rule => rule,
+        };
         // a rule of the caller's: its term on the portable path, its result checked
         let checked = custom.map(|part| CustomTerm::new(part, lr, w.dims(), prev_norm.as_ref()));
         let identity = self.projector == ProjectorKind::Identity;
@@ -1477,32 +1557,53 @@ mod tests {
                 };
                 let bases = SharedBases::new();
                 let ctx = StepContext::new(&shape, &bases);
-                let run = |before: bool| {
+                // 0: `G` only; 1: `R` beside `G`; 2: `R` beside Fira's residual `G − α·up(R)`
+                // (what a backend computing it with the down product hands over; flex's own
+                // `project_beside` keeps `G`)
+                let run = |mode: usize| {
                     let mut w = random(shape, 5);
                     let mut state: Option<ParamState<B>> = None;
                     let mut used = 0;
                     for t in 0..5 {
                         let g = random(shape, 60 + t);
-                        let grad = if before && engine.projects_beside(g.dtype(), state.as_ref()) {
+                        let grad = if mode > 0 && engine.projects_beside(g.dtype(), state.as_ref())
+                        {
                             used += 1;
-                            let (r, s) = engine
-                                .project(g.clone(), state.take(), &ctx, false)
-                                .unwrap();
+                            let (grad, s) = engine.project_beside(g, state.take(), &ctx).unwrap();
+                            let Gradient::WithProjected(g, r) = grad else {
+                                panic!("flex keeps `G` beside `R`");
+                            };
+                            let grad = if mode == 2 {
+                                let up = s.projector.up(r.clone(), &bases);
+                                Gradient::WithResidual(g.sub(up.mul_scalar(engine.scale)), r)
+                            } else {
+                                Gradient::WithProjected(g, r)
+                            };
                             state = Some(s);
-                            Gradient::WithProjected(g, r)
+                            grad
                         } else {
                             Gradient::Full(g)
                         };
-                        let (nw, s) = engine.step_with(1e-2, w, grad, state, &ctx).unwrap();
+                        let (nw, s) = engine.step_with(1e-2, w, grad, state, &ctx)?;
                         (w, state) = (nw, Some(s));
                     }
-                    (w, used)
+                    Ok::<_, EmberError>((w, used))
                 };
-                let (full, _) = run(false);
-                let (before, used) = run(true);
+                let (full, _) = run(0).unwrap();
+                let (before, used) = run(1).unwrap();
                 // steps 1, 2 and 4 (0 and 3 fit the projector)
                 assert_eq!(used, 3, "{residual:?} {shape:?}");
-                full.into_data().assert_eq(&before.into_data(), true);
+                full.clone()
+                    .into_data()
+                    .assert_eq(&before.into_data(), true);
+                match (&residual, run(2)) {
+                    (ResidualRule::Fira(_), Ok((given, _))) => {
+                        full.into_data().assert_eq(&given.into_data(), true)
+                    }
+                    // a residual handed over for another rule is refused
+                    (_, Err(e)) => assert!(matches!(e, EmberError::Internal(_)), "{e}"),
+                    (_, Ok(_)) => panic!("{residual:?}: a residual for another rule was taken"),
+                }
                 // a state due for a refresh (after 3 steps): not projected before, and refused
                 let mut s = None;
                 for t in 0..3 {

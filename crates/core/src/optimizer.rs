@@ -452,7 +452,9 @@ impl<B: Backend> Accumulated<B> {
         self.entries
             .values()
             .map(|(g, _, _)| match g {
-                Gradient::WithProjected(g, r) => tensor_bytes(g) + tensor_bytes(r),
+                Gradient::WithProjected(g, r) | Gradient::WithResidual(g, r) => {
+                    tensor_bytes(g) + tensor_bytes(r)
+                }
                 g => tensor_bytes(g.checked()),
             })
             .sum()
@@ -694,13 +696,15 @@ where
             let Gradient::Full(g) = p.grad else {
                 unreachable!("matched above")
             };
-            let kept = beside.then(|| g.clone());
-            let (r, state) = engine.project(g, state, &ctx, false)?;
-            self.states.insert(*id, state);
-            p.grad = match kept {
-                Some(g) => Gradient::WithProjected(g, r),
-                None => Gradient::Projected(r),
+            let (grad, state) = if beside {
+                // `G` (or Fira's residual, computed with the down product) beside `R`
+                engine.project_beside(g, state, &ctx)?
+            } else {
+                let (r, state) = engine.project(g, state, &ctx, false)?;
+                (Gradient::Projected(r), state)
             };
+            self.states.insert(*id, state);
+            p.grad = grad;
             pending.insert(*id, p);
         }
         Ok(())

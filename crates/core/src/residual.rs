@@ -186,7 +186,10 @@ impl ResidualRule {
             ResidualRule::Sgd(r) => ResidualUpdate::Sgd {
                 step: lr * r.lr_scale,
             },
-            ResidualRule::Fira(r) => ResidualUpdate::Fira { gamma: r.gamma },
+            ResidualRule::Fira(r) => ResidualUpdate::Fira {
+                gamma: r.gamma,
+                given: false,
+            },
             ResidualRule::Custom(_) => return None,
         })
     }

@@ -211,6 +211,9 @@ pub enum ResidualUpdate {
     Fira {
         /// The norm-growth limit γ.
         gamma: f64,
+        /// The gradient given holds the residual `G − α·up(R)` already, computed with the down
+        /// projection ([`EmberBackend::projection_down_residual`]): no `up(R)` at the update.
+        given: bool,
     },
 }
 
@@ -360,6 +363,21 @@ pub trait EmberBackend: Backend {
         } else {
             Self::projection_matmul(a, b)
         }
+    }
+
+    /// `R = down(G)` and, where the backend does it with the same products' window, the
+    /// residual `D = G − α·up(R)` written over `G` (Fira's residual, `α` = `scale`): returns
+    /// `(R, D, true)`, or `(R, G, false)` where it does not (then the update computes `up(R)`
+    /// itself). CUDA: both GEMMs in one cuBLAS window (`R = PᵀG`, then `G ← G − α·P·R` in place)
+    /// for an f32 `G` no one else holds — one window a step fewer than `up(R)` at the update.
+    /// Elsewhere (and by default) `(down(G), G, false)`.
+    fn projection_down_residual(
+        basis: &Basis<Self>,
+        g: Tensor<Self, 2>,
+        scale: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, bool) {
+        let _ = scale;
+        (basis.down(g.clone()), g, false)
     }
 
     fn projection_matmul_pair(

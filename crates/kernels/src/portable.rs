@@ -226,8 +226,12 @@ pub fn residual_term<B: Backend>(
         ResidualUpdate::None => None,
         ResidualUpdate::Sign { step } => Some((g.sub(up_r).sign().mul_scalar(step), None)),
         ResidualUpdate::Sgd { step } => Some((g.sub(up_r).mul_scalar(step), None)),
-        ResidualUpdate::Fira { gamma } => {
-            let residual = g.sub(up_r.mul_scalar(scale));
+        ResidualUpdate::Fira { gamma, given } => {
+            let residual = if given {
+                g
+            } else {
+                g.sub(up_r.mul_scalar(scale))
+            };
             let mut psi = residual.mul(fira_phi(&n, &r));
             let norm = fixed_order_sum(psi.clone().powi_scalar(2)).sqrt();
             let (limiter, zeta) = fira_limiter(norm, memory, gamma);

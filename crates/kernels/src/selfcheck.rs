@@ -164,6 +164,33 @@ fn projection_products<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
             PRODUCT_TOLERANCE,
         );
     }
+    // the down projection with Fira's residual: `R = down(G)` and `G − α·up(R)` (written over
+    // `G` where the backend does it with the down product; else `G` back unchanged)
+    for left in [true, false] {
+        let (m, n, r) = if left { (70, 130, 9) } else { (150, 40, 7) };
+        let basis = Basis {
+            p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
+            left,
+        };
+        let g = normal::<B>([m, n], 1.0, device);
+        let want_r = if left {
+            basis.p.clone().transpose().matmul(g.clone())
+        } else {
+            g.clone().matmul(basis.p.clone().transpose())
+        };
+        let up = if left {
+            basis.p.clone().matmul(want_r.clone())
+        } else {
+            want_r.clone().matmul(basis.p.clone())
+        };
+        let want_d = g.clone() - up.mul_scalar(0.25);
+        let (got_r, got, given) = B::projection_down_residual(&basis, g.clone(), 0.25);
+        let side = if left { "left" } else { "right" };
+        let name = format!("projection_down_residual {m}x{n} r{r} {side} (given: {given})");
+        compare_within(out, format!("{name} R"), got_r, want_r, PRODUCT_TOLERANCE);
+        let want = if given { want_d } else { g };
+        compare_within(out, format!("{name} G or D"), got, want, PRODUCT_TOLERANCE);
+    }
 }
 
 /// 8-bit Adam, subspace (`N`) and full (`W`), blocks of 256 and of 12 (3 units a cube), on
@@ -306,7 +333,14 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         ResidualUpdate::None,
         ResidualUpdate::Sign { step: 3e-3 },
         ResidualUpdate::Sgd { step: 2e-2 },
-        ResidualUpdate::Fira { gamma: 1.01 },
+        ResidualUpdate::Fira {
+            gamma: 1.01,
+            given: false,
+        },
+        ResidualUpdate::Fira {
+            gamma: 1.01,
+            given: true,
+        },
     ];
     // (m, n, r, left): left projector m×r with m ≤ n; right projector r×n with m > n; in blocks
     // of a few rows, and in one block (Fira keeps that block's `up(R)` for the update)
@@ -330,6 +364,12 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                         scale: 0.25,
                         step: 1e-2,
                         decay_after,
+                    };
+                    // Fira with its residual given: `G − α·up(R)` stands in for `G`
+                    let g = if matches!(rule, ResidualUpdate::Fira { given: true, .. }) {
+                        g - basis.up(rr.clone()).mul_scalar(coef.scale)
+                    } else {
+                        g
                     };
                     // a previous ζ small enough for the limiter to act
                     let zeta = with_zeta.then(|| Tensor::<B, 1>::from_floats([1e-3], device));
@@ -1205,8 +1245,20 @@ fn skip_flag<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             for (rule, zeta) in [
                 (ResidualUpdate::None, None),
                 (ResidualUpdate::Sgd { step: 2e-2 }, None),
-                (ResidualUpdate::Fira { gamma: 1.01 }, None),
-                (ResidualUpdate::Fira { gamma: 1.01 }, Some(1e-3f32)),
+                (
+                    ResidualUpdate::Fira {
+                        gamma: 1.01,
+                        given: false,
+                    },
+                    None,
+                ),
+                (
+                    ResidualUpdate::Fira {
+                        gamma: 1.01,
+                        given: false,
+                    },
+                    Some(1e-3f32),
+                ),
             ] {
                 let w = normal::<B>([m, n], 1.0, device);
                 let g = grad([m, n], set);

@@ -782,6 +782,58 @@ pub(super) fn matmul_pair<R: CubeRuntime>(
     Some((back(c1)?, back(c2)?))
 }
 
+/// The down projection `R = A·B` (a fresh f32 product; `A = Pᵀ`, `B = G` for a left basis,
+/// `A = G`, `B = Pᵀ` for a right one) and Fira's residual `G ← G − α·up(R)` (`P·R` or `R·P`,
+/// accumulated into `G` in place) in one ordering window: the two GEMMs run one after the other
+/// on our stream, the second reading the first's output. `g` is the one of `A`, `B` that is the
+/// gradient; it must be f32, row-major and not shared (`can_mut`). `None` where either GEMM would
+/// not run on cuBLAS (nothing was queued then).
+pub(super) fn down_residual<R: CubeRuntime>(
+    (a, b): (&CubeTensor<R>, &CubeTensor<R>),
+    p: &CubeTensor<R>,
+    left: bool,
+    g: &CubeTensor<R>,
+    alpha: f32,
+) -> Option<CubeTensor<R>> {
+    let (a, b, p, g) = (cuda(a)?, cuda(b)?, cuda(p)?, cuda(g)?);
+    if g.dtype != DType::F32 || a.dtype != DType::F32 || b.dtype != DType::F32 || !g.can_mut() {
+        return None;
+    }
+    let first = plan(a, b)?;
+    let r = empty(a, vec![first.m, first.n], DType::F32);
+    let (u, v) = if left { (p, &r) } else { (&r, p) };
+    let second = plan(u, v)?;
+    let ldc = match layout(g) {
+        Some((false, ld)) => ld,
+        _ => return None,
+    };
+    if g.meta.shape().to_vec() != [second.m, second.n] || ldc >= i32::MAX as usize {
+        return None;
+    }
+    let second = Plan { ldc, ..second };
+    let jobs = [
+        Job {
+            plan: &first,
+            a,
+            b,
+            c: &r,
+            scalars: Scalars::Host(1.0, 0.0),
+        },
+        Job {
+            plan: &second,
+            a: u,
+            b: v,
+            c: g,
+            scalars: Scalars::Host(-alpha, 1.0),
+        },
+    ];
+    gemms(&jobs).then_some(())?;
+    (Box::new(r) as Box<dyn Any>)
+        .downcast::<CubeTensor<R>>()
+        .ok()
+        .map(|t| *t)
+}
+
 /// One GEMM of an ordering window: `C ← α·A·B + β·C` as `plan` says.
 struct Job<'a> {
     plan: &'a Plan,

@@ -205,6 +205,15 @@ fn all_f32<B: Backend, const D: usize>(tensors: &[&Tensor<B, D>]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
+/// Whether Fira's residual may be computed with the down projection
+/// ([`EmberBackend::projection_down_residual`]); `EMBER_RESIDUAL_WITH_DOWN=off` leaves `up(R)` to
+/// the update (the comparison).
+#[cfg(feature = "cuda")]
+fn residual_with_down() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_RESIDUAL_WITH_DOWN").as_deref() != Ok("off"))
+}
+
 /// Rows of one column that one unit of Fira's `‖Ψ‖` pass sums (`kernels::fira_psi_partial`).
 const FIRA_ROWS_PER_UNIT: usize = 32;
 
@@ -487,6 +496,33 @@ where
         product::<R, F, I, BT>(a, b, wide, true)
     }
 
+    fn projection_down_residual(
+        basis: &Basis<Self>,
+        g: Tensor<Self, 2>,
+        scale: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, bool) {
+        #[cfg(feature = "cuda")]
+        if crate::fused_enabled()
+            && residual_with_down()
+            && g.dtype() == DType::F32
+            && basis.p.dtype() == DType::F32
+        {
+            // `G` by value: a handle no one else holds can be written in place
+            let pg = g.into_primitive().tensor();
+            let pt = basis.p.clone().transpose().into_primitive().tensor();
+            let p = basis.p.clone().into_primitive().tensor();
+            let operands = if basis.left { (&pt, &pg) } else { (&pg, &pt) };
+            let r = cublas::down_residual::<R>(operands, &p, basis.left, &pg, scale as f32);
+            let g = float_out::<R, Self, 2>(pg);
+            if let Some(r) = r {
+                return (float_out(r), g, true);
+            }
+            return (basis.down(g.clone()), g, false);
+        }
+        let _ = scale;
+        (basis.down(g.clone()), g, false)
+    }
+
     fn projection_matmul_pair(
         (a1, b1): (Tensor<Self, 2>, Tensor<Self, 2>),
         (a2, b2): (Tensor<Self, 2>, Tensor<Self, 2>),
@@ -747,7 +783,10 @@ where
         let mut kept_u_r = None;
         let mut new_zeta = None;
         let mut fira = None;
-        if let (ResidualUpdate::Fira { gamma }, Some(phi_dims)) = (residual, phi_dims) {
+        // Fira with its residual given (`G − α·up(R)` computed with the down projection): no
+        // `up(R)` here, and `α = 0` where the kernels would subtract it
+        let given = matches!(residual, ResidualUpdate::Fira { given: true, .. });
+        if let (ResidualUpdate::Fira { gamma, .. }, Some(phi_dims)) = (residual, phi_dims) {
             let per_column = phi_dims == [1, cols];
             let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
             let phi = empty(&n_d, phi_dims.to_vec(), DType::F32);
@@ -772,15 +811,16 @@ where
             let squares = empty(&phi, vec![total], DType::F32);
             let mut out0 = 0;
             for rows_k in blocks() {
-                let u_r = float_in(basis.up_rows(&r, rows_k.clone()));
+                // (given: `up(R)` is not needed; its argument is bound to `G`, scaled by 0)
+                let u_r = (!given).then(|| float_in(basis.up_rows(&r, rows_k.clone())));
                 let partials = rows_k.len().div_ceil(group) * cols;
-                let (count, dim) = launch_dims(&u_r, partials);
+                let (count, dim) = launch_dims(g, partials);
                 kernels::fira_psi_partial::launch::<R>(
-                    &u_r.client,
+                    &g.client,
                     count,
                     dim,
                     arg(g),
-                    arg(&u_r),
+                    arg(u_r.as_ref().unwrap_or(g)),
                     arg(&phi),
                     arg(&squares),
                     (rows_k.start * cols) as u32,
@@ -788,13 +828,13 @@ where
                     cols as u32,
                     rows_k.start as u32,
                     group as u32,
-                    coef.scale as f32,
+                    if given { 0.0 } else { coef.scale as f32 },
                     out0 as u32,
                     per_column,
                 );
                 out0 += partials;
                 if single {
-                    kept_u_r = Some(u_r);
+                    kept_u_r = u_r;
                 }
             }
             let limiter = empty(&squares, vec![1], DType::F32);
@@ -837,6 +877,8 @@ where
                 let (count, dim) = launch_dims(&w, len + low_len);
                 let (skip_a, guarded) = skip_arg(&skip_t, &w);
                 let post = (1.0 - coef.decay_after) as f32;
+                // `M = a·N − b·(R∘φ)/l`: with the residual given, `b = 0`
+                let b_r = if given { 0.0 } else { step };
                 kernels::fira_parts::launch::<R>(
                     &w.client,
                     count,
@@ -858,7 +900,7 @@ where
                     coef.step as f32,
                     post,
                     step,
-                    step,
+                    b_r,
                     *per_column,
                     guarded,
                 );
@@ -887,6 +929,7 @@ where
             let (u_n, u_r) = match (residual, kept_u_r.take()) {
                 (ResidualUpdate::None, _) => (float_in(basis.up_rows(&n, rows_k.clone())), None),
                 (_, Some(u_r)) => (float_in(basis.up_rows(&n, rows_k.clone())), Some(u_r)),
+                (_, None) if given => (float_in(basis.up_rows(&n, rows_k.clone())), None),
                 (_, None) => {
                     let (u_n, u_r) = basis.up_rows_pair(&n, &r, rows_k.clone());
                     (float_in(u_n), Some(float_in(u_r)))
@@ -921,7 +964,7 @@ where
                 (1.0 - coef.decay_before) as f32,
                 (coef.step * coef.scale) as f32,
                 residual_step as f32,
-                coef.scale as f32,
+                if given { 0.0 } else { coef.scale as f32 },
                 (1.0 - coef.decay_after) as f32,
                 mode,
                 per_column,
