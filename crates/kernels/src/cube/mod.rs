@@ -504,6 +504,7 @@ where
         #[cfg(feature = "cuda")]
         if crate::fused_enabled()
             && residual_with_down()
+            && cublas::available::<R>()
             && g.dtype() == DType::F32
             && basis.p.dtype() == DType::F32
         {
