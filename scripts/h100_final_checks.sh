@@ -5,10 +5,7 @@
 # rank at 4096×11008 with the update GEMM's algorithm reported (`update_gemm`).
 PACKED=1
 . scripts/lib_device.sh
-kernel_checks
-kernel_checks cuda-fusion 100
-pack
-mkdir -p $OUT/x
+kernel_checks_both
 step_run $OUT/x/galore_4096x11008 -- --optimizer galore --shapes 4096x11008 --ranks 128,512,1024 \
   --iters 40 --refreshes 0
 step_summary $OUT/x step_ms step_on_device_ms step_unchecked_ms engine_ms update_rel_err update_gemm

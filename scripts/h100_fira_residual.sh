@@ -6,10 +6,7 @@
 # run) alternating the two with AdamW around them.
 PACKED=1
 . scripts/lib_device.sh
-kernel_checks
-kernel_checks cuda-fusion 100
-pack
-mkdir -p $OUT/x
+kernel_checks_both
 step_run $OUT/x/fira_on -- --optimizer fira --shapes 4096x11008,2048x2048 --ranks 512 --iters 30 --refreshes 0
 step_run $OUT/x/fira_off EMBER_RESIDUAL_WITH_DOWN=off -- --optimizer fira --shapes 4096x11008,2048x2048 --ranks 512 --iters 30 --refreshes 0
 step_summary $OUT/x step_ms step_unchecked_ms engine_ms

@@ -6,10 +6,7 @@
 # (f32, `small`) after a warm-up run (a repeated method's run is NAME_2, …).
 PACKED=1
 . scripts/lib_device.sh
-kernel_checks
-kernel_checks cuda-fusion 100
-pack
-mkdir -p $OUT/x
+kernel_checks_both
 for o in galore fira; do
   step_run $OUT/x/${o}_4096x11008 -- --optimizer $o --shapes 4096x11008 --ranks 512 \
     --iters 30 --refreshes 0

@@ -69,6 +69,14 @@ kernel_checks() {
   echo "kernels $dev: exit $? at $(( $(date +%s) - T0 )) s; $(grep -c '^ok ' $OUT/kernels_$dev.log) ok" | tee -a $OUT/summary.txt
   grep -v '^ok ' $OUT/kernels_$dev.log | head -20 | tee -a $OUT/summary.txt
 }
+# kernel_checks_both: kernel_checks bare and under burn's fusion backend, packed, and $OUT/x made
+#   for the step points that follow
+kernel_checks_both() {
+  kernel_checks
+  kernel_checks cuda-fusion 100
+  pack
+  mkdir -p $OUT/x
+}
 # pretrain_setup: unpacks the pretraining binary ($P, from .device4/) and sets $COMMON, the
 #   arguments of docs/benchmarks.md's pretraining table (`small`, EPOCHS×STEPS, default 6×100)
 # pretrain_warmup OPTIMIZER: a short run (1 epoch of 20 steps, not a result) that compiles the
