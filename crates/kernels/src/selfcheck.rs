@@ -642,6 +642,7 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         compare(out, "adam_full_step pitched W, G W".into(), f.0, p.0);
         compare(out, "adam_full_step pitched W, G V".into(), f.2, p.2);
     }
+    adam_vectors::<B>(out, device, None, "f32", TOLERANCE);
     for rule in [
         ResidualUpdate::Sign { step: 1e-2 },
         ResidualUpdate::Sgd { step: 1e-2 },
@@ -657,6 +658,113 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         let f = B::state_free_step(w.clone(), g.clone(), rule, coef, None);
         let p = portable::state_free_step(w, g, rule, coef, None);
         compare(out, format!("state_free_step {rule:?}"), f, p);
+    }
+}
+
+/// The full-rank Adam step on dense inputs whose length is a multiple of a 16-byte vector (the
+/// vectorized kernel, `kernels::adam_full_vec`), with and without a set skip flag: against the
+/// portable path within `tolerance`, and — where the backend runs its kernels for these dtypes
+/// ([`EmberBackend::native_dtype`]) — against the one-element kernel on the same values read
+/// through pitched rows **bit for bit** (the same arithmetic in the same order). `dtypes`: the
+/// weight's and the moments' dtype where not f32.
+fn adam_vectors<B: EmberBackend>(
+    out: &mut Vec<Check>,
+    device: &B::Device,
+    dtypes: Option<(burn::tensor::DType, burn::tensor::DType)>,
+    tag: &str,
+    tolerance: f64,
+) {
+    let shape = [32, 520];
+    let adam = coefficient_sets()[1];
+    let coef = UpdateCoefficients {
+        decay_before: 1e-3,
+        scale: 0.5,
+        step: 1e-2,
+        decay_after: 2e-3,
+    };
+    let f32 = burn::tensor::DType::F32;
+    let (wd, sd) = dtypes.unwrap_or((f32, f32));
+    let kernels_run = B::fused_kernels() && B::native_dtype(wd) && B::native_dtype(sd);
+    // inputs from host values that the dtype holds exactly (bf16 rounded on the host), so that
+    // every consumer sees the same bits however a backend evaluates the cast (burn's fusion
+    // backend may compute it again inside a consumer's fused kernel)
+    let exact = |values: Vec<f32>, shape: [usize; 2], dtype: burn::tensor::DType| {
+        let values: Vec<f32> = if dtype == burn::tensor::DType::BF16 {
+            values
+                .into_iter()
+                .map(|x| burn::tensor::bf16::from_f32(x).to_f32())
+                .collect()
+        } else {
+            values
+        };
+        Tensor::<B, 2>::from_data(TensorData::new(values, shape), device).cast(dtype)
+    };
+    let host = |t: Tensor<B, 2>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap() };
+    let w = exact(host(normal::<B>(shape, 1.0, device)), shape, wd);
+    let g = exact(host(normal::<B>(shape, 1.0, device)), shape, wd);
+    let m = exact(host(normal::<B>(shape, 0.1, device)), shape, sd);
+    let v = exact(host(normal::<B>(shape, 0.1, device).abs()), shape, sd);
+    // the same values as rows of a wider buffer: read through their strides, one element a unit
+    let pitched = |t: &Tensor<B, 2>| {
+        let [rows, cols] = t.dims();
+        let values = host(t.clone());
+        let mut wide = vec![0f32; rows * (cols + 8)];
+        for (r, row) in values.chunks(cols).enumerate() {
+            wide[r * (cols + 8)..r * (cols + 8) + cols].copy_from_slice(row);
+        }
+        exact(wide, [rows, cols + 8], t.dtype()).slice([0..rows, 0..cols])
+    };
+    for set in [false, true] {
+        let skip = || {
+            Some(Tensor::<B, 1>::from_floats(
+                [if set { 1.0 } else { 0.0 }],
+                device,
+            ))
+        };
+        let name = |what: &str| {
+            format!(
+                "adam_full_step vectors ({tag}, skip={}) {what}",
+                u8::from(set)
+            )
+        };
+        let f = B::adam_full_step(
+            w.clone(),
+            g.clone(),
+            m.clone(),
+            v.clone(),
+            adam,
+            coef,
+            skip(),
+        );
+        let p = portable::adam_full_step(
+            w.clone(),
+            g.clone(),
+            m.clone(),
+            v.clone(),
+            adam,
+            coef,
+            skip(),
+        );
+        let one = B::adam_full_step(
+            pitched(&w),
+            pitched(&g),
+            m.clone(),
+            v.clone(),
+            adam,
+            coef,
+            skip(),
+        );
+        compare_within(out, name("W"), f.0.clone(), p.0, tolerance);
+        compare_within(out, name("M"), f.1.clone(), p.1, tolerance);
+        compare_within(out, name("V"), f.2.clone(), p.2, tolerance);
+        // only where this backend runs the kernels for these dtypes: burn's fusion backend runs
+        // bf16 steps on the portable path (its custom operations take f32 only), where there is
+        // no vector kernel to compare (two evaluations of the portable path may round apart)
+        if kernels_run {
+            compare_within(out, name("W = one element a unit"), f.0, one.0, 0.0);
+            compare_within(out, name("M = one element a unit"), f.1, one.1, 0.0);
+            compare_within(out, name("V = one element a unit"), f.2, one.2, 0.0);
+        }
     }
 }
 
@@ -1336,6 +1444,28 @@ fn bf16<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         error: if dtype_ok { 0.0 } else { f64::INFINITY },
         tolerance: TOLERANCE,
     });
+    // the vectorized kernel with 16-bit elements (eight a vector where both are bf16)
+    adam_vectors::<B>(
+        out,
+        device,
+        Some((BF16, BF16)),
+        "bf16 W, bf16 state",
+        BF16_TOLERANCE,
+    );
+    adam_vectors::<B>(
+        out,
+        device,
+        Some((F32, BF16)),
+        "f32 W, bf16 state",
+        BF16_TOLERANCE,
+    );
+    adam_vectors::<B>(
+        out,
+        device,
+        Some((BF16, F32)),
+        "bf16 W, f32 state",
+        BF16_TOLERANCE,
+    );
     // bf16 moments (bf16 state), with bf16 and with f32 weights
     for w_bf16 in [true, false] {
         let w = normal::<B>(shape, 1.0, device);

@@ -171,6 +171,64 @@ pub fn adam_full<E: Float, S: Float>(
     }
 }
 
+/// Vectors each unit of [`adam_full_vec`] updates (each vector `N` elements, 16 bytes of the
+/// widest of `E` and `S`).
+pub const ADAM_VECTORS_PER_UNIT: usize = 2;
+
+/// [`adam_full`] on dense inputs, `N` elements a load and a store (16-byte accesses: four f32 or
+/// eight bf16 a unit instead of one): the same arithmetic, element by element, in the same order,
+/// so the two write the same bits. `vectors` = the element count / `N`; unit `u` of `units`
+/// updates vectors `u, u + units, …` ([`ADAM_VECTORS_PER_UNIT`] of them).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_full_vec<E: Float, S: Float, N: Size>(
+    w: &Array<Vector<E, N>>,
+    g: &Array<Vector<E, N>>,
+    m: &Array<Vector<S, N>>,
+    v: &Array<Vector<S, N>>,
+    w_out: &mut Array<Vector<E, N>>,
+    m_out: &mut Array<Vector<S, N>>,
+    v_out: &mut Array<Vector<S, N>>,
+    skip: &Array<f32>,
+    vectors: u32,
+    units: u32,
+    beta_1: f32,
+    beta_2: f32,
+    inv_divisor: f32,
+    epsilon: f32,
+    pre: f32,
+    step: f32,
+    post: f32,
+    #[comptime] guarded: bool,
+) {
+    let hold = held(skip, guarded);
+    #[unroll]
+    for k in 0..ADAM_VECTORS_PER_UNIT as u32 {
+        let i = ABSOLUTE_POS + (k * units) as usize;
+        if i < vectors as usize {
+            if hold {
+                m_out[i] = m[i];
+                v_out[i] = v[i];
+                w_out[i] = w[i];
+            } else {
+                let x = Vector::<f32, N>::cast_from(g[i]);
+                let m0 = Vector::<f32, N>::cast_from(m[i]);
+                let v0 = Vector::<f32, N>::cast_from(v[i]);
+                // `ema` and `normalized`, element-wise
+                let m1 = m0 * Vector::new(beta_1) + x * Vector::new(1.0 - beta_1);
+                let v1 = v0 * Vector::new(beta_2) + (x * x) * Vector::new(1.0 - beta_2);
+                m_out[i] = Vector::cast_from(m1);
+                v_out[i] = Vector::cast_from(v1);
+                let n = m1 / (Vector::sqrt(v1) * Vector::new(inv_divisor) + Vector::new(epsilon));
+                let w0 = Vector::<f32, N>::cast_from(w[i]);
+                w_out[i] = Vector::cast_from(
+                    (w0 * Vector::new(pre) - n * Vector::new(step)) * Vector::new(post),
+                );
+            }
+        }
+    }
+}
+
 /// The epilogue of the back-projection for one block of rows of `W` (elements
 /// `offset..offset+len`, `u_n`/`u_r` the block's `up(N)`/`up(R)`), read from `w`, written to
 /// `w_out`: `W' = post·(pre·W − step·U_N − residual)`.

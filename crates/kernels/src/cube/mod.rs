@@ -136,6 +136,19 @@ fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
     t.clone().into_array_arg()
 }
 
+/// Whether the dense full-rank Adam step runs its vectorized kernel (`EMBER_ADAM_VECTORS=off`:
+/// the one-element kernel, for comparisons).
+fn vectorized_adam() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_ADAM_VECTORS").as_deref() != Ok("off"))
+}
+
+/// Whether every tensor's data starts on a 16-byte boundary (a vector load's alignment).
+fn aligned16<R: CubeRuntime>(ts: &[&CubeTensor<R>]) -> bool {
+    ts.iter()
+        .all(|t| t.handle.offset_start.unwrap_or(0).is_multiple_of(16))
+}
+
 fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new(&t.client, units.max(1));
     (
@@ -1003,9 +1016,46 @@ where
         let w_out = empty(&w, shape.clone(), w.dtype);
         let m_out = empty(&w, shape.clone(), m.dtype);
         let v_out = empty(&w, shape, m.dtype);
+        let (skip_arg, guarded) = skip_arg(&skip, &w);
+        // dense inputs: 16-byte loads and stores (the widest of the weight's and the moments'
+        // elements), where the element count divides and every buffer starts aligned
+        let width = 16 / w.dtype.size().max(m.dtype.size());
+        if vectorized_adam()
+            && !strided
+            && len.is_multiple_of(width)
+            && aligned16(&[&w, &g, &m, &v])
+        {
+            let vectors = len / width;
+            let units = vectors.div_ceil(kernels::ADAM_VECTORS_PER_UNIT);
+            let (count, dim) = launch_dims(&w, units);
+            with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full_vec::launch::<E, S, R>(
+                &w.client,
+                count,
+                dim,
+                width,
+                arg(&w),
+                arg(&g),
+                arg(&m),
+                arg(&v),
+                arg(&w_out),
+                arg(&m_out),
+                arg(&v_out),
+                skip_arg,
+                vectors as u32,
+                units as u32,
+                adam.beta_1 as f32,
+                adam.beta_2 as f32,
+                (1.0 / adam.sqrt_v_divisor) as f32,
+                adam.epsilon as f32,
+                (1.0 - coef.decay_before) as f32,
+                (coef.step * coef.scale) as f32,
+                (1.0 - coef.decay_after) as f32,
+                guarded,
+            )));
+            return (float_out(w_out), float_out(m_out), float_out(v_out));
+        }
         let units = len.div_ceil(kernels::ADAM_PER_UNIT);
         let (count, dim) = launch_dims(&w, units);
-        let (skip_arg, guarded) = skip_arg(&skip, &w);
         let targ = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
         with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full::launch::<E, S, R>(
             &w.client,
