@@ -643,6 +643,7 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         compare(out, "adam_full_step pitched W, G V".into(), f.2, p.2);
     }
     adam_vectors::<B>(out, device, None, "f32", TOLERANCE);
+    subspace_adam_vectors::<B>(out, device);
     for rule in [
         ResidualUpdate::Sign { step: 1e-2 },
         ResidualUpdate::Sgd { step: 1e-2 },
@@ -658,6 +659,91 @@ fn full_and_state_free<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device
         let f = B::state_free_step(w.clone(), g.clone(), rule, coef, None);
         let p = portable::state_free_step(w, g, rule, coef, None);
         compare(out, format!("state_free_step {rule:?}"), f, p);
+    }
+}
+
+/// A tensor of `dtype` from host values it holds exactly (bf16 rounded on the host), so that
+/// every consumer sees the same bits however a backend evaluates the cast (burn's fusion
+/// backend may compute a cast again inside a consumer's fused kernel).
+fn exact_tensor<B: Backend>(
+    values: Vec<f32>,
+    shape: [usize; 2],
+    dtype: burn::tensor::DType,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let values: Vec<f32> = if dtype == burn::tensor::DType::BF16 {
+        values
+            .into_iter()
+            .map(|x| burn::tensor::bf16::from_f32(x).to_f32())
+            .collect()
+    } else {
+        values
+    };
+    Tensor::<B, 2>::from_data(TensorData::new(values, shape), device).cast(dtype)
+}
+
+/// Normal values (standard deviation `std`) that `dtype` holds exactly ([`exact_tensor`]).
+fn exact_normal<B: Backend>(
+    shape: [usize; 2],
+    std: f64,
+    dtype: burn::tensor::DType,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let values = normal::<B>(shape, std, device)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    exact_tensor(values, shape, dtype, device)
+}
+
+/// The same values as `t`, as the rows of a wider buffer (8 more columns): a view the kernels
+/// read through its strides, one element a unit.
+fn pitched_copy<B: Backend>(t: &Tensor<B, 2>, device: &B::Device) -> Tensor<B, 2> {
+    let [rows, cols] = t.dims();
+    let values: Vec<f32> = t.clone().into_data().convert::<f32>().to_vec().unwrap();
+    let mut wide = vec![0f32; rows * (cols + 8)];
+    for (r, row) in values.chunks(cols).enumerate() {
+        wide[r * (cols + 8)..r * (cols + 8) + cols].copy_from_slice(row);
+    }
+    exact_tensor::<B>(wide, [rows, cols + 8], t.dtype(), device).slice([0..rows, 0..cols])
+}
+
+/// GaLore's subspace Adam on a dense `R` whose length is a multiple of four (the vectorized
+/// kernel, `kernels::subspace_adam_vec`), with and without a set skip flag, `N` in f32 and in
+/// f16: against the portable path, and — where the backend runs its kernels — against the
+/// one-element kernel on the same `R` read through pitched rows, bit for bit.
+fn subspace_adam_vectors<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType::{F16, F32};
+    let shape = [32, 520];
+    let adam = coefficient_sets()[1];
+    let r = exact_normal::<B>(shape, 1.0, F32, device);
+    let m = exact_normal::<B>(shape, 0.1, F32, device);
+    let v = exact_normal::<B>(shape, 0.1, F32, device).abs();
+    for set in [false, true] {
+        let skip = || {
+            Some(Tensor::<B, 1>::from_floats(
+                [if set { 1.0 } else { 0.0 }],
+                device,
+            ))
+        };
+        let name = |what: &str| format!("subspace_adam vectors (skip={}) {what}", u8::from(set));
+        let f = B::subspace_adam(r.clone(), m.clone(), v.clone(), adam, skip());
+        let p = portable::subspace_adam(r.clone(), m.clone(), v.clone(), adam, skip());
+        compare(out, name("N"), f.0.clone(), p.0);
+        compare(out, name("M"), f.1.clone(), p.1);
+        compare(out, name("V"), f.2.clone(), p.2);
+        if B::fused_kernels() {
+            let pr = pitched_copy(&r, device);
+            let one = B::subspace_adam(pr.clone(), m.clone(), v.clone(), adam, skip());
+            compare_within(out, name("N = one element a unit"), f.0, one.0, 0.0);
+            compare_within(out, name("M = one element a unit"), f.1, one.1, 0.0);
+            compare_within(out, name("V = one element a unit"), f.2, one.2, 0.0);
+            // `N` in f16, as the update GEMM on 16-bit tensor cores reads it
+            let h = B::subspace_adam_into(r.clone(), m.clone(), v.clone(), adam, skip(), F16);
+            let one = B::subspace_adam_into(pr, m.clone(), v.clone(), adam, skip(), F16);
+            compare_within(out, name("f16 N = one element a unit"), h.0, one.0, 0.0);
+        }
     }
 }
 
@@ -685,35 +771,11 @@ fn adam_vectors<B: EmberBackend>(
     let f32 = burn::tensor::DType::F32;
     let (wd, sd) = dtypes.unwrap_or((f32, f32));
     let kernels_run = B::fused_kernels() && B::native_dtype(wd) && B::native_dtype(sd);
-    // inputs from host values that the dtype holds exactly (bf16 rounded on the host), so that
-    // every consumer sees the same bits however a backend evaluates the cast (burn's fusion
-    // backend may compute it again inside a consumer's fused kernel)
-    let exact = |values: Vec<f32>, shape: [usize; 2], dtype: burn::tensor::DType| {
-        let values: Vec<f32> = if dtype == burn::tensor::DType::BF16 {
-            values
-                .into_iter()
-                .map(|x| burn::tensor::bf16::from_f32(x).to_f32())
-                .collect()
-        } else {
-            values
-        };
-        Tensor::<B, 2>::from_data(TensorData::new(values, shape), device).cast(dtype)
-    };
-    let host = |t: Tensor<B, 2>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap() };
-    let w = exact(host(normal::<B>(shape, 1.0, device)), shape, wd);
-    let g = exact(host(normal::<B>(shape, 1.0, device)), shape, wd);
-    let m = exact(host(normal::<B>(shape, 0.1, device)), shape, sd);
-    let v = exact(host(normal::<B>(shape, 0.1, device).abs()), shape, sd);
-    // the same values as rows of a wider buffer: read through their strides, one element a unit
-    let pitched = |t: &Tensor<B, 2>| {
-        let [rows, cols] = t.dims();
-        let values = host(t.clone());
-        let mut wide = vec![0f32; rows * (cols + 8)];
-        for (r, row) in values.chunks(cols).enumerate() {
-            wide[r * (cols + 8)..r * (cols + 8) + cols].copy_from_slice(row);
-        }
-        exact(wide, [rows, cols + 8], t.dtype()).slice([0..rows, 0..cols])
-    };
+    let w = exact_normal::<B>(shape, 1.0, wd, device);
+    let g = exact_normal::<B>(shape, 1.0, wd, device);
+    let m = exact_normal::<B>(shape, 0.1, sd, device);
+    let v = exact_normal::<B>(shape, 0.1, sd, device).abs();
+    let pitched = |t: &Tensor<B, 2>| pitched_copy(t, device);
     for set in [false, true] {
         let skip = || {
             Some(Tensor::<B, 1>::from_floats(

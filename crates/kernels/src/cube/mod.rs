@@ -136,8 +136,8 @@ fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
     t.clone().into_array_arg()
 }
 
-/// Whether the dense full-rank Adam step runs its vectorized kernel (`EMBER_ADAM_VECTORS=off`:
-/// the one-element kernel, for comparisons).
+/// Whether the dense full-rank and subspace Adam steps run their vectorized kernels
+/// (`EMBER_ADAM_VECTORS=off`: the one-element kernels, for comparisons).
 fn vectorized_adam() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("EMBER_ADAM_VECTORS").as_deref() != Ok("off"))
@@ -607,8 +607,42 @@ where
         let cols = shape[1];
         let m_out = empty(&r, shape.clone(), DType::F32);
         let v_out = empty(&r, shape, DType::F32);
-        let (count, dim) = launch_dims(&r, len);
         let (skip_arg, guarded) = skip_arg(&skip, &r);
+        // dense `R` and `N`: four elements a load and a store (as `adam_full_step`)
+        if vectorized_adam() && !strided && len.is_multiple_of(4) && aligned16(&[&r, &m, &v, &n]) {
+            let vectors = len / 4;
+            let (count, dim) = launch_dims(&r, vectors);
+            macro_rules! launch_vec {
+                ($O:ty) => {
+                    kernels::subspace_adam_vec::launch::<$O, R>(
+                        &r.client,
+                        count,
+                        dim,
+                        4,
+                        arg(&r),
+                        arg(&m),
+                        arg(&v),
+                        arg(&m_out),
+                        arg(&v_out),
+                        arg(&n),
+                        skip_arg,
+                        vectors as u32,
+                        c.beta_1 as f32,
+                        c.beta_2 as f32,
+                        (1.0 / c.sqrt_v_divisor) as f32,
+                        c.epsilon as f32,
+                        guarded,
+                    )
+                };
+            }
+            match n_dtype {
+                DType::F16 => launch_vec!(burn::tensor::f16),
+                DType::BF16 => launch_vec!(burn::tensor::bf16),
+                _ => launch_vec!(f32),
+            }
+            return (float_out(n), float_out(m_out), float_out(v_out));
+        }
+        let (count, dim) = launch_dims(&r, len);
         let targ = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
         macro_rules! launch {
             ($O:ty) => {
