@@ -98,7 +98,7 @@ pub fn subspace_adam<O: Float>(
 }
 
 /// [`subspace_adam`] on a dense `R` and `N`, four f32 elements a load (16 bytes; `N` written
-/// four at a time in `O`): the same arithmetic, element by element, in the same order, so the two
+/// four at a time in `O`, `n_out`): the same arithmetic, element by element, in the same order, so the two
 /// write the same bits. `vectors` = the element count / 4; one vector a unit.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -108,7 +108,7 @@ pub fn subspace_adam_vec<O: Float, N: Size>(
     v: &Array<Vector<f32, N>>,
     m_out: &mut Array<Vector<f32, N>>,
     v_out: &mut Array<Vector<f32, N>>,
-    n: &mut Array<Vector<O, N>>,
+    n_out: &mut Array<Vector<O, N>>,
     skip: &Array<f32>,
     vectors: u32,
     beta_1: f32,
@@ -122,7 +122,7 @@ pub fn subspace_adam_vec<O: Float, N: Size>(
         if held(skip, guarded) {
             m_out[i] = m[i];
             v_out[i] = v[i];
-            n[i] = Vector::new(O::cast_from(0.0f32));
+            n_out[i] = Vector::new(O::cast_from(0.0f32));
         } else {
             let x = r[i];
             // `ema` and `normalized`, element-wise
@@ -130,7 +130,7 @@ pub fn subspace_adam_vec<O: Float, N: Size>(
             let v1 = v[i] * Vector::new(beta_2) + (x * x) * Vector::new(1.0 - beta_2);
             m_out[i] = m1;
             v_out[i] = v1;
-            n[i] = Vector::cast_from(
+            n_out[i] = Vector::cast_from(
                 m1 / (Vector::sqrt(v1) * Vector::new(inv_divisor) + Vector::new(epsilon)),
             );
         }
