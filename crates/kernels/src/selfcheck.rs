@@ -789,15 +789,8 @@ fn adam_vectors<B: EmberBackend>(
                 u8::from(set)
             )
         };
-        let f = B::adam_full_step(
-            w.clone(),
-            g.clone(),
-            m.clone(),
-            v.clone(),
-            adam,
-            coef,
-            skip(),
-        );
+        let fused = |w, g| B::adam_full_step(w, g, m.clone(), v.clone(), adam, coef, skip());
+        let f = fused(w.clone(), g.clone());
         let p = portable::adam_full_step(
             w.clone(),
             g.clone(),
@@ -807,15 +800,7 @@ fn adam_vectors<B: EmberBackend>(
             coef,
             skip(),
         );
-        let one = B::adam_full_step(
-            pitched(&w),
-            pitched(&g),
-            m.clone(),
-            v.clone(),
-            adam,
-            coef,
-            skip(),
-        );
+        let one = fused(pitched(&w), pitched(&g));
         compare_within(out, name("W"), f.0.clone(), p.0, tolerance);
         compare_within(out, name("M"), f.1.clone(), p.1, tolerance);
         compare_within(out, name("V"), f.2.clone(), p.2, tolerance);

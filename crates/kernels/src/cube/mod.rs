@@ -143,10 +143,19 @@ fn vectorized_adam() -> bool {
     *ON.get_or_init(|| std::env::var("EMBER_ADAM_VECTORS").as_deref() != Ok("off"))
 }
 
-/// Whether every tensor's data starts on a 16-byte boundary (a vector load's alignment).
-fn aligned16<R: CubeRuntime>(ts: &[&CubeTensor<R>]) -> bool {
-    ts.iter()
-        .all(|t| t.handle.offset_start.unwrap_or(0).is_multiple_of(16))
+/// The number of `width`-element vectors the Adam kernels read `len` elements in, where they
+/// may (`EMBER_ADAM_VECTORS` not `off`, every tensor dense — not `strided` —, `len` a multiple of
+/// `width`, every buffer starting on a 16-byte boundary); `None`: the one-element kernel.
+fn adam_vectors<R: CubeRuntime>(
+    len: usize,
+    width: usize,
+    strided: bool,
+    ts: &[&CubeTensor<R>],
+) -> Option<usize> {
+    let aligned = ts
+        .iter()
+        .all(|t| t.handle.offset_start.unwrap_or(0).is_multiple_of(16));
+    (vectorized_adam() && !strided && len.is_multiple_of(width) && aligned).then(|| len / width)
 }
 
 fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
@@ -609,8 +618,7 @@ where
         let v_out = empty(&r, shape, DType::F32);
         let (skip_arg, guarded) = skip_arg(&skip, &r);
         // dense `R` and `N`: four elements a load and a store (as `adam_full_step`)
-        if vectorized_adam() && !strided && len.is_multiple_of(4) && aligned16(&[&r, &m, &v, &n]) {
-            let vectors = len / 4;
+        if let Some(vectors) = adam_vectors(len, 4, strided, &[&r, &m, &v, &n]) {
             let (count, dim) = launch_dims(&r, vectors);
             macro_rules! launch_vec {
                 ($O:ty) => {
@@ -1052,14 +1060,9 @@ where
         let v_out = empty(&w, shape, m.dtype);
         let (skip_arg, guarded) = skip_arg(&skip, &w);
         // dense inputs: 16-byte loads and stores (the widest of the weight's and the moments'
-        // elements), where the element count divides and every buffer starts aligned
+        // elements)
         let width = 16 / w.dtype.size().max(m.dtype.size());
-        if vectorized_adam()
-            && !strided
-            && len.is_multiple_of(width)
-            && aligned16(&[&w, &g, &m, &v])
-        {
-            let vectors = len / width;
+        if let Some(vectors) = adam_vectors(len, width, strided, &[&w, &g, &m, &v]) {
             let units = vectors.div_ceil(kernels::ADAM_VECTORS_PER_UNIT);
             let (count, dim) = launch_dims(&w, units);
             with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full_vec::launch::<E, S, R>(
