@@ -1,38 +1,25 @@
 #!/bin/bash
-# One device call (carry [".device", ".device4"]; `.device4/pretrain.gz` built with symbols:
-# `strip --strip-debug`): where the host's time goes in a pretraining step, by sampling.
-# For each method of METHODS (default "fira adamw"): the pretraining run of docs/benchmarks.md's
-# table, longer (PROFILE_EPOCHS, default 16, of 100 steps), started in the background; after
-# PROFILE_DELAY seconds (default 15: model set-up and the first steps) cuda-gdb attaches every
-# ≈ 0.5 s, prints every thread's stack (`thread apply all bt`) and detaches, up to SAMPLES
-# (default 40) times, into $OUT/stacks_METHOD.txt. Nothing else runs beside it, so the samples
-# land at random points of the steps. `scripts/anchors/stack_profile.py` folds them per thread.
+# One device call (carry [".device", ".device4"]; `.device4/pretrain.gz` built with
+# `--features ember-pretrain/cuda,ember-pretrain/profile` and kept with its symbols:
+# `strip --strip-debug`): where the host's CPU time goes in a pretraining step, by thread.
+# For each method of METHODS (default "fira galore adamw"): the run of docs/benchmarks.md's
+# pretraining table, longer (PROFILE_EPOCHS, default 10, of 100 steps), with the sampler on
+# (`EMBER_PROFILE`: after PROFILE_AFTER_S seconds, default 12, for PROFILE_S, default 14, at
+# 997 Hz of CPU time) into $OUT/METHOD.folded; `scripts/anchors/folded_profile.py` sums them.
+# (The first version of this script sampled with cuda-gdb attaching to the run: the debugger's
+# library then sits in every kernel launch and the run slowed to a crawl — call 2's samples.)
 PACKED=1
 . scripts/lib_device.sh
 pretrain_setup
 pretrain_warmup fira
-which cuda-gdb >> $OUT/summary.txt 2>&1
-for m in ${METHODS:-fira adamw}; do
+for m in ${METHODS:-fira galore adamw}; do
   [ $(left) -lt 60 ] && { echo "$m: skipped (deadline)" | tee -a $OUT/summary.txt; continue; }
-  args="--device cuda --model small --batch 32 --seq 256 --epochs ${PROFILE_EPOCHS:-16} \
+  args="--device cuda --model small --batch 32 --seq 256 --epochs ${PROFILE_EPOCHS:-10} \
     --steps-per-epoch 100 --valid-windows 64 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
-  timeout $(( $(left) - 20 )) $P train $args --optimizer $m --out /tmp/prof_$m > $OUT/prof_$m.log 2>&1 &
-  tpid=$!
-  sleep ${PROFILE_DELAY:-15}
-  # the run itself, not `timeout`
-  pid=$(pgrep -P $tpid 2>/dev/null | head -1); [ -z "$pid" ] && pid=$(ps -o pid= --ppid $tpid | head -1 | tr -d " ")
-  [ -z "$pid" ] && { echo "$m: no process to sample" | tee -a $OUT/summary.txt; wait $tpid; continue; }
-  n=0
-  while kill -0 $pid 2>/dev/null && [ $n -lt ${SAMPLES:-40} ] && [ $(left) -gt 40 ]; do
-    echo "=== sample $n at $(date +%s.%N)" >> $OUT/stacks_$m.txt
-    timeout 30 cuda-gdb -p $pid -batch -nx -ex "set pagination off" -ex "thread apply all bt 48" \
-      >> $OUT/stacks_$m.txt 2>&1
-    n=$((n + 1))
-    sleep 0.5
-  done
-  echo "$m: $n samples at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
-  kill $pid 2>/dev/null; wait $tpid
-  tail -3 $OUT/prof_$m.log | cut -c1-300 >> $OUT/summary.txt
+  EMBER_PROFILE=$OUT/$m.folded EMBER_PROFILE_AFTER_S=${PROFILE_AFTER_S:-12} \
+    EMBER_PROFILE_S=${PROFILE_S:-14} EMBER_STEP_TIMING=100 \
+    timeout $(( $(left) - 15 )) $P train $args --optimizer $m --out /tmp/prof_$m > $OUT/prof_$m.log 2>&1
+  echo "$m: exit $? at $(( $(date +%s) - T0 )) s; $(grep 'profile:' $OUT/prof_$m.log | tail -1); $(tail -1 $OUT/prof_$m.log | cut -c1-200)" | tee -a $OUT/summary.txt
   rm -rf /tmp/prof_$m
   pack
 done

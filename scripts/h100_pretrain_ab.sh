@@ -3,7 +3,8 @@
 # under fusion, then pretraining (f32, `small`, after a warm-up run) of each method of METHODS
 # (default "dct fira adamw") with the build's default and with AB_ENV (default
 # EMBER_ADAM_VECTORS=off), alternating (NAME, NAME_off), ROUNDS times (default 1; later rounds
-# NAME_2, NAME_off_2, …).
+# NAME_2, NAME_off_2, …). TABLES=1: then issue 18's step table once (`step_table_reps 1`, carry
+# the anchors and galore-torch's wheel in .device/ as for scripts/h100_tables_pretrain.sh).
 PACKED=1
 . scripts/lib_device.sh
 kernel_checks_both
@@ -16,5 +17,6 @@ for k in $(seq 1 ${ROUNDS:-1}); do
     pretrain ${m}_off$suffix ${AB_ENV:-EMBER_ADAM_VECTORS=off} -- --optimizer $m
   done
 done
+[ "${TABLES:-0}" = 1 ] && step_table_reps 1
 pack
 cat $OUT/summary.txt

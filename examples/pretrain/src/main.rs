@@ -8,6 +8,9 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "profile")]
+mod profile;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use ember_llama::LlamaShape;
 use ember_pretrain::{train, Corpus, Run, Summary};
@@ -320,6 +323,8 @@ fn main() {
         ),
         Err(e) => eprintln!("pretrain: kernel caches: {e}"),
     }
+    #[cfg(feature = "profile")]
+    profile::start();
     let r = match cli.command {
         Command::Train(a) => run_train(*a),
         Command::Report { dirs, plot } => run_report(dirs, plot),
