@@ -30,7 +30,9 @@ if [ "${PACKED:-0}" = 1 ]; then
   python3 -c "import torch; print('torch', torch.__version__)"
   } > $OUT/env.txt 2>&1
 fi
-if [ -f .device/ember-bench.gz ]; then
+if [ -f .device/ember-bench.xz ]; then
+  xz -dc .device/ember-bench.xz > /tmp/ember-bench; B=/tmp/ember-bench
+elif [ -f .device/ember-bench.gz ]; then
   gzip -dc .device/ember-bench.gz > /tmp/ember-bench; B=/tmp/ember-bench
 else
   B=$(pwd)/.device/ember-bench
@@ -85,7 +87,9 @@ kernel_checks_both() {
 #   `$COMMON ARGS…` (e.g. `--optimizer fira`), its log and results in $OUT/NAME, a line in
 #   summary.txt (skipped when less than 45 s are left), packed
 pretrain_setup() {
-  if [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain; else P=.device4/pretrain; fi
+  if [ -f .device4/pretrain.xz ]; then xz -dc .device4/pretrain.xz > /tmp/pretrain; P=/tmp/pretrain
+  elif [ -f .device4/pretrain.gz ]; then gzip -dc .device4/pretrain.gz > /tmp/pretrain; P=/tmp/pretrain
+  else P=.device4/pretrain; fi
   chmod +x $P
   COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
 }

@@ -39,6 +39,7 @@
 //! the cubic steps then finish the convergence that those coefficients leave at about ±30 %.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use ember_kernels::portable::fixed_order_sum;
 use ember_kernels::EmberBackend;
 
@@ -146,8 +147,8 @@ pub fn subspace_iteration<B: EmberBackend>(
 /// a warm start from a collapsed `P` would stay collapsed for every later refresh. Then it starts
 /// again from a fresh random start, and if the gradient itself has rank < r, fills the missing
 /// directions from the random `random(1)` (`orth(P + 10⁻²·Ω/√dim)`), so `P` is always an
-/// orthonormal frame that contains the gradient's dominant subspace. The check reads one scalar
-/// to the host, at refresh steps only.
+/// orthonormal frame that contains the gradient's dominant subspace. The check's scalar comes to
+/// the host with the rotation's `r × r` matrix, in the one read a refresh makes per matrix.
 pub fn fit<B: EmberBackend>(
     g: &Tensor<B, 2>,
     warm: Option<Tensor<B, 2>>,
@@ -155,33 +156,54 @@ pub fn fit<B: EmberBackend>(
     left: bool,
     power_iters: usize,
 ) -> Tensor<B, 2> {
-    let r = |p: &Tensor<B, 2>| p.dims()[if left { 1 } else { 0 }] as f64;
-    let collapsed = |p: &Tensor<B, 2>| {
-        let n2: f64 = fixed_order_sum(p.clone().powi_scalar(2))
-            .into_scalar()
-            .elem();
-        n2.is_nan() || n2 < r(p) - 0.5
-    };
     let was_warm = warm.is_some();
-    let mut p = match warm {
+    let p = match warm {
         Some(w) => subspace_iteration(g, w, left, power_iters),
         None => subspace_iteration(g, random(0), left, power_iters + 2),
     };
-    if !collapsed(&p) {
-        return rayleigh_ritz(g, p, left);
-    }
-    if was_warm {
+    let p = match rayleigh_ritz_unless_collapsed(g, p, left) {
+        Ok(rotated) => return rotated,
+        Err(p) => p,
+    };
+    let p = if was_warm {
         log::info!("device projector: the warm start lost directions; re-seeding");
-        p = subspace_iteration(g, random(0), left, power_iters + 2);
-        if !collapsed(&p) {
-            return rayleigh_ritz(g, p, left);
+        let p = subspace_iteration(g, random(0), left, power_iters + 2);
+        match rayleigh_ritz_unless_collapsed(g, p, left) {
+            Ok(rotated) => return rotated,
+            Err(p) => p,
         }
-    }
+    } else {
+        p
+    };
     // the gradient has rank < r: complete the frame
     let z = if left { p } else { p.transpose() };
     let [dim, _] = z.dims();
     let filled = orthonormalize_fast(z + random(1).mul_scalar(1e-2 / (dim as f64).sqrt()));
     rayleigh_ritz(g, if left { filled } else { filled.transpose() }, left)
+}
+
+/// [`rayleigh_ritz`] unless the frame `p` has lost directions (`‖P‖²_F < r − ½` or not a
+/// number: `Err(p)`, for [`fit`] to re-seed). The frame's norm and the `r × r` Gram matrix come
+/// to the host in **one** read — a refresh's one synchronization per matrix (there were two, the
+/// check's and the rotation's).
+fn rayleigh_ritz_unless_collapsed<B: EmberBackend>(
+    g: &Tensor<B, 2>,
+    p: Tensor<B, 2>,
+    left: bool,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let rank = p.dims()[if left { 1 } else { 0 }];
+    let (b, gram) = ritz_products(g, &p, left);
+    let r = gram.dims()[0];
+    let n2 = fixed_order_sum(p.clone().powi_scalar(2)).cast(DType::F32);
+    let both = Tensor::cat(vec![gram.reshape([r * r]).cast(DType::F32), n2], 0);
+    let Ok(host) = both.into_data().convert::<f32>().to_vec::<f32>() else {
+        return Ok(p);
+    };
+    let n2 = host[r * r] as f64;
+    if n2.is_nan() || n2 < rank as f64 - 0.5 {
+        return Err(p);
+    }
+    Ok(ritz_rotate(p, b, &host[..r * r], left))
 }
 
 /// Rotates the orthonormal frame `p` (left: `m × r` columns; right: `r × n` rows) inside its span
@@ -197,6 +219,20 @@ pub fn rayleigh_ritz<B: EmberBackend>(
     p: Tensor<B, 2>,
     left: bool,
 ) -> Tensor<B, 2> {
+    let (b, gram) = ritz_products(g, &p, left);
+    let host: Vec<f32> = match gram.into_data().convert::<f32>().to_vec() {
+        Ok(v) => v,
+        Err(_) => return p,
+    };
+    ritz_rotate(p, b, &host, left)
+}
+
+/// `B = Pᵀ·G` (left) or `G·Pᵀ` (right) and its `r × r` Gram matrix ([`rayleigh_ritz`]).
+fn ritz_products<B: EmberBackend>(
+    g: &Tensor<B, 2>,
+    p: &Tensor<B, 2>,
+    left: bool,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let b = if left {
         product(p.clone().transpose(), g.clone())
     } else {
@@ -207,22 +243,28 @@ pub fn rayleigh_ritz<B: EmberBackend>(
     } else {
         product(b.clone().transpose(), b.clone())
     };
-    let r = gram.dims()[0];
-    let host: Vec<f32> = match gram.into_data().convert::<f32>().to_vec() {
-        Ok(v) => v,
-        Err(_) => return p,
-    };
-    if host.iter().any(|x| !x.is_finite()) {
+    (b, gram)
+}
+
+/// The rotation of [`rayleigh_ritz`] from the Gram matrix read to the host (`host`, `r × r`
+/// row-major); `p` unchanged if it is not finite or its decomposition fails.
+fn ritz_rotate<B: EmberBackend>(
+    p: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    host: &[f32],
+    left: bool,
+) -> Tensor<B, 2> {
+    let r = (host.len() as f64).sqrt() as usize;
+    if r * r != host.len() || host.iter().any(|x| !x.is_finite()) {
         return p;
     }
     let sym = faer::Mat::<f64>::from_fn(r, r, |i, j| {
         0.5 * (host[i * r + j] + host[j * r + i]) as f64
     });
-    let Ok(eig) = sym.self_adjoint_eigen(faer::Side::Lower) else {
+    let Some(u) = symmetric_eigenvectors(&sym) else {
         return p;
     };
     // eigenvalues come non-decreasing: column c of W is the eigenvector of the c-th largest
-    let u = eig.U();
     let w: Vec<f32> = (0..r * r)
         .map(|k| u[(k / r, r - 1 - k % r)] as f32)
         .collect();
@@ -236,6 +278,48 @@ pub fn rayleigh_ritz<B: EmberBackend>(
         let s = column_signs(product(b, w));
         q.mul(s.transpose())
     }
+}
+
+/// The eigenvectors of the symmetric `sym` (lower triangle read), by non-decreasing eigenvalue;
+/// `None` if the decomposition fails. Up to [`EIG_SEQUENTIAL_MAX`] rows on the calling thread
+/// (`Par::Seq`): faer's default spreads the work over rayon's threads, which for the `r × r`
+/// matrices of a refresh costs more than it saves — 128×128 took 1.9 ms with rayon against
+/// 0.5 ms on one thread, 256×256 1.9 against 1.4, 512×512 33 against 13 (release build, two
+/// cores; `docs/perf-notes.md`). `EMBER_EIG_PAR=global` keeps faer's global setting at every
+/// size, for comparisons.
+fn symmetric_eigenvectors(sym: &faer::Mat<f64>) -> Option<faer::Mat<f64>> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd;
+    static GLOBAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let global =
+        *GLOBAL.get_or_init(|| matches!(std::env::var("EMBER_EIG_PAR").as_deref(), Ok("global")));
+    let n = sym.nrows();
+    let par = if global || n > EIG_SEQUENTIAL_MAX {
+        faer::get_global_parallelism()
+    } else {
+        faer::Par::Seq
+    };
+    let mut u = faer::Mat::<f64>::zeros(n, n);
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let scratch =
+        evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, default());
+    evd::self_adjoint_evd(
+        sym.as_ref(),
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut MemBuffer::new(scratch)),
+        default(),
+    )
+    .ok()?;
+    Some(u)
+}
+
+/// The largest `r × r` eigendecomposition a refresh runs on one thread ([`symmetric_eigenvectors`]).
+pub const EIG_SEQUENTIAL_MAX: usize = 512;
+
+fn default<T: Default>() -> T {
+    T::default()
 }
 
 /// `[1, cols]`: ±1 per column of `x`, the sign of its entry of largest magnitude (+1 for a zero
