@@ -301,15 +301,19 @@ fn symmetric_eigenvectors(sym: &faer::Mat<f64>) -> Option<faer::Mat<f64>> {
     };
     let mut u = faer::Mat::<f64>::zeros(n, n);
     let mut s = faer::diag::Diag::<f64>::zeros(n);
-    let scratch =
-        evd::self_adjoint_evd_scratch::<f64>(n, evd::ComputeEigenvectors::Yes, par, default());
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(
+        n,
+        evd::ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    );
     evd::self_adjoint_evd(
         sym.as_ref(),
         s.as_mut(),
         Some(u.as_mut()),
         par,
         MemStack::new(&mut MemBuffer::new(scratch)),
-        default(),
+        Default::default(),
     )
     .ok()?;
     Some(u)
@@ -317,10 +321,6 @@ fn symmetric_eigenvectors(sym: &faer::Mat<f64>) -> Option<faer::Mat<f64>> {
 
 /// The largest `r × r` eigendecomposition a refresh runs on one thread ([`symmetric_eigenvectors`]).
 pub const EIG_SEQUENTIAL_MAX: usize = 512;
-
-fn default<T: Default>() -> T {
-    T::default()
-}
 
 /// `[1, cols]`: ±1 per column of `x`, the sign of its entry of largest magnitude (+1 for a zero
 /// column). On ties the device's `argmax` picks the entry.
