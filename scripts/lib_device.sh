@@ -81,8 +81,9 @@ kernel_checks_both() {
 }
 # pretrain_setup: unpacks the pretraining binary ($P, from .device4/) and sets $COMMON, the
 #   arguments of docs/benchmarks.md's pretraining table (`small`, EPOCHS×STEPS, default 6×100)
-# pretrain_warmup OPTIMIZER: a short run (1 epoch of 20 steps, not a result) that compiles the
-#   model's kernels, so that the first method's tokens/s are not a cold start's
+# pretrain_warmup OPTIMIZER…: a short run (1 epoch of 20 steps, not a result) per optimizer that
+#   compiles the model's and the optimizer's kernels into the call's CubeCL cache, so that no
+#   timed run is a cold start's (a method's first run otherwise compiles its own kernels)
 # pretrain NAME [VAR=VALUE…] -- ARGS…: one run of the table with that environment and
 #   `$COMMON ARGS…` (e.g. `--optimizer fira`), its log and results in $OUT/NAME, a line in
 #   summary.txt (skipped when less than 45 s are left), packed
@@ -93,10 +94,16 @@ pretrain_setup() {
   chmod +x $P
   COMMON="--device cuda --model small --batch 32 --seq 256 --epochs ${EPOCHS:-6} --steps-per-epoch ${STEPS:-100} --valid-windows 256 --lr 2e-3 --warmup 40 --gap 200 --seed 42"
 }
-pretrain_warmup() {
-  timeout 150 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
-    --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer $1 --out /tmp/warmup > $OUT/warmup.log 2>&1
-  echo "warmup: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+pretrain_warmup() {  # OPTIMIZER… (each once, in order: the first's log is warmup.log)
+  local m log seen=" "
+  for m in "$@"; do
+    case "$seen" in *" $m "*) continue ;; esac
+    seen="$seen$m "
+    log=$OUT/warmup.log; [ "$seen" != " $m " ] && log=$OUT/warmup_$m.log
+    timeout 150 $P train --device cuda --model small --batch 32 --seq 256 --epochs 1 --steps-per-epoch 20 \
+      --valid-windows 16 --lr 2e-3 --warmup 5 --gap 200 --seed 42 --optimizer $m --out /tmp/warmup > $log 2>&1
+    echo "warmup $m: exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+  done
 }
 pretrain() {
   local name=$1; shift

@@ -16,10 +16,13 @@ use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraini
 use crate::*;
 
 /// burn-train renderer that prints one progress line every `every` steps (burn's plain CLI
-/// renderer prints every item).
+/// renderer prints every item), with the seconds since `start` (the host's clock when the line is
+/// printed: the host runs at most CubeCL's queue ahead of the device).
 pub struct QuietRenderer {
     /// Steps between lines (0: silent).
     pub every: usize,
+    /// When the run started.
+    pub start: Instant,
 }
 
 impl burn::train::renderer::MetricsRendererTraining for QuietRenderer {
@@ -35,8 +38,10 @@ impl burn::train::renderer::MetricsRendererTraining for QuietRenderer {
         if let Some(i) = item.iteration {
             if self.every > 0 && i % self.every == 0 {
                 eprintln!(
-                    "epoch {}/{} step {i}",
-                    item.global_progress.items_processed, item.global_progress.items_total
+                    "epoch {}/{} step {i} ({:.2} s)",
+                    item.global_progress.items_processed,
+                    item.global_progress.items_total,
+                    self.start.elapsed().as_secs_f64()
                 );
             }
         }
@@ -221,7 +226,10 @@ where
         .metric_valid_numeric(LossMetric::new())
         .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
         .with_application_logger(None)
-        .renderer(QuietRenderer { every: 50 })
+        .renderer(QuietRenderer {
+            every: 50,
+            start: Instant::now(),
+        })
         .num_epochs(run.stop_after_epoch.unwrap_or(run.epochs).min(run.epochs));
     if let Some(e) = run.resume_epoch {
         training = training.checkpoint(e);

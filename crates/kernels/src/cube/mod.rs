@@ -111,7 +111,6 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) 
 
 /// A 2-D tensor in CubeCL's own layout for the runtime: on CUDA rows padded to its pitch (up
 /// to 512 bytes) where they are not already a multiple of it.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn empty_pitched<R: CubeRuntime>(
     like: &CubeTensor<R>,
     shape: Vec<usize>,
@@ -136,6 +135,17 @@ fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> ArrayArg<R> {
     t.clone().into_array_arg()
 }
 
+/// `t`'s buffer as an array of `len` elements from its start — beyond its logical elements where
+/// its rows are padded ([`pitched_outputs`] checks that the buffer holds them); [`arg`] gives a
+/// tensor's own element count, which a checked kernel treats as the array's end.
+fn flat_arg<R: CubeRuntime>(t: &CubeTensor<R>, len: usize) -> ArrayArg<R> {
+    let binding = t.clone().binding();
+    debug_assert!(binding.handle.size_in_used() >= (len * t.dtype.size()) as u64);
+    // SAFETY: the callers pass at most the elements the buffer holds from its start (a dense
+    // tensor's own count, or `rows · pitch` checked by `pitched_outputs`)
+    unsafe { ArrayArg::from_raw_parts_binding(binding.handle, len) }
+}
+
 /// Whether the dense full-rank and subspace Adam steps run their vectorized kernels
 /// (`EMBER_ADAM_VECTORS=off`: the one-element kernels, for comparisons).
 fn vectorized_adam() -> bool {
@@ -156,6 +166,45 @@ fn adam_vectors<R: CubeRuntime>(
         .iter()
         .all(|t| t.handle.offset_start.unwrap_or(0).is_multiple_of(16));
     (vectorized_adam() && !strided && len.is_multiple_of(width) && aligned).then(|| len / width)
+}
+
+/// Outputs for [`EmberBackend::adam_full_step`] on inputs with padded rows: where `w`, `g`, `m`
+/// and `v` are row-major with one row pitch `ld` (in elements, a multiple of `width`) and each
+/// buffer holds `rows·ld` elements from its start, new `W`, `M`, `V` in CubeCL's own layout
+/// with that same pitch, and the `rows·ld` elements the vectorized kernel then steps as dense
+/// arrays. The padding's values are stepped too, but they stay padding: every reader of these
+/// tensors goes through their strides. `None`: the strided kernel (pitches differ — e.g. bf16
+/// weights beside f32 moments —, views, other runtimes' dense outputs, and
+/// `EMBER_PITCHED_STEP=off`, for comparisons).
+#[allow(clippy::type_complexity)]
+fn pitched_outputs<R: CubeRuntime>(
+    w: &CubeTensor<R>,
+    g: &CubeTensor<R>,
+    m: &CubeTensor<R>,
+    v: &CubeTensor<R>,
+    width: usize,
+) -> Option<(CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, usize)> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("EMBER_PITCHED_STEP").as_deref() == Ok("off")) {
+        return None;
+    }
+    let shape = w.meta.shape().to_vec();
+    let [rows, _] = shape[..] else { return None };
+    let ld = w.meta.strides()[0];
+    let covers = |t: &CubeTensor<R>| {
+        row_major(t)
+            && t.meta.shape().to_vec() == shape
+            && t.meta.strides()[0] == ld
+            && t.handle.size_in_used() >= (rows * ld * t.dtype.size()) as u64
+    };
+    if !(ld.is_multiple_of(width) && fits(rows * ld) && [w, g, m, v].into_iter().all(covers)) {
+        return None;
+    }
+    let w_out = empty_pitched(w, shape.clone(), w.dtype);
+    let m_out = empty_pitched(w, shape.clone(), m.dtype);
+    let v_out = empty_pitched(w, shape.clone(), m.dtype);
+    let same = covers(&w_out) && covers(&m_out) && covers(&v_out);
+    same.then_some((w_out, m_out, v_out, rows * ld))
 }
 
 fn launch_dims<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
@@ -1055,28 +1104,27 @@ where
         let raw = |t: Tensor<Self, 2>| t.into_primitive().tensor();
         let (w, g, m, v) = (raw(w), raw(g), raw(m), raw(v));
         let strided = ![&w, &g, &m, &v].iter().all(|t| t.is_contiguous());
-        let w_out = empty(&w, shape.clone(), w.dtype);
-        let m_out = empty(&w, shape.clone(), m.dtype);
-        let v_out = empty(&w, shape, m.dtype);
-        let (skip_arg, guarded) = skip_arg(&skip, &w);
         // dense inputs: 16-byte loads and stores (the widest of the weight's and the moments'
         // elements)
         let width = 16 / w.dtype.size().max(m.dtype.size());
-        if let Some(vectors) = adam_vectors(len, width, strided, &[&w, &g, &m, &v]) {
+        // the vectorized kernel on `flat` elements of each buffer (dense: the tensor's own)
+        let vector_step = |outs: [&CubeTensor<R>; 3], flat: usize, vectors: usize| {
+            let (skip_arg, guarded) = skip_arg(&skip, &w);
             let units = vectors.div_ceil(kernels::ADAM_VECTORS_PER_UNIT);
             let (count, dim) = launch_dims(&w, units);
+            let a = |t: &CubeTensor<R>| flat_arg(t, flat);
             with_element!(w.dtype, E => with_element!(m.dtype, S => kernels::adam_full_vec::launch::<E, S, R>(
                 &w.client,
                 count,
                 dim,
                 width,
-                arg(&w),
-                arg(&g),
-                arg(&m),
-                arg(&v),
-                arg(&w_out),
-                arg(&m_out),
-                arg(&v_out),
+                a(&w),
+                a(&g),
+                a(&m),
+                a(&v),
+                a(outs[0]),
+                a(outs[1]),
+                a(outs[2]),
                 skip_arg,
                 vectors as u32,
                 units as u32,
@@ -1089,8 +1137,27 @@ where
                 (1.0 - coef.decay_after) as f32,
                 guarded,
             )));
+        };
+        // CUDA's pitched rows (2048×5461): where all four share one row pitch, their buffers are
+        // stepped whole, padding included, into outputs of the same pitch (`pitched_outputs`)
+        if let Some((w_out, m_out, v_out, flat)) = strided
+            .then(|| pitched_outputs(&w, &g, &m, &v, width))
+            .flatten()
+        {
+            let all = [&w, &g, &m, &v, &w_out, &m_out, &v_out];
+            if let Some(vectors) = adam_vectors(flat, width, false, &all) {
+                vector_step([&w_out, &m_out, &v_out], flat, vectors);
+                return (float_out(w_out), float_out(m_out), float_out(v_out));
+            }
+        }
+        let w_out = empty(&w, shape.clone(), w.dtype);
+        let m_out = empty(&w, shape.clone(), m.dtype);
+        let v_out = empty(&w, shape, m.dtype);
+        if let Some(vectors) = adam_vectors(len, width, strided, &[&w, &g, &m, &v]) {
+            vector_step([&w_out, &m_out, &v_out], len, vectors);
             return (float_out(w_out), float_out(m_out), float_out(v_out));
         }
+        let (skip_arg, guarded) = skip_arg(&skip, &w);
         let units = len.div_ceil(kernels::ADAM_PER_UNIT);
         let (count, dim) = launch_dims(&w, units);
         let targ = |t: &CubeTensor<R>| t.clone().into_tensor_arg();
