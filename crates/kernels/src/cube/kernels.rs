@@ -383,17 +383,38 @@ pub fn fira_parts(
     }
 }
 
+/// `φ` of column `j` of the low-rank `rows × cols` pair `(n, r)`: [`fira_phi`]'s arithmetic for
+/// one column, in its order.
+#[cube]
+fn phi_of_column(n: &Array<f32>, r: &Array<f32>, j: usize, rows: u32, cols: u32) -> f32 {
+    let mut sn = 0.0f32;
+    let mut sr = 0.0f32;
+    for k in 0..rows as usize {
+        let at = k * cols as usize + j;
+        let a = n[at];
+        let b = r[at];
+        sn += a * a;
+        sr += b * b;
+    }
+    f32::sqrt(sn) / (f32::sqrt(sr) + 1e-8)
+}
+
 /// Fira's `Ψ²` of one block of `rows × cols` (`u_r` holds `up(R)` of the block), summed per column
 /// over groups of `group` rows: `out[out0 + k·cols + j] = Σ_{r in group k} ((G − α·U_R)·φ)²[r, j]`. One
 /// unit per (group, column): coalesced reads, `⌈rows/group⌉·cols` partial sums for a short final
 /// reduction (burn's reduction of the whole block cost 0.29 ms at 762×11008 on the H100).
+/// `phi_here` (φ by columns, the whole matrix one block): each unit computes its column's `φ`
+/// from the low-rank `n`, `r` (`low_rows × cols`) instead of reading it, and the units of the
+/// first group write it to `phi` — [`fira_phi`]'s launch saved, at `⌈rows/group⌉` times its reads.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn fira_psi_partial(
     g: &Array<f32>,
     u_r: &Array<f32>,
-    phi: &Array<f32>,
+    phi: &mut Array<f32>,
     out: &mut Array<f32>,
+    n: &Array<f32>,
+    r: &Array<f32>,
     offset: u32,
     rows: u32,
     cols: u32,
@@ -401,7 +422,9 @@ pub fn fira_psi_partial(
     group: u32,
     alpha: f32,
     out0: u32,
+    low_rows: u32,
     #[comptime] phi_per_column: bool,
+    #[comptime] phi_here: bool,
 ) {
     let t = ABSOLUTE_POS;
     let groups = (rows + group - 1) / group;
@@ -413,10 +436,20 @@ pub fn fira_psi_partial(
         if end > rows as usize {
             end = rows as usize;
         }
+        let mut own = 0.0f32;
+        if comptime![phi_here] {
+            own = phi_of_column(n, r, j, low_rows, cols);
+            if k == 0 {
+                phi[j] = own;
+            }
+        }
         let mut acc = 0.0f32;
-        for r in start..end {
-            let i = r * cols as usize + j;
-            let ph = phi_at(phi, i, cols, row0, phi_per_column);
+        for row in start..end {
+            let i = row * cols as usize + j;
+            let mut ph = own;
+            if comptime![!phi_here] {
+                ph = phi_at(phi, i, cols, row0, phi_per_column);
+            }
             let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
             acc += psi * psi;
         }
@@ -425,7 +458,8 @@ pub fn fira_psi_partial(
 }
 
 /// Fira's scaling `φ = ‖N‖/(‖R‖ + 1e-8)` of the low-rank `rows × cols` pair, one unit per output:
-/// norms down the columns (`columns`, `φ` is `[1, cols]`) or along the rows (`[rows, 1]`).
+/// norms down the columns (`columns`, `φ` is `[1, cols]`: [`phi_of_column`]) or along the rows
+/// (`[rows, 1]`).
 #[cube(launch)]
 pub fn fira_phi(
     n: &Array<f32>,
@@ -436,19 +470,15 @@ pub fn fira_phi(
     #[comptime] columns: bool,
 ) {
     let j = ABSOLUTE_POS;
-    let (count, length) = if comptime![columns] {
-        (cols as usize, rows as usize)
-    } else {
-        (rows as usize, cols as usize)
-    };
-    if j < count {
+    if comptime![columns] {
+        if j < cols as usize {
+            out[j] = phi_of_column(n, r, j, rows, cols);
+        }
+    } else if j < rows as usize {
         let mut sn = 0.0f32;
         let mut sr = 0.0f32;
-        for k in 0..length {
-            let mut at = j * cols as usize + k;
-            if comptime![columns] {
-                at = k * cols as usize + j;
-            }
+        for k in 0..cols as usize {
+            let at = j * cols as usize + k;
             let a = n[at];
             let b = r[at];
             sn += a * a;

@@ -18,6 +18,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{ArrayArg, CubeCount};
 use cubecl::server::ComputeServer;
+use cubecl::server::{MemoryLayout, MemoryLayoutDescriptor};
+use cubecl::zspace::metadata::Metadata;
 use cubecl::{calculate_cube_count_elemwise, CubeDim};
 
 use crate::{
@@ -107,6 +109,67 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>, dtype: DType) 
         Shape::from(shape),
         dtype,
     )
+}
+
+/// Contiguous tensors of `specs` (shape, dtype) in **one reservation**: one task on CubeCL's
+/// device thread instead of one each. On CUDA that thread launches every kernel and runs every
+/// reservation, and in a host-bound training step it is the bottleneck; a reservation walks the
+/// memory pool's pages and is the larger part of its time (`docs/perf-notes.md`, "Where the
+/// device thread's time goes"). Only for outputs that live as long as each other — the memory
+/// returns to the pool when the last of them is dropped —: a step's new moments, or one op's
+/// transients. `EMBER_GROUPED_ALLOC=off` reserves each alone (for comparisons).
+fn empty_group<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    specs: Vec<(Vec<usize>, DType)>,
+) -> Vec<CubeTensor<R>> {
+    if !grouped_alloc() {
+        return specs
+            .into_iter()
+            .map(|(shape, dtype)| empty(like, shape, dtype))
+            .collect();
+    }
+    let descriptors = specs
+        .iter()
+        .map(|(shape, dtype)| {
+            MemoryLayoutDescriptor::contiguous(Shape::from(shape.clone()), dtype.size())
+        })
+        .collect();
+    like.client
+        .empty_tensors(descriptors)
+        .into_iter()
+        .zip(specs)
+        .map(|(MemoryLayout { memory, strides }, (shape, dtype))| {
+            CubeTensor::new(
+                like.client.clone(),
+                memory,
+                Metadata::new(Shape::from(shape), strides),
+                like.device.clone(),
+                dtype,
+            )
+        })
+        .collect()
+}
+
+/// Whether [`empty_group`] reserves its tensors together (`EMBER_GROUPED_ALLOC` not `off`).
+fn grouped_alloc() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_GROUPED_ALLOC").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
+}
+
+/// Two tensors of one shape and dtype in one reservation ([`empty_group`]): a step's moments.
+fn empty_pair<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: Vec<usize>,
+    dtype: DType,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let mut pair = empty_group(like, vec![(shape.clone(), dtype), (shape, dtype)]).into_iter();
+    let first = pair.next().expect("two tensors");
+    (first, pair.next().expect("two tensors"))
 }
 
 /// A 2-D tensor in CubeCL's own layout for the runtime: on CUDA rows padded to its pitch (up
@@ -292,6 +355,21 @@ const FIRA_ROWS_PER_UNIT: usize = 32;
 /// partials (a power of two).
 const FIRA_LIMIT_UNITS: u32 = 256;
 
+/// Largest number of row groups ([`FIRA_ROWS_PER_UNIT`]) for which Fira's `Ψ²` pass computes
+/// `φ` itself (each group of a column recomputes it: this many times `φ`'s reads).
+const FIRA_PHI_IN_PASS_GROUPS: usize = 16;
+
+/// Largest short side of the low-rank pair (`φ`'s reduction length) for which Fira's `Ψ²` pass
+/// computes `φ` itself.
+const FIRA_PHI_IN_PASS_ROWS: usize = 256;
+
+/// Whether Fira's `Ψ²` pass may compute `φ` itself (`EMBER_FIRA_PHI_IN_PASS=off`: the separate
+/// `φ` kernel always, for comparisons).
+fn fira_phi_in_pass() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBER_FIRA_PHI_IN_PASS").as_deref() != Ok("off"))
+}
+
 /// GaLore's update without a residual as one cuBLAS GEMM accumulating into `W` (in `W`'s dtype:
 /// `P` and `N` rounded to it, the product and `β·W` in f32, `W` rounded once):
 /// `W ← (1−λa)(1−λb)·W − (1−λa)·c·α·up(N)`, reading and writing `W` once. With a skip flag `N`
@@ -439,10 +517,19 @@ fn launch_adam_8bit<
         float_in(maps.unsigned.clone()),
     );
     let out = empty(&g, shape, out_dtype);
-    let c1_out = empty(&c1, vec![blocks * words_per_block], c1.dtype);
-    let c2_out = empty(&c2, vec![blocks * words_per_block], c2.dtype);
-    let a1_out = empty(&g, vec![blocks], DType::F32);
-    let a2_out = empty(&g, vec![blocks], DType::F32);
+    // the new state (codes and scales of both moments) in one reservation
+    let mut state = empty_group(
+        &g,
+        vec![
+            (vec![blocks * words_per_block], c1.dtype),
+            (vec![blocks * words_per_block], c2.dtype),
+            (vec![blocks], DType::F32),
+            (vec![blocks], DType::F32),
+        ],
+    )
+    .into_iter();
+    let mut next = || state.next().expect("four tensors");
+    let (c1_out, c2_out, a1_out, a2_out) = (next(), next(), next(), next());
     let dim = CubeDim::new_1d(words_per_block as u32);
     let count = calculate_cube_count_elemwise(&g.client, blocks * words_per_block, dim);
     let w_arg = w.as_ref().map(arg).unwrap_or_else(|| arg(&g));
@@ -663,11 +750,10 @@ where
         let n = empty(&r, shape.clone(), n_dtype);
         let strided = !(r.is_contiguous() && n.is_contiguous());
         let cols = shape[1];
-        let m_out = empty(&r, shape.clone(), DType::F32);
-        let v_out = empty(&r, shape, DType::F32);
+        let (m_out, v_out) = empty_pair(&r, shape, DType::F32);
         let (skip_arg, guarded) = skip_arg(&skip, &r);
         // dense `R` and `N`: four elements a load and a store (as `adam_full_step`)
-        if let Some(vectors) = adam_vectors(len, 4, strided, &[&r, &m, &v, &n]) {
+        if let Some(vectors) = adam_vectors(len, 4, strided, &[&r, &m, &v, &n, &m_out, &v_out]) {
             let (count, dim) = launch_dims(&r, vectors);
             macro_rules! launch_vec {
                 ($O:ty) => {
@@ -870,7 +956,19 @@ where
         };
         let skip_t = skip_in(skip.clone());
         let w = float_in(w);
-        let w_out = empty(&w, vec![rows, cols], DType::F32);
+        // Fira: the new weight and the new `ζ` in one reservation (both outlive the step, and
+        // both are replaced by the next one)
+        let (w_out, mut zeta_slot) = if phi_dims.is_some() {
+            let mut both = empty_group(
+                &w,
+                vec![(vec![rows, cols], DType::F32), (vec![1], DType::F32)],
+            )
+            .into_iter();
+            let w_out = both.next().expect("two tensors");
+            (w_out, both.next())
+        } else {
+            (empty(&w, vec![rows, cols], DType::F32), None)
+        };
         let block = (block_elements() / cols).clamp(1, rows.max(1));
         let blocks = || {
             (0..rows)
@@ -894,26 +992,52 @@ where
         if let (ResidualUpdate::Fira { gamma, .. }, Some(phi_dims)) = (residual, phi_dims) {
             let per_column = phi_dims == [1, cols];
             let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
-            let phi = empty(&n_d, phi_dims.to_vec(), DType::F32);
-            let columns = phi_dims[0] == 1;
-            let (count, dim) = launch_dims(&phi, phi_dims[0] * phi_dims[1]);
-            kernels::fira_phi::launch::<R>(
-                &phi.client,
-                count,
-                dim,
-                arg(&n_d),
-                arg(&r_d),
-                arg(&phi),
-                lr_rows as u32,
-                lr_cols as u32,
-                columns,
-            );
-            let g = g.as_ref().expect("residual gradient");
             // partial sums of `Ψ²` per column over groups of rows, every block's in one buffer,
             // summed by the limiter's cube
             let group = FIRA_ROWS_PER_UNIT;
             let total: usize = blocks().map(|k| k.len().div_ceil(group) * cols).sum();
-            let squares = empty(&phi, vec![total], DType::F32);
+            // `φ`, the partial sums, the limiter and (CUDA, the update as one GEMM below) the
+            // low-rank part `M`: the op's transients, in one reservation
+            #[cfg(feature = "cuda")]
+            let with_low = basis.left == per_column && cublas::available::<R>();
+            #[cfg(not(feature = "cuda"))]
+            let with_low = false;
+            let mut specs = vec![
+                (phi_dims.to_vec(), DType::F32),
+                (vec![total], DType::F32),
+                (vec![1], DType::F32),
+            ];
+            if with_low {
+                specs.push((vec![lr_rows, lr_cols], DType::F32));
+            }
+            let mut transients = empty_group(&n_d, specs).into_iter();
+            let mut next = || transients.next().expect("one tensor a spec");
+            let (phi, squares, limiter) = (next(), next(), next());
+            let low = with_low.then(next);
+            let columns = phi_dims[0] == 1;
+            // `φ` by columns of a short low-rank side, the whole matrix one block: each unit
+            // of the `Ψ²` pass computes its column's `φ` itself (one launch fewer; the pass's
+            // first group of rows writes it for the update)
+            let phi_in_pass = per_column
+                && single
+                && rows.div_ceil(group) <= FIRA_PHI_IN_PASS_GROUPS
+                && lr_rows <= FIRA_PHI_IN_PASS_ROWS
+                && fira_phi_in_pass();
+            if !phi_in_pass {
+                let (count, dim) = launch_dims(&phi, phi_dims[0] * phi_dims[1]);
+                kernels::fira_phi::launch::<R>(
+                    &phi.client,
+                    count,
+                    dim,
+                    arg(&n_d),
+                    arg(&r_d),
+                    arg(&phi),
+                    lr_rows as u32,
+                    lr_cols as u32,
+                    columns,
+                );
+            }
+            let g = g.as_ref().expect("residual gradient");
             let mut out0 = 0;
             for rows_k in blocks() {
                 // (given: `up(R)` is not needed; its argument is bound to `G`, scaled by 0)
@@ -928,6 +1052,8 @@ where
                     arg(u_r.as_ref().unwrap_or(g)),
                     arg(&phi),
                     arg(&squares),
+                    arg(&n_d),
+                    arg(&r_d),
                     (rows_k.start * cols) as u32,
                     rows_k.len() as u32,
                     cols as u32,
@@ -935,15 +1061,19 @@ where
                     group as u32,
                     if given { 0.0 } else { coef.scale as f32 },
                     out0 as u32,
+                    lr_rows as u32,
                     per_column,
+                    phi_in_pass,
                 );
                 out0 += partials;
                 if single {
                     kept_u_r = u_r;
                 }
             }
-            let limiter = empty(&squares, vec![1], DType::F32);
-            let zeta_out = empty(&squares, vec![1], DType::F32);
+            // (`ζ` is state: reserved with the new weight, not with the transients)
+            let zeta_out = zeta_slot
+                .take()
+                .unwrap_or_else(|| empty(&squares, vec![1], DType::F32));
             let prev = zeta.map(float_in);
             let (skip_a, guarded) = skip_arg(&skip_t, &squares);
             kernels::fira_limit::launch::<R>(
@@ -963,65 +1093,61 @@ where
                 guarded,
             );
             new_zeta = Some(float_out::<R, Self, 1>(zeta_out));
-            fira = Some((phi, limiter, per_column));
+            fira = Some((phi, limiter, per_column, low));
         }
 
         // Fira on CUDA: `W' = post·(pre·W − c·(G∘φ)/l) − post·up(M)` with the low-rank
         // `M = c·α·N − c·α·(R∘φ)/l`: one full-size pass and one GEMM accumulating into `W'` —
         // no second `up(R)`, no `up(N)` block, no block loop
         #[cfg(feature = "cuda")]
-        if let Some((phi, limiter, per_column)) = &fira {
-            let aligned = basis.left == *per_column;
-            if aligned && cublas::available::<R>() {
-                let g = g.as_ref().expect("residual gradient");
-                let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
-                let low_len = lr_rows * lr_cols;
-                let low = empty(&n_d, vec![lr_rows, lr_cols], DType::F32);
-                let step = (coef.step * coef.scale) as f32;
-                let len = rows * cols;
-                let (count, dim) = launch_dims(&w, len + low_len);
-                let (skip_a, guarded) = skip_arg(&skip_t, &w);
-                let post = (1.0 - coef.decay_after) as f32;
-                // `M = a·N − b·(R∘φ)/l`: with the residual given, `b = 0`
-                let b_r = if given { 0.0 } else { step };
-                kernels::fira_parts::launch::<R>(
-                    &w.client,
-                    count,
-                    dim,
-                    arg(&w),
-                    arg(g),
-                    arg(&n_d),
-                    arg(&r_d),
-                    arg(phi),
-                    arg(limiter),
-                    skip_a,
-                    arg(&w_out),
-                    arg(&low),
-                    len as u32,
-                    cols as u32,
-                    low_len as u32,
-                    lr_cols as u32,
-                    (1.0 - coef.decay_before) as f32,
-                    coef.step as f32,
-                    post,
-                    step,
-                    b_r,
-                    *per_column,
-                    guarded,
-                );
-                let p = basis.p.clone().into_primitive().tensor();
-                let (a, b) = if basis.left {
-                    (p, low.clone())
-                } else {
-                    (low.clone(), p)
-                };
-                // held: `M = 0`, and the flag makes the scalars `α = 0, β = 1` on the device
-                if cublas::accumulate(&a, &b, &w_out, -post, 1.0, skip_t.as_ref()) {
-                    return (float_out(w_out), new_zeta);
-                }
-                let up = basis.up(float_out(low)).mul_scalar(post);
-                return (float_out::<R, Self, 2>(w_out).sub(up), new_zeta);
+        if let Some((phi, limiter, per_column, Some(low))) = &fira {
+            let g = g.as_ref().expect("residual gradient");
+            let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
+            let low_len = lr_rows * lr_cols;
+            let step = (coef.step * coef.scale) as f32;
+            let len = rows * cols;
+            let (count, dim) = launch_dims(&w, len + low_len);
+            let (skip_a, guarded) = skip_arg(&skip_t, &w);
+            let post = (1.0 - coef.decay_after) as f32;
+            // `M = a·N − b·(R∘φ)/l`: with the residual given, `b = 0`
+            let b_r = if given { 0.0 } else { step };
+            kernels::fira_parts::launch::<R>(
+                &w.client,
+                count,
+                dim,
+                arg(&w),
+                arg(g),
+                arg(&n_d),
+                arg(&r_d),
+                arg(phi),
+                arg(limiter),
+                skip_a,
+                arg(&w_out),
+                arg(low),
+                len as u32,
+                cols as u32,
+                low_len as u32,
+                lr_cols as u32,
+                (1.0 - coef.decay_before) as f32,
+                coef.step as f32,
+                post,
+                step,
+                b_r,
+                *per_column,
+                guarded,
+            );
+            let p = basis.p.clone().into_primitive().tensor();
+            let (a, b) = if basis.left {
+                (p, low.clone())
+            } else {
+                (low.clone(), p)
+            };
+            // held: `M = 0`, and the flag makes the scalars `α = 0, β = 1` on the device
+            if cublas::accumulate(&a, &b, &w_out, -post, 1.0, skip_t.as_ref()) {
+                return (float_out(w_out), new_zeta);
             }
+            let up = basis.up(float_out(low.clone())).mul_scalar(post);
+            return (float_out::<R, Self, 2>(w_out).sub(up), new_zeta);
         }
         let (mode, residual_step) = match residual {
             ResidualUpdate::None => (kernels::MODE_NONE, 0.0),
@@ -1046,7 +1172,7 @@ where
             let g_arg = g.as_ref().map(arg).unwrap_or_else(|| arg(&u_n));
             let u_r_arg = u_r.as_ref().map(arg).unwrap_or_else(|| arg(&u_n));
             let (phi_arg, limiter_arg, per_column) = match &fira {
-                Some((phi, limiter, per_column)) => (arg(phi), arg(limiter), *per_column),
+                Some((phi, limiter, per_column, _)) => (arg(phi), arg(limiter), *per_column),
                 None => (arg(&u_n), arg(&u_n), true),
             };
             let (skip_arg, guarded) = skip_arg(&skip_t, &u_n);
@@ -1151,9 +1277,9 @@ where
             }
         }
         let w_out = empty(&w, shape.clone(), w.dtype);
-        let m_out = empty(&w, shape.clone(), m.dtype);
-        let v_out = empty(&w, shape, m.dtype);
-        if let Some(vectors) = adam_vectors(len, width, strided, &[&w, &g, &m, &v]) {
+        let (m_out, v_out) = empty_pair(&w, shape, m.dtype);
+        let all = [&w, &g, &m, &v, &w_out, &m_out, &v_out];
+        if let Some(vectors) = adam_vectors(len, width, strided, &all) {
             vector_step([&w_out, &m_out, &v_out], len, vectors);
             return (float_out(w_out), float_out(m_out), float_out(v_out));
         }
