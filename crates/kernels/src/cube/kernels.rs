@@ -383,38 +383,23 @@ pub fn fira_parts(
     }
 }
 
-/// `φ` of column `j` of the low-rank `rows × cols` pair `(n, r)`: [`fira_phi`]'s arithmetic for
-/// one column, in its order.
-#[cube]
-fn phi_of_column(n: &Array<f32>, r: &Array<f32>, j: usize, rows: u32, cols: u32) -> f32 {
-    let mut sn = 0.0f32;
-    let mut sr = 0.0f32;
-    for k in 0..rows as usize {
-        let at = k * cols as usize + j;
-        let a = n[at];
-        let b = r[at];
-        sn += a * a;
-        sr += b * b;
-    }
-    f32::sqrt(sn) / (f32::sqrt(sr) + 1e-8)
-}
-
-/// Fira's `Ψ²` of one block of `rows × cols` (`u_r` holds `up(R)` of the block), summed per column
-/// over groups of `group` rows: `out[out0 + k·cols + j] = Σ_{r in group k} ((G − α·U_R)·φ)²[r, j]`. One
-/// unit per (group, column): coalesced reads, `⌈rows/group⌉·cols` partial sums for a short final
-/// reduction (burn's reduction of the whole block cost 0.29 ms at 762×11008 on the H100).
-/// `phi_here` (φ by columns, the whole matrix one block): each unit computes its column's `φ`
-/// from the low-rank `n`, `r` (`low_rows × cols`) instead of reading it, and the units of the
-/// first group write it to `phi` — [`fira_phi`]'s launch saved, at `⌈rows/group⌉` times its reads.
+/// Fira's `Ψ²` of one block of `rows × cols` (`u_r` holds `up(R)` of the block), one unit per
+/// (group of `group` rows, column) — coalesced reads, a short chain of loads each — summed over
+/// each cube (a tree in shared memory, [`crate::cube::layers::cube_sums`]):
+/// `out[out0 + c] = Σ_{units t of cube c} Σ_{r in t's group} ((G − α·U_R)·φ)²[r, j]`. The
+/// limiter ([`fira_limit`]) sums those per-cube partial sums. Every unit of a cube takes part in
+/// the tree (units past the end add zero; cubes from `cubes` on, where the grid is rounded up,
+/// write nothing); the order of every sum is fixed, so a step is
+/// reproducible bit for bit. (burn's reduction of a whole block cost 0.29 ms at 762×11008 on
+/// the H100; one unit per group of 32 rows, with the limiter summing per-unit partials, kept a
+/// 512×1376 pass at ≈ 12 µs and the limiter at ≈ 8 µs by their chains of loads.)
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn fira_psi_partial(
     g: &Array<f32>,
     u_r: &Array<f32>,
-    phi: &mut Array<f32>,
+    phi: &Array<f32>,
     out: &mut Array<f32>,
-    n: &Array<f32>,
-    r: &Array<f32>,
     offset: u32,
     rows: u32,
     cols: u32,
@@ -422,12 +407,13 @@ pub fn fira_psi_partial(
     group: u32,
     alpha: f32,
     out0: u32,
-    low_rows: u32,
+    cubes: u32,
     #[comptime] phi_per_column: bool,
-    #[comptime] phi_here: bool,
+    #[comptime] units: u32,
 ) {
     let t = ABSOLUTE_POS;
     let groups = (rows + group - 1) / group;
+    let mut acc = 0.0f32;
     if t < (groups * cols) as usize {
         let k = t / cols as usize;
         let j = t % cols as usize;
@@ -436,30 +422,24 @@ pub fn fira_psi_partial(
         if end > rows as usize {
             end = rows as usize;
         }
-        let mut own = 0.0f32;
-        if comptime![phi_here] {
-            own = phi_of_column(n, r, j, low_rows, cols);
-            if k == 0 {
-                phi[j] = own;
-            }
-        }
-        let mut acc = 0.0f32;
-        for row in start..end {
-            let i = row * cols as usize + j;
-            let mut ph = own;
-            if comptime![!phi_here] {
-                ph = phi_at(phi, i, cols, row0, phi_per_column);
-            }
+        for r in start..end {
+            let i = r * cols as usize + j;
+            let ph = phi_at(phi, i, cols, row0, phi_per_column);
             let psi = (g[offset as usize + i] - alpha * u_r[i]) * ph;
             acc += psi * psi;
         }
-        out[out0 as usize + t] = acc;
+    }
+    let (sum, _) = crate::cube::layers::cube_sums(acc, 0.0f32, units);
+    if UNIT_POS == 0 && CUBE_POS < cubes as usize {
+        out[out0 as usize + CUBE_POS] = sum;
     }
 }
 
-/// Fira's scaling `φ = ‖N‖/(‖R‖ + 1e-8)` of the low-rank `rows × cols` pair, one unit per output:
-/// norms down the columns (`columns`, `φ` is `[1, cols]`: [`phi_of_column`]) or along the rows
-/// (`[rows, 1]`).
+/// Fira's scaling `φ = ‖N‖/(‖R‖ + 1e-8)` of the low-rank `rows × cols` pair: norms down the
+/// columns (`columns`, `φ` is `[1, cols]`) or along the rows (`[rows, 1]`). One cube of `units`
+/// units per output: unit `u` sums elements `u, u + units, …` of its column or row, then a tree
+/// in shared memory ([`crate::cube::layers::cube_sums`]) — one unit per output, summing a
+/// column of 128 alone, took ≈ 36 µs on the H100 (a chain of 128 loads).
 #[cube(launch)]
 pub fn fira_phi(
     n: &Array<f32>,
@@ -468,23 +448,33 @@ pub fn fira_phi(
     rows: u32,
     cols: u32,
     #[comptime] columns: bool,
+    #[comptime] units: u32,
 ) {
-    let j = ABSOLUTE_POS;
-    if comptime![columns] {
-        if j < cols as usize {
-            out[j] = phi_of_column(n, r, j, rows, cols);
-        }
-    } else if j < rows as usize {
-        let mut sn = 0.0f32;
-        let mut sr = 0.0f32;
-        for k in 0..cols as usize {
-            let at = j * cols as usize + k;
+    let j = CUBE_POS;
+    let (count, length) = if comptime![columns] {
+        (cols as usize, rows as usize)
+    } else {
+        (rows as usize, cols as usize)
+    };
+    let mut sn = 0.0f32;
+    let mut sr = 0.0f32;
+    if j < count {
+        let mut k = UNIT_POS as usize;
+        while k < length {
+            let mut at = j * cols as usize + k;
+            if comptime![columns] {
+                at = k * cols as usize + j;
+            }
             let a = n[at];
             let b = r[at];
             sn += a * a;
             sr += b * b;
+            k += units as usize;
         }
-        out[j] = f32::sqrt(sn) / (f32::sqrt(sr) + 1e-8);
+    }
+    let (tn, tr) = crate::cube::layers::cube_sums(sn, sr, units);
+    if UNIT_POS == 0 && j < count {
+        out[j] = f32::sqrt(tn) / (f32::sqrt(tr) + 1e-8);
     }
 }
 

@@ -349,25 +349,28 @@ fn residual_with_down() -> bool {
 }
 
 /// Rows of one column that one unit of Fira's `‖Ψ‖` pass sums (`kernels::fira_psi_partial`).
-const FIRA_ROWS_PER_UNIT: usize = 32;
+const FIRA_ROWS_PER_UNIT: usize = 8;
 
 /// Units of the one cube of Fira's limiter (`kernels::fira_limit`), which sums the `‖Ψ‖` pass's
 /// partials (a power of two).
 const FIRA_LIMIT_UNITS: u32 = 256;
 
-/// Largest number of row groups ([`FIRA_ROWS_PER_UNIT`]) for which Fira's `Ψ²` pass computes
-/// `φ` itself (each group of a column recomputes it: this many times `φ`'s reads).
-const FIRA_PHI_IN_PASS_GROUPS: usize = 16;
+/// Units of a cube of Fira's `Ψ²` pass ([`kernels::fira_psi_partial`]: one partial sum a cube).
+const FIRA_PSI_UNITS: u32 = 256;
 
-/// Largest short side of the low-rank pair (`φ`'s reduction length) for which Fira's `Ψ²` pass
-/// computes `φ` itself.
-const FIRA_PHI_IN_PASS_ROWS: usize = 256;
+/// Units of the cube of each output of Fira's `φ` ([`kernels::fira_phi`]).
+const FIRA_PHI_UNITS: u32 = 64;
 
-/// Whether Fira's `Ψ²` pass may compute `φ` itself (`EMBER_FIRA_PHI_IN_PASS=off`: the separate
-/// `φ` kernel always, for comparisons).
-fn fira_phi_in_pass() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("EMBER_FIRA_PHI_IN_PASS").as_deref() != Ok("off"))
+/// `cubes` one-dimensional cubes, as a grid no dimension of which exceeds 65 535 (the kernel
+/// skips the cubes past `cubes` where the grid is rounded up).
+fn grid_1d(cubes: usize) -> CubeCount {
+    const MAX: usize = 65_535;
+    let cubes = cubes.max(1);
+    if cubes <= MAX {
+        CubeCount::Static(cubes as u32, 1, 1)
+    } else {
+        CubeCount::Static(MAX as u32, cubes.div_ceil(MAX) as u32, 1)
+    }
 }
 
 /// GaLore's update without a residual as one cuBLAS GEMM accumulating into `W` (in `W`'s dtype:
@@ -992,10 +995,13 @@ where
         if let (ResidualUpdate::Fira { gamma, .. }, Some(phi_dims)) = (residual, phi_dims) {
             let per_column = phi_dims == [1, cols];
             let (n_d, r_d) = (float_in(n.clone()), float_in(r.clone()));
-            // partial sums of `Ψ²` per column over groups of rows, every block's in one buffer,
-            // summed by the limiter's cube
+            // partial sums of `Ψ²`, one a cube of the pass over groups of rows, every block's in
+            // one buffer, summed by the limiter's cube
             let group = FIRA_ROWS_PER_UNIT;
-            let total: usize = blocks().map(|k| k.len().div_ceil(group) * cols).sum();
+            let units_of = |k: &std::ops::Range<usize>| k.len().div_ceil(group) * cols;
+            let cubes_of =
+                |k: &std::ops::Range<usize>| units_of(k).div_ceil(FIRA_PSI_UNITS as usize);
+            let total: usize = blocks().map(|k| cubes_of(&k)).sum();
             // `φ`, the partial sums, the limiter and (CUDA, the update as one GEMM below) the
             // low-rank part `M`: the op's transients, in one reservation
             #[cfg(feature = "cuda")]
@@ -1015,45 +1021,32 @@ where
             let (phi, squares, limiter) = (next(), next(), next());
             let low = with_low.then(next);
             let columns = phi_dims[0] == 1;
-            // `φ` by columns of a short low-rank side, the whole matrix one block: each unit
-            // of the `Ψ²` pass computes its column's `φ` itself (one launch fewer; the pass's
-            // first group of rows writes it for the update)
-            let phi_in_pass = per_column
-                && single
-                && rows.div_ceil(group) <= FIRA_PHI_IN_PASS_GROUPS
-                && lr_rows <= FIRA_PHI_IN_PASS_ROWS
-                && fira_phi_in_pass();
-            if !phi_in_pass {
-                let (count, dim) = launch_dims(&phi, phi_dims[0] * phi_dims[1]);
-                kernels::fira_phi::launch::<R>(
-                    &phi.client,
-                    count,
-                    dim,
-                    arg(&n_d),
-                    arg(&r_d),
-                    arg(&phi),
-                    lr_rows as u32,
-                    lr_cols as u32,
-                    columns,
-                );
-            }
+            kernels::fira_phi::launch::<R>(
+                &phi.client,
+                grid_1d(phi_dims[0] * phi_dims[1]),
+                CubeDim::new_1d(FIRA_PHI_UNITS),
+                arg(&n_d),
+                arg(&r_d),
+                arg(&phi),
+                lr_rows as u32,
+                lr_cols as u32,
+                columns,
+                FIRA_PHI_UNITS,
+            );
             let g = g.as_ref().expect("residual gradient");
             let mut out0 = 0;
             for rows_k in blocks() {
                 // (given: `up(R)` is not needed; its argument is bound to `G`, scaled by 0)
                 let u_r = (!given).then(|| float_in(basis.up_rows(&r, rows_k.clone())));
-                let partials = rows_k.len().div_ceil(group) * cols;
-                let (count, dim) = launch_dims(g, partials);
+                let cubes = cubes_of(&rows_k);
                 kernels::fira_psi_partial::launch::<R>(
                     &g.client,
-                    count,
-                    dim,
+                    grid_1d(cubes),
+                    CubeDim::new_1d(FIRA_PSI_UNITS),
                     arg(g),
                     arg(u_r.as_ref().unwrap_or(g)),
                     arg(&phi),
                     arg(&squares),
-                    arg(&n_d),
-                    arg(&r_d),
                     (rows_k.start * cols) as u32,
                     rows_k.len() as u32,
                     cols as u32,
@@ -1061,11 +1054,11 @@ where
                     group as u32,
                     if given { 0.0 } else { coef.scale as f32 },
                     out0 as u32,
-                    lr_rows as u32,
+                    cubes as u32,
                     per_column,
-                    phi_in_pass,
+                    FIRA_PSI_UNITS,
                 );
-                out0 += partials;
+                out0 += cubes;
                 if single {
                     kept_u_r = u_r;
                 }
