@@ -93,6 +93,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     adam::<B>(&mut out, device);
     adam_8bit::<B>(&mut out, device);
     projected::<B>(&mut out, device);
+    fira_repeats::<B>(&mut out, device);
     f16_update::<B>(&mut out, device);
     padded_rows::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
@@ -390,6 +391,73 @@ fn projected<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                     }
                 }
             }
+        }
+    }
+    crate::set_block_elements(saved);
+}
+
+/// Repetitions of [`fira_repeats`].
+const FIRA_REPEATS: usize = 12;
+
+/// Fira's projected update at the pretraining model's shapes (512×1376 with a left projector,
+/// 1376×512 with a right one, r = 128, the whole matrix one block), [`FIRA_REPEATS`] times on the
+/// same inputs: every `W'` and `ζ` equals the first **bit for bit** (the fused reductions — `φ`,
+/// the `Ψ²` pass, the limiter — sum in a fixed order; a race between units would show here).
+fn fira_repeats<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    let saved = crate::block_elements();
+    crate::set_block_elements(1 << 23);
+    for (m, n, r, left) in [(512, 1376, 128, true), (1376, 512, 128, false)] {
+        let p = normal::<B>(if left { [m, r] } else { [r, n] }, 0.05, device);
+        let basis = Basis { p, left };
+        let w = normal::<B>([m, n], 1.0, device);
+        let g = normal::<B>([m, n], 1.0, device);
+        let nn = normal::<B>(if left { [r, n] } else { [m, r] }, 1.0, device);
+        let rr = basis.down(g.clone());
+        let coef = UpdateCoefficients {
+            decay_before: 0.0,
+            scale: 0.25,
+            step: 1e-2,
+            decay_after: 1e-3,
+        };
+        let rule = ResidualUpdate::Fira {
+            gamma: 1.01,
+            given: false,
+        };
+        let zeta = Tensor::<B, 1>::from_floats([1e-3], device);
+        let run = || {
+            let (w1, z1) = B::projected_update(
+                w.clone().add_scalar(0.0),
+                g.clone(),
+                &basis,
+                nn.clone(),
+                rr.clone(),
+                coef,
+                rule,
+                Some(zeta.clone()),
+                None,
+            );
+            let host = |t: Tensor<B, 1>| -> Vec<u32> {
+                let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            (host(w1.reshape([m * n])), z1.map(host).unwrap_or_default())
+        };
+        let first = run();
+        let (mut w_differ, mut z_differ) = (0usize, 0usize);
+        for _ in 1..FIRA_REPEATS {
+            let again = run();
+            w_differ += first.0.iter().zip(&again.0).filter(|(a, b)| a != b).count();
+            z_differ += usize::from(first.1 != again.1);
+        }
+        let side = if left { "left" } else { "right" };
+        for (what, differ) in [("W", w_differ), ("ζ", z_differ)] {
+            out.push(Check {
+                name: format!(
+                    "Fira projected_update {m}x{n} r{r} {side}, {FIRA_REPEATS} runs: {what} bit for bit ({differ} values differ)"
+                ),
+                error: differ as f64,
+                tolerance: 0.0,
+            });
         }
     }
     crate::set_block_elements(saved);
