@@ -669,8 +669,14 @@ where
             && g.dtype() == DType::F32
             && basis.p.dtype() == DType::F32
         {
-            // `G` by value: a handle no one else holds can be written in place
-            let pg = g.into_primitive().tensor();
+            // `G` by value: a handle no one else holds is written in place. One still held
+            // elsewhere (burn's graph may let go of a gradient a moment later) is copied first,
+            // so that the step takes this path — and its rounding — whenever the other holder
+            // lets go: falling back to `down(G)` there made Fira's runs differ from run to run
+            let mut pg = g.into_primitive().tensor();
+            if !pg.can_mut() {
+                pg = copy_dense(&pg);
+            }
             let pt = basis.p.clone().transpose().into_primitive().tensor();
             let p = basis.p.clone().into_primitive().tensor();
             let operands = if basis.left { (&pt, &pg) } else { (&pg, &pt) };
