@@ -444,6 +444,13 @@ fn bad_input_gets_one_clear_line() {
         &["plan", "--model", "7b", "--budget", "lots"],
         "cannot read the size",
     );
+    // a rank no layer takes is an error, not a table without the rank-based methods
+    for rank in ["0", "8192"] {
+        assert_one_clear_line(
+            &["plan", "--model", "7b", "--budget", "24GiB", "--rank", rank],
+            "does not fit 7b",
+        );
+    }
     assert_one_clear_line(&["estimate", "--optimizer", "sgd"], "unknown optimizer");
     // checked before the device is needed: the same error on a build without CUDA
     assert_one_clear_line(

@@ -142,6 +142,16 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
         return Err("--batch must be positive and --seq at least 2".into());
     }
     let min_dim = shape.hidden_size.min(shape.intermediate_size);
+    // a rank no targeted layer can take is the caller's mistake, not a setting that does not fit
+    if let Some(r) = args.rank {
+        if r == 0 || r > min_dim {
+            return Err(format!(
+                "--rank {r} does not fit {}: a rank goes from 1 to {min_dim}, the smaller side of \
+                 its targeted layers",
+                shape.name
+            ));
+        }
+    }
     let mut rows = vec![];
     let groups = args
         .groups
@@ -201,6 +211,8 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
                                     weights,
                                     state,
                                 };
+                                // (an error here is a candidate this model has no layer for:
+                                // a density that rounds to rank 0; `--rank` was checked above)
                                 estimate_run(&shape, s, run)
                                     .ok()
                                     .filter(|b| b.peak_bytes.unwrap_or(usize::MAX) <= budget)
