@@ -221,7 +221,14 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
             let devices = (0..a.devices)
                 .map(burn::backend::cuda::CudaDevice::new)
                 .collect();
-            train::<B>(&run, &corpus, devices, true)?
+            let summary = train::<B>(&run, &corpus, devices, true)?;
+            // zero in an ordinary run: an in-place GEMM that found its output held elsewhere
+            // takes another path (the weight) or a copy (Fira's gradient)
+            let (weights, gradients) = ember::kernels::cublas::shared_outputs();
+            eprintln!(
+                "in-place outputs held elsewhere: {weights} weight updates, {gradients} gradients"
+            );
+            summary
         }
         #[allow(unreachable_patterns)]
         d => {

@@ -41,7 +41,7 @@
 
 use std::any::Any;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::{DType, Shape};
@@ -51,7 +51,7 @@ use cubecl::cuda::CudaRuntime;
 use cubecl::device::Device as _;
 use cubecl::device_handle::DeviceHandle;
 use cubecl::prelude::{CubeCount, Runtime};
-use cubecl::server::ComputeServer;
+use cubecl::server::{Binding, ComputeServer};
 use cubecl::stream_id::StreamId;
 use cubecl::CubeDim;
 use cudarc::cublas::{result as blas, sys as bsys};
@@ -123,6 +123,32 @@ pub fn status() -> String {
             Err(_) => "sync".into(),
         },
     }
+}
+
+/// Where a GEMM that writes in place found its output held elsewhere ([`shared_outputs`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Shared {
+    /// [`accumulate`]'s `C` (a weight): the caller falls back to its own update.
+    Accumulate = 0,
+    /// Fira's residual `G ← G − α·up(R)`: the gradient is copied first.
+    Residual = 1,
+}
+
+static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+pub(super) fn note_shared(what: Shared) {
+    SHARED[what as usize].fetch_add(1, AtomicOrdering::Relaxed);
+}
+
+/// How often, in this process, a GEMM that writes in place found its output still held
+/// elsewhere: `(weights whose update GEMM fell back, gradients copied before Fira's residual)`.
+/// Zero in an ordinary training loop; a count that moves from run to run means a path that
+/// depends on timing (diagnosis: `ember-pretrain` prints it on CUDA).
+pub fn shared_outputs() -> (u64, u64) {
+    (
+        SHARED[0].load(AtomicOrdering::Relaxed),
+        SHARED[1].load(AtomicOrdering::Relaxed),
+    )
 }
 
 /// The waiter of step 2 ([module docs](self)): spins until `*flag − value ≥ 0` as sequence
@@ -570,10 +596,13 @@ pub(super) fn accumulate<R: CubeRuntime>(
     };
     let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
         && (c.dtype == a.dtype || widened)
-        && c.can_mut()
         && c.device == a.device
         && ldc < i32::MAX as usize;
     if !fits {
+        return false;
+    }
+    if !c.can_mut() {
+        note_shared(Shared::Accumulate);
         return false;
     }
     let c_dtype = if widened {
@@ -843,24 +872,75 @@ struct Job<'a> {
     scalars: Scalars,
 }
 
-/// A [`Job`] that owns its plan and (cheap, reference-counted) tensor handles: what an
-/// asynchronous window carries to CubeCL's device thread.
+/// What the device thread needs of a [`Job`] besides its operands' device pointers: the plan
+/// and the scalars.
+#[derive(Clone, Copy)]
+struct Gemm<'a> {
+    plan: &'a Plan,
+    scalars: &'a Scalars,
+}
+
+impl Job<'_> {
+    fn gemm(&self) -> Gemm<'_> {
+        Gemm {
+            plan: self.plan,
+            scalars: &self.scalars,
+        }
+    }
+
+    /// The tensors whose device pointers the GEMM takes, in [`Pointers`]' order: `A`, `B`, `C`,
+    /// then the scalars' buffer and the skip flag where it has them.
+    fn operands(&self) -> [Option<&CubeTensor<CudaRuntime>>; 5] {
+        let (scalars, skip) = match &self.scalars {
+            Scalars::Device(t) => (Some(&**t), None),
+            Scalars::Guarded(g) => (Some(&g.out), Some(&g.skip)),
+            Scalars::Host(..) => (None, None),
+        };
+        [Some(self.a), Some(self.b), Some(self.c), scalars, skip]
+    }
+}
+
+/// A [`Job`] as an asynchronous window carries it to CubeCL's device thread: its plan, its
+/// scalars and its operands' **bindings**. A binding keeps the buffer alive (the pool does not
+/// hand it out again) without counting as a holder of the tensor (CubeCL's `Handle::can_mut`),
+/// as CubeCL's own queued kernels hold their buffers. With tensor handles instead, whether a
+/// window's product or operand could be written in place right after it (a layer's weight
+/// gradient by Fira's residual, a weight by its update GEMM) depended on whether the device
+/// thread had run the window yet — a race that sent some steps down another path, with other
+/// rounding, at random.
+/// (`EMBER_WINDOW_HANDLES=on` carries the operands' handles too, as before: for comparisons.)
 struct OwnedJob {
     plan: Plan,
-    a: CubeTensor<CudaRuntime>,
-    b: CubeTensor<CudaRuntime>,
-    c: CubeTensor<CudaRuntime>,
     scalars: Scalars,
+    operands: [Option<Binding>; 5],
+    _handles: Vec<CubeTensor<CudaRuntime>>,
 }
 
 impl OwnedJob {
-    fn job(&self) -> Job<'_> {
-        Job {
+    fn new(j: &Job) -> Self {
+        static HANDLES: OnceLock<bool> = OnceLock::new();
+        let handles = *HANDLES.get_or_init(|| {
+            matches!(
+                std::env::var("EMBER_WINDOW_HANDLES").as_deref(),
+                Ok("on") | Ok("1")
+            )
+        });
+        OwnedJob {
+            plan: j.plan.clone(),
+            scalars: j.scalars.clone(),
+            operands: j.operands().map(|t| t.map(|t| t.handle.clone().binding())),
+            _handles: if handles {
+                vec![j.a.clone(), j.b.clone(), j.c.clone()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn gemm(&self) -> Gemm<'_> {
+        Gemm {
             plan: &self.plan,
-            a: &self.a,
-            b: &self.b,
-            c: &self.c,
-            scalars: self.scalars.clone(),
+            scalars: &self.scalars,
         }
     }
 }
@@ -879,7 +959,7 @@ type Signature = (
     bool,
 );
 
-fn signature(j: &Job) -> Signature {
+fn signature(j: &Gemm) -> Signature {
     let p = j.plan;
     (
         p.m,
@@ -938,21 +1018,27 @@ unsafe impl Send for Window {}
 /// flag's for a guard that is still to write them).
 type Pointers = (u64, u64, u64, Option<u64>, Option<u64>);
 
-fn pointers(
-    jobs: &[Job],
-    mut ptr: impl FnMut(&CubeTensor<CudaRuntime>) -> Option<u64>,
+fn pointers<T>(
+    operands: impl IntoIterator<Item = [Option<T>; 5]>,
+    mut ptr: impl FnMut(T) -> Option<u64>,
 ) -> Result<Vec<Pointers>, String> {
-    let mut out = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        let mut p = |t| ptr(t).ok_or_else(|| "device pointer".to_string());
-        let (scalars, skip) = match &j.scalars {
-            Scalars::Device(t) => (Some(p(t)?), None),
-            Scalars::Guarded(g) => (Some(p(&g.out)?), Some(p(&g.skip)?)),
-            Scalars::Host(..) => (None, None),
-        };
-        out.push((p(j.a)?, p(j.b)?, p(j.c)?, scalars, skip));
-    }
-    Ok(out)
+    let mut p = |t: Option<T>| {
+        t.map(|t| ptr(t).ok_or_else(|| "device pointer".to_string()))
+            .transpose()
+    };
+    operands
+        .into_iter()
+        .map(|[a, b, c, scalars, skip]| {
+            let operand = |x: Option<u64>| x.ok_or_else(|| "an operand".to_string());
+            Ok((
+                operand(p(a)?)?,
+                operand(p(b)?)?,
+                operand(p(c)?)?,
+                p(scalars)?,
+                p(skip)?,
+            ))
+        })
+        .collect()
 }
 
 /// `jobs` (all on one device) on cuBLAS in one ordering window; `false` if they did not run (the
@@ -1007,7 +1093,7 @@ fn gemms(jobs: &[Job]) -> bool {
     };
     let seq = blas.seq.wrapping_add(1);
     blas.seq = seq;
-    let signatures: Vec<Signature> = jobs.iter().map(signature).collect();
+    let signatures: Vec<Signature> = jobs.iter().map(|j| signature(&j.gemm())).collect();
     let validated = {
         let v = VALIDATED.lock().unwrap_or_else(|e| e.into_inner());
         v.as_ref()
@@ -1110,7 +1196,7 @@ fn launch_wait(w: &Window, jobs: &[Job], seq: u32) {
 /// release could not be queued, our stream is synchronized.
 fn enqueue_gemms(
     w: &Window,
-    jobs: &[Job],
+    jobs: &[Gemm],
     pointers: &Result<Vec<Pointers>, String>,
     seq: u32,
 ) -> (bool, Result<(), String>) {
@@ -1130,7 +1216,7 @@ fn enqueue_gemms(
         if outcome.is_ok() {
             outcome = pointers.clone().and_then(|pointers| {
                 for (j, &(pa, pb, pc, ps, skip)) in jobs.iter().zip(&pointers) {
-                    if let (Scalars::Guarded(g), Some(skip), Some(out)) = (&j.scalars, skip, ps) {
+                    if let (Scalars::Guarded(g), Some(skip), Some(out)) = (j.scalars, skip, ps) {
                         let Some(Waiter(own)) = w.waiter else {
                             return Err("a guarded GEMM without the guard kernel".into());
                         };
@@ -1190,8 +1276,9 @@ fn run_window(w: &Window, jobs: &[Job], seq: u32) -> (bool, Result<(), String>) 
     if flags {
         launch_signal(w, jobs, seq);
     }
-    let pointers = pointers(jobs, resource);
-    let (released, result) = enqueue_gemms(w, jobs, &pointers, seq);
+    let pointers = pointers(jobs.iter().map(Job::operands), resource);
+    let gemms: Vec<Gemm> = jobs.iter().map(Job::gemm).collect();
+    let (released, result) = enqueue_gemms(w, &gemms, &pointers, seq);
     if released {
         launch_wait(w, jobs, seq);
     }
@@ -1204,30 +1291,21 @@ fn queue_window(w: &Window, jobs: &[Job], seq: u32) {
         timeline::probe("device thread: before the signal");
     }
     launch_signal(w, jobs, seq);
-    let owned: Vec<OwnedJob> = jobs
-        .iter()
-        .map(|j| OwnedJob {
-            plan: j.plan.clone(),
-            a: j.a.clone(),
-            b: j.b.clone(),
-            c: j.c.clone(),
-            scalars: j.scalars.clone(),
-        })
-        .collect();
+    let owned: Vec<OwnedJob> = jobs.iter().map(OwnedJob::new).collect();
     let task_window = w.clone();
     let handle = DeviceHandle::<<CudaRuntime as Runtime>::Server>::new(jobs[0].a.device.to_id());
     let submitted = handle.clone();
     handle.submit(move |server| {
-        let jobs: Vec<Job> = owned.iter().map(OwnedJob::job).collect();
         // the device pointers from the server itself (this task holds it)
         let stream = StreamId::current();
-        let pointers = pointers(&jobs, |t| {
+        let pointers = pointers(owned.iter().map(|o| o.operands.clone()), |b| {
             server
-                .get_resource(t.handle.clone().binding(), stream)
+                .get_resource(b, stream)
                 .ok()
                 .map(|r| r.resource().ptr)
         });
-        let (released, result) = enqueue_gemms(&task_window, &jobs, &pointers, seq);
+        let gemms: Vec<Gemm> = owned.iter().map(OwnedJob::gemm).collect();
+        let (released, result) = enqueue_gemms(&task_window, &gemms, &pointers, seq);
         if let Err(e) = result {
             let e = if released {
                 e
@@ -1267,7 +1345,7 @@ fn flush_windows() -> bool {
 /// `Cᵀ = Bᵀ·Aᵀ`: cuBLAS's first operand is `B`).
 unsafe fn run_gemm(
     handle: bsys::cublasHandle_t,
-    j: &Job,
+    j: &Gemm,
     pa: u64,
     pb: u64,
     pc: u64,
@@ -1284,7 +1362,7 @@ unsafe fn run_gemm(
         a: (a_t, lda),
         b: (b_t, ldb),
     } = j.plan;
-    let (host_alpha, host_beta) = match j.scalars {
+    let (host_alpha, host_beta) = match *j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),
         Scalars::Device(_) | Scalars::Guarded(_) => (0.0, 0.0),
     };

@@ -669,12 +669,13 @@ where
             && g.dtype() == DType::F32
             && basis.p.dtype() == DType::F32
         {
-            // `G` by value: a handle no one else holds is written in place. One still held
-            // elsewhere (burn's graph may let go of a gradient a moment later) is copied first,
-            // so that the step takes this path — and its rounding — whenever the other holder
-            // lets go: falling back to `down(G)` there made Fira's runs differ from run to run
+            // `G` by value: a handle no one else holds is written in place. One the caller still
+            // holds is copied first, so that the step takes this path, and its rounding, either
+            // way (queued cuBLAS windows hold bindings, not handles, so a gradient is not held
+            // by the window that produced it: that race made Fira's runs differ at random)
             let mut pg = g.into_primitive().tensor();
             if !pg.can_mut() {
+                cublas::note_shared(cublas::Shared::Residual);
                 pg = copy_dense(&pg);
             }
             let pt = basis.p.clone().transpose().into_primitive().tensor();

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::{result as lt, sys as lsys};
 
-use super::{bsys, check, drv, dsys, run_gemm, Job, Plan, Scalars, Signature};
+use super::{bsys, check, drv, dsys, run_gemm, Gemm, Plan, Scalars, Signature};
 
 /// cuBLASLt heuristic candidates timed a signature.
 pub const CANDIDATES: usize = 8;
@@ -236,7 +236,7 @@ pub(super) unsafe fn tune(
     cublas: bsys::cublasHandle_t,
     stream: dsys::CUstream,
     sig: Signature,
-    j: &Job,
+    j: &Gemm,
     (pa, pb, pc): (u64, u64, u64),
     ps: Option<u64>,
 ) -> Arc<Choice> {
@@ -289,7 +289,7 @@ unsafe fn measure(
     device: usize,
     cublas: bsys::cublasHandle_t,
     stream: dsys::CUstream,
-    j: &Job,
+    j: &Gemm,
     (pa, pb, pc): (u64, u64, u64),
     ps: Option<u64>,
 ) -> Result<Choice, String> {
@@ -310,7 +310,7 @@ unsafe fn measure(
     let candidates: Vec<lsys::cublasLtMatmulAlgo_t> = usable.iter().map(|r| r.algo).collect();
     let configs: Vec<String> = usable.iter().map(|r| config_of(r)).collect();
     // the output the timing runs write: in place for a fresh product with host scalars
-    let fresh = matches!(j.scalars, Scalars::Host(_, beta) if beta == 0.0) && ps.is_none();
+    let fresh = matches!(*j.scalars, Scalars::Host(_, beta) if beta == 0.0) && ps.is_none();
     let scratch = if fresh {
         None
     } else {
@@ -495,7 +495,7 @@ static PINNED: AtomicBool = AtomicBool::new(false);
 
 /// Whether job `j` is an f32 weight's update GEMM under the pinned rule: f16 operands into an
 /// f32 `C`, scalars on the device (`ps`).
-pub(super) fn pins(j: &Job, ps: Option<u64>) -> bool {
+pub(super) fn pins(j: &Gemm, ps: Option<u64>) -> bool {
     pinned_update()
         && ps.is_some()
         && j.plan.dtype == bsys::cudaDataType::CUDA_R_16F
@@ -504,7 +504,7 @@ pub(super) fn pins(j: &Job, ps: Option<u64>) -> bool {
 
 /// The pinned choice for `sig` ([`pinned_update`]): cuBLASLt's first heuristic candidate with
 /// 128×128 tiles, else `cublasGemmEx`'s default (logged); recorded for the signature.
-pub(super) unsafe fn pin(device: usize, sig: Signature, j: &Job) -> Arc<Choice> {
+pub(super) unsafe fn pin(device: usize, sig: Signature, j: &Gemm) -> Arc<Choice> {
     let chosen = match unsafe { tile_rule(device, j.plan) } {
         Ok(Some(t)) => {
             PINNED.store(true, Ordering::Relaxed);
@@ -581,11 +581,11 @@ fn config_of(r: &lsys::cublasLtMatmulHeuristicResult_t) -> String {
 pub(super) unsafe fn run(
     t: &Tuned,
     stream: dsys::CUstream,
-    j: &Job,
+    j: &Gemm,
     (pa, pb, pc): (u64, u64, u64),
     ps: Option<u64>,
 ) -> Result<(), String> {
-    let (host_alpha, host_beta) = match j.scalars {
+    let (host_alpha, host_beta) = match *j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),
         Scalars::Device(_) | Scalars::Guarded(_) => (0.0, 0.0),
     };
