@@ -470,8 +470,9 @@ fn bad_input_gets_one_clear_line() {
 /// The estimated peak of a train step (tensors held + the larger of activations and step
 /// temporaries, docs/memory.md) against the heap peak the counting allocator measures on flex,
 /// for an ordinary and a layer-wise run at 4×128 and 4×512 tokens (the attention's share grows
-/// with the sequence): within 10% (methods without a host SVD: faer keeps a one-time workspace
-/// the estimate does not count).
+/// with the sequence): within 10%. GaLore stands for the methods with a host SVD: their peak is
+/// compared without faer's page-aligned GEMM workspaces (reserved per thread at its first
+/// matrix product, left out of the estimate and reported apart).
 #[test]
 fn estimated_peak_is_near_the_measured_heap_peak_on_flex() {
     for (layerwise, seq) in [(false, "128"), (true, "128"), (false, "512"), (true, "512")] {
@@ -480,7 +481,7 @@ fn estimated_peak_is_near_the_measured_heap_peak_on_flex() {
             "--model",
             "tiny",
             "--optimizer",
-            "adamw,dct",
+            "adamw,galore,dct",
             "--steps",
             "1",
             "--warmup",
@@ -499,7 +500,13 @@ fn estimated_peak_is_near_the_measured_heap_peak_on_flex() {
         assert_eq!(code, 0, "{err}");
         let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
         for r in rows {
-            let measured = r["peak_heap_bytes"].as_f64().unwrap();
+            let measured = r["peak_heap_without_workspaces_bytes"].as_f64().unwrap();
+            let workspaces = r["workspace_heap_bytes"].as_f64().unwrap();
+            // the workspaces are the whole difference between the two peaks' windows, at most
+            assert!(
+                measured + workspaces >= r["peak_heap_bytes"].as_f64().unwrap(),
+                "{r}"
+            );
             let estimate = r["estimate"]["peak_bytes"].as_f64().unwrap();
             let rel = (estimate - measured) / measured;
             println!(
