@@ -26,6 +26,11 @@ pub struct SoakResult {
     pub peak_heap_last: Option<usize>,
     /// `(last − first) / first`.
     pub peak_heap_growth: Option<f64>,
+    /// Of the last step's peak, the bytes live in page-aligned allocations: faer's per-thread
+    /// GEMM workspaces, address space reserved at a thread's first matrix product and mostly
+    /// never written (`crate::heap`).
+    #[serde(default)]
+    pub workspace_heap_last: Option<usize>,
     /// Largest `max |PᵀP − I|` (entries) over every refresh of every orthonormal projector
     /// (SVD, device range, DCT columns); `None` for methods whose projector is not orthonormal
     /// (Q-GaLore's INT4 projector) or that have none (AdamW).
@@ -82,7 +87,7 @@ where
     let orthonormal = s.method != crate::estimate::Method::Qgalore;
     let bar = crate::progress::Progress::new(progress, s.method.name(), steps);
     let first_at = (steps / 10).max(1) - 1;
-    let (mut peak_first, mut peak_last) = (None, None);
+    let (mut peak_first, mut peak_last, mut workspaces) = (None, None, None);
     let (mut worst, mut refreshes) = (None::<f64>, 0usize);
     let mut seen: std::collections::HashMap<burn::module::ParamId, usize> = Default::default();
     let (mut loss_first, mut loss_last, mut tail) = (f32::NAN, f32::NAN, vec![]);
@@ -100,6 +105,7 @@ where
         }
         if k + 1 == steps {
             peak_last = peak;
+            workspaces = crate::heap::page_aligned_live();
         }
         if k == 0 {
             loss_first = l;
@@ -140,6 +146,7 @@ where
             .map(|(a, b)| (b as f64 - a as f64) / a as f64),
         peak_heap_first: peak_first,
         peak_heap_last: peak_last,
+        workspace_heap_last: workspaces,
         max_orthonormality_error: worst,
         refreshes,
         non_finite_steps: optim.skipped_steps(),

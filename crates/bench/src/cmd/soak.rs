@@ -88,6 +88,7 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
         "steps",
         "peak heap at 10%",
         "peak heap at the end",
+        "of it GEMM workspaces",
         "growth",
         "max |PᵀP − I|",
         "refreshes checked",
@@ -103,6 +104,9 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
                 r.steps.to_string(),
                 r.peak_heap_first.map(human).unwrap_or_else(|| "n/a".into()),
                 r.peak_heap_last.map(human).unwrap_or_else(|| "n/a".into()),
+                r.workspace_heap_last
+                    .map(human)
+                    .unwrap_or_else(|| "n/a".into()),
                 r.peak_heap_growth
                     .map(|g| format!("{:+.3}%", 100.0 * g))
                     .unwrap_or_else(|| "n/a".into()),
@@ -118,7 +122,8 @@ pub fn run(a: &SoakArgs) -> Result<(), String> {
         .collect();
     println!(
         "Soak on flex, {} ({}×{} tokens a step, a projector refresh every 10 steps, one process per method): \
-         peak heap of a step measured by the counting allocator\n",
+         peak heap of a step measured by the counting allocator; \"of it GEMM workspaces\": address \
+         space faer's matrix products reserve per thread at their first use, mostly never written\n",
         shape.name, a.batch, a.seq
     );
     print!("{}", markdown(&header, &cells));
