@@ -95,6 +95,7 @@ pub fn run_all<B: EmberBackend>(device: &B::Device, seed: u64) -> Vec<Check> {
     projected::<B>(&mut out, device);
     fira_repeats::<B>(&mut out, device);
     f16_update::<B>(&mut out, device);
+    held_weights::<B>(&mut out, device);
     padded_rows::<B>(&mut out, device);
     full_and_state_free::<B>(&mut out, device);
     quantization::<B>(&mut out, device);
@@ -516,6 +517,74 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             fused,
             reference,
         );
+    }
+}
+
+/// The projected update of a weight that someone else still holds (burn-train's `Learner` keeps
+/// its model while the optimizer steps on a clone): the result equals the portable update, and
+/// the held tensor keeps its values (tolerance 0) — on CUDA the update GEMM then writes a fresh
+/// buffer (`D = α·A·B + β·C`, cuBLASLt) instead of `W` in place. GaLore's rule with `N` in f32
+/// and f16, and Fira's, both sides.
+fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
+    use burn::tensor::DType;
+    let coef = UpdateCoefficients {
+        decay_before: 0.0,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    };
+    let fira = ResidualUpdate::Fira {
+        gamma: 1.01,
+        given: false,
+    };
+    for (m, n, r, left) in [(96, 320, 40, true), (320, 96, 40, false)] {
+        let basis = Basis {
+            p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
+            left,
+        };
+        let low = if left { [r, n] } else { [m, r] };
+        let side = if left { "left" } else { "right" };
+        for (rule, n_dtype) in [
+            (ResidualUpdate::None, DType::F32),
+            (ResidualUpdate::None, DType::F16),
+            (fira, DType::F32),
+        ] {
+            if n_dtype == DType::F16 && !B::f16_update_operands() {
+                continue;
+            }
+            let w = normal::<B>([m, n], 1.0, device);
+            let g = normal::<B>([m, n], 1.0, device);
+            let nn = normal::<B>(low, 1.0, device).cast(n_dtype);
+            let rr = basis.down(g.clone());
+            let mine = w.clone().add_scalar(0.0);
+            let held = mine.clone();
+            let fused = B::projected_update(
+                mine,
+                g.clone(),
+                &basis,
+                nn.clone(),
+                rr.clone(),
+                coef,
+                rule,
+                None,
+                None,
+            );
+            let reference = portable::projected_update(
+                w.clone(),
+                g,
+                &basis,
+                nn.cast(DType::F32),
+                rr,
+                coef,
+                rule,
+                None,
+                None,
+            );
+            let name =
+                format!("projected_update {m}x{n} r{r} {side} {rule:?} {n_dtype:?} N, W held");
+            compare(out, format!("{name}: W'"), fused.0, reference.0);
+            compare_within(out, format!("{name}: the held W unchanged"), held, w, 0.0);
+        }
     }
 }
 

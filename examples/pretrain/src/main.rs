@@ -222,11 +222,13 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
                 .map(burn::backend::cuda::CudaDevice::new)
                 .collect();
             let summary = train::<B>(&run, &corpus, devices, true)?;
-            // zero in an ordinary run: an in-place GEMM that found its output held elsewhere
-            // takes another path (the weight) or a copy (Fira's gradient)
-            let (weights, gradients) = ember::kernels::cublas::shared_outputs();
+            // burn-train's Learner holds its model while the optimizer steps on a clone, so the
+            // weights' update GEMMs write out of place; the other two are zero in an ordinary run
+            // (an in-place GEMM that found its output held elsewhere takes another path)
+            let (out_of_place, weights, gradients) = ember::kernels::cublas::shared_outputs();
             eprintln!(
-                "in-place outputs held elsewhere: {weights} weight updates, {gradients} gradients"
+                "in-place outputs held elsewhere: {out_of_place} weight updates written out of \
+                 place, {weights} fell back, {gradients} gradients copied"
             );
             summary
         }

@@ -128,24 +128,31 @@ pub fn status() -> String {
 /// Where a GEMM that writes in place found its output held elsewhere ([`shared_outputs`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Shared {
-    /// [`accumulate`]'s `C` (a weight): the caller falls back to its own update.
+    /// [`accumulate`]'s `C` (a weight) could not be written out of place either: the caller
+    /// falls back to its own update.
     Accumulate = 0,
     /// Fira's residual `G ← G − α·up(R)`: the gradient is copied first.
     Residual = 1,
+    /// [`accumulate`]'s `C` (a weight) was written out of place: `D = α·A·B + β·C` into a fresh
+    /// buffer (burn-train's `Learner` holds the model while the optimizer steps on a clone).
+    OutOfPlace = 2,
 }
 
-static SHARED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static SHARED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 pub(super) fn note_shared(what: Shared) {
     SHARED[what as usize].fetch_add(1, AtomicOrdering::Relaxed);
 }
 
 /// How often, in this process, a GEMM that writes in place found its output still held
-/// elsewhere: `(weights whose update GEMM fell back, gradients copied before Fira's residual)`.
-/// Zero in an ordinary training loop; a count that moves from run to run means a path that
-/// depends on timing (diagnosis: `ember-pretrain` prints it on CUDA).
-pub fn shared_outputs() -> (u64, u64) {
+/// elsewhere: `(weights updated out of place, weights whose update GEMM fell back, gradients
+/// copied before Fira's residual)`. The first counts every weight update of burn-train's
+/// `Learner`, which keeps its model while the optimizer steps on a clone; the other two are zero
+/// in an ordinary training loop. A count that moves from run to run means a path that depends on
+/// timing (diagnosis: `ember-pretrain` prints them on CUDA).
+pub fn shared_outputs() -> (u64, u64, u64) {
     (
+        SHARED[2].load(AtomicOrdering::Relaxed),
         SHARED[0].load(AtomicOrdering::Relaxed),
         SHARED[1].load(AtomicOrdering::Relaxed),
     )
@@ -550,12 +557,16 @@ pub(super) fn available<R: CubeRuntime>() -> bool {
         && !FAILED.load(AtomicOrdering::Relaxed)
 }
 
-/// `C ← α·A·B + β·C` in `C`'s own buffer (one pass over `C`: the back-projection and the weight
-/// update in one GEMM); `true` if it ran. `C` must be dense, row-major, of the operands' dtype
-/// and not shared (`can_mut`); otherwise, or where [`matmul`] would not apply, nothing is written
-/// and the caller falls back. With the step's skip flag (f32 `[1]` on the device) the scalars are
-/// made on the device — `α = 0, β = 1` where the flag is set — and cuBLAS reads them there
-/// (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes through the host.
+/// `α·A·B + β·C` in one GEMM (one pass over `C`: the back-projection and the weight update in
+/// one call): in `C`'s own buffer where no one else holds `C` (`can_mut`), else into a fresh
+/// buffer `D` of `C`'s layout (cuBLASLt takes `C` and `D` apart: the same traffic, one read of
+/// `C` and one write of `D` — burn-train's `Learner` holds its model while the optimizer steps
+/// on a clone, so there every weight is held). Returns the output (`C` or `D`), or `None` where
+/// [`matmul`] would not apply, `C` is not dense row-major of the operands' dtype, or a held
+/// `C` has padded rows: nothing is written then and the caller falls back. With the step's skip
+/// flag (f32 `[1]` on the device) the scalars are made on the device — `α = 0, β = 1` where the
+/// flag is set — and cuBLAS reads them there (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes
+/// through the host. (`EMBER_OUT_OF_PLACE=off`: a held `C` falls back, as before.)
 pub(super) fn accumulate<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
@@ -563,9 +574,9 @@ pub(super) fn accumulate<R: CubeRuntime>(
     alpha: f32,
     beta: f32,
     skip: Option<&CubeTensor<R>>,
-) -> bool {
+) -> Option<CubeTensor<R>> {
     let (Some(a), Some(b), Some(c)) = (cuda(a), cuda(b), cuda(c)) else {
-        return false;
+        return None;
     };
     // f16 operands may add into an f32 `C` (the update of an f32 weight on f16 tensor cores)
     let widened = c.dtype == DType::F32 && a.dtype == DType::F16;
@@ -582,29 +593,36 @@ pub(super) fn accumulate<R: CubeRuntime>(
         None => None,
         Some(s) => match cuda(s) {
             Some(s) if s.dtype == DType::F32 && s.device == a.device => Some(s),
-            _ => return false,
+            _ => return None,
         },
     };
-    let Some(plan) = plan(a, b) else {
-        return false;
-    };
+    let plan = plan(a, b)?;
     // `C` row-major, its rows possibly padded (CUDA's pitched layouts): cuBLAS writes it in
     // place through its leading dimension
     let ldc = match layout(c) {
         Some((false, ld)) => ld,
-        _ => return false,
+        _ => return None,
     };
     let fits = c.meta.shape().to_vec() == [plan.m, plan.n]
         && (c.dtype == a.dtype || widened)
         && c.device == a.device
         && ldc < i32::MAX as usize;
     if !fits {
-        return false;
+        return None;
     }
-    if !c.can_mut() {
-        note_shared(Shared::Accumulate);
-        return false;
-    }
+    // a held `C` is read, and the result written to a fresh `D` of `C`'s leading dimension
+    let d = if c.can_mut() {
+        None
+    } else {
+        let d = (out_of_place() && ldc == plan.n)
+            .then(|| empty(c, vec![plan.m, plan.n], c.dtype))
+            .filter(|d| matches!(layout(d), Some((false, ld)) if ld == ldc));
+        if d.is_none() {
+            note_shared(Shared::Accumulate);
+            return None;
+        }
+        d
+    };
     let c_dtype = if widened {
         bsys::cudaDataType::CUDA_R_32F
     } else {
@@ -613,10 +631,14 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let mut plan = Plan {
         ldc,
         c_dtype,
+        out_of_place: d.is_some(),
         ..plan
     };
-    // (`C` is not shared: `can_mut` above, so its padding columns are no one's data)
-    widen(&mut plan, b, c);
+    // (`C` is not shared: `can_mut` above, so its padding columns are no one's data; a fresh `D`
+    // is not widened)
+    if d.is_none() {
+        widen(&mut plan, b, c);
+    }
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
         // `[α, β]` written on our stream by the guard, after the waiter (no launch of burn's)
@@ -627,7 +649,36 @@ pub(super) fn accumulate<R: CubeRuntime>(
             beta,
         })),
     };
-    gemm(&plan, a, b, c, scalars)
+    let out = d.as_ref().unwrap_or(c);
+    if !gemms(&[Job {
+        plan: &plan,
+        a,
+        b,
+        c,
+        d: d.as_ref(),
+        scalars,
+    }]) {
+        return None;
+    }
+    if d.is_some() {
+        note_shared(Shared::OutOfPlace);
+    }
+    (Box::new(out.clone()) as Box<dyn Any>)
+        .downcast::<CubeTensor<R>>()
+        .ok()
+        .map(|t| *t)
+}
+
+/// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE`: on by default;
+/// `off` falls back to the caller's update, as before 2026-12-07).
+fn out_of_place() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("EMBER_OUT_OF_PLACE").as_deref(),
+            Ok("off") | Ok("0")
+        )
+    })
 }
 
 /// Whether every accumulating GEMM without a skip flag reads its scalars on the device
@@ -716,6 +767,9 @@ struct Plan {
     compute: bsys::cublasComputeType_t,
     a: (bool, usize),
     b: (bool, usize),
+    /// `D = α·A·B + β·C` into a separate output `D` of `C`'s layout ([`accumulate`] on a held
+    /// `C`): cuBLASLt only (`cublasGemmEx` writes `C`).
+    out_of_place: bool,
 }
 
 /// The [`Plan`] of `A·B`, or `None` where cuBLAS does not take it: shapes or dtypes that do not
@@ -749,6 +803,7 @@ fn plan(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<Plan
             compute,
             a: la,
             b: lb,
+            out_of_place: false,
         })
 }
 
@@ -766,6 +821,7 @@ fn gemm(
         a,
         b,
         c,
+        d: None,
         scalars,
     }])
 }
@@ -791,6 +847,7 @@ pub(super) fn matmul_pair<R: CubeRuntime>(
             a: a1,
             b: b1,
             c: &c1,
+            d: None,
             scalars: Scalars::Host(1.0, 0.0),
         },
         Job {
@@ -798,6 +855,7 @@ pub(super) fn matmul_pair<R: CubeRuntime>(
             a: a2,
             b: b2,
             c: &c2,
+            d: None,
             scalars: Scalars::Host(1.0, 0.0),
         },
     ];
@@ -846,6 +904,7 @@ pub(super) fn down_residual<R: CubeRuntime>(
             a,
             b,
             c: &r,
+            d: None,
             scalars: Scalars::Host(1.0, 0.0),
         },
         Job {
@@ -853,6 +912,7 @@ pub(super) fn down_residual<R: CubeRuntime>(
             a: u,
             b: v,
             c: g,
+            d: None,
             scalars: Scalars::Host(-alpha, 1.0),
         },
     ];
@@ -863,12 +923,14 @@ pub(super) fn down_residual<R: CubeRuntime>(
         .map(|t| *t)
 }
 
-/// One GEMM of an ordering window: `C ← α·A·B + β·C` as `plan` says.
+/// One GEMM of an ordering window: `C ← α·A·B + β·C` as `plan` says (`D ← α·A·B + β·C` where it
+/// has `D`: `plan.out_of_place`).
 struct Job<'a> {
     plan: &'a Plan,
     a: &'a CubeTensor<CudaRuntime>,
     b: &'a CubeTensor<CudaRuntime>,
     c: &'a CubeTensor<CudaRuntime>,
+    d: Option<&'a CubeTensor<CudaRuntime>>,
     scalars: Scalars,
 }
 
@@ -889,14 +951,21 @@ impl Job<'_> {
     }
 
     /// The tensors whose device pointers the GEMM takes, in [`Pointers`]' order: `A`, `B`, `C`,
-    /// then the scalars' buffer and the skip flag where it has them.
-    fn operands(&self) -> [Option<&CubeTensor<CudaRuntime>>; 5] {
+    /// then the scalars' buffer and the skip flag where it has them, then `D` where it has one.
+    fn operands(&self) -> [Option<&CubeTensor<CudaRuntime>>; 6] {
         let (scalars, skip) = match &self.scalars {
             Scalars::Device(t) => (Some(&**t), None),
             Scalars::Guarded(g) => (Some(&g.out), Some(&g.skip)),
             Scalars::Host(..) => (None, None),
         };
-        [Some(self.a), Some(self.b), Some(self.c), scalars, skip]
+        [
+            Some(self.a),
+            Some(self.b),
+            Some(self.c),
+            scalars,
+            skip,
+            self.d,
+        ]
     }
 }
 
@@ -908,11 +977,13 @@ impl Job<'_> {
 /// gradient by Fira's residual, a weight by its update GEMM) depended on whether the device
 /// thread had run the window yet — a race that sent some steps down another path, with other
 /// rounding, at random.
-/// (`EMBER_WINDOW_HANDLES=on` carries the operands' handles too, as before: for comparisons.)
+/// (`EMBER_WINDOW_HANDLES=on` carries the operands' handles too, as before: for comparisons. On
+/// the H100 on 2026-12-07 one Fira run with it ended where the bindings' runs did, so it does not
+/// reproduce the race on demand.)
 struct OwnedJob {
     plan: Plan,
     scalars: Scalars,
-    operands: [Option<Binding>; 5],
+    operands: [Option<Binding>; 6],
     _handles: Vec<CubeTensor<CudaRuntime>>,
 }
 
@@ -957,6 +1028,7 @@ type Signature = (
     (bool, usize),
     (bool, usize),
     bool,
+    bool,
 );
 
 fn signature(j: &Gemm) -> Signature {
@@ -971,6 +1043,7 @@ fn signature(j: &Gemm) -> Signature {
         p.a,
         p.b,
         !matches!(j.scalars, Scalars::Host(..)),
+        p.out_of_place,
     )
 }
 
@@ -1015,11 +1088,11 @@ struct Window {
 unsafe impl Send for Window {}
 
 /// The device pointers of a job: `A`, `B`, `C` and, for device scalars, theirs (with the skip
-/// flag's for a guard that is still to write them).
-type Pointers = (u64, u64, u64, Option<u64>, Option<u64>);
+/// flag's for a guard that is still to write them), `D` (a separate output, where it has one).
+type Pointers = (u64, u64, u64, Option<u64>, Option<u64>, Option<u64>);
 
 fn pointers<T>(
-    operands: impl IntoIterator<Item = [Option<T>; 5]>,
+    operands: impl IntoIterator<Item = [Option<T>; 6]>,
     mut ptr: impl FnMut(T) -> Option<u64>,
 ) -> Result<Vec<Pointers>, String> {
     let mut p = |t: Option<T>| {
@@ -1028,7 +1101,7 @@ fn pointers<T>(
     };
     operands
         .into_iter()
-        .map(|[a, b, c, scalars, skip]| {
+        .map(|[a, b, c, scalars, skip, d]| {
             let operand = |x: Option<u64>| x.ok_or_else(|| "an operand".to_string());
             Ok((
                 operand(p(a)?)?,
@@ -1036,6 +1109,7 @@ fn pointers<T>(
                 operand(p(c)?)?,
                 p(scalars)?,
                 p(skip)?,
+                p(d)?,
             ))
         })
         .collect()
@@ -1215,16 +1289,23 @@ fn enqueue_gemms(
         }
         if outcome.is_ok() {
             outcome = pointers.clone().and_then(|pointers| {
-                for (j, &(pa, pb, pc, ps, skip)) in jobs.iter().zip(&pointers) {
+                for (j, &(pa, pb, pc, ps, skip, pd)) in jobs.iter().zip(&pointers) {
                     if let (Scalars::Guarded(g), Some(skip), Some(out)) = (j.scalars, skip, ps) {
                         let Some(Waiter(own)) = w.waiter else {
                             return Err("a guarded GEMM without the guard kernel".into());
                         };
                         launch_guard(own.guard, w.stream, (skip, out), (g.alpha, g.beta))?;
                     }
-                    // cuBLASLt's timed choice where `EMBER_CUBLASLT=tune` ([`tune`]), else
-                    // the pinned algorithm of an f32 weight's update GEMM
-                    let choice = if tune::enabled() {
+                    // an out-of-place GEMM on cuBLASLt's algorithm for it ([`tune::out_of_place`]);
+                    // cuBLASLt's timed choice where `EMBER_CUBLASLT=tune` ([`tune`]), else the
+                    // pinned algorithm of an f32 weight's update GEMM
+                    let choice = if j.plan.out_of_place {
+                        let sig = signature(j);
+                        Some(match tune::choice(&sig) {
+                            Some(c) => c,
+                            None => tune::out_of_place(w.device, sig, j, ps.is_some()),
+                        })
+                    } else if tune::enabled() {
                         let sig = signature(j);
                         Some(match tune::choice(&sig) {
                             Some(c) => c,
@@ -1241,9 +1322,22 @@ fn enqueue_gemms(
                     } else {
                         None
                     };
-                    match choice.as_deref() {
-                        Some(tune::Choice::Lt(t)) => tune::run(t, w.stream, j, (pa, pb, pc), ps)?,
-                        _ => run_gemm(w.handle, j, pa, pb, pc, ps)?,
+                    match (choice.as_deref(), pd) {
+                        (Some(tune::Choice::Lt(t)), pd) => {
+                            tune::run(t, w.stream, j, (pa, pb, pc), ps, pd.unwrap_or(pc))?
+                        }
+                        // no cuBLASLt algorithm for it: `D ← C` on our stream, then `D` in place
+                        (_, Some(pd)) => {
+                            let (_, size, _) =
+                                tune::lt_type(j.plan.c_dtype).ok_or("output type")?;
+                            let bytes = j.plan.ldc * j.plan.m * size;
+                            check(
+                                dsys::cuMemcpyDtoDAsync_v2(pd, pc, bytes, w.stream),
+                                "cuMemcpyDtoDAsync",
+                            )?;
+                            run_gemm(w.handle, j, pa, pb, pd, ps)?
+                        }
+                        (_, None) => run_gemm(w.handle, j, pa, pb, pc, ps)?,
                     }
                 }
                 Ok(())
@@ -1361,6 +1455,7 @@ unsafe fn run_gemm(
         compute,
         a: (a_t, lda),
         b: (b_t, ldb),
+        ..
     } = j.plan;
     let (host_alpha, host_beta) = match *j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),

@@ -398,13 +398,13 @@ fn accumulate_update<R: CubeRuntime, B: Backend<FloatTensorPrimitive = CubeTenso
     let keep = 1.0 - coef.decay_after;
     let alpha = (-keep * coef.step * coef.scale) as f32;
     let beta = (keep * (1.0 - coef.decay_before)) as f32;
-    // `W` itself (not a clone): cuBLAS writes into a buffer no one else holds
+    // `W` itself (not a clone): cuBLAS writes into its buffer where no one else holds it, else
+    // into a fresh one
     let w = w.into_primitive().tensor();
     let skip_t = skip.clone().map(|s| s.into_primitive().tensor());
-    if cublas::accumulate(&a, &b, &w, alpha, beta, skip_t.as_ref()) {
-        Ok(float_out(w))
-    } else {
-        Err(float_out(w))
+    match cublas::accumulate(&a, &b, &w, alpha, beta, skip_t.as_ref()) {
+        Some(out) => Ok(float_out(out)),
+        None => Err(float_out(w)),
     }
 }
 
@@ -1143,8 +1143,8 @@ where
                 (low.clone(), p)
             };
             // held: `M = 0`, and the flag makes the scalars `α = 0, β = 1` on the device
-            if cublas::accumulate(&a, &b, &w_out, -post, 1.0, skip_t.as_ref()) {
-                return (float_out(w_out), new_zeta);
+            if let Some(out) = cublas::accumulate(&a, &b, &w_out, -post, 1.0, skip_t.as_ref()) {
+                return (float_out(out), new_zeta);
             }
             let up = basis.up(float_out(low.clone())).mul_scalar(post);
             return (float_out::<R, Self, 2>(w_out).sub(up), new_zeta);

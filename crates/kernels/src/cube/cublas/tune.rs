@@ -120,7 +120,7 @@ pub fn report() -> Vec<Record> {
     RECORDS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-fn lt_type(t: bsys::cudaDataType) -> Option<(lsys::cudaDataType, usize, &'static str)> {
+pub(super) fn lt_type(t: bsys::cudaDataType) -> Option<(lsys::cudaDataType, usize, &'static str)> {
     use bsys::cudaDataType as B;
     use lsys::cudaDataType as L;
     Some(match t {
@@ -346,7 +346,7 @@ unsafe fn measure(
         .iter()
         .map(|&algo| {
             let t = tuned(algo);
-            time(&|| unsafe { run(&t, stream, j, (pa, pb, out), ps) }).ok()
+            time(&|| unsafe { run(&t, stream, j, (pa, pb, out), ps, out) }).ok()
         })
         .collect();
     // whatever failed above, our stream is idle before the scratch and the events go
@@ -526,6 +526,69 @@ pub(super) unsafe fn pin(device: usize, sig: Signature, j: &Gemm) -> Arc<Choice>
     remember(sig, chosen)
 }
 
+/// The choice for an out-of-place GEMM (`D = α·A·B + β·C`, [`super::accumulate`] on a weight
+/// held elsewhere), which `cublasGemmEx` cannot run: the pinned rule's 128×128 candidate where
+/// [`pins`] says so, else cuBLASLt's first heuristic candidate — a rule, not a timing, so runs
+/// repeat bit for bit; `Default` (logged) where cuBLASLt has none, and the caller then copies `C`
+/// into `D` and runs `D` in place. Recorded for the signature.
+pub(super) unsafe fn out_of_place(
+    device: usize,
+    sig: Signature,
+    j: &Gemm,
+    device_scalars: bool,
+) -> Arc<Choice> {
+    let pinned = pinned_update()
+        && device_scalars
+        && j.plan.dtype == bsys::cudaDataType::CUDA_R_16F
+        && j.plan.c_dtype == bsys::cudaDataType::CUDA_R_32F;
+    let found = if pinned {
+        unsafe { tile_rule(device, j.plan) }
+    } else {
+        unsafe { first_candidate(device, j.plan, device_scalars) }
+    };
+    let chosen = match found {
+        Ok(Some(t)) => Choice::Lt(t),
+        Ok(None) => {
+            log::warn!(
+                "ember-kernels: no cuBLASLt candidate for the out-of-place GEMM {:?}; a copy and \
+                 cublasGemmEx",
+                [j.plan.m, j.plan.k, j.plan.n]
+            );
+            Choice::Default
+        }
+        Err(e) => {
+            log::warn!(
+                "ember-kernels: cuBLASLt for the out-of-place GEMM failed ({e}); a copy and \
+                 cublasGemmEx"
+            );
+            Choice::Default
+        }
+    };
+    remember(sig, chosen)
+}
+
+unsafe fn first_candidate(
+    device: usize,
+    plan: &Plan,
+    device_scalars: bool,
+) -> Result<Option<Tuned>, String> {
+    let (handle, workspace) = lt_state(device)?;
+    let (desc, layouts) = unsafe { describe(plan, device_scalars)? };
+    match unsafe { heuristics(handle, desc, &layouts) }.map(|r| r.into_iter().next()) {
+        Ok(Some(r)) => Ok(Some(Tuned {
+            handle,
+            desc,
+            layouts,
+            algo: r.algo,
+            workspace: (workspace, WORKSPACE_BYTES),
+        })),
+        other => {
+            unsafe { destroy(desc, layouts) };
+            other.map(|_| None)
+        }
+    }
+}
+
 /// cuBLAS's tile enumeration: 128×128 (`CUBLASLT_MATMUL_TILE_128x128`).
 const TILE_128X128: u64 = 20;
 
@@ -576,14 +639,16 @@ fn config_of(r: &lsys::cublasLtMatmulHeuristicResult_t) -> String {
     )
 }
 
-/// `C ← α·A·B + β·C` with a chosen cuBLASLt algorithm on `stream` (scalars as [`run_gemm`]
-/// takes them: the job's host values, or the device pointer `ps`).
+/// `D ← α·A·B + β·C` with a chosen cuBLASLt algorithm on `stream` (scalars as [`run_gemm`]
+/// takes them: the job's host values, or the device pointer `ps`); `pd` is `pc` in place, else a
+/// separate output of `C`'s layout.
 pub(super) unsafe fn run(
     t: &Tuned,
     stream: dsys::CUstream,
     j: &Gemm,
     (pa, pb, pc): (u64, u64, u64),
     ps: Option<u64>,
+    pd: u64,
 ) -> Result<(), String> {
     let (host_alpha, host_beta) = match *j.scalars {
         Scalars::Host(alpha, beta) => (alpha, beta),
@@ -608,7 +673,7 @@ pub(super) unsafe fn run(
             t.layouts[1],
             pc as *const c_void,
             t.layouts[2],
-            pc as *mut c_void,
+            pd as *mut c_void,
             t.layouts[2],
             &t.algo,
             t.workspace.0 as *mut c_void,

@@ -1,0 +1,32 @@
+#!/bin/bash
+# One device call (carry [".device", ".device4"]; issue 18): the build whose update GEMM writes a
+# weight held elsewhere out of place (`D = α·A·B + β·C` on cuBLASLt, crates/kernels/src/cube/
+# cublas.rs `accumulate`) instead of falling back to `up(N)` and an element-wise update —
+# burn-train's `Learner` holds its model while the optimizer steps on a clone, so every weight
+# update of `ember-pretrain` is such a case (33,600 of 33,600 fell back on 2026-12-07, call 1).
+# Kernel checks bare and under burn's fusion backend (with the held-weight checks); pretraining
+# (f32, `small`) after a warm-up of each method, GaLore/Fira/DCT beside EMBER_OUT_OF_PLACE=off
+# (the old fallback), each run's checksum and counts; then the step table REPS times (default 1).
+# RUNS and WARM change the runs (`NAME [VAR=VALUE]`, comma-separated) and the warm-ups.
+PACKED=1
+. scripts/lib_device.sh
+kernel_checks_both
+grep -h "W held" $OUT/kernels_cuda.log $OUT/kernels_cuda-fusion.log | head -24 | tee -a $OUT/summary.txt
+pretrain_setup
+pretrain_warmup ${WARM:-adamw galore fira dct}
+RUNS=${RUNS:-adamw,galore,fira,galore_off EMBER_OUT_OF_PLACE=off,fira_off EMBER_OUT_OF_PLACE=off,dct,fira_2,dct_off EMBER_OUT_OF_PLACE=off,galore_2,adamw_2}
+IFS=, read -ra LIST <<< "$RUNS"
+for r in "${LIST[@]}"; do
+  set -- $r; name=$1; shift
+  m=${name%%_*}
+  pretrain $name "$@" -- --optimizer $m
+  grep -h "in-place outputs" $OUT/$name.log | sed "s/^/$name: /" | tee -a $OUT/summary.txt
+done
+for d in $OUT/*/; do
+  [ -f $d/summary.json ] || continue
+  python3 -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1].rstrip('/').split('/')[-1], s['final_checksum'], s['final_valid_loss'], round(s['tokens_per_second']))" $d
+done | tee -a $OUT/summary.txt
+pack
+[ "${REPS:-1}" -gt 0 ] && REPS=${REPS:-1} step_table_reps
+pack
+cat $OUT/summary.txt
