@@ -16,16 +16,7 @@ pretrain_setup
 pretrain_warmup ${WARM:-adamw galore fira dct}
 RUNS=${RUNS:-adamw,galore,fira,galore_off EMBER_OUT_OF_PLACE=off,fira_off EMBER_OUT_OF_PLACE=off,dct,fira_2,dct_off EMBER_OUT_OF_PLACE=off,galore_2,adamw_2}
 IFS=, read -ra LIST <<< "$RUNS"
-for r in "${LIST[@]}"; do
-  set -- $r; name=$1; shift
-  m=${name%%_*}
-  pretrain $name "$@" -- --optimizer $m
-  grep -h "in-place outputs" $OUT/$name.log | sed "s/^/$name: /" | tee -a $OUT/summary.txt
-done
-for d in $OUT/*/; do
-  [ -f $d/summary.json ] || continue
-  python3 -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1].rstrip('/').split('/')[-1], s['final_checksum'], s['final_valid_loss'], round(s['tokens_per_second']))" $d
-done | tee -a $OUT/summary.txt
+pretrain_counted "${LIST[@]}"
 pack
 [ "${REPS:-1}" -gt 0 ] && REPS=${REPS:-1} step_table_reps
 pack

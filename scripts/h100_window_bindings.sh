@@ -12,17 +12,8 @@ kernel_checks_both
 grep -i "repeats\|bit for bit" $OUT/kernels_cuda.log | head -4 | tee -a $OUT/summary.txt
 pretrain_setup
 pretrain_warmup adamw galore fira frugal dct
-for r in "fira" "adamw" "galore" "fira_2" "frugal" "dct" "fira_handles EMBER_WINDOW_HANDLES=on" \
-         "galore_handles EMBER_WINDOW_HANDLES=on" "fira_3" "adamw_2"; do
-  set -- $r; name=$1; shift
-  m=${name%%_*}
-  pretrain $name "$@" -- --optimizer $m
-  grep -h "in-place outputs" $OUT/$name.log | sed "s/^/$name: /" | tee -a $OUT/summary.txt
-done
-for d in $OUT/*/; do
-  [ -f $d/summary.json ] || continue
-  python3 -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1].rstrip('/').split('/')[-1], s['final_checksum'], s['final_valid_loss'], round(s['tokens_per_second']))" $d
-done | tee -a $OUT/summary.txt
+pretrain_counted "fira" "adamw" "galore" "fira_2" "frugal" "dct" "fira_handles EMBER_WINDOW_HANDLES=on" \
+  "galore_handles EMBER_WINDOW_HANDLES=on" "fira_3" "adamw_2"
 pack
 REPS=${REPS:-1} step_table_reps
 pack

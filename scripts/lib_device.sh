@@ -169,6 +169,22 @@ pretrain_runs() {  # methods… (a repeated method's run is NAME_2, …)
     pretrain $name -- --optimizer $m
   done
 }
+# pretrain_counted "NAME [VAR=VALUE…]"…: a pretraining run of method NAME (up to its first `_`)
+#   for each argument, with its count of in-place outputs found held (CUDA) in summary.txt; then
+#   every run's final checksum, validation loss and tokens/s
+pretrain_counted() {
+  local r name m d
+  for r in "$@"; do
+    set -- $r; name=$1; shift
+    m=${name%%_*}
+    pretrain $name "$@" -- --optimizer $m
+    grep -h "in-place outputs" $OUT/$name.log | sed "s/^/$name: /" | tee -a $OUT/summary.txt
+  done
+  for d in $OUT/*/; do
+    [ -f $d/summary.json ] || continue
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1]+'/summary.json')); print(sys.argv[1].rstrip('/').split('/')[-1], s['final_checksum'], s['final_valid_loss'], round(s['tokens_per_second']))" $d
+  done | tee -a $OUT/summary.txt
+}
 step_table_reps() {  # the step table REPS times (default ${1:-2}), each beside its own PyTorch run
   local rep
   for rep in $(seq 1 ${REPS:-${1:-2}}); do

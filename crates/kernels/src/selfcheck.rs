@@ -414,12 +414,7 @@ fn fira_repeats<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         let g = normal::<B>([m, n], 1.0, device);
         let nn = normal::<B>(if left { [r, n] } else { [m, r] }, 1.0, device);
         let rr = basis.down(g.clone());
-        let coef = UpdateCoefficients {
-            decay_before: 0.0,
-            scale: 0.25,
-            step: 1e-2,
-            decay_after: 1e-3,
-        };
+        let coef = update_coefficients();
         let rule = ResidualUpdate::Fira {
             gamma: 1.01,
             given: false,
@@ -520,6 +515,17 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     }
 }
 
+/// The update coefficients of the single-configuration checks: `α = 0.25`, `η = 10⁻²`, decay
+/// `10⁻³` after the step.
+fn update_coefficients() -> UpdateCoefficients {
+    UpdateCoefficients {
+        decay_before: 0.0,
+        scale: 0.25,
+        step: 1e-2,
+        decay_after: 1e-3,
+    }
+}
+
 /// The projected update of a weight that someone else still holds (burn-train's `Learner` keeps
 /// its model while the optimizer steps on a clone): the result equals the portable update, and
 /// the held tensor keeps its values (tolerance 0) — on CUDA the update GEMM then writes a fresh
@@ -527,12 +533,7 @@ fn f16_update<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
 /// and f16, and Fira's, both sides.
 fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     use burn::tensor::DType;
-    let coef = UpdateCoefficients {
-        decay_before: 0.0,
-        scale: 0.25,
-        step: 1e-2,
-        decay_after: 1e-3,
-    };
+    let coef = update_coefficients();
     let fira = ResidualUpdate::Fira {
         gamma: 1.01,
         given: false,
@@ -668,12 +669,7 @@ fn low_n_update<B: EmberBackend>(
     r: Tensor<B, 2>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     use burn::tensor::DType;
-    let coef = UpdateCoefficients {
-        decay_before: 0.0,
-        scale: 0.25,
-        step: 1e-2,
-        decay_after: 1e-3,
-    };
+    let coef = update_coefficients();
     let fused = B::projected_update(
         w.clone().add_scalar(0.0),
         g.clone().cast(w.dtype()),

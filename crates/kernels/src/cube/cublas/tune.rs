@@ -567,14 +567,17 @@ pub(super) unsafe fn out_of_place(
     remember(sig, chosen)
 }
 
-unsafe fn first_candidate(
+/// cuBLASLt's first heuristic candidate for `plan` that `pick` takes, as a [`Tuned`] (its
+/// descriptors freed where there is none).
+unsafe fn candidate(
     device: usize,
     plan: &Plan,
     device_scalars: bool,
+    pick: impl Fn(&lsys::cublasLtMatmulHeuristicResult_t) -> bool,
 ) -> Result<Option<Tuned>, String> {
     let (handle, workspace) = lt_state(device)?;
     let (desc, layouts) = unsafe { describe(plan, device_scalars)? };
-    match unsafe { heuristics(handle, desc, &layouts) }.map(|r| r.into_iter().next()) {
+    match unsafe { heuristics(handle, desc, &layouts) }.map(|r| r.into_iter().find(|r| pick(r))) {
         Ok(Some(r)) => Ok(Some(Tuned {
             handle,
             desc,
@@ -589,32 +592,25 @@ unsafe fn first_candidate(
     }
 }
 
+unsafe fn first_candidate(
+    device: usize,
+    plan: &Plan,
+    device_scalars: bool,
+) -> Result<Option<Tuned>, String> {
+    unsafe { candidate(device, plan, device_scalars, |_| true) }
+}
+
 /// cuBLAS's tile enumeration: 128×128 (`CUBLASLT_MATMUL_TILE_128x128`).
 const TILE_128X128: u64 = 20;
 
 unsafe fn tile_rule(device: usize, plan: &Plan) -> Result<Option<Tuned>, String> {
-    let (handle, workspace) = lt_state(device)?;
-    let (desc, layouts) = unsafe { describe(plan, true)? };
-    let found = unsafe { heuristics(handle, desc, &layouts) }.map(|results| {
-        results.into_iter().find(|r| {
+    unsafe {
+        candidate(device, plan, true, |r| {
             config_attribute(
                 r,
                 lsys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_TILE_ID,
             ) == Some(TILE_128X128)
         })
-    });
-    match found {
-        Ok(Some(r)) => Ok(Some(Tuned {
-            handle,
-            desc,
-            layouts,
-            algo: r.algo,
-            workspace: (workspace, WORKSPACE_BYTES),
-        })),
-        other => {
-            unsafe { destroy(desc, layouts) };
-            other.map(|_| None)
-        }
     }
 }
 
