@@ -5,8 +5,8 @@
 # burn-train's `Learner` holds its model while the optimizer steps on a clone, so every weight
 # update of `ember-pretrain` is such a case (33,600 of 33,600 fell back on 2026-12-07, call 1).
 # Kernel checks bare and under burn's fusion backend (with the held-weight checks); pretraining
-# (f32, `small`) after a warm-up of each method, GaLore/Fira/DCT beside EMBER_OUT_OF_PLACE=off
-# (the old fallback), each run's checksum and counts; then the step table REPS times (default 1).
+# (f32, `small`) after a warm-up of each method, GaLore/Fira/DCT beside EMBER_OUT_OF_PLACE=on
+# (opt-in until measured), each run's checksum and counts; then the step table REPS times (default 1).
 # RUNS and WARM change the runs (`NAME [VAR=VALUE]`, comma-separated) and the warm-ups.
 PACKED=1
 . scripts/lib_device.sh
@@ -14,7 +14,7 @@ kernel_checks_both
 grep -h "W held" $OUT/kernels_cuda.log $OUT/kernels_cuda-fusion.log | head -24 | tee -a $OUT/summary.txt
 pretrain_setup
 pretrain_warmup ${WARM:-adamw galore fira dct}
-RUNS=${RUNS:-adamw,galore,fira,galore_off EMBER_OUT_OF_PLACE=off,fira_off EMBER_OUT_OF_PLACE=off,dct,fira_2,dct_off EMBER_OUT_OF_PLACE=off,galore_2,adamw_2}
+RUNS=${RUNS:-adamw,galore,fira,galore_on EMBER_OUT_OF_PLACE=on,fira_on EMBER_OUT_OF_PLACE=on,dct,fira_2,dct_on EMBER_OUT_OF_PLACE=on,galore_2,adamw_2}
 IFS=, read -ra LIST <<< "$RUNS"
 pretrain_counted "${LIST[@]}"
 pack

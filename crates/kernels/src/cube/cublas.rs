@@ -566,7 +566,7 @@ pub(super) fn available<R: CubeRuntime>() -> bool {
 /// `C` has padded rows: nothing is written then and the caller falls back. With the step's skip
 /// flag (f32 `[1]` on the device) the scalars are made on the device — `α = 0, β = 1` where the
 /// flag is set — and cuBLAS reads them there (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes
-/// through the host. (`EMBER_OUT_OF_PLACE=off`: a held `C` falls back, as before.)
+/// through the host. (Out of place only with `EMBER_OUT_OF_PLACE=on`, until it has run on a GPU.)
 pub(super) fn accumulate<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
@@ -669,14 +669,15 @@ pub(super) fn accumulate<R: CubeRuntime>(
         .map(|t| *t)
 }
 
-/// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE`: on by default;
-/// `off` falls back to the caller's update, as before 2026-12-07).
+/// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE=on`). Off by
+/// default until it has run on a GPU (not yet, 2026-12-07): a held `C` then falls back to the
+/// caller's update, as before.
 fn out_of_place() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        !matches!(
+        matches!(
             std::env::var("EMBER_OUT_OF_PLACE").as_deref(),
-            Ok("off") | Ok("0")
+            Ok("on") | Ok("1")
         )
     })
 }
