@@ -427,10 +427,7 @@ pub(super) fn matmul<R: CubeRuntime>(
     let out = output(a, b, &mut plan, a.dtype, rows);
     widen(&mut plan, b, &out);
     gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
-    (Box::new(out) as Box<dyn Any>)
-        .downcast::<CubeTensor<R>>()
-        .ok()
-        .map(|t| *t)
+    back::<R>(out)
 }
 
 /// `A·B` of bf16/f16 operands into an **f32** product (cuBLAS accumulates in f32 and writes it
@@ -450,10 +447,7 @@ pub(super) fn matmul_f32_out<R: CubeRuntime>(
     let out = output(a, b, &mut plan, DType::F32, rows);
     widen(&mut plan, b, &out);
     gemm(&plan, a, b, &out, Scalars::Host(1.0, 0.0)).then_some(())?;
-    (Box::new(out) as Box<dyn Any>)
-        .downcast::<CubeTensor<R>>()
-        .ok()
-        .map(|t| *t)
+    back::<R>(out)
 }
 
 /// How a fresh product's rows are laid out in memory.
@@ -547,6 +541,14 @@ fn holds_width(t: &CubeTensor<CudaRuntime>, rows: usize, ld: usize, wide: usize)
 pub(super) fn f16_update_operands() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("EMBER_UPDATE_OPERANDS").as_deref() != Ok("tf32"))
+}
+
+/// A CUDA tensor as runtime `R`'s (`R` is CUDA wherever cuBLAS ran; `None` otherwise).
+fn back<R: CubeRuntime>(t: CubeTensor<CudaRuntime>) -> Option<CubeTensor<R>> {
+    (Box::new(t) as Box<dyn Any>)
+        .downcast::<CubeTensor<R>>()
+        .ok()
+        .map(|t| *t)
 }
 
 /// Whether runtime `R` is CUDA with cuBLAS on (not `EMBER_CUBLAS=off`, not failed): where
@@ -663,10 +665,7 @@ pub(super) fn accumulate<R: CubeRuntime>(
     if d.is_some() {
         note_shared(Shared::OutOfPlace);
     }
-    (Box::new(out.clone()) as Box<dyn Any>)
-        .downcast::<CubeTensor<R>>()
-        .ok()
-        .map(|t| *t)
+    back::<R>(out.clone())
 }
 
 /// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE=on`). Off by
@@ -861,12 +860,6 @@ pub(super) fn matmul_pair<R: CubeRuntime>(
         },
     ];
     gemms(&jobs).then_some(())?;
-    let back = |t: CubeTensor<CudaRuntime>| {
-        (Box::new(t) as Box<dyn Any>)
-            .downcast::<CubeTensor<R>>()
-            .ok()
-            .map(|t| *t)
-    };
     Some((back(c1)?, back(c2)?))
 }
 
@@ -918,10 +911,7 @@ pub(super) fn down_residual<R: CubeRuntime>(
         },
     ];
     gemms(&jobs).then_some(())?;
-    (Box::new(r) as Box<dyn Any>)
-        .downcast::<CubeTensor<R>>()
-        .ok()
-        .map(|t| *t)
+    back::<R>(r)
 }
 
 /// One GEMM of an ordering window: `C ← α·A·B + β·C` as `plan` says (`D ← α·A·B + β·C` where it
