@@ -125,6 +125,11 @@ pub struct RunShape {
     /// `(batch, sequence)` tokens per step: activations and step temporaries are estimated
     /// (`peak_bytes`); `None`: tensors held only.
     pub tokens: Option<(usize, usize)>,
+    /// The backend multiplies bf16 as it is (CUDA, `EmberBackend::native_dtype`): GaLore's
+    /// projector of a bf16 weight is then stored in bf16 whatever the state's dtype
+    /// (`Engine::projector_dtype`); elsewhere (the CPU) in the state's.
+    #[serde(default)]
+    pub native_bf16: bool,
 }
 
 /// One row of the report.
@@ -243,6 +248,7 @@ pub fn estimate_run(shape: &LlamaShape, s: Settings, run: RunShape) -> Result<Br
             density: s.density,
             state: s.state,
             projected: target && s.method != Method::Adamw,
+            bf16_projector: bf16_projector(run, s.weights, s.method),
         })
     })?;
     b.optimizer = s.method.name().to_string();
@@ -274,6 +280,7 @@ pub fn estimate_groups(
             density: r.density.unwrap_or(0.0),
             state: Dtype::of_state(r.state),
             projected: r.projects && dims.len() == 2,
+            bf16_projector: bf16_projector(run, weights, r.method),
         };
         *per_group.entry(g.name.clone()).or_default() += s.state_bytes(dims)?;
         Ok(s)
@@ -292,6 +299,12 @@ pub fn estimate_groups(
     Ok(b)
 }
 
+/// Whether GaLore's dense projector of a `weights` parameter is stored in bf16 whatever the
+/// state's dtype ([`RunShape::native_bf16`]).
+fn bf16_projector(run: RunShape, weights: Dtype, method: Method) -> bool {
+    run.native_bf16 && weights == Dtype::Bf16 && method == Method::Galore
+}
+
 /// What the optimizer does to one parameter.
 #[derive(Debug, Clone, Copy)]
 struct ParamSettings {
@@ -301,6 +314,8 @@ struct ParamSettings {
     state: Dtype,
     /// Projected (else AdamW moments).
     projected: bool,
+    /// A dense projector stored in bf16 whatever `state` ([`bf16_projector`]).
+    bf16_projector: bool,
 }
 
 impl ParamSettings {
@@ -325,7 +340,11 @@ fn add_state(
 ) -> Result<(), String> {
     let numel: usize = dims.iter().product();
     let sd = s.state;
-    let pb = sd.projector_bytes();
+    let pb = if s.bf16_projector {
+        2
+    } else {
+        sd.projector_bytes()
+    };
     if !s.projected {
         b.moment_bytes += 2 * sd.moment_bytes(numel); // AdamW: M and V
         *eight_bit |= sd.is_8bit(numel);

@@ -61,6 +61,8 @@ fn estimate_equals_tensors_held_on_flex() {
             layerwise,
             int8_weights,
             tokens: None,
+            // flex: a bf16 weight's projector in the state's dtype
+            native_bf16: false,
         };
         for method in Method::ALL {
             let s = Settings {

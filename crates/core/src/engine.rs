@@ -490,7 +490,8 @@ impl EngineConfig {
         }
         let projector = p.projector.take().expect("projector set above");
         let device = g.device();
-        let low_precision = g.dtype() != DType::F32;
+        let g_dtype = g.dtype();
+        let low_precision = g_dtype != DType::F32;
         // a dtype the backend multiplies as it is (bf16 on CUDA) needs no f32 copy of `G`, nor
         // of a projector stored in it
         let native = low_precision && B::native_dtype(g.dtype());
@@ -532,7 +533,7 @@ impl EngineConfig {
                 adam_step: p.adam_step,
                 moment_1: m1,
                 moment_2: m2,
-                projector: projector.stored_as(self.state.projector_dtype_on::<B>(&device)),
+                projector: projector.stored_as(self.projector_dtype::<B>(g_dtype, &device)),
                 refresh: p.refresh,
                 residual_norm: p.prev_norm,
             },
@@ -569,6 +570,29 @@ impl EngineConfig {
     fn refresh_due<B: Backend>(&self, p: &Parts<B>) -> bool {
         self.projector != ProjectorKind::Identity
             && (p.projector.is_none() || self.refresh.is_due(p.step, &p.refresh))
+    }
+
+    /// The dtype a dense projector of a `w_dtype` weight is stored in: the state storage's
+    /// ([`StateStorage::projector_dtype_on`]), except where the residual is discarded (GaLore)
+    /// and the backend multiplies `w_dtype` as it is (bf16 on CUDA, `EmberBackend::native_dtype`):
+    /// there every product rounds the basis to `w_dtype` anyway (cuBLAS's bf16 operands, the
+    /// update GEMM's `P`), so the projector is stored rounded once — the same values in the
+    /// products, half the bytes of an f32 projector, and no cast of `P` in each step's down
+    /// and update products (galore-torch also keeps a bf16 weight's projector in bf16). The
+    /// next refresh's warm start (the device projector) then starts from the rounded basis.
+    /// `EMBER_KEEP_PROJECTOR_DTYPE=off` stores the state's dtype (the comparison).
+    pub fn projector_dtype<B: EmberBackend>(&self, w_dtype: DType, device: &B::Device) -> DType {
+        let stored = self.state.projector_dtype_on::<B>(device);
+        if self.residual.is_discard()
+            && stored == DType::F32
+            && w_dtype != DType::F32
+            && B::native_dtype(w_dtype)
+            && keeps_projector_dtype()
+        {
+            w_dtype
+        } else {
+            stored
+        }
     }
 
     /// Refreshes the projector of `p` if it has none or the refresh policy says so.
@@ -669,7 +693,7 @@ impl EngineConfig {
             .projector
             .take()
             .expect("projector set above")
-            .stored_as(self.state.projector_dtype_on::<B>(&w.device()));
+            .stored_as(self.projector_dtype::<B>(w_dtype, &w.device()));
         let (moments, prev_norm) = (p.moments.take(), p.prev_norm.take());
         let step = p.step + 1;
         let adam_step = p.adam_step + 1;

@@ -14,6 +14,8 @@ pub fn run(c: &Common) -> Result<(), String> {
         layerwise: c.layerwise,
         int8_weights: c.int8_weights,
         tokens: c.batch.zip(c.seq),
+        // a GPU run (CUDA): GaLore's projector of bf16 weights held in bf16
+        native_bf16: true,
     };
     let rows: Vec<Breakdown> = match &c.groups {
         Some(path) => {

@@ -167,6 +167,7 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
                     layerwise,
                     int8_weights: false,
                     tokens: Some((args.batch, args.seq)),
+                    native_bf16: true,
                 };
                 let b = estimate_groups(&shape, g, weights, run)?;
                 if b.peak_bytes.unwrap_or(usize::MAX) <= budget {
@@ -200,6 +201,7 @@ pub fn run(args: &PlanArgs) -> Result<(), String> {
                             layerwise,
                             int8_weights,
                             tokens: Some((args.batch, args.seq)),
+                            native_bf16: true,
                         };
                         // the largest rank (or density) that fits
                         let best = candidates(method, min_dim, args.rank).into_iter().find_map(

@@ -568,7 +568,8 @@ pub(super) fn available<R: CubeRuntime>() -> bool {
 /// `C` has padded rows: nothing is written then and the caller falls back. With the step's skip
 /// flag (f32 `[1]` on the device) the scalars are made on the device — `α = 0, β = 1` where the
 /// flag is set — and cuBLAS reads them there (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes
-/// through the host. (Out of place only with `EMBER_OUT_OF_PLACE=on`, until it has run on a GPU.)
+/// through the host. (Out of place only with `EMBER_OUT_OF_PLACE=on`: no gain measured at the
+/// pretraining example's size.)
 pub(super) fn accumulate<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
@@ -669,8 +670,10 @@ pub(super) fn accumulate<R: CubeRuntime>(
 }
 
 /// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE=on`). Off by
-/// default until it has run on a GPU (not yet, 2026-12-07): a held `C` then falls back to the
-/// caller's update, as before.
+/// default: on an H200 (2026-12-07) it passed the kernel checks and wrote every Learner update
+/// out of place, but pretraining the `small` model showed no gain beyond the run-to-run spread
+/// (`docs/perf-notes.md`), and it changes the rounding; a held `C` otherwise falls back to the
+/// caller's update.
 fn out_of_place() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
