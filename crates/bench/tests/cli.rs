@@ -47,6 +47,7 @@ fn estimate_equals_tensors_held_on_flex() {
     for (weights, state, layerwise, int8_weights) in [
         (Dtype::F32, Dtype::F32, false, false),
         (Dtype::Bf16, Dtype::Bf16, false, false),
+        (Dtype::Bf16, Dtype::F32, false, false),
         (Dtype::Bf16, Dtype::Int8, true, false),
         (Dtype::F32, Dtype::Int8, false, true),
         (Dtype::F32, Dtype::F32, true, true),

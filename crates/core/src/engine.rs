@@ -494,8 +494,8 @@ impl EngineConfig {
         let low_precision = g_dtype != DType::F32;
         // a dtype the backend multiplies as it is (bf16 on CUDA) needs no f32 copy of `G`, nor
         // of a projector stored in it
-        let native = low_precision && B::native_dtype(g.dtype());
-        let keep = (native && keeps_projector_dtype()).then(|| g.dtype());
+        let native = low_precision && B::native_dtype(g_dtype);
+        let keep = (native && keeps_projector_dtype()).then_some(g_dtype);
         let active = projector.materialize_keeping(ctx.bases, keep);
         let [rows, cols] = g.dims();
         let fira = matches!(self.residual, ResidualRule::Fira(_));

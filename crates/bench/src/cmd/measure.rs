@@ -234,7 +234,10 @@ pub fn run(c: &Common, r: &RunArgs) -> Result<(), String> {
     }
     // whether this backend keeps GaLore's projector of bf16 weights in bf16 (bare CUDA with the
     // fused kernels and cuBLAS): what the optimizer state holds
-    let native_bf16 = on_device!(r.device, B => <<B as burn::tensor::backend::AutodiffBackend>::InnerBackend as ember_kernels::EmberBackend>::native_dtype(burn::tensor::DType::BF16));
+    let native_bf16 = on_device!(r.device, B => {
+        type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+        <Inner as ember_kernels::EmberBackend>::native_dtype(burn::tensor::DType::BF16)
+    });
     let run = RunShape {
         layerwise: c.layerwise,
         int8_weights: c.int8_weights,
