@@ -529,8 +529,9 @@ fn update_coefficients() -> UpdateCoefficients {
 /// The projected update of a weight that someone else still holds (burn-train's `Learner` keeps
 /// its model while the optimizer steps on a clone): the result equals the portable update, and
 /// the held tensor keeps its values (tolerance 0) — on CUDA the update GEMM then writes a fresh
-/// buffer (`D = α·A·B + β·C`, cuBLASLt) instead of `W` in place. GaLore's rule with `N` in f32
-/// and f16, and Fira's, both sides.
+/// buffer instead of `W` in place (`W` copied there first, or cuBLASLt's `D = α·A·B + β·C`
+/// under `EMBER_OUT_OF_PLACE=on`). GaLore's rule with `N` in f32 and f16, and Fira's, both
+/// sides, and a row of 301 elements (padded rows on CUDA, which the copy keeps).
 fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
     use burn::tensor::DType;
     let coef = update_coefficients();
@@ -538,7 +539,11 @@ fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
         gamma: 1.01,
         given: false,
     };
-    for (m, n, r, left) in [(96, 320, 40, true), (320, 96, 40, false)] {
+    for (m, n, r, left) in [
+        (96, 320, 40, true),
+        (320, 96, 40, false),
+        (96, 301, 40, true),
+    ] {
         let basis = Basis {
             p: normal::<B>(if left { [m, r] } else { [r, n] }, 0.3, device),
             left,
@@ -555,6 +560,7 @@ fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             }
             let w = normal::<B>([m, n], 1.0, device);
             let g = normal::<B>([m, n], 1.0, device);
+            let g2 = normal::<B>([m, n], 1.0, device);
             let nn = normal::<B>(low, 1.0, device).cast(n_dtype);
             let rr = basis.down(g.clone());
             let mine = w.clone().add_scalar(0.0);
@@ -574,7 +580,7 @@ fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
                 w.clone(),
                 g,
                 &basis,
-                nn.cast(DType::F32),
+                nn.clone().cast(DType::F32),
                 rr,
                 coef,
                 rule,
@@ -583,8 +589,43 @@ fn held_weights<B: EmberBackend>(out: &mut Vec<Check>, device: &B::Device) {
             );
             let name =
                 format!("projected_update {m}x{n} r{r} {side} {rule:?} {n_dtype:?} N, W held");
-            compare(out, format!("{name}: W'"), fused.0, reference.0);
+            compare(
+                out,
+                format!("{name}: W'"),
+                fused.0.clone(),
+                reference.0.clone(),
+            );
             compare_within(out, format!("{name}: the held W unchanged"), held, w, 0.0);
+            // the next step on the new weight, which no one else holds now: in place (on CUDA
+            // in the buffer the held step wrote, over its padded width where it has one)
+            let next = B::projected_update(
+                fused.0,
+                g2.clone(),
+                &basis,
+                nn.clone(),
+                basis.down(g2.clone()),
+                coef,
+                rule,
+                None,
+                None,
+            );
+            let reference = portable::projected_update(
+                reference.0,
+                g2.clone(),
+                &basis,
+                nn.cast(DType::F32),
+                basis.down(g2),
+                coef,
+                rule,
+                None,
+                None,
+            );
+            compare(
+                out,
+                format!("{name}: the next step's W''"),
+                next.0,
+                reference.0,
+            );
         }
     }
 }

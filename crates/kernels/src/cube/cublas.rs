@@ -133,8 +133,9 @@ pub(super) enum Shared {
     Accumulate = 0,
     /// Fira's residual `G ← G − α·up(R)`: the gradient is copied first.
     Residual = 1,
-    /// [`accumulate`]'s `C` (a weight) was written out of place: `D = α·A·B + β·C` into a fresh
-    /// buffer (burn-train's `Learner` holds the model while the optimizer steps on a clone).
+    /// [`accumulate`]'s `C` (a weight) was written to a fresh buffer `D` — copied there first and
+    /// updated in place ([`Held::Copy`]), or cuBLASLt's `D = α·A·B + β·C` — (burn-train's
+    /// `Learner` holds the model while the optimizer steps on a clone).
     OutOfPlace = 2,
 }
 
@@ -145,9 +146,10 @@ pub(super) fn note_shared(what: Shared) {
 }
 
 /// How often, in this process, a GEMM that writes in place found its output still held
-/// elsewhere: `(weights updated out of place, weights whose update GEMM fell back, gradients
-/// copied before Fira's residual)`. The first counts every weight update of burn-train's
-/// `Learner`, which keeps its model while the optimizer steps on a clone; the other two are zero
+/// elsewhere: `(weights updated into a fresh buffer, weights whose update GEMM fell back,
+/// gradients copied before Fira's residual)`. The first counts every weight update of
+/// burn-train's `Learner`, which keeps its model while the optimizer steps on a clone; the second
+/// is zero unless `EMBER_HELD_UPDATE=fallback` (or a weight's layout admits no copy), the third
 /// in an ordinary training loop. A count that moves from run to run means a path that depends on
 /// timing (diagnosis: `ember-pretrain` prints them on CUDA).
 pub fn shared_outputs() -> (u64, u64, u64) {
@@ -560,16 +562,18 @@ pub(super) fn available<R: CubeRuntime>() -> bool {
 }
 
 /// `α·A·B + β·C` in one GEMM (one pass over `C`: the back-projection and the weight update in
-/// one call): in `C`'s own buffer where no one else holds `C` (`can_mut`), else into a fresh
-/// buffer `D` of `C`'s layout (cuBLASLt takes `C` and `D` apart: the same traffic, one read of
-/// `C` and one write of `D` — burn-train's `Learner` holds its model while the optimizer steps
-/// on a clone, so there every weight is held). Returns the output (`C` or `D`), or `None` where
-/// [`matmul`] would not apply, `C` is not dense row-major of the operands' dtype, or a held
-/// `C` has padded rows: nothing is written then and the caller falls back. With the step's skip
-/// flag (f32 `[1]` on the device) the scalars are made on the device — `α = 0, β = 1` where the
-/// flag is set — and cuBLAS reads them there (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes
-/// through the host. (Out of place only with `EMBER_OUT_OF_PLACE=on`: no gain measured at the
-/// pretraining example's size.)
+/// one call): in `C`'s own buffer where no one else holds `C` (`can_mut`). A held `C` (burn-train's
+/// `Learner` holds its model while the optimizer steps on a clone, so there every weight is held;
+/// likewise a model the caller keeps a clone of) is copied on our stream into a fresh buffer `D`
+/// of `C`'s row stride, and `D` is updated in place by the same GEMM ([`Held::Copy`], the
+/// default): the same algorithm and rounding as an unshared step, and `D` keeps `C`'s padded
+/// rows, so that the next steps' GEMMs still run over the padded width ([`widen`]). With
+/// `EMBER_OUT_OF_PLACE=on`, cuBLASLt reads `C` and writes `D` instead (no copy; another
+/// algorithm). Returns the output (`C` or `D`), or `None` where [`matmul`] would not apply, `C` is
+/// not row-major of the operands' dtype, or no `D` of `C`'s row stride could be made: nothing is
+/// written then and the caller falls back. With the step's skip flag (f32 `[1]` on the device) the
+/// scalars are made on the device — `α = 0, β = 1` where the flag is set (`D` is then `C`'s copy)
+/// — and cuBLAS reads them there (`CUBLAS_POINTER_MODE_DEVICE`): nothing goes through the host.
 pub(super) fn accumulate<R: CubeRuntime>(
     a: &CubeTensor<R>,
     b: &CubeTensor<R>,
@@ -613,18 +617,47 @@ pub(super) fn accumulate<R: CubeRuntime>(
     if !fits {
         return None;
     }
-    // a held `C` is read, and the result written to a fresh `D` of `C`'s leading dimension
-    let d = if c.can_mut() {
-        None
+    // a held `C` is read, and the result written to a fresh `D` of `C`'s row stride
+    let (d, copy_first) = if c.can_mut() {
+        (None, 0)
     } else {
-        let d = (out_of_place() && ldc == plan.n)
-            .then(|| empty(c, vec![plan.m, plan.n], c.dtype))
-            .filter(|d| matches!(layout(d), Some((false, ld)) if ld == ldc));
-        if d.is_none() {
-            note_shared(Shared::Accumulate);
-            return None;
-        }
-        d
+        let same_rows =
+            |d: &CubeTensor<CudaRuntime>| matches!(layout(d), Some((false, ld)) if ld == ldc);
+        let held = if out_of_place() {
+            Held::OutOfPlace
+        } else {
+            held_update()
+        };
+        let d = match held {
+            Held::Fallback => None,
+            Held::OutOfPlace => (ldc == plan.n)
+                .then(|| empty(c, vec![plan.m, plan.n], c.dtype))
+                .filter(same_rows),
+            // CubeCL's pitched layout where `C` has it (a weight made by burn's ops), else dense
+            Held::Copy => Some(super::empty_pitched(c, vec![plan.m, plan.n], c.dtype))
+                .filter(same_rows)
+                .or_else(|| {
+                    (ldc == plan.n)
+                        .then(|| empty(c, vec![plan.m, plan.n], c.dtype))
+                        .filter(same_rows)
+                }),
+        };
+        // the bytes from `C`'s first element to its last (its last row's padding left out)
+        let bytes = ((plan.m - 1) * ldc + plan.n) * c.dtype.size();
+        let copy_first = match (&d, held) {
+            (Some(d), Held::Copy)
+                if bytes <= d.handle.size_in_used() as usize
+                    && bytes <= c.handle.size_in_used() as usize =>
+            {
+                bytes
+            }
+            (Some(_), Held::Copy) | (None, _) => {
+                note_shared(Shared::Accumulate);
+                return None;
+            }
+            (Some(_), _) => 0,
+        };
+        (d, copy_first)
     };
     let c_dtype = if widened {
         bsys::cudaDataType::CUDA_R_32F
@@ -634,13 +667,17 @@ pub(super) fn accumulate<R: CubeRuntime>(
     let mut plan = Plan {
         ldc,
         c_dtype,
-        out_of_place: d.is_some(),
+        out_of_place: d.is_some() && copy_first == 0,
+        copy_first,
         ..plan
     };
-    // (`C` is not shared: `can_mut` above, so its padding columns are no one's data; a fresh `D`
-    // is not widened)
-    if d.is_none() {
-        widen(&mut plan, b, c);
+    // the GEMM over the padded width where the buffer it writes in place is no one else's: `C`
+    // (`can_mut` above), or the copy `D` (fresh: its padding columns are no one's data); not a
+    // cuBLASLt `D` written from `C`
+    match (&d, copy_first) {
+        (None, _) => widen(&mut plan, b, c),
+        (Some(d), 1..) => widen(&mut plan, b, d),
+        (Some(_), 0) => {}
     }
     let scalars = match skip {
         None => Scalars::Host(alpha, beta),
@@ -669,11 +706,35 @@ pub(super) fn accumulate<R: CubeRuntime>(
     back::<R>(out.clone())
 }
 
-/// Whether [`accumulate`] writes a held `C` out of place (`EMBER_OUT_OF_PLACE=on`). Off by
-/// default: on an H200 (2026-12-07) it passed the kernel checks and wrote every Learner update
-/// out of place, but pretraining the `small` model showed no gain beyond the run-to-run spread
-/// (`docs/perf-notes.md`), and it changes the rounding; a held `C` otherwise falls back to the
-/// caller's update.
+/// What [`accumulate`] does with a `C` held elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// `D ← C` on our stream, then the in-place GEMM on `D` (the default).
+    Copy,
+    /// cuBLASLt's `D = α·A·B + β·C` (`EMBER_OUT_OF_PLACE=on`).
+    OutOfPlace,
+    /// Nothing: the caller's own update (`EMBER_HELD_UPDATE=fallback`; the behaviour before
+    /// 2026-12-08, for comparisons).
+    Fallback,
+}
+
+/// [`Held`] by `EMBER_HELD_UPDATE` (`copy`, the default, or `fallback`).
+fn held_update() -> Held {
+    static HELD: OnceLock<Held> = OnceLock::new();
+    *HELD.get_or_init(|| match std::env::var("EMBER_HELD_UPDATE").as_deref() {
+        Ok("fallback") => Held::Fallback,
+        Ok("copy") | Ok("") | Err(_) => Held::Copy,
+        Ok(other) => {
+            log::warn!("EMBER_HELD_UPDATE={other}: expected copy or fallback; using copy");
+            Held::Copy
+        }
+    })
+}
+
+/// Whether [`accumulate`] writes a held `C` with cuBLASLt out of place (`EMBER_OUT_OF_PLACE=on`).
+/// Off by default: on an H200 (2026-12-07) it passed the kernel checks and wrote every Learner
+/// update out of place, but pretraining the `small` model showed no gain beyond the run-to-run
+/// spread (`docs/perf-notes.md`), and its algorithm rounds differently from the in-place GEMM's.
 fn out_of_place() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
@@ -773,6 +834,9 @@ struct Plan {
     /// `D = α·A·B + β·C` into a separate output `D` of `C`'s layout ([`accumulate`] on a held
     /// `C`): cuBLASLt only (`cublasGemmEx` writes `C`).
     out_of_place: bool,
+    /// Bytes of `C` copied into `D` on our stream before the GEMM, which then runs in place on
+    /// `D` ([`Held::Copy`]); 0 for none.
+    copy_first: usize,
 }
 
 /// The [`Plan`] of `A·B`, or `None` where cuBLAS does not take it: shapes or dtypes that do not
@@ -807,6 +871,7 @@ fn plan(a: &CubeTensor<CudaRuntime>, b: &CubeTensor<CudaRuntime>) -> Option<Plan
             a: la,
             b: lb,
             out_of_place: false,
+            copy_first: 0,
         })
 }
 
@@ -1022,7 +1087,7 @@ type Signature = (
     (bool, usize),
     (bool, usize),
     bool,
-    bool,
+    u8,
 );
 
 fn signature(j: &Gemm) -> Signature {
@@ -1037,7 +1102,12 @@ fn signature(j: &Gemm) -> Signature {
         p.a,
         p.b,
         !matches!(j.scalars, Scalars::Host(..)),
-        p.out_of_place,
+        // where the product goes: `C` in place, a cuBLASLt `D`, or `C` copied to `D` first
+        match (p.out_of_place, p.copy_first) {
+            (true, _) => 1,
+            (false, 0) => 0,
+            (false, _) => 2,
+        },
     )
 }
 
@@ -1284,6 +1354,18 @@ fn enqueue_gemms(
         if outcome.is_ok() {
             outcome = pointers.clone().and_then(|pointers| {
                 for (j, &(pa, pb, pc, ps, skip, pd)) in jobs.iter().zip(&pointers) {
+                    // a held `C` copied to `D` first: then everything as in place on `D`
+                    let (pc, pd) = match (j.plan.copy_first, pd) {
+                        (0, pd) => (pc, pd),
+                        (bytes, Some(pd)) => {
+                            check(
+                                dsys::cuMemcpyDtoDAsync_v2(pd, pc, bytes, w.stream),
+                                "cuMemcpyDtoDAsync (a held weight)",
+                            )?;
+                            (pd, None)
+                        }
+                        (_, None) => return Err("a copied GEMM without its output".into()),
+                    };
                     if let (Scalars::Guarded(g), Some(skip), Some(out)) = (j.scalars, skip, ps) {
                         let Some(Waiter(own)) = w.waiter else {
                             return Err("a guarded GEMM without the guard kernel".into());
