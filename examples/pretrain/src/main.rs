@@ -222,13 +222,14 @@ fn run_train(a: TrainArgs) -> Result<(), String> {
                 .map(burn::backend::cuda::CudaDevice::new)
                 .collect();
             let summary = train::<B>(&run, &corpus, devices, true)?;
-            // burn-train's Learner holds its model while the optimizer steps on a clone, so the
-            // weights' update GEMMs write out of place; the other two are zero in an ordinary run
-            // (an in-place GEMM that found its output held elsewhere takes another path)
-            let (out_of_place, weights, gradients) = ember::kernels::cublas::shared_outputs();
+            // burn-train's Learner holds its model while the optimizer steps on a clone, so each
+            // weight's update GEMM writes a fresh buffer (a copy updated in place, or cuBLASLt's
+            // out-of-place GEMM); the other two are zero in an ordinary run (the fallback is
+            // `EMBER_HELD_UPDATE=fallback`, a copied gradient is Fira's residual on a held one)
+            let (fresh, weights, gradients) = ember::kernels::cublas::shared_outputs();
             eprintln!(
-                "in-place outputs held elsewhere: {out_of_place} weight updates written out of \
-                 place, {weights} fell back, {gradients} gradients copied"
+                "in-place outputs held elsewhere: {fresh} weight updates written to a fresh \
+                 buffer, {weights} fell back, {gradients} gradients copied"
             );
             summary
         }
