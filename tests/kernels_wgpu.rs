@@ -108,10 +108,7 @@ where
 /// refresh, the same weights.
 #[test]
 fn every_method_on_wgpu_equals_flex() {
-    setup();
-    if vulkan_driver().is_none() {
-        assert!(std::env::var_os("EMBER_REQUIRE_WGPU").is_none());
-        println!("SKIPPED every_method_on_wgpu_equals_flex: no Vulkan driver");
+    if !driver_or_skip("every_method_on_wgpu_equals_flex") {
         return;
     }
     type W = Autodiff<Fused>;
